@@ -1,0 +1,1 @@
+"""Money: posting rules (pure), the ledger with holds, and (later) its durable stores."""

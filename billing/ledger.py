@@ -1,0 +1,88 @@
+"""The in-memory ledger: balances, holds and the journal, as a synchronous state machine.
+
+It is the exchange's source of truth for what a buyer can spend right now
+(``balance - held + credit``). Every change goes through a balanced ``Entry``; entries are
+append-only and idempotent by key. Holds reserve a routed call's price on the winning
+buyer until the call is captured (billable) or released.
+"""
+
+from __future__ import annotations
+
+from .postings import Entry, check_balanced
+
+
+class DuplicateKey(ValueError):
+    """The same entry key was posted before with different legs."""
+
+
+class Ledger:
+    __slots__ = ("balances", "held", "credit", "holds", "entries", "_by_key")
+
+    def __init__(self) -> None:
+        self.balances: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+        self.credit: dict[str, int] = {}
+        self.holds: dict[str, tuple[str, int]] = {}
+        self.entries: list[Entry] = []
+        self._by_key: dict[tuple[str, str], Entry] = {}
+
+    # ------------------------------------------------------------------ journal
+    def post(self, entry: Entry) -> tuple[Entry, bool]:
+        """Post a balanced entry; returns (entry, created). A replay returns the original."""
+        check_balanced(entry)
+        prior = self._by_key.get(entry.key)
+        if prior is not None:
+            if prior.legs != entry.legs:
+                raise DuplicateKey(f"entry {entry.key} already posted with different legs")
+            return prior, False
+        self._by_key[entry.key] = entry
+        self.entries.append(entry)
+        for account, amount in entry.legs:
+            self.balances[account] = self.balances.get(account, 0) + amount
+        return entry, True
+
+    def find(self, reference: str, kind: str) -> Entry | None:
+        return self._by_key.get((reference, kind))
+
+    def balance(self, account: str) -> int:
+        return self.balances.get(account, 0)
+
+    # ------------------------------------------------------------------ holds
+    def set_credit(self, account: str, credit_limit_cents: int) -> None:
+        self.credit[account] = credit_limit_cents
+
+    def available(self, account: str) -> int:
+        """Balance less holds (credit not included)."""
+        return self.balances.get(account, 0) - self.held.get(account, 0)
+
+    def can_cover(self, account: str, amount_cents: int) -> bool:
+        return self.balances.get(account, 0) - self.held.get(account, 0) + self.credit.get(account, 0) >= amount_cents
+
+    def hold(self, reference: str, account: str, amount_cents: int) -> bool:
+        """Reserve ``amount_cents``; False (nothing held) if balance plus credit cannot cover it."""
+        if reference in self.holds:
+            return self.holds[reference] == (account, amount_cents)
+        if not self.can_cover(account, amount_cents):
+            return False
+        self.holds[reference] = (account, amount_cents)
+        self.held[account] = self.held.get(account, 0) + amount_cents
+        return True
+
+    def release(self, reference: str) -> int:
+        """Drop a hold; returns the amount released (0 if there was none)."""
+        hold = self.holds.pop(reference, None)
+        if hold is None:
+            return 0
+        account, amount = hold
+        self.held[account] -= amount
+        return amount
+
+    def capture(self, reference: str, entry: Entry) -> tuple[Entry, bool]:
+        """Post the charge for a held call and drop its hold, as one step."""
+        posted = self.post(entry)
+        self.release(reference)
+        return posted
+
+    def total(self) -> int:
+        """Sum of every account balance: zero unless money was created or lost."""
+        return sum(self.balances.values())

@@ -1,0 +1,1 @@
+"""The compliance gate (pure, compiled from versioned rule data) and the stores it reads."""

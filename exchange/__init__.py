@@ -1,0 +1,1 @@
+"""The running exchange: wire messages, book, auction, call pipeline, servers and CLI."""

@@ -1,0 +1,38 @@
+"""``python -m exchange serve | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .settings import SettingsError, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exchange", description="Pay-per-call real-time bidding exchange")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the exchange (embedded defaults, no external server needed)")
+    p_serve.add_argument("--host", default=None)
+    p_serve.add_argument("--port", type=int, default=None)
+    p_demo = sub.add_parser("demo", help="run the exchange with simulated buyers and publishers, then print a summary")
+    p_demo.add_argument("--seconds", type=float, default=20.0)
+    p_demo.add_argument("--calls-per-s", type=float, default=40.0)
+    p_demo.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    try:
+        settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None))
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        from .server import serve
+
+        serve(settings)
+        return 0
+    from .demo import run_demo
+
+    return run_demo(settings, seconds=args.seconds, calls_per_s=args.calls_per_s, seed=args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

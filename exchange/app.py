@@ -1,0 +1,58 @@
+"""The Starlette application: one app, one port, every edge; one lifespan builds the state."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route, WebSocketRoute
+
+from . import http
+from .gateway import buyer_socket, publisher_socket
+from .messages import BadInput
+from .openapi import openapi
+from .service import Exchange
+from .settings import Settings
+
+
+def build_app(settings: Settings, exchange: Exchange | None = None) -> Starlette:
+    ex = exchange or Exchange(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await ex.start()
+        try:
+            yield
+        finally:
+            await ex.stop()
+
+    routes = [
+        Route("/healthz", http.healthz),
+        Route("/readyz", http.readyz),
+        Route("/metrics", http.metrics),
+        Route("/openapi.json", openapi),
+        Route("/v1/accounts", http.create_account, methods=["POST"]),
+        Route("/v1/accounts/{account_id}/deposits", http.create_deposit, methods=["POST"]),
+        Route("/v1/accounts/{account_id}/balance", http.get_balance),
+        Route("/v1/accounts/{account_id}/statement", http.get_statement),
+        Route("/v1/calls", http.post_call, methods=["POST"]),
+        Route("/v1/calls/{call_id}", http.get_call),
+        Route("/v1/calls/{call_id}/events", http.post_event, methods=["POST"]),
+        Route("/v1/suppressions", http.post_suppression, methods=["POST"]),
+        WebSocketRoute("/v1/buyers/ws", buyer_socket),
+        WebSocketRoute("/v1/publishers/ws", publisher_socket),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            http.HttpError: http.on_http_error,
+            BadInput: http.on_bad_input,
+            HTTPException: http.on_starlette_http,
+            Exception: http.on_crash,
+        },
+    )
+    app.state.exchange = ex
+    return app

@@ -1,0 +1,237 @@
+"""The order book, pure: standing bids indexed so a call never scans the whole book.
+
+Index: one max-heap per (vertical, state) for campaigns that target a few states, plus one
+per vertical for wide campaigns (all states, or more than ``WIDE_STATES``), which carry a
+state filter. A reprice is O(log n): it pushes a new heap entry ``(-bid, seq, campaign)``;
+the entry of the previous price becomes stale (its ``seq`` no longer matches) and is
+dropped when it surfaces, and a heap that grows past twice its live members is rebuilt, so
+memory stays bounded. ``seq`` is a global counter taken at each price change, so equal
+bids rank by time priority: the bid that has stood longest at that price wins.
+
+RTB campaigns have no standing price; they sit in a per-vertical set and are asked live.
+"""
+
+from __future__ import annotations
+
+from heapq import heapify, heappop, heappush
+from typing import Callable, Iterator
+
+from routing.capacity import Capacity, Limits
+from routing.schedule import CompiledSchedule, ScheduleError
+
+from .instants import to_ns
+from .messages import Campaign
+
+WIDE_STATES = 8
+US_STATES = frozenset(
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
+    "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR GU VI AS MP".split()
+)
+Key = tuple[str, str]  # (buyer id, campaign id)
+
+
+class CampaignError(ValueError):
+    def __init__(self, code: str, message: str, path: str) -> None:
+        super().__init__(message)
+        self.code, self.path = code, path
+
+
+class Bucket:
+    __slots__ = ("heap", "members", "limit")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int, Standing]] = []
+        self.members: dict[Key, Standing] = {}
+        self.limit = 64
+
+    def push(self, s: "Standing") -> None:
+        heappush(self.heap, (-s.bid_cents, s.seq, s))
+        if len(self.heap) > self.limit:
+            self.compact()
+
+    def compact(self) -> None:
+        self.heap = [(-s.bid_cents, s.seq, s) for s in self.members.values()]
+        heapify(self.heap)
+        self.limit = 2 * len(self.members) + 64
+
+
+class Standing:
+    """A campaign as the book holds it (mutable: price, pause, counters)."""
+
+    __slots__ = (
+        "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
+        "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
+        "destination", "accepts_outbound", "capacity", "buckets", "live",
+    )
+
+    def __init__(self, buyer: str, msg: Campaign, capacity: Capacity) -> None:
+        self.key = (buyer, msg.id)
+        self.buyer, self.id, self.vertical = buyer, msg.id, msg.vertical
+        self.bid_cents = msg.bid_cents
+        self.seq = 0
+        self.states = frozenset(msg.states)
+        wide = not msg.states or len(self.states) > WIDE_STATES
+        self.wide_states = (self.states or None) if wide else None
+        self.area_codes = frozenset(msg.area_codes) if msg.area_codes else None
+        self.schedule = CompiledSchedule.compile(msg.schedule.tz, msg.schedule.hours) if msg.schedule else None
+        caps = msg.caps
+        self.limits = Limits(
+            caps.concurrency if caps else None, caps.hourly if caps else None, caps.daily if caps else None,
+            caps.monthly if caps else None, msg.daily_budget_cents,
+        )
+        self.expires_ns = to_ns(msg.expires_at) if msg.expires_at is not None else None
+        self.paused, self.rtb = msg.paused, msg.rtb
+        self.min_duration_s, self.dedupe_days = msg.min_duration_s, msg.dedupe_days
+        self.destination, self.accepts_outbound = msg.destination, msg.accepts_outbound
+        self.capacity = capacity
+        self.buckets: list[Bucket] = []
+        self.live = True
+
+    def covers(self, state: str | None) -> bool:
+        return not self.states or state in self.states
+
+    def expired(self, now_ns: int) -> bool:
+        return self.expires_ns is not None and self.expires_ns <= now_ns
+
+
+class Book:
+    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq")
+
+    def __init__(self) -> None:
+        self._campaigns: dict[Key, Standing] = {}
+        self._buckets: dict[tuple[str, str | None], Bucket] = {}
+        self._rtb: dict[str, dict[Key, Standing]] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._campaigns)
+
+    def next_seq(self) -> int:
+        """The time-priority sequence: also stamps live (RTB) answers as they arrive."""
+        self._seq += 1
+        return self._seq
+
+    def get(self, buyer: str, campaign_id: str) -> Standing | None:
+        return self._campaigns.get((buyer, campaign_id))
+
+    def of_buyer(self, buyer: str) -> Iterator[Standing]:
+        return (s for s in self._campaigns.values() if s.buyer == buyer)
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, buyer: str, msg: Campaign) -> Standing:
+        """Create or replace a campaign. Raises ``CampaignError`` (nothing changes)."""
+        bad = sorted(set(msg.states) - US_STATES)
+        if bad:
+            raise CampaignError("invalid_field", f"unknown state {bad[0]}", f"$.states[{msg.states.index(bad[0])}]")
+        old = self._campaigns.get((buyer, msg.id))
+        try:
+            s = Standing(buyer, msg, old.capacity if old is not None else Capacity())
+        except ScheduleError as exc:
+            raise CampaignError("invalid_field", str(exc), exc.path) from None
+        if old is not None:
+            self._unlist(old)
+        self._campaigns[s.key] = s
+        if s.rtb:
+            self._rtb.setdefault(s.vertical, {})[s.key] = s
+        else:
+            keys = [(s.vertical, None)] if s.wide_states is not None or not s.states else [(s.vertical, st) for st in s.states]
+            s.buckets = [self._buckets.setdefault(k, Bucket()) for k in keys]
+            if not s.paused:
+                self._list(s)
+        return s
+
+    def reprice(self, buyer: str, campaign_id: str, bid_cents: int) -> bool:
+        """The hot write: O(1) if the price is unchanged, else O(log n) per bucket."""
+        s = self._campaigns.get((buyer, campaign_id))
+        if s is None:
+            return False
+        if s.bid_cents != bid_cents:
+            s.bid_cents = bid_cents
+            if not s.paused and s.buckets:
+                self._seq += 1
+                s.seq = self._seq
+                for b in s.buckets:
+                    b.push(s)
+        return True
+
+    def set_paused(self, buyer: str, campaign_id: str, paused: bool) -> bool:
+        s = self._campaigns.get((buyer, campaign_id))
+        if s is None:
+            return False
+        if s.paused != paused:
+            s.paused = paused
+            if paused:
+                self._delist(s)
+            else:
+                self._list(s)
+        return True
+
+    def _list(self, s: Standing) -> None:
+        self._seq += 1
+        s.seq = self._seq
+        for b in s.buckets:
+            b.members[s.key] = s
+            b.push(s)
+
+    def _delist(self, s: Standing) -> None:
+        self._seq += 1
+        s.seq = self._seq  # every heap entry of s is now stale
+        for b in s.buckets:
+            b.members.pop(s.key, None)
+
+    def _unlist(self, s: Standing) -> None:
+        s.live = False
+        self._delist(s)
+        if s.rtb:
+            self._rtb.get(s.vertical, {}).pop(s.key, None)
+
+    # ------------------------------------------------------------------ reads
+    def ranked(
+        self, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000
+    ) -> list[Standing]:
+        """Up to ``want`` accepted standing bids in price-time order, best first.
+
+        Pops the two candidate heaps in merged order, drops stale and expired entries for
+        good, and pushes every live entry it popped back, so the book is unchanged.
+        """
+        own = self._buckets.get((vertical, state)) if state is not None else None
+        wide = self._buckets.get((vertical, None))
+        a = own.heap if own is not None else None
+        b = wide.heap if wide is not None else None
+        out: list[Standing] = []
+        back_a: list[tuple[int, int, Standing]] = []
+        back_b: list[tuple[int, int, Standing]] = []
+        scanned = 0
+        while len(out) < want and scanned < scan_limit:
+            if a and (not b or a[0] < b[0]):
+                entry = heappop(a)
+                back = back_a
+            elif b:
+                entry = heappop(b)
+                back = back_b
+            else:
+                break
+            s = entry[2]
+            if s.seq != entry[1]:
+                continue  # stale price, paused or replaced: drop the entry
+            if s.expires_ns is not None and s.expires_ns <= now_ns:
+                for bucket in s.buckets:  # expired for good: drop it from the index
+                    bucket.members.pop(s.key, None)
+                continue
+            back.append(entry)
+            scanned += 1
+            if s.wide_states is not None and state not in s.wide_states:
+                continue
+            if accept(s):
+                out.append(s)
+        for entry in back_a:
+            heappush(a, entry)  # type: ignore[arg-type]
+        for entry in back_b:
+            heappush(b, entry)  # type: ignore[arg-type]
+        return out
+
+    def rtb_candidates(self, vertical: str, state: str | None, now_ns: int) -> list[Standing]:
+        pool = self._rtb.get(vertical)
+        if not pool:
+            return []
+        return [s for s in pool.values() if not s.paused and s.covers(state) and not s.expired(now_ns)]

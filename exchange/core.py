@@ -1,0 +1,117 @@
+"""The exchange's state in one place: book, ledger, gate, dedupe index and calls.
+
+Everything here is synchronous and in memory. The pipeline (decisions) and the lifecycle
+(events, expiry) are functions over this state that take ``now_ns`` as an argument and
+return values; the async edges own the clock, the sockets and the durable writes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from billing.ledger import Ledger
+from compliance.gate import Gate
+from compliance.numbers import NumberInfo
+from routing.capacity import Taken
+from routing.dedupe import DedupeIndex
+from routing.schedule import LocalClock
+
+from .book import Book
+from .messages import DecisionFields, EventResponse, Message
+from .settings import Settings
+
+Notice = tuple[str, Message]  # (buyer id, message to send)
+
+
+class PlannedRoute(NamedTuple):
+    buyer: str
+    campaign: str
+    destination: str
+    bid_cents: int
+    price_cents: int
+    payout_cents: int
+    margin_cents: int
+    min_duration_s: int
+    dedupe_days: int
+
+
+class CallRecord:
+    """One call: its decision, its plan and where it stands."""
+
+    __slots__ = (
+        "call_id", "publisher", "consumer", "caller", "direction", "vertical", "state", "decision",
+        "routes", "index", "status", "taken", "expires_ns", "events", "billable", "charged_cents",
+        "payout_cents", "margin_cents", "history", "evidence", "created_ns", "final_ns", "request",
+    )
+
+    def __init__(self, call_id: str, publisher: str, created_ns: int) -> None:
+        self.call_id, self.publisher, self.created_ns = call_id, publisher, created_ns
+        self.consumer: NumberInfo | None = None  # the consumer's number (caller inbound, callee outbound)
+        self.caller: str | None = None
+        self.state: str | None = None
+        self.direction = self.vertical = ""
+        self.decision: DecisionFields | None = None
+        self.routes: tuple[PlannedRoute, ...] = ()
+        self.index = 0
+        self.status = "rejected"
+        self.taken: Taken | None = None
+        self.expires_ns: int | None = None
+        self.events: dict[str, tuple[object, EventResponse]] = {}
+        self.billable = False
+        self.charged_cents = self.payout_cents = self.margin_cents = 0
+        self.history: list[tuple[int, str, int]] = []  # (at_ns, event, route_index)
+        self.evidence: dict[str, object] = {}
+        self.final_ns: int | None = None
+        self.request: object = None
+
+    @property
+    def route(self) -> PlannedRoute | None:
+        return self.routes[self.index] if self.index < len(self.routes) else None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("routed", "connected")
+
+
+class Core:
+    __slots__ = ("settings", "book", "ledger", "gate", "dedupe", "clock", "calls", "active", "finished", "stats")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.book = Book()
+        self.ledger = Ledger()
+        self.clock = LocalClock()
+        self.gate = Gate(clock=self.clock)
+        self.dedupe = DedupeIndex()
+        self.calls: dict[str, CallRecord] = {}
+        self.active: dict[str, CallRecord] = {}
+        self.finished: list[tuple[int, str]] = []  # (final_ns, call id), in order, for retention
+        self.stats = Stats()
+
+    def finish(self, rec: CallRecord, status: str, now_ns: int) -> None:
+        rec.status = status
+        rec.final_ns = now_ns
+        rec.expires_ns = None
+        self.active.pop(rec.call_id, None)
+        self.finished.append((now_ns, rec.call_id))
+
+    def forget_before(self, cutoff_ns: int) -> int:
+        """Drop finished calls older than the retention window from memory."""
+        n = 0
+        while n < len(self.finished) and self.finished[n][0] < cutoff_ns:
+            self.calls.pop(self.finished[n][1], None)
+            n += 1
+        if n:
+            del self.finished[:n]
+        return n
+
+
+class Stats:
+    """Plain counters of money moved and calls, read by the metrics and the demo."""
+
+    __slots__ = ("calls", "routed", "rejected", "by_reason", "billable", "charged_cents", "payout_cents", "margin_cents", "bids", "fallbacks_used")
+
+    def __init__(self) -> None:
+        self.calls = self.routed = self.rejected = self.billable = self.bids = self.fallbacks_used = 0
+        self.charged_cents = self.payout_cents = self.margin_cents = 0
+        self.by_reason: dict[str, int] = {}

@@ -1,0 +1,169 @@
+"""A routed call's lifecycle, pure: legs engaged and released, events, expiry, billing.
+
+Only the leg in use holds anything: its campaign's concurrency slot and cap counts, and
+a hold of its price on the buyer's funds. ``completed`` at or past the route's
+``min_duration_s`` (and not a repeat caller inside ``dedupe_days``) captures the hold as
+one balanced charge entry: buyer -price, publisher +payout, exchange +margin. A short
+call, a failure or an expiry releases the hold; ``failed`` moves the call to the next
+route of the plan that can still take it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from billing.postings import buyer_account, charge
+from compliance.numbers import NumberInfo
+from routing.eligibility import campaign_refusal
+from routing.schedule import UTC
+
+from .book import Standing
+from .core import CallRecord, Core, Notice, PlannedRoute
+from .instants import from_ns
+from .messages import CallEvent, CallNotice, EventResponse, Route, Win
+
+NS = 1_000_000_000
+
+
+class EventError(NamedTuple):
+    status: int
+    code: str
+    message: str
+    path: str | None = None
+
+
+def refusal(core: Core, st: Standing, consumer: NumberInfo | None, direction: str, area_code: int | None, price: int, now_ns: int) -> str | None:
+    """Why campaign ``st`` may not take this call at ``price`` now (None: it may)."""
+    why = campaign_refusal(
+        clock=core.clock, now_ns=now_ns, price_cents=price, direction=direction, area_code=area_code,
+        accepts_outbound=st.accepts_outbound, area_codes=st.area_codes, schedule=st.schedule,
+        limits=st.limits, capacity=st.capacity,
+    )
+    if why is not None:
+        return why
+    if price > 0 and not core.ledger.can_cover(buyer_account(st.buyer), price):
+        return "funds"
+    if consumer is not None:
+        if core.dedupe.is_repeat(st.buyer, consumer.e164, st.dedupe_days, now_ns):
+            return "duplicate_caller"
+        return core.gate.buyer_refusal(st.buyer, consumer, direction, now_ns)
+    return None
+
+
+def route_wire(r: PlannedRoute, expires_ns: int) -> Route:
+    return Route(buyer=r.buyer, campaign=r.campaign, destination=r.destination, payout_cents=r.payout_cents,
+                 min_duration_s=r.min_duration_s, expires_at=from_ns(expires_ns))
+
+
+def engage(core: Core, rec: CallRecord, start: int, now_ns: int, recheck: bool = False) -> Notice | None:
+    """Put the first route from ``start`` that can take the call in use; its ``win`` notice."""
+    for k in range(start, len(rec.routes)):
+        r = rec.routes[k]
+        st = core.book.get(r.buyer, r.campaign)
+        if st is None or st.paused or st.expired(now_ns):
+            continue
+        if recheck and refusal(core, st, rec.consumer, rec.direction, rec.consumer.npa if rec.consumer else None, r.price_cents, now_ns) is not None:
+            continue
+        if not core.ledger.hold(rec.call_id, buyer_account(r.buyer), r.price_cents):
+            continue
+        lt = core.clock.at(st.schedule.zone if st.schedule is not None else UTC, now_ns)
+        rec.taken = (st.capacity, st.capacity.take(lt, r.price_cents))
+        rec.index, rec.status = k, "routed"
+        rec.expires_ns = now_ns + core.settings.route_ttl_s * NS
+        rec.history.append((now_ns, "routed", k))
+        return r.buyer, Win(
+            call_id=rec.call_id, campaign=r.campaign, price_cents=r.price_cents, caller=rec.caller or "",
+            destination=r.destination, expires_at=from_ns(rec.expires_ns), min_duration_s=r.min_duration_s, route_index=k,
+        )
+    return None
+
+
+def _disengage(core: Core, rec: CallRecord, outcome: str, now_ns: int) -> None:
+    """Release the leg in use. ``outcome``: billable | short | failed."""
+    if rec.taken is None:
+        return
+    capacity, taken = rec.taken
+    rec.taken = None
+    capacity.release()
+    r = rec.routes[rec.index]
+    if outcome == "billable":
+        entry = charge(rec.call_id, r.buyer, rec.publisher, r.price_cents, core.settings.take_rate_bps, now_ns)
+        core.ledger.capture(rec.call_id, entry)
+        rec.billable = True
+        rec.charged_cents, rec.payout_cents, rec.margin_cents = r.price_cents, r.payout_cents, r.margin_cents
+        stats = core.stats
+        stats.billable += 1
+        stats.charged_cents += r.price_cents
+        stats.payout_cents += r.payout_cents
+        stats.margin_cents += r.margin_cents
+        if rec.consumer is not None:
+            core.dedupe.record(r.buyer, rec.consumer.e164, now_ns)
+    else:
+        core.ledger.release(rec.call_id)
+        capacity.give_back(taken, spend_only=(outcome == "short"))
+
+
+def apply_event(core: Core, rec: CallRecord, key: str, ev: CallEvent, now_ns: int) -> tuple[EventResponse | EventError, list[Notice]]:
+    """Apply one publisher event, idempotent by ``key`` (same key, same body: same answer)."""
+    prior = rec.events.get(key)
+    if prior is not None:
+        if prior[0] != ev:
+            return EventError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body"), []
+        return prior[1], []
+    if not rec.active:
+        return EventError(409, "call_finished", f"the call is already {rec.status}"), []
+    if ev.route_index is not None and ev.route_index != rec.index:
+        return EventError(409, "stale_route", f"the call is on route {rec.index}, not {ev.route_index}", "$.route_index"), []
+    if ev.event == "completed" and ev.duration_s is None:
+        return EventError(422, "invalid_message", "a completed event needs duration_s", "$.duration_s"), []
+    r = rec.routes[rec.index]
+    notices: list[Notice] = []
+    rec.history.append((now_ns, ev.event, rec.index))
+    if ev.event == "connected":
+        if rec.status == "connected":
+            return EventError(409, "already_connected", "the call is already connected"), []
+        rec.status = "connected"
+        rec.expires_ns = now_ns + core.settings.max_call_s * NS
+        notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="connected")))
+    elif ev.event == "completed":
+        duration = ev.duration_s or 0
+        billable = duration >= r.min_duration_s and not (
+            rec.consumer is not None and core.dedupe.is_repeat(r.buyer, rec.consumer.e164, r.dedupe_days, now_ns)
+        )
+        _disengage(core, rec, "billable" if billable else "short", now_ns)
+        core.finish(rec, "completed", now_ns)
+        notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="completed", duration_s=duration, billable=billable, charged_cents=rec.charged_cents)))
+    else:  # failed: release this leg, move to the next route that can take the call
+        _disengage(core, rec, "failed", now_ns)
+        notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="failed", duration_s=ev.duration_s)))
+        win = engage(core, rec, rec.index + 1, now_ns, recheck=True)
+        if win is None:
+            core.finish(rec, "failed", now_ns)
+        else:
+            core.stats.fallbacks_used += 1
+            notices.append(win)
+    resp = event_response(rec)
+    rec.events[key] = (ev, resp)
+    return resp, notices
+
+
+def event_response(rec: CallRecord) -> EventResponse:
+    route = rec.route if rec.active else None
+    return EventResponse(
+        call_id=rec.call_id, status=rec.status, billable=rec.billable, charged_cents=rec.charged_cents,
+        payout_cents=rec.payout_cents, route_index=rec.index,
+        route=route_wire(route, rec.expires_ns) if route is not None and rec.expires_ns is not None else None,
+    )
+
+
+def expire_due(core: Core, now_ns: int) -> list[Notice]:
+    """Release every leg whose ``expires_at`` passed without an ending event."""
+    notices: list[Notice] = []
+    due = [rec for rec in core.active.values() if rec.expires_ns is not None and rec.expires_ns <= now_ns]
+    for rec in due:
+        r = rec.routes[rec.index]
+        _disengage(core, rec, "failed", now_ns)
+        rec.history.append((now_ns, "expired", rec.index))
+        core.finish(rec, "expired", now_ns)
+        notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="failed")))
+    return notices

@@ -1,0 +1,411 @@
+"""Every wire message of PROTOCOL.md as a msgspec Struct, plus the codecs, built once.
+
+Validation happens here, at decode, so the core only ever sees well-typed values. The
+server, the tests, the benchmarks and the load test all import these types: nobody writes
+wire JSON by hand. Constraints live in the types (``Annotated[int, Meta(...)]``) so a bad
+field is reported with its JSON path.
+
+Wire messages do not forbid unknown fields (clients may be newer than the server).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+# ---------------------------------------------------------------- field types
+MAX_CENTS = 1_000_000  # $10,000 per call: anything above is treated as absurd input
+Cents = Annotated[int, Meta(ge=0, le=MAX_CENTS)]
+PositiveCents = Annotated[int, Meta(ge=1, le=1_000_000_000_00)]
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Vertical = Annotated[str, Meta(min_length=1, max_length=48, pattern=r"^[a-z0-9_]+$")]
+StateCode = Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
+AreaCode = Annotated[int, Meta(ge=200, le=999)]
+HHMM = Annotated[str, Meta(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
+Destination = Annotated[str, Meta(max_length=256, pattern=r"^(\+[1-9][0-9]{6,14}|sips?:[^\s]+)$")]
+Phone = Annotated[str, Meta(min_length=1, max_length=32)]
+Seconds = Annotated[int, Meta(ge=0, le=86_400)]
+AwareTime = Annotated[datetime, Meta(tz=True)]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Direction = Literal["inbound", "outbound"]
+TagValue = Union[str, int, float, bool, None]
+Tags = Annotated[dict[str, TagValue], Meta(max_length=32)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+
+
+class Message(Struct, tag_field="type", frozen=True, kw_only=True, omit_defaults=True):
+    """Base of every tagged WebSocket message: an optional client sequence number."""
+
+    seq: Seq | None = None
+
+
+# ---------------------------------------------------------------- campaigns
+class Schedule(Struct, frozen=True, kw_only=True):
+    """Open hours per weekday in the campaign's own IANA time zone."""
+
+    tz: Annotated[str, Meta(min_length=1, max_length=64)]
+    hours: dict[Weekday, list[tuple[HHMM, HHMM]]] = {}
+
+
+class Caps(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    concurrency: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    hourly: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
+    daily: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
+    monthly: Annotated[int, Meta(ge=0, le=100_000_000)] | None = None
+
+
+class Campaign(Message, tag="campaign", kw_only=True):
+    """Create or replace a standing bid."""
+
+    id: Id
+    vertical: Vertical
+    bid_cents: Cents
+    states: Annotated[list[StateCode], Meta(max_length=60)] = []
+    area_codes: Annotated[list[AreaCode], Meta(max_length=1000)] | None = None
+    schedule: Schedule | None = None
+    caps: Caps | None = None
+    daily_budget_cents: Annotated[int, Meta(ge=0, le=1_000_000_000_00)] | None = None
+    min_duration_s: Seconds
+    dedupe_days: Annotated[int, Meta(ge=0, le=365)] = 0
+    destination: Destination
+    accepts_outbound: bool = False
+    rtb: bool = False
+    expires_at: AwareTime | None = None
+    paused: bool = False
+
+
+class Bid(Message, tag="bid", kw_only=True):
+    """Reprice a campaign: the high-rate stream."""
+
+    campaign: Id
+    bid_cents: Cents
+
+
+class Pause(Message, tag="pause", kw_only=True):
+    campaign: Id
+
+
+class Resume(Message, tag="resume", kw_only=True):
+    campaign: Id
+
+
+class RtbBid(Message, tag="rtb_bid", kw_only=True):
+    request_id: Id
+    bid_cents: Cents
+    destination: Destination | None = None
+    min_duration_s: Seconds | None = None
+
+
+class NoBid(Message, tag="no_bid", kw_only=True):
+    request_id: Id
+    reason: Annotated[str, Meta(max_length=128)] | None = None
+
+
+class Ping(Message, tag="ping", kw_only=True):
+    pass
+
+
+BuyerMessage = Union[Campaign, Bid, Pause, Resume, RtbBid, NoBid, Ping]
+
+
+# ---------------------------------------------------------------- exchange -> buyer
+class Ack(Message, tag="ack", kw_only=True):
+    pass
+
+
+class Error(Message, tag="error", kw_only=True):
+    code: str
+    message: str
+    path: str | None = None
+
+
+class Pong(Message, tag="pong", kw_only=True):
+    pass
+
+
+class CallInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a bidder may know of a call before it wins: never the caller's number."""
+
+    vertical: str
+    state: str | None = None
+    area_code: int | None = None
+    direction: Direction = "inbound"
+    tags: dict[str, TagValue] = {}
+
+
+class BidRequest(Message, tag="bid_request", kw_only=True):
+    request_id: str
+    campaign: str
+    tmax_ms: int
+    floor_cents: int
+    call: CallInfo
+
+
+class Win(Message, tag="win", kw_only=True):
+    call_id: str
+    campaign: str
+    price_cents: int
+    caller: str
+    destination: str
+    expires_at: datetime
+    min_duration_s: int = 0
+    route_index: int = 0
+
+
+class Loss(Message, tag="loss", kw_only=True):
+    request_id: str
+    reason: str
+    clearing_price_cents: int | None = None
+    campaign: str | None = None
+    call_id: str | None = None
+
+
+class CallNotice(Message, tag="call", kw_only=True):
+    call_id: str
+    status: Literal["connected", "completed", "failed", "expired"]
+    duration_s: int | None = None
+    billable: bool = False
+    charged_cents: int = 0
+
+
+# ---------------------------------------------------------------- publishers
+class CallFields(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The body of POST /v1/calls (and of the publisher WebSocket ``call`` message)."""
+
+    caller: Phone
+    vertical: Vertical
+    direction: Direction = "inbound"
+    callee: Phone | None = None
+    state: StateCode | None = None
+    zip: Annotated[str, Meta(pattern=r"^[0-9]{5}$")] | None = None
+    consent_token: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    tags: Tags = {}
+    tmax_ms: Annotated[int, Meta(ge=0, le=60_000)] | None = None
+    floor_cents: Cents = 0
+    origin: Literal["consumer_dialed", "callback", "warm_transfer"] | None = None
+    dial_mode: Literal["manual", "autodialed", "prerecorded"] | None = None
+
+
+class CallRequest(CallFields, kw_only=True):
+    pass
+
+
+class PublisherCall(CallFields, tag_field="type", tag="call", kw_only=True):
+    """A call submitted over the publisher WebSocket: the POST body plus ``seq``."""
+
+    seq: Seq | None = None
+
+
+PublisherMessage = Union[PublisherCall, Ping]
+
+
+class Route(Struct, frozen=True, kw_only=True):
+    buyer: str
+    campaign: str
+    destination: str
+    payout_cents: int
+    min_duration_s: int
+    expires_at: datetime
+
+
+class DecisionFields(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    call_id: str
+    decision: Literal["routed", "rejected"]
+    reason: str
+    route: Route | None = None
+    fallbacks: list[Route] = []
+    decision_us: int = 0
+    rtb_wait_us: int | None = None
+    rule: str | None = None
+
+
+class DecisionResponse(DecisionFields, kw_only=True):
+    pass
+
+
+class Decision(DecisionFields, tag_field="type", tag="decision", kw_only=True):
+    seq: Seq | None = None
+
+
+class CallEvent(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    event: Literal["connected", "completed", "failed"]
+    duration_s: Seconds | None = None
+    route_index: Annotated[int, Meta(ge=0, le=1000)] | None = None
+
+
+class EventResponse(Struct, frozen=True, kw_only=True):
+    call_id: str
+    status: str
+    billable: bool
+    charged_cents: int
+    payout_cents: int
+    route_index: int = 0
+    route: Route | None = None
+
+
+# ---------------------------------------------------------------- accounts and admin
+class AccountCreate(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: Literal["buyer", "publisher"]
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    credit_limit_cents: Annotated[int, Meta(ge=0, le=1_000_000_000_00)] = 0
+
+
+class AccountCreated(Struct, frozen=True, kw_only=True):
+    id: str
+    kind: str
+    name: str
+    api_key: str
+    credit_limit_cents: int = 0
+
+
+class Deposit(Struct, frozen=True, kw_only=True):
+    amount_cents: PositiveCents
+    reference: Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class Balance(Struct, frozen=True, kw_only=True):
+    balance_cents: int
+    held_cents: int
+    available_cents: int
+    credit_limit_cents: int = 0
+
+
+class Suppression(Struct, frozen=True, kw_only=True):
+    number: Phone
+    scope: Literal["exchange", "buyer"] = "exchange"
+
+
+class ErrorDetail(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    path: str | None = None
+
+
+class ErrorBody(Struct, frozen=True, kw_only=True):
+    error: ErrorDetail
+
+
+# ---------------------------------------------------------------- codecs, built once
+json_encoder = msgspec.json.Encoder()
+msgpack_encoder = msgspec.msgpack.Encoder()
+BuyerFrame = Union[BuyerMessage, list[BuyerMessage]]
+buyer_json = msgspec.json.Decoder(BuyerFrame)
+buyer_msgpack = msgspec.msgpack.Decoder(BuyerFrame)
+buyer_json_one = msgspec.json.Decoder(BuyerMessage)
+buyer_msgpack_one = msgspec.msgpack.Decoder(BuyerMessage)
+PublisherFrame = Union[PublisherMessage, list[PublisherMessage]]
+publisher_json = msgspec.json.Decoder(PublisherFrame)
+publisher_json_one = msgspec.json.Decoder(PublisherMessage)
+ExchangeMessage = Union[Ack, Error, Pong, BidRequest, Win, Loss, CallNotice, Decision]
+exchange_json = msgspec.json.Decoder(Union[ExchangeMessage, list[ExchangeMessage]])
+exchange_msgpack = msgspec.msgpack.Decoder(Union[ExchangeMessage, list[ExchangeMessage]])
+
+
+class _SeqOnly(Struct):
+    seq: int | None = None
+
+
+_seq_json = msgspec.json.Decoder(_SeqOnly)
+_seq_msgpack = msgspec.msgpack.Decoder(_SeqOnly)
+_raw_list_json = msgspec.json.Decoder(list[msgspec.Raw])
+_raw_list_msgpack = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def error_from_exception(exc: Exception, prefix: str = "$") -> ErrorDetail:
+    """Turn a msgspec decode/validation error into a wire error with its JSON path."""
+    if isinstance(exc, msgspec.ValidationError):
+        text = str(exc)
+        path = prefix
+        if " - at `" in text:
+            text, _, at = text.rpartition(" - at `")
+            at = at.rstrip("`")
+            if at.startswith("key` in `"):  # "Invalid enum value 'x' - at `key` in `$.hours`"
+                at = at[len("key` in `"):]
+            path = prefix + at[1:] if at.startswith("$") else at
+        missing = _MISSING.search(text)
+        if missing:
+            path = f"{path}.{missing.group(1)}"
+        code = "unknown_type" if path.endswith(".type") and text.startswith("Invalid value") else "invalid_message"
+        if missing and missing.group(1) == "type":
+            code = "invalid_message"
+        return ErrorDetail(code=code, message=text, path=path)
+    return ErrorDetail(code="malformed_json", message=f"cannot decode frame: {exc}")
+
+
+def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[BuyerMessage], list[Error], bool | list[str]]:
+    """Decode one buyer frame into its messages, with an ``error`` for each bad one.
+
+    The fast path decodes the whole frame at once. Only if that fails is the frame split
+    into its items so that the good messages of a batch still apply and each bad one gets
+    its own error (with its ``seq`` when it can be read). The third value locates the
+    messages for error paths: ``True``/``False`` (batch or not) on the fast path, else the
+    JSON path of each good message. ``message_path`` reads it.
+    """
+    one, many, seq_of, raw_list = (
+        (buyer_msgpack_one, buyer_msgpack, _seq_msgpack, _raw_list_msgpack)
+        if binary
+        else (buyer_json_one, buyer_json, _seq_json, _raw_list_json)
+    )
+    try:
+        out = many.decode(data)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as exc:
+        detail = error_from_exception(exc)
+        return [], [Error(code=detail.code, message=detail.message)], False
+    else:
+        return (out, [], True) if isinstance(out, list) else ([out], [], False)
+    try:
+        items: list[tuple[str, bytes]] = [(f"$[{i}]", bytes(r)) for i, r in enumerate(raw_list.decode(data))]
+    except msgspec.MsgspecError:
+        items = [("$", data if isinstance(data, bytes) else data.encode())]
+    good: list[BuyerMessage] = []
+    paths: list[str] = []
+    errors: list[Error] = []
+    for prefix, raw in items:
+        try:
+            good.append(one.decode(raw))
+            paths.append(prefix)
+        except msgspec.MsgspecError as exc:
+            detail = error_from_exception(exc, prefix)
+            try:
+                seq = seq_of.decode(raw).seq
+            except msgspec.MsgspecError:
+                seq = None
+            errors.append(Error(code=detail.code, message=detail.message, path=detail.path, seq=seq))
+    return good, errors, paths
+
+
+def message_path(where: bool | list[str], i: int) -> str:
+    """The JSON path of the i-th decoded message of a frame (see ``decode_buyer_frame``)."""
+    if where is True:
+        return f"$[{i}]"
+    if where is False:
+        return "$"
+    return where[i]
+
+
+def decode_body(data: bytes, type_: type) -> object:
+    """Decode an HTTP JSON body into ``type_``; raises ``BadInput`` with path on failure."""
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except msgspec.MsgspecError as exc:
+        raise BadInput(error_from_exception(exc)) from None
+
+
+class BadInput(Exception):
+    """Raised at the edge only: the request is rejected with this error detail."""
+
+    def __init__(self, detail: ErrorDetail, status: int = 422) -> None:
+        super().__init__(detail.message)
+        self.detail = detail
+        self.status = status
+
+
+def encode(msg: object) -> bytes:
+    return json_encoder.encode(msg)

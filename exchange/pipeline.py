@@ -1,0 +1,144 @@
+"""The call pipeline, pure: call -> compliance -> auction -> routing plan -> effects.
+
+``prepare`` validates the call, runs the gate and lists the RTB campaigns to ask; the edge
+sends their ``bid_request``s and waits at most ``tmax_ms``; ``decide`` then runs the
+auction over the standing bids and the live answers, engages the winner's leg and returns
+the decision with the notices to send (``win`` to the winner, ``loss`` to the others).
+Both take ``now_ns``; neither awaits, logs or reads a clock.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from compliance.gate import Verdict
+from compliance.numbers import NumberInfo, parse_number
+
+from .auction import Bidder, clear
+from .book import Standing
+from .core import CallRecord, Core, Notice, PlannedRoute
+from .lifecycle import engage, refusal, route_wire
+from .messages import BidRequest, CallFields, CallInfo, DecisionFields, Loss, RtbBid
+
+
+class Prepared(NamedTuple):
+    call_id: str
+    publisher: str
+    call: CallFields
+    consumer: NumberInfo | None
+    caller: NumberInfo | None
+    state: str | None
+    area_code: int | None
+    floor_cents: int
+    verdict: Verdict
+    tmax_ms: int
+    bid_requests: tuple[tuple[str, BidRequest], ...]  # (buyer, request) to send now
+
+
+def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: int) -> Prepared:
+    s = core.settings
+    caller = parse_number(call.caller)
+    consumer = caller if call.direction == "inbound" else parse_number(call.callee)
+    verdict = core.gate.check(call.direction, consumer, now_ns)
+    state = call.state or (consumer.state if consumer is not None else None)
+    area_code = consumer.npa if consumer is not None else None
+    floor = max(call.floor_cents, s.min_floor_cents)
+    tmax = min(s.rtb_tmax_ms, s.rtb_tmax_cap_ms)
+    if call.tmax_ms is not None:
+        tmax = min(tmax, call.tmax_ms)
+    requests: list[tuple[str, BidRequest]] = []
+    if verdict.allow and tmax > 0:
+        info = CallInfo(vertical=call.vertical, state=state, area_code=area_code, direction=call.direction, tags=call.tags)
+        for n, st in enumerate(core.book.rtb_candidates(call.vertical, state, now_ns)):
+            if len(requests) >= s.rtb_max_fanout:
+                break
+            if refusal(core, st, consumer, call.direction, area_code, 0, now_ns) is None:
+                req = BidRequest(request_id=f"{call_id}.{n}", campaign=st.id, tmax_ms=tmax, floor_cents=floor, call=info)
+                requests.append((st.buyer, req))
+    return Prepared(call_id, publisher, call, consumer, caller, state, area_code, floor, verdict, tmax, tuple(requests))
+
+
+def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_ns: int) -> tuple[CallRecord, list[Notice]]:
+    """Run the auction and engage the winner. ``answers``: request id -> (answer, arrival seq)."""
+    s = core.settings
+    call = p.call
+    rec = CallRecord(p.call_id, p.publisher, now_ns)
+    rec.request = call
+    rec.direction, rec.vertical, rec.state = call.direction, call.vertical, p.state
+    rec.consumer = p.consumer
+    rec.caller = p.caller.e164 if p.caller is not None else call.caller
+    rec.evidence = {**core.gate.evidence(), "allow": p.verdict.allow, "reason": p.verdict.reason, "rule": p.verdict.rule}
+    notices: list[Notice] = []
+    core.stats.calls += 1
+    if not p.verdict.allow:
+        return _reject(core, rec, p.verdict.reason, p.verdict.rule, now_ns), notices
+
+    want = s.max_fallbacks + 2  # the routes plus one runner-up to price the last of them
+    buyers: set[str] = set()
+
+    def accept(st: Standing) -> bool:
+        if st.buyer in buyers or refusal(core, st, p.consumer, call.direction, p.area_code, st.bid_cents, now_ns) is not None:
+            return False
+        buyers.add(st.buyer)
+        return True
+
+    standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit)
+    bidders = [Bidder(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
+    timeouts: list[tuple[str, BidRequest]] = []
+    for buyer, req in p.bid_requests:
+        got = answers.get(req.request_id)
+        st = core.book.get(buyer, req.campaign)
+        if got is None or st is None:
+            timeouts.append((buyer, req))
+            continue
+        ans, arrival = got
+        if refusal(core, st, p.consumer, call.direction, p.area_code, ans.bid_cents, now_ns) is not None:
+            continue
+        bidders.append(Bidder(
+            ans.bid_cents, arrival, buyer, st.id, ans.destination or st.destination,
+            ans.min_duration_s if ans.min_duration_s is not None else st.min_duration_s, st.dedupe_days, req.request_id,
+        ))
+    # one per buyer across standing and live bids: keep each buyer's best
+    best: dict[str, Bidder] = {}
+    for b in bidders:
+        cur = best.get(b.buyer)
+        if cur is None or (-b.bid_cents, b.priority) < (-cur.bid_cents, cur.priority):
+            best[b.buyer] = b
+    cleared = clear(list(best.values()), p.floor_cents, s.pricing, s.take_rate_bps, s.max_fallbacks + 1)
+    clearing = cleared.routes[0].price_cents if cleared.routes else None
+    for buyer, req in timeouts:
+        notices.append((buyer, Loss(request_id=req.request_id, reason="timeout", campaign=req.campaign, call_id=p.call_id)))
+    for b, why in cleared.losers:
+        notices.append((b.buyer, Loss(request_id=b.request_id or p.call_id, reason=why, clearing_price_cents=clearing, campaign=b.campaign, call_id=p.call_id)))
+    if cleared.reason != "ok":
+        return _reject(core, rec, cleared.reason, None, now_ns), notices
+    rec.routes = tuple(
+        PlannedRoute(r.bidder.buyer, r.bidder.campaign, r.bidder.destination, r.bidder.bid_cents, r.price_cents,
+                     r.payout_cents, r.margin_cents, r.bidder.min_duration_s, r.bidder.dedupe_days)
+        for r in cleared.routes
+    )
+    rec.status = "routed"
+    core.calls[rec.call_id] = rec
+    core.active[rec.call_id] = rec
+    win = engage(core, rec, 0, now_ns)
+    if win is None:  # nobody could take the leg after all (cannot happen within one step)
+        core.active.pop(rec.call_id, None)
+        return _reject(core, rec, "no_eligible_bid", None, now_ns), notices
+    notices.append(win)
+    routes = [route_wire(r, rec.expires_ns or now_ns) for r in rec.routes[rec.index:]]
+    rec.decision = DecisionFields(call_id=rec.call_id, decision="routed", reason="ok", route=routes[0], fallbacks=routes[1:])
+    core.stats.routed += 1
+    core.stats.by_reason["ok"] = core.stats.by_reason.get("ok", 0) + 1
+    return rec, notices
+
+
+def _reject(core: Core, rec: CallRecord, reason: str, rule: str | None, now_ns: int) -> CallRecord:
+    rec.decision = DecisionFields(call_id=rec.call_id, decision="rejected", reason=reason, rule=rule)
+    core.calls[rec.call_id] = rec
+    core.finish(rec, "rejected", now_ns)
+    core.stats.rejected += 1
+    core.stats.by_reason[reason] = core.stats.by_reason.get(reason, 0) + 1
+    return rec
+
+
+__all__ = ["Prepared", "prepare", "decide"]

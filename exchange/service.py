@@ -1,0 +1,240 @@
+"""The imperative shell: owns the core, the clock, the connections and the RTB rounds.
+
+Every call runs ``prepare`` -> (fan out bid requests, wait at most ``tmax_ms``) ->
+``decide`` -> dispatch notices. Between the two pure steps other calls and bids are
+served; ``decide`` re-checks every candidate, so nothing decided relies on stale state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict
+from time import perf_counter_ns
+from typing import Protocol
+
+import msgspec
+
+from billing.postings import buyer_account, deposit
+from compliance.numbers import parse_number
+
+from .accounts import Account, Accounts
+from .clock import WallClock
+from .core import CallRecord, Core, Notice
+from .lifecycle import EventError, apply_event, expire_due
+from .messages import CallEvent, CallFields, DecisionFields, Error, EventResponse, Message, NoBid, RtbBid
+from .metrics import Metrics
+from .pipeline import decide, prepare
+from .settings import Settings
+
+log = logging.getLogger("exchange")
+
+
+class Sender(Protocol):
+    account: Account
+
+    def send(self, msg: object) -> bool: ...
+
+
+class RtbRound:
+    """The live bids of one call: filled by buyers' answers until all arrive or tmax."""
+
+    __slots__ = ("expected", "answers", "done")
+
+    def __init__(self) -> None:
+        self.expected: dict[str, str] = {}  # request id -> buyer id
+        self.answers: dict[str, tuple[RtbBid, int]] = {}
+        self.done = asyncio.Event()
+
+
+class CallRejected(Exception):
+    """A call or event the edge must answer with an error body (status, code, message, path)."""
+
+    def __init__(self, status: int, code: str, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.path = status, code, path
+
+
+class Exchange:
+    def __init__(self, settings: Settings, clock: WallClock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or WallClock()
+        self.core = Core(settings)
+        self.admin_key = settings.admin_key or "dce_admin_" + secrets.token_urlsafe(24)
+        self.accounts = Accounts(self.admin_key)
+        self.metrics = Metrics()
+        self.buyers: dict[str, list[Sender]] = {}
+        self.rounds: dict[str, RtbRound] = {}
+        self.closed_requests: OrderedDict[str, str] = OrderedDict()
+        self.call_keys: dict[tuple[str, str], str] = {}
+        self.ready = False
+        self._tasks: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _sweeper(self) -> None:
+        """Release legs whose ``expires_at`` passed and forget calls past retention."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                now = self.clock.now_ns()
+                self.notify(expire_due(self.core, now))
+                self.core.forget_before(now - self.settings.call_retention_s * 1_000_000_000)
+                if len(self.call_keys) > 2 * len(self.core.calls) + 1024:
+                    self.call_keys = {k: v for k, v in self.call_keys.items() if v in self.core.calls}
+            except Exception:  # the sweeper must outlive a bad record; the bug is logged
+                log.exception("sweeper_failed")
+
+    # ------------------------------------------------------------------ accounts and money
+    def create_account(self, kind: str, name: str, credit_limit_cents: int) -> tuple[Account, str]:
+        acct, key = self.accounts.create(kind, name, credit_limit_cents)  # type: ignore[arg-type]
+        if kind == "buyer":
+            self.core.ledger.set_credit(buyer_account(acct.id), credit_limit_cents)
+        return acct, key
+
+    def deposit(self, acct: Account, amount_cents: int, reference: str) -> bool:
+        """Post a deposit; False if the same reference was already posted (a replay)."""
+        entry = deposit(buyer_account(acct.id) if acct.kind == "buyer" else f"{acct.kind}:{acct.id}", amount_cents,
+                        f"{acct.id}:{reference}", self.clock.now_ns())
+        _, created = self.core.ledger.post(entry)
+        return created
+
+    # ------------------------------------------------------------------ buyers
+    def attach(self, conn: Sender) -> None:
+        self.buyers.setdefault(conn.account.id, []).append(conn)
+
+    def detach(self, conn: Sender) -> None:
+        conns = self.buyers.get(conn.account.id)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self.buyers[conn.account.id]
+
+    def notify(self, notices: list[Notice]) -> None:
+        """Send each notice to the buyer's oldest open connection (if any)."""
+        for buyer, msg in notices:
+            conns = self.buyers.get(buyer)
+            if conns:
+                conns[0].send(msg)
+
+    def on_rtb_answer(self, buyer: str, msg: RtbBid | NoBid) -> Error | None:
+        rnd = self.rounds.get(msg.request_id)
+        if rnd is None or rnd.expected.get(msg.request_id) != buyer:
+            if self.closed_requests.get(msg.request_id) == buyer:
+                return Error(code="late_answer", message="answer arrived after tmax_ms; counted as a timeout",
+                             path="$.request_id", seq=msg.seq)
+            return Error(code="unknown_request", message="no open bid_request with this id", path="$.request_id", seq=msg.seq)
+        if isinstance(msg, RtbBid):
+            rnd.answers[msg.request_id] = (msg, self.core.book.next_seq())
+            self.metrics.rtb_answers += 1
+        del rnd.expected[msg.request_id]
+        self.rounds.pop(msg.request_id, None)
+        self._close_request(msg.request_id, buyer)
+        if not rnd.expected:
+            rnd.done.set()
+        return None
+
+    def _close_request(self, request_id: str, buyer: str) -> None:
+        self.closed_requests[request_id] = buyer
+        while len(self.closed_requests) > 100_000:
+            self.closed_requests.popitem(last=False)
+
+    # ------------------------------------------------------------------ publishers
+    def check_numbers(self, call: CallFields) -> None:
+        """Unparseable numbers are bad input (422 with the JSON path), not a decision."""
+        if parse_number(call.caller) is None:
+            raise CallRejected(422, "invalid_number", f"caller {call.caller!r} is not a valid phone number", "$.caller")
+        if call.direction == "outbound":
+            if call.callee is None:
+                raise CallRejected(422, "invalid_message", "an outbound call needs callee", "$.callee")
+            if parse_number(call.callee) is None:
+                raise CallRejected(422, "invalid_number", f"callee {call.callee!r} is not a valid phone number", "$.callee")
+
+    async def submit_call(self, publisher: Account, call: CallFields, idem_key: str | None = None) -> DecisionFields:
+        if idem_key is not None:
+            prior = self.call_keys.get((publisher.id, idem_key))
+            if prior is not None:
+                rec = self.core.calls.get(prior)
+                if rec is None or rec.decision is None:
+                    raise CallRejected(409, "in_progress", "a call with this Idempotency-Key is being decided")
+                if rec.request != call:
+                    raise CallRejected(409, "idempotency_conflict", "this Idempotency-Key was used with a different body")
+                return rec.decision
+        self.check_numbers(call)
+        call_id = "call_" + secrets.token_hex(8)
+        if idem_key is not None:
+            self.call_keys[(publisher.id, idem_key)] = call_id
+        core = self.core
+        t0 = perf_counter_ns()
+        p = prepare(core, call, publisher.id, call_id, self.clock.now_ns())
+        t1 = perf_counter_ns()
+        answers: dict[str, tuple[RtbBid, int]] = {}
+        wait_us = None
+        if p.bid_requests:
+            rnd = RtbRound()
+            for buyer, req in p.bid_requests:
+                conns = self.buyers.get(buyer)
+                if conns and conns[0].send(req):
+                    rnd.expected[req.request_id] = buyer
+                    self.rounds[req.request_id] = rnd
+            self.metrics.rtb_requests += len(rnd.expected)
+            if rnd.expected:
+                try:
+                    await asyncio.wait_for(rnd.done.wait(), p.tmax_ms / 1000)
+                except TimeoutError:
+                    pass
+                for rid, buyer in rnd.expected.items():
+                    self.rounds.pop(rid, None)
+                    self._close_request(rid, buyer)
+                self.metrics.rtb_timeouts += len(rnd.expected)
+                answers = rnd.answers
+            wait_us = (perf_counter_ns() - t1) // 1000
+        t2 = perf_counter_ns()
+        rec, notices = decide(core, p, answers, self.clock.now_ns())
+        t3 = perf_counter_ns()
+        decision_us = (t1 - t0 + t3 - t2) // 1000
+        rec.decision = msgspec.structs.replace(rec.decision, decision_us=decision_us, rtb_wait_us=wait_us)
+        self.metrics.decision_us.observe(decision_us)
+        self.metrics.count_call(rec.decision.decision, rec.decision.reason)
+        self.notify(notices)
+        return rec.decision
+
+    def owned_call(self, account: Account, call_id: str) -> CallRecord:
+        rec = self.core.calls.get(call_id)
+        if rec is None or (account.kind != "operator" and rec.publisher != account.id):
+            raise CallRejected(404, "unknown_call", f"no call {call_id!r}")
+        return rec
+
+    def call_event(self, account: Account, call_id: str, idem_key: str, ev: CallEvent) -> EventResponse:
+        rec = self.owned_call(account, call_id)
+        out, notices = apply_event(self.core, rec, idem_key, ev, self.clock.now_ns())
+        if isinstance(out, EventError):
+            raise CallRejected(out.status, out.code, out.message, out.path)
+        self.metrics.events[ev.event] = self.metrics.events.get(ev.event, 0) + 1
+        self.notify(notices)
+        return out
+
+    def gauges(self) -> dict[str, int]:
+        core = self.core
+        return {
+            "book_campaigns": len(core.book),
+            "calls_active": len(core.active),
+            "calls_in_memory": len(core.calls),
+            "rtb_rounds_open": len(self.rounds),
+            "ledger_entries": len(core.ledger.entries),
+        }
+
+
+def send_all(conn: Sender, msgs: list[Message]) -> None:
+    if msgs:
+        conn.send(msgs[0] if len(msgs) == 1 else msgs)

@@ -1,0 +1,68 @@
+"""Settings: one frozen Struct loaded from ``EXCHANGE_*`` variables, every problem at once."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal, Mapping
+
+import msgspec
+from msgspec import Meta, Struct
+
+
+class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    admin_key: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    pricing: Literal["first", "second"] = "first"
+    take_rate_bps: Annotated[int, Meta(ge=0, le=10_000)] = 2_000
+    min_floor_cents: Annotated[int, Meta(ge=0)] = 0
+    rtb_tmax_ms: Annotated[int, Meta(ge=0, le=10_000)] = 80
+    rtb_tmax_cap_ms: Annotated[int, Meta(ge=0, le=10_000)] = 200
+    rtb_max_fanout: Annotated[int, Meta(ge=0, le=1000)] = 32
+    max_fallbacks: Annotated[int, Meta(ge=0, le=20)] = 3
+    route_ttl_s: Annotated[int, Meta(ge=1, le=3600)] = 60
+    max_call_s: Annotated[int, Meta(ge=60, le=86_400)] = 4 * 3600
+    call_retention_s: Annotated[int, Meta(ge=60)] = 24 * 3600
+    scan_limit: Annotated[int, Meta(ge=10)] = 10_000
+    max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
+    send_queue: Annotated[int, Meta(ge=8)] = 4096
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+INTS = {name for name, t in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings)) if "int" in str(t.type)}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read ``EXCHANGE_<FIELD>`` variables; report every bad one in a single error."""
+    env = os.environ if env is None else env
+    raw: dict[str, object] = {}
+    problems: list[str] = []
+    for name in Settings.__struct_fields__:
+        value = env.get(f"EXCHANGE_{name.upper()}")
+        if value is None or value == "":
+            continue
+        if name in INTS:
+            try:
+                raw[name] = int(value)
+            except ValueError:
+                problems.append(f"EXCHANGE_{name.upper()}: expected an integer, got {value!r}")
+                continue
+        else:
+            raw[name] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    for name, value in list(raw.items()):
+        try:
+            msgspec.convert({name: value}, Settings)
+        except msgspec.ValidationError as exc:
+            problems.append(f"EXCHANGE_{name.upper()}: {exc}")
+            del raw[name]
+    if problems:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
+    return msgspec.convert(raw, Settings)

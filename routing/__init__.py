@@ -1,0 +1,1 @@
+"""Capacity and order, pure: schedules, caps, concurrency, budgets, dedupe, eligibility."""

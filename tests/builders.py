@@ -1,0 +1,60 @@
+"""Builders for tests: a core driven by a manual clock, and wire-message factories."""
+
+from __future__ import annotations
+
+from billing.postings import buyer_account, deposit
+from exchange.clock import ManualClock
+from exchange.core import Core
+from exchange.lifecycle import apply_event
+from exchange.messages import CallEvent, CallRequest, Campaign
+from exchange.pipeline import decide, prepare
+from exchange.settings import Settings
+
+# 2026-04-15 16:00 UTC is a Wednesday, noon in New York: inside every calling window.
+NOON_NY_NS = 1_776_268_800 * 1_000_000_000
+
+
+def campaign(id: str = "c1", vertical: str = "auto_insurance", bid_cents: int = 2500, **kw: object) -> Campaign:
+    kw.setdefault("min_duration_s", 90)
+    kw.setdefault("destination", "+18005550199")
+    return Campaign(id=id, vertical=vertical, bid_cents=bid_cents, **kw)  # type: ignore[arg-type]
+
+
+def call(caller: str = "+12125550100", vertical: str = "auto_insurance", **kw: object) -> CallRequest:
+    return CallRequest(caller=caller, vertical=vertical, **kw)  # type: ignore[arg-type]
+
+
+class World:
+    """A core plus a manual clock: place campaigns, fund buyers, submit calls and events."""
+
+    def __init__(self, **settings: object) -> None:
+        settings.setdefault("rtb_tmax_ms", 0)
+        self.settings = Settings(**settings)  # type: ignore[arg-type]
+        self.core = Core(self.settings)
+        self.clock = ManualClock(NOON_NY_NS)
+        self._n = 0
+        self._keys = 0
+
+    def fund(self, buyer: str, cents: int = 1_000_000, credit: int = 0) -> None:
+        self._n += 1
+        self.core.ledger.post(deposit(buyer_account(buyer), cents, f"dep{self._n}", self.clock.now_ns()))
+        if credit:
+            self.core.ledger.set_credit(buyer_account(buyer), credit)
+
+    def place(self, buyer: str, c: Campaign, funds: int | None = 1_000_000) -> None:
+        if funds is not None and self.core.ledger.balance(buyer_account(buyer)) == 0:
+            self.fund(buyer, funds)
+        self.core.book.upsert(buyer, c)
+
+    def submit(self, req: CallRequest | None = None, publisher: str = "p1", answers: dict | None = None):
+        self._n += 1
+        now = self.clock.now_ns()
+        p = prepare(self.core, req or call(), publisher, f"call{self._n}", now)
+        return decide(self.core, p, answers or {}, now)
+
+    def event(self, rec, event: str, duration_s: int | None = None, key: str | None = None, route_index: int | None = None):
+        self._keys += 1
+        ev = CallEvent(event=event, duration_s=duration_s, route_index=route_index)  # type: ignore[arg-type]
+        return apply_event(self.core, rec, key or f"k{self._keys}", ev, self.clock.now_ns())
+
+

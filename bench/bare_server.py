@@ -16,6 +16,7 @@ load generator counted was decoded.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.applications import Starlette
@@ -26,16 +27,21 @@ from starlette.websockets import WebSocket
 
 from exchange.messages import Ping, decode_buyer_frame, json_encoder
 
+if TYPE_CHECKING:
+    import uvicorn
+
 SUBPROTOCOLS = ("dce.json.v1", "dce.msgpack.v1")
 
-# The uvicorn transport settings the exchange is served with (keep in step with `exchange serve`).
+# Fallback only: the bare server takes the exchange's own uvicorn config
+# (``exchange.server.uvicorn_config``) so the transport is configured exactly alike.
 UVICORN_KW: dict[str, object] = {
     "loop": "uvloop",
     "http": "httptools",
     "ws": "websockets-sansio",
     "ws_max_size": 1 << 20,
-    "ws_per_message_deflate": False,
-    "lifespan": "off",
+    "ws_ping_interval": 20.0,
+    "ws_ping_timeout": 20.0,
+    "lifespan": "on",
     "access_log": False,
     "log_level": "warning",
 }
@@ -80,11 +86,24 @@ def make_app() -> Starlette:
     return Starlette(routes=[Route("/readyz", readyz), WebSocketRoute("/v1/buyers/ws", buyers_ws)])
 
 
+def uvicorn_config(app: object, host: str, port: int) -> "uvicorn.Config":
+    """The exchange's uvicorn config for ``app`` (same loop, parser, WebSocket implementation,
+    frame limit, pings, lifespan), or the equivalent fallback if the exchange cannot be imported."""
+    import uvicorn
+
+    try:
+        from exchange.server import uvicorn_config as exchange_uvicorn_config
+        from exchange.settings import load
+    except ImportError:
+        return uvicorn.Config(app, host=host, port=port, **UVICORN_KW)  # type: ignore[arg-type]
+    return exchange_uvicorn_config(app, load(host=host, port=port))
+
+
 def serve(port: int, host: str = "127.0.0.1") -> None:
     """Run the bare transport in this process (blocks until interrupted)."""
     import uvicorn
 
-    uvicorn.run(make_app(), host=host, port=port, **UVICORN_KW)  # type: ignore[arg-type]
+    uvicorn.Server(uvicorn_config(make_app(), host, port)).run()
 
 
 def main(argv: list[str] | None = None) -> None:

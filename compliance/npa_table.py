@@ -155,7 +155,8 @@ def _probe(npa: int, prefix_nxx: set[str]) -> tuple[PhoneNumber, str, bool, bool
     The sample is the first valid number of a fixed-line/mobile type if there is one (then
     the NPA is geographic), else the first valid number. The NXX scan uses
     ``is_valid_number_for_region`` with the sample's region, which is what
-    ``is_valid_number`` runs after finding the region, at a third of the cost.
+    ``is_valid_number`` runs after finding the region, at a third of the cost (for 9.0.43 a
+    full ``is_valid_number`` scan with line numbers 0000 and 9999 gave the same table).
     """
     candidates = (*_SAMPLE_NXX, *sorted(prefix_nxx))
     first = next((n for nxx in candidates if nxx[0] in "23456789"
@@ -223,8 +224,8 @@ def _offset_classes(zones: set[str]) -> set[tuple[Any, Any]]:
 
 def _check(npa: dict[str, dict[str, Any]]) -> None:
     """Fail loudly when the curated expectations do not hold."""
-    for code in MULTI_OFFSET_NPAS:
-        zones = set(npa[str(code)]["zones"])
+    for code in sorted(MULTI_OFFSET_NPAS):
+        zones = set(npa.get(str(code), {}).get("zones", ()))
         if len(zones) < 2 or len(_offset_classes(zones)) < 2:
             raise ValueError(f"NPA {code} must span more than one offset class: {sorted(zones)}")
     for code, entry in npa.items():

@@ -1,0 +1,77 @@
+"""A real exchange process on a free port, and real HTTP / WebSocket clients for it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN = "dce_admin_e2e_" + "x" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, port: int, proc: subprocess.Popen) -> None:
+        self.port, self.proc = port, proc
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.admin = {"Authorization": f"Bearer {ADMIN}"}
+
+    def account(self, kind: str, name: str, deposit: int = 0, credit: int = 0) -> tuple[str, str]:
+        r = self.http.post("/v1/accounts", json={"kind": kind, "name": name, "credit_limit_cents": credit}, headers=self.admin)
+        assert r.status_code == 201, r.text
+        body = r.json()
+        if deposit:
+            d = self.http.post(f"/v1/accounts/{body['id']}/deposits", json={"amount_cents": deposit, "reference": f"init-{name}"}, headers=self.admin)
+            assert d.status_code == 201, d.text
+        return body["id"], body["api_key"]
+
+
+def start_server(extra_env: dict[str, str] | None = None, deadline_s: float = 20) -> Server:
+    port = free_port()
+    env = {**os.environ, "EXCHANGE_ADMIN_KEY": ADMIN, "EXCHANGE_PORT": str(port), **(extra_env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = Server(port, proc)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if server.http.get("/readyz").status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def stop_server(server: Server) -> None:
+    server.http.close()
+    server.proc.terminate()
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    s = start_server()
+    yield s
+    stop_server(s)

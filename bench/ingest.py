@@ -43,6 +43,7 @@ from exchange.messages import Campaign, json_encoder
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WS_PATH = "/v1/buyers/ws"
+INGESTED = "exchange_bids_ingested_total"  # the exchange's counter of bids applied to the book
 STATE_SETS = (["CA", "TX"], ["FL"], ["NY", "NJ", "PA"], ["IL", "OH"], ["GA", "NC", "SC"], [])
 
 
@@ -70,6 +71,7 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}{WS_PATH}"
         self.key = ""  # the buyer API key wsload authenticates with
+        self.admin_key: str | None = None
         self.log_path = Path(tempfile.mkstemp(prefix=f"ingest-{name}-", suffix=".log")[1])
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -90,6 +92,20 @@ class Server:
 
     def cpu_s(self) -> float:
         return tree_cpu_s(self.proc.pid)
+
+    def counter(self, name: str) -> float | None:
+        """One unlabelled counter from GET /metrics (Prometheus text), or None."""
+        headers = {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
+        try:
+            r = httpx.get(self.base + "/metrics", headers=headers, timeout=5)
+        except httpx.HTTPError:
+            return None
+        if r.status_code != 200:
+            return None
+        for line in r.text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -119,6 +135,15 @@ def _proc_cpu_ticks(pid: int) -> tuple[int, int]:
         data = f.read()
     fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[11]) + int(fields[12]), int(fields[1])
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine from /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    total = sum(vals[:8])
+    return total - idle, total
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -221,6 +246,7 @@ def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
         srv.stop()
         raise
     srv.key = key
+    srv.admin_key = admin_key
     time.sleep(1.0)  # let any batched durable writes of the set-up settle
     return srv, setup
 
@@ -229,10 +255,15 @@ def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
 def run_wsload(srv: Server, campaigns: int, batch: int, seconds: float) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.wsload", "--url", srv.ws_url, "--key", srv.key,
             "--campaigns", str(campaigns), "--batch", str(batch), "--seconds", str(seconds)]
+    ingested0 = srv.counter(INGESTED) if srv.name == "real" else None
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, _ = machine_ticks()
+    wall0 = time.perf_counter()
     cpu0 = srv.cpu_s()
     proc = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=seconds + 120)
     cpu1 = srv.cpu_s()
+    wall = time.perf_counter() - wall0
+    busy1, _ = machine_ticks()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
     try:
@@ -245,6 +276,12 @@ def run_wsload(srv: Server, campaigns: int, batch: int, seconds: float) -> dict[
     elapsed = res.get("elapsed_s") or 0
     res["server_cpu_s"] = round(server_cpu, 3)
     res["server_cpu_pct"] = round(100.0 * server_cpu / elapsed, 1) if elapsed else None
+    if ingested0 is not None:
+        ingested1 = srv.counter(INGESTED)
+        if ingested1 is not None:
+            res["server_bids_ingested"] = int(ingested1 - ingested0)
+    # whole machine (every process, kernel included) over the wsload process's life, in cores
+    res["machine_busy_cores"] = round((busy1 - busy0) / CLK_TCK / wall, 2) if wall > 0 else None
     res["client_total_cpu_s"] = round((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), 3)
     return res
 
@@ -299,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                     res.update(target=t, mode=mode, run=r)
                     runs.append(res)
                     note = "" if res.get("pong") else f"  NO FINAL PONG {res.get('fatal') or res.get('close_reason') or ''}"
+                    if "server_bids_ingested" in res and res["server_bids_ingested"] != res.get("bids"):
+                        note += f"  server applied {res['server_bids_ingested']:,} of {res.get('bids', 0):,} bids"
                     if res.get("errors"):
                         note += f"  {res['errors']} errors, e.g. {res['error_samples'][:1]}"
                     print(f"run {r} {t:4} {mode:9} {fmt(res.get('bids_per_s')):>11} bids/s  "
@@ -318,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bids_per_s": median([x.get("bids_per_s") if x.get("pong") else None for x in rs]),
                 "server_cpu_pct": median([x.get("server_cpu_pct") for x in rs]),
                 "client_cpu_pct": median([x.get("client_cpu_pct") for x in rs]),
+                "machine_busy_cores": median([x.get("machine_busy_cores") for x in rs]),
                 "errors": sum(x.get("errors") or 0 for x in rs),
                 "runs_ok": sum(1 for x in rs if x.get("pong")),
             }

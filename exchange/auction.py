@@ -49,12 +49,13 @@ def rank_key(b: Bidder) -> tuple[int, int, str, str]:
 
 
 def clear(
-    bidders: list[Bidder], floor_cents: int, pricing: Pricing, take_rate_bps: int, max_routes: int
+    bidders: list[Bidder], floor_cents: int, pricing: Pricing, take_rate_bps: int, max_routes: int, ranked: bool = False
 ) -> Cleared:
-    """Clear one call. ``bidders`` are eligible, one per buyer, in any order."""
-    ranked = sorted(bidders, key=rank_key)
+    """Clear one call. ``bidders`` are eligible, one per buyer, in any order (or already in
+    rank order when ``ranked`` is true, as the book returns them)."""
+    ranked = bidders if ranked else sorted(bidders, key=rank_key)
     above = [b for b in ranked if b.bid_cents >= floor_cents]
-    below = tuple((b, "below_floor") for b in ranked if b.bid_cents < floor_cents)
+    below = tuple((b, "below_floor") for b in ranked[len(above):]) if len(above) < len(ranked) else ()
     if not ranked:
         return Cleared("no_eligible_bid", (), ())
     if not above:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 from typing import Callable, Iterator
 
+from billing.postings import buyer_account
 from routing.capacity import Capacity, Limits
 from routing.schedule import CompiledSchedule, ScheduleError
 
@@ -61,12 +62,13 @@ class Standing:
     __slots__ = (
         "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
         "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
-        "destination", "accepts_outbound", "capacity", "buckets", "live",
+        "destination", "accepts_outbound", "capacity", "buckets", "live", "account",
     )
 
     def __init__(self, buyer: str, msg: Campaign, capacity: Capacity) -> None:
         self.key = (buyer, msg.id)
         self.buyer, self.id, self.vertical = buyer, msg.id, msg.vertical
+        self.account = buyer_account(buyer)  # the buyer's ledger account, for the funds check
         self.bid_cents = msg.bid_cents
         self.seq = 0
         self.states = frozenset(msg.states)

@@ -10,6 +10,7 @@ route of the plan that can still take it.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import NamedTuple
 
 from billing.postings import buyer_account, charge
@@ -34,14 +35,10 @@ class EventError(NamedTuple):
 
 def refusal(core: Core, st: Standing, consumer: NumberInfo | None, direction: str, area_code: int | None, price: int, now_ns: int) -> str | None:
     """Why campaign ``st`` may not take this call at ``price`` now (None: it may)."""
-    why = campaign_refusal(
-        clock=core.clock, now_ns=now_ns, price_cents=price, direction=direction, area_code=area_code,
-        accepts_outbound=st.accepts_outbound, area_codes=st.area_codes, schedule=st.schedule,
-        limits=st.limits, capacity=st.capacity,
-    )
+    why = campaign_refusal(core.clock, st, now_ns, price, direction, area_code)
     if why is not None:
         return why
-    if price > 0 and not core.ledger.can_cover(buyer_account(st.buyer), price):
+    if price > 0 and not core.ledger.can_cover(st.account, price):
         return "funds"
     if consumer is not None:
         if core.dedupe.is_repeat(st.buyer, consumer.e164, st.dedupe_days, now_ns):
@@ -50,9 +47,9 @@ def refusal(core: Core, st: Standing, consumer: NumberInfo | None, direction: st
     return None
 
 
-def route_wire(r: PlannedRoute, expires_ns: int) -> Route:
+def route_wire(r: PlannedRoute, expires_at: datetime) -> Route:
     return Route(buyer=r.buyer, campaign=r.campaign, destination=r.destination, payout_cents=r.payout_cents,
-                 min_duration_s=r.min_duration_s, expires_at=from_ns(expires_ns))
+                 min_duration_s=r.min_duration_s, expires_at=expires_at)
 
 
 def engage(core: Core, rec: CallRecord, start: int, now_ns: int, recheck: bool = False) -> Notice | None:
@@ -64,7 +61,7 @@ def engage(core: Core, rec: CallRecord, start: int, now_ns: int, recheck: bool =
             continue
         if recheck and refusal(core, st, rec.consumer, rec.direction, rec.consumer.npa if rec.consumer else None, r.price_cents, now_ns) is not None:
             continue
-        if not core.ledger.hold(rec.call_id, buyer_account(r.buyer), r.price_cents):
+        if not core.ledger.hold(rec.call_id, st.account, r.price_cents):
             continue
         lt = core.clock.at(st.schedule.zone if st.schedule is not None else UTC, now_ns)
         rec.taken = (st.capacity, st.capacity.take(lt, r.price_cents))
@@ -152,7 +149,7 @@ def event_response(rec: CallRecord) -> EventResponse:
     return EventResponse(
         call_id=rec.call_id, status=rec.status, billable=rec.billable, charged_cents=rec.charged_cents,
         payout_cents=rec.payout_cents, route_index=rec.index,
-        route=route_wire(route, rec.expires_ns) if route is not None and rec.expires_ns is not None else None,
+        route=route_wire(route, from_ns(rec.expires_ns)) if route is not None and rec.expires_ns is not None else None,
     )
 
 

@@ -5,7 +5,9 @@ server, the tests, the benchmarks and the load test all import these types: nobo
 wire JSON by hand. Constraints live in the types (``Annotated[int, Meta(...)]``) so a bad
 field is reported with its JSON path.
 
-Wire messages do not forbid unknown fields (clients may be newer than the server).
+Wire messages do not forbid unknown fields (clients may be newer than the server). They are
+acyclic values, so they opt out of the cyclic garbage collector (``gc=False``): fewer
+tracked objects per decision means fewer and shorter collection pauses on the hot path.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ Tags = Annotated[dict[str, TagValue], Meta(max_length=32)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
-class Message(Struct, tag_field="type", frozen=True, kw_only=True, omit_defaults=True):
+class Message(Struct, tag_field="type", frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Base of every tagged WebSocket message: an optional client sequence number."""
 
     seq: Seq | None = None
@@ -127,7 +129,7 @@ class Pong(Message, tag="pong", kw_only=True):
     pass
 
 
-class CallInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
+class CallInfo(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """What a bidder may know of a call before it wins: never the caller's number."""
 
     vertical: str
@@ -173,7 +175,7 @@ class CallNotice(Message, tag="call", kw_only=True):
 
 
 # ---------------------------------------------------------------- publishers
-class CallFields(Struct, frozen=True, kw_only=True, omit_defaults=True):
+class CallFields(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """The body of POST /v1/calls (and of the publisher WebSocket ``call`` message)."""
 
     caller: Phone
@@ -203,7 +205,7 @@ class PublisherCall(CallFields, tag_field="type", tag="call", kw_only=True):
 PublisherMessage = Union[PublisherCall, Ping]
 
 
-class Route(Struct, frozen=True, kw_only=True):
+class Route(Struct, frozen=True, kw_only=True, gc=False):
     buyer: str
     campaign: str
     destination: str
@@ -212,7 +214,7 @@ class Route(Struct, frozen=True, kw_only=True):
     expires_at: datetime
 
 
-class DecisionFields(Struct, frozen=True, kw_only=True, omit_defaults=True):
+class DecisionFields(Struct, frozen=True, kw_only=True, gc=False):
     call_id: str
     decision: Literal["routed", "rejected"]
     reason: str
@@ -237,7 +239,7 @@ class CallEvent(Struct, frozen=True, kw_only=True, omit_defaults=True):
     route_index: Annotated[int, Meta(ge=0, le=1000)] | None = None
 
 
-class EventResponse(Struct, frozen=True, kw_only=True):
+class EventResponse(Struct, frozen=True, kw_only=True, gc=False):
     call_id: str
     status: str
     billable: bool

@@ -17,6 +17,7 @@ from compliance.numbers import NumberInfo, parse_number
 from .auction import Bidder, clear
 from .book import Standing
 from .core import CallRecord, Core, Notice, PlannedRoute
+from .instants import from_ns
 from .lifecycle import engage, refusal, route_wire
 from .messages import BidRequest, CallFields, CallInfo, DecisionFields, Loss, RtbBid
 
@@ -98,13 +99,15 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
             ans.bid_cents, arrival, buyer, st.id, ans.destination or st.destination,
             ans.min_duration_s if ans.min_duration_s is not None else st.min_duration_s, st.dedupe_days, req.request_id,
         ))
-    # one per buyer across standing and live bids: keep each buyer's best
-    best: dict[str, Bidder] = {}
-    for b in bidders:
-        cur = best.get(b.buyer)
-        if cur is None or (-b.bid_cents, b.priority) < (-cur.bid_cents, cur.priority):
-            best[b.buyer] = b
-    cleared = clear(list(best.values()), p.floor_cents, s.pricing, s.take_rate_bps, s.max_fallbacks + 1)
+    if len(bidders) > len(standing):  # live answers joined: keep each buyer's best bid only
+        best: dict[str, Bidder] = {}
+        for b in bidders:
+            cur = best.get(b.buyer)
+            if cur is None or (-b.bid_cents, b.priority) < (-cur.bid_cents, cur.priority):
+                best[b.buyer] = b
+        cleared = clear(list(best.values()), p.floor_cents, s.pricing, s.take_rate_bps, s.max_fallbacks + 1)
+    else:  # the book already returns one bid per buyer in price-time order
+        cleared = clear(bidders, p.floor_cents, s.pricing, s.take_rate_bps, s.max_fallbacks + 1, ranked=True)
     clearing = cleared.routes[0].price_cents if cleared.routes else None
     for buyer, req in timeouts:
         notices.append((buyer, Loss(request_id=req.request_id, reason="timeout", campaign=req.campaign, call_id=p.call_id)))
@@ -125,7 +128,8 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         core.active.pop(rec.call_id, None)
         return _reject(core, rec, "no_eligible_bid", None, now_ns), notices
     notices.append(win)
-    routes = [route_wire(r, rec.expires_ns or now_ns) for r in rec.routes[rec.index:]]
+    expires = from_ns(rec.expires_ns or now_ns)
+    routes = [route_wire(r, expires) for r in rec.routes[rec.index:]]
     rec.decision = DecisionFields(call_id=rec.call_id, decision="routed", reason="ok", route=routes[0], fallbacks=routes[1:])
     core.stats.routed += 1
     core.stats.by_reason["ok"] = core.stats.by_reason.get("ok", 0) + 1

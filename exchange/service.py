@@ -19,6 +19,7 @@ import msgspec
 from billing.postings import buyer_account, deposit
 from compliance.numbers import parse_number
 
+from . import gcpolicy
 from .accounts import Account, Accounts
 from .clock import WallClock
 from .core import CallRecord, Core, Notice
@@ -73,6 +74,7 @@ class Exchange:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        gcpolicy.tune()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.ready = True
 
@@ -84,8 +86,12 @@ class Exchange:
 
     async def _sweeper(self) -> None:
         """Release legs whose ``expires_at`` passed and forget calls past retention."""
+        ticks = 0
         while True:
             await asyncio.sleep(0.5)
+            ticks += 1
+            if ticks % (2 * gcpolicy.FREEZE_EVERY_S) == 0:
+                gcpolicy.settle()
             try:
                 now = self.clock.now_ns()
                 self.notify(expire_due(self.core, now))

@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures and write JSON; they are not pass/fail tests."""

@@ -1,0 +1,114 @@
+"""The pure decision path: gate + auction + routing for one call, with 1K/10K/100K campaigns.
+
+    python -m bench.decision [--calls 20000] [--sizes 1000,10000,100000] [--runs 3] [--out FILE]
+
+Each call is prepared and decided on the real core (no sockets); the routed leg is then
+completed outside the timed region so capacity never runs out. A second series interleaves
+one bid update per call, as the book churns under a live stream. Prints p50/p99/p99.9 µs
+(median over runs) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+from billing.postings import buyer_account, deposit
+from exchange import gcpolicy
+from exchange.core import Core
+from exchange.lifecycle import apply_event
+from exchange.messages import CallEvent, CallRequest, Campaign, Caps, Schedule
+from exchange.pipeline import decide, prepare
+from exchange.settings import Settings
+
+VERTICALS = [f"v{i}" for i in range(10)]
+STATES = "CA TX FL NY IL PA OH GA NC MI NJ VA WA AZ MA TN IN MO MD WI".split()
+AREA = {"CA": 415, "TX": 512, "FL": 305, "NY": 212, "IL": 312, "PA": 215, "OH": 614, "GA": 404, "NC": 919, "MI": 313,
+        "NJ": 201, "VA": 804, "WA": 206, "AZ": 602, "MA": 617, "TN": 615, "IN": 317, "MO": 314, "MD": 410, "WI": 414}
+ALL_DAY = {d: [("00:00", "24:00")] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+NOW_NS = 1_776_268_800 * 1_000_000_000  # a Wednesday, noon in New York
+
+
+def build(n: int, rng: random.Random) -> tuple[Core, list[tuple[str, str]]]:
+    core = Core(Settings(rtb_tmax_ms=0, pricing="second"))
+    keys = []
+    buyers = max(10, n // 20)
+    for b in range(buyers):
+        core.ledger.post(deposit(buyer_account(f"b{b}"), 10**12, f"d{b}", 0))
+    for i in range(n):
+        buyer = f"b{i % buyers}"
+        states = [] if rng.random() < 0.2 else rng.sample(STATES, rng.randint(1, 3))
+        c = Campaign(
+            id=f"c{i}", vertical=rng.choice(VERTICALS), bid_cents=rng.randrange(500, 8000), states=states,
+            schedule=Schedule(tz="America/New_York", hours=ALL_DAY) if rng.random() < 0.5 else None,
+            caps=Caps(concurrency=1000, daily=10**6), daily_budget_cents=10**11, min_duration_s=60,
+            dedupe_days=rng.choice([0, 30]), destination="+18005550199",
+        )
+        core.book.upsert(buyer, c)
+        keys.append((buyer, c.id))
+    return core, keys
+
+
+def run_once(n: int, calls: int, churn: bool, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    core, keys = build(n, rng)
+    reqs = []
+    for i in range(calls):
+        st = rng.choice(STATES)
+        reqs.append(CallRequest(caller=f"+1{AREA[st]}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}", vertical=rng.choice(VERTICALS)))
+    done = CallEvent(event="completed", duration_s=120)
+    samples = []
+    now = NOW_NS
+    gc.collect()
+    gcpolicy.tune()  # the server's policy (exchange/gcpolicy.py)
+    for i, req in enumerate(reqs):
+        if churn:
+            b, c = keys[rng.randrange(n)]
+            core.book.reprice(b, c, rng.randrange(500, 8000))
+        now += 1_000_000
+        t0 = time.perf_counter_ns()
+        p = prepare(core, req, "pub", f"call{i}", now)
+        rec, _ = decide(core, p, {}, now)
+        samples.append(time.perf_counter_ns() - t0)
+        if rec.status == "routed":
+            apply_event(core, rec, "k", done, now)
+    gc.unfreeze()
+    return samples
+
+
+def pct(sorted_ns: list[int], q: float) -> float:
+    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=20_000)
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--out", default="bench/results/decision.json")
+    args = ap.parse_args()
+    results = []
+    print(f"{'campaigns':>10} {'churn':>6} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9}   (median of {args.runs} runs, {args.calls} calls each)")
+    for n in (int(x) for x in args.sizes.split(",")):
+        for churn in (False, True):
+            runs = []
+            for r in range(args.runs):
+                s = sorted(run_once(n, args.calls, churn, seed=r))
+                runs.append({"p50_us": pct(s, 0.5), "p99_us": pct(s, 0.99), "p999_us": pct(s, 0.999), "mean_us": statistics.fmean(s) / 1000})
+            med = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+            results.append({"campaigns": n, "bid_update_per_call": churn, "median": med, "runs": runs})
+            print(f"{n:>10} {str(churn):>6} {med['p50_us']:>8.1f} {med['p99_us']:>8.1f} {med['p999_us']:>9.1f}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "decision", "python": platform.python_version(), "calls": args.calls, "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Garbage-collector policy for a latency-bound process.
+
+The book, the accounts and the ledger hold hundreds of thousands of long-lived objects. A
+default full collection walks all of them (tens of milliseconds at 100K campaigns), and
+the default young-generation threshold (700 allocations) runs a collection every few
+decisions. Measured with ``python -m bench.decision`` at 1K campaigns: p99 51 µs with the
+defaults, 37 µs with this policy (p50 unchanged).
+
+The policy: a young generation of 50,000 allocations, and ``gc.freeze()`` after start-up
+and then once a minute, which moves every surviving object out of the collector's sight
+(objects are still freed by reference counting as usual). The cost is that reference
+cycles that die after being frozen are not reclaimed; the exchange's own data is acyclic,
+and wire messages opt out of tracking altogether.
+"""
+
+from __future__ import annotations
+
+import gc
+
+YOUNG = 50_000
+FREEZE_EVERY_S = 60
+
+
+def tune() -> None:
+    gc.set_threshold(YOUNG, 20, 100)
+    gc.freeze()
+
+
+def settle() -> None:
+    """Freeze what survived since the last call (O(1): a list splice)."""
+    gc.freeze()

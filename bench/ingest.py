@@ -25,6 +25,7 @@ import os
 import platform
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -72,6 +73,7 @@ class Server:
         self.ws_url = f"ws://127.0.0.1:{port}{WS_PATH}"
         self.key = ""  # the buyer API key wsload authenticates with
         self.admin_key: str | None = None
+        self.workdir: Path | None = None  # a temporary cwd to remove after the run
         self.log_path = Path(tempfile.mkstemp(prefix=f"ingest-{name}-", suffix=".log")[1])
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -118,7 +120,7 @@ class Server:
         text = self.log_tail(1 << 20)
         return [ln for ln in text.splitlines() if "Traceback" in ln or "ERROR" in ln or "Exception" in ln][:20]
 
-    def stop(self) -> None:
+    def stop(self, keep_log: bool = False) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # this pid only: the server we started
             try:
@@ -127,6 +129,10 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _proc_cpu_ticks(pid: int) -> tuple[int, int]:
@@ -233,6 +239,7 @@ def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
     workdir = Path(tempfile.mkdtemp(prefix="ingest-exchange-"))  # any embedded store lands here
     srv = Server("real", [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],
                  port, _env({"EXCHANGE_ADMIN_KEY": admin_key}), workdir)
+    srv.workdir = workdir
     try:
         srv.wait_ready(60.0)
         r = httpx.post(srv.base + "/v1/accounts", headers={"Authorization": f"Bearer {admin_key}"},
@@ -241,8 +248,8 @@ def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
             raise RuntimeError(f"POST /v1/accounts -> {r.status_code} {r.text[:500]}")
         key = r.json()["api_key"]
         setup = upsert_campaigns(srv.ws_url, key, campaigns)
-        setup["workdir"] = str(workdir)
     except BaseException:
+        print(f"real server log:\n{srv.log_tail()}", file=sys.stderr)
         srv.stop()
         raise
     srv.key = key
@@ -345,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
     finally:
         problems = {t: s.log_problems() for t, s in servers.items()}
-        for s in servers.values():
-            s.stop()
+        for t, s in servers.items():
+            failed = bool(problems[t]) or any(not x.get("pong") for x in runs if x["target"] == t)
+            if failed:
+                print(f"{t} server log kept at {s.log_path}", flush=True)
+            s.stop(keep_log=failed)
 
     medians: dict[str, dict[str, dict[str, float | None]]] = {}
     for t in targets:

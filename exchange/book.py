@@ -2,11 +2,19 @@
 
 Index: one max-heap per (vertical, state) for campaigns that target a few states, plus one
 per vertical for wide campaigns (all states, or more than ``WIDE_STATES``), which carry a
-state filter. A reprice is O(log n): it pushes a new heap entry ``(-bid, seq, campaign)``;
-the entry of the previous price becomes stale (its ``seq`` no longer matches) and is
-dropped when it surfaces, and a heap that grows past twice its live members is rebuilt, so
-memory stays bounded. ``seq`` is a global counter taken at each price change, so equal
-bids rank by time priority: the bid that has stood longest at that price wins.
+state filter. Heap entries are ``(-price, listing, campaign)``; a campaign is *listed* at a
+price in all its buckets, and only entries of its current listing count (older ones are
+stale and dropped when they surface; a heap past three times its live entries is rebuilt,
+so memory stays bounded).
+
+A reprice upward lists the campaign anew (one heap push per bucket). A reprice downward
+pushes nothing: the current listing is an upper bound of the price, and when it surfaces
+in a read the campaign is re-listed at its true price, which sorts after the entry being
+popped, so the merged order stays exact. Half of a random price stream then costs one dict
+lookup and two attribute writes.
+
+``seq`` is a global counter taken at each price change, so equal bids rank by time
+priority: the bid that has stood longest at that price wins.
 
 RTB campaigns have no standing price; they sit in a per-vertical set and are asked live.
 """
@@ -45,15 +53,18 @@ class Bucket:
         self.members: dict[Key, Standing] = {}
         self.limit = 64
 
-    def push(self, s: "Standing") -> None:
-        heappush(self.heap, (-s.bid_cents, s.seq, s))
-        if len(self.heap) > self.limit:
+    def push(self, entry: tuple[int, int, "Standing"]) -> None:
+        heap = self.heap
+        heappush(heap, entry)
+        if len(heap) > self.limit:
             self.compact()
 
     def compact(self) -> None:
-        self.heap = [(-s.bid_cents, s.seq, s) for s in self.members.values()]
-        heapify(self.heap)
-        self.limit = 2 * len(self.members) + 64
+        """Drop stale entries (reusing the live ones) and re-heapify: amortised O(1) per push."""
+        heap = [e for e in self.heap if e[2].listing == e[1]]
+        heapify(heap)
+        self.heap = heap
+        self.limit = 3 * len(heap) + 256
 
 
 class Standing:
@@ -62,7 +73,7 @@ class Standing:
     __slots__ = (
         "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
         "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
-        "destination", "accepts_outbound", "capacity", "buckets", "live", "account",
+        "destination", "accepts_outbound", "capacity", "buckets", "live", "account", "listing", "listed_bid",
     )
 
     def __init__(self, buyer: str, msg: Campaign, capacity: Capacity) -> None:
@@ -70,7 +81,9 @@ class Standing:
         self.buyer, self.id, self.vertical = buyer, msg.id, msg.vertical
         self.account = buyer_account(buyer)  # the buyer's ledger account, for the funds check
         self.bid_cents = msg.bid_cents
-        self.seq = 0
+        self.seq = 0  # time priority of the current price
+        self.listing = -1  # seq of the heap entries that count (-1: not listed)
+        self.listed_bid = 0  # their price: an upper bound of bid_cents while listed
         self.states = frozenset(msg.states)
         wide = not msg.states or len(self.states) > WIDE_STATES
         self.wide_states = (self.states or None) if wide else None
@@ -143,17 +156,22 @@ class Book:
         return s
 
     def reprice(self, buyer: str, campaign_id: str, bid_cents: int) -> bool:
-        """The hot write: O(1) if the price is unchanged, else O(log n) per bucket."""
+        """The hot write: O(1) if the price is unchanged, else one heap push per bucket."""
         s = self._campaigns.get((buyer, campaign_id))
         if s is None:
             return False
         if s.bid_cents != bid_cents:
             s.bid_cents = bid_cents
-            if not s.paused and s.buckets:
-                self._seq += 1
-                s.seq = self._seq
+            self._seq += 1
+            s.seq = seq = self._seq
+            if bid_cents > s.listed_bid and s.listing >= 0:
+                s.listing, s.listed_bid = seq, bid_cents
+                entry = (-bid_cents, seq, s)
                 for b in s.buckets:
-                    b.push(s)
+                    heap = b.heap
+                    heappush(heap, entry)
+                    if len(heap) > b.limit:
+                        b.compact()
         return True
 
     def set_paused(self, buyer: str, campaign_id: str, paused: bool) -> bool:
@@ -170,14 +188,23 @@ class Book:
 
     def _list(self, s: Standing) -> None:
         self._seq += 1
-        s.seq = self._seq
+        s.seq = s.listing = self._seq
+        s.listed_bid = s.bid_cents
+        entry = (-s.bid_cents, s.seq, s)
         for b in s.buckets:
             b.members[s.key] = s
-            b.push(s)
+            b.push(entry)
+
+    def _relist(self, s: Standing) -> None:
+        """List at the true price (after decreases), keeping its time priority."""
+        s.listing, s.listed_bid = s.seq, s.bid_cents
+        entry = (-s.bid_cents, s.seq, s)
+        for b in s.buckets:
+            b.push(entry)
 
     def _delist(self, s: Standing) -> None:
-        self._seq += 1
-        s.seq = self._seq  # every heap entry of s is now stale
+        s.listing = -1  # every heap entry of s is now stale
+        s.listed_bid = 0
         for b in s.buckets:
             b.members.pop(s.key, None)
 
@@ -214,8 +241,11 @@ class Book:
             else:
                 break
             s = entry[2]
+            if s.listing != entry[1]:
+                continue  # an old listing, paused or replaced: drop the entry
             if s.seq != entry[1]:
-                continue  # stale price, paused or replaced: drop the entry
+                self._relist(s)  # the price moved down since listing: re-list at the true price
+                continue
             if s.expires_ns is not None and s.expires_ns <= now_ns:
                 for bucket in s.buckets:  # expired for good: drop it from the index
                     bucket.members.pop(s.key, None)

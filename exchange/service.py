@@ -92,6 +92,8 @@ class Exchange:
             ticks += 1
             if ticks % (2 * gcpolicy.FREEZE_EVERY_S) == 0:
                 gcpolicy.settle()
+            if ticks % 7200 == 0:  # hourly: forget repeat-caller entries past any dedupe window
+                self.core.dedupe.prune(self.clock.now_ns())
             try:
                 now = self.clock.now_ns()
                 self.notify(expire_due(self.core, now))

@@ -1,82 +1,452 @@
-"""The compliance gate, pure: every call passes it before the auction, and it fails closed.
+"""The compliance gate, pure: COMPLIANCE.md §6 in order, first match wins, fail closed.
 
-This is the core subset of COMPLIANCE.md §6 (first match wins): request validation,
-number validation, the inbound allow, the US-only and geographic-number rules, the internal
-suppression list and the federal calling window in every candidate zone of the consumer's
-area code. The gate splits into a call-level check (``check``) and a per-buyer check
-(``buyer_refusal``) that the auction applies to each candidate, because some rules (a
-buyer-scoped opt-out) depend on who would receive the call.
+Compiled once from the versioned rule data (``compliance.rules``) and reading the stores of
+``compliance.stores``, the gate answers with a ``Verdict`` (allow, reason, rule, and for the
+temporal denials of steps 13-15 ``retry_after_ns``, the next instant every candidate window
+is open). It never raises: any exception is a deny with ``internal_error``.
+
+Two shapes of the same algorithm:
+
+* ``decide`` runs all of §6 for one buyer and campaign (the harness, ``compliance.check``);
+* the exchange runs the call-level part once per call (``screen``/``check``) and the
+  buyer-dependent part per auction candidate (``buyer_refusal``): the buyer-scoped internal
+  DNC, whether a DNC hit is excused by consent naming this buyer or by this buyer's inquiry
+  EBR, the consent's seller list, the RND check of an EBR-only call and the campaign's
+  abandonment breaker. The call-level check denies what no buyer could pass and leaves the
+  rest to the candidates, so a call is allowed for a buyer exactly when ``decide`` would be.
+
+Candidates (§3.2): the area code's state and zones, plus the consent address's state (and
+every zone of that state), plus the state the call names. Every rule must pass in every
+candidate zone for every candidate state.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from datetime import date, datetime, time
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from routing.schedule import LocalClock
+from routing.schedule import NS_PER_MINUTE, LocalClock, LocalTime, local_time
 
-from .numbers import NPA_TABLE_VERSION, NumberInfo, is_us_region
+from .consent import Consent
+from .frequency import FrequencyCounter, FrequencyPending
+from .geo import address_state, candidates
+from .instants import NS_PER_DAY, day_start_ns, rfc3339, utc_day
+from .numbers import NPA_TABLE_VERSION, NumberInfo, is_us_region, parse_number
+from .rules import TZDATA_VERSION, Rules, StateRule, default_rules, zone
+from .stores import Stores
 from .suppression import SuppressionList
 
-GATE_VERSION = "gate-core-1"
-FEDERAL_OPEN_MIN = 8 * 60  # [08:00, 21:00) local, half-open: COMPLIANCE.md §1.1
-FEDERAL_CLOSE_MIN = 21 * 60
+GATE_VERSION = "gate-2"
+DIRECTIONS = frozenset({"inbound", "outbound"})
+ORIGINS = frozenset({None, "consumer_dialed", "callback", "warm_transfer"})
+DIAL_MODES = frozenset({None, "manual", "autodialed", "prerecorded"})
+HOUR_NS = 3_600_000_000_000
+
+# Every reason code of COMPLIANCE.md §6 (and the inbound allow).
+REASONS = (
+    "invalid_request", "invalid_number", "inbound_consumer_initiated", "non_us_number", "non_geographic_number",
+    "internal_dnc", "consent_revoked", "litigator_list", "dnc_snapshot_stale", "national_dnc", "state_dnc",
+    "consent_missing", "consent_not_found", "consent_phone_mismatch", "consent_seller_mismatch", "consent_expired",
+    "reassigned_number", "state_day_restriction", "state_emergency", "outside_calling_hours",
+    "state_frequency_limit", "campaign_abandon_rate", "ok", "internal_error",
+)
+TEMPORAL = frozenset({"state_day_restriction", "outside_calling_hours", "state_frequency_limit"})
+
+
+class Plan:
+    """What the call-level check learned, for the per-buyer part and the evidence."""
+
+    __slots__ = ("e164", "at_ns", "manual_callback", "consent", "consent_reason", "dnc", "rnd_day", "states", "zones")
+
+    def __init__(self, e164: str, at_ns: int, manual_callback: bool) -> None:
+        self.e164, self.at_ns, self.manual_callback = e164, at_ns, manual_callback
+        self.consent: Consent | None = None
+        self.consent_reason: str | None = None  # why the consent fails for every buyer
+        self.dnc: tuple[str, str] | None = None  # (reason, rule) of a registry hit
+        self.rnd_day: int | None = None
+        self.states: tuple[str, ...] = ()
+        self.zones: tuple[str, ...] = ()
 
 
 class Verdict(NamedTuple):
     allow: bool
     reason: str
     rule: str | None = None
+    retry_after_ns: int | None = None  # temporal denials: when every candidate window opens
+    pending: FrequencyPending | None = None  # allowed, but the shared counter must still agree
+    plan: Plan | None = None
+
+
+class Screened(NumberInfo, frozen=True):
+    """The consumer's number as the gate screened it for one call (carries the plan)."""
+
+    plan: Any = None
+
+
+def _deny(reason: str, rule: str | None = None, plan: Plan | None = None, retry: int | None = None) -> Verdict:
+    return Verdict(False, reason, rule, retry, None, plan)
 
 
 class Gate:
-    """Call-level and per-buyer compliance checks over in-memory stores."""
+    """Call-level, per-buyer and single-buyer compliance checks over in-memory stores."""
 
-    __slots__ = ("suppressions", "_clock", "_zones")
+    __slots__ = ("rules", "stores", "shared_frequency", "_clock", "_zones", "_evidence", "_evidence_key", "_retry_memo",
+                 "_offsets")
 
-    def __init__(self, suppressions: SuppressionList | None = None, clock: LocalClock | None = None) -> None:
-        self.suppressions = suppressions if suppressions is not None else SuppressionList()
+    def __init__(self, suppressions: SuppressionList | None = None, clock: LocalClock | None = None,
+                 rules: Rules | None = None, stores: Stores | None = None) -> None:
+        self.rules = rules if rules is not None else default_rules()
+        self.stores = stores if stores is not None else Stores(suppressions)
+        self.shared_frequency = False  # True: step 15 is settled by a shared (Redis) counter
         self._clock = clock if clock is not None else LocalClock()
         self._zones: dict[str, ZoneInfo] = {}
+        self._evidence: dict[str, Any] = {}
+        self._evidence_key: tuple = ()
+        self._retry_memo: dict[tuple, int] = {}
+        self._offsets: dict[tuple, int] = {}
 
-    def evidence(self) -> dict[str, str | int]:
-        """The data versions a decision used: stored with every decision record."""
-        return {"gate": GATE_VERSION, "npa_table": NPA_TABLE_VERSION, "suppressions": self.suppressions.version}
+    @property
+    def suppressions(self) -> SuppressionList:
+        return self.stores.suppressions
 
-    def check(self, direction: str, consumer: NumberInfo | None, at_ns: int) -> Verdict:
+    # ------------------------------------------------------------------ evidence
+    def evidence(self, verdict: Verdict | None = None) -> dict[str, Any]:
+        """The data versions a decision used (and, given the verdict, its candidates)."""
+        st = self.stores
+        key = (st.generation, st.suppressions.version, st.consents.version)
+        if key != self._evidence_key:
+            nat = st.national
+            self._evidence = {
+                "gate": GATE_VERSION,
+                "rules": self.rules.version,
+                "npa_table": NPA_TABLE_VERSION,
+                "tzdata": TZDATA_VERSION,
+                "holidays": (st.holidays or self.rules.holidays).version,
+                "national_dnc": nat.version if nat is not None else None,
+                "dnc_snapshot_date": _iso_day(nat.snapshot_day) if nat is not None else None,
+                "state_dnc": {s: nl.version for s, nl in sorted(st.state_lists.by_state.items())},
+                "litigators": st.litigators.version,
+                "rnd": st.rnd.version,
+                "flags": st.flags.version,
+                "suppressions": st.suppressions.version,
+                "consents": st.consents.version,
+            }
+            self._evidence_key = key
+        if verdict is None:
+            return self._evidence
+        out = dict(self._evidence)
+        if verdict.plan is not None and verdict.plan.zones:
+            out["candidate_states"] = list(verdict.plan.states)
+            out["candidate_zones"] = list(verdict.plan.zones)
+        if verdict.retry_after_ns is not None:
+            out["retry_after_utc"] = rfc3339(verdict.retry_after_ns)
+        return out
+
+    # ------------------------------------------------------------------ exchange: call level
+    def check(self, direction: str, consumer: NumberInfo | None, at_ns: int, call: object = None) -> Verdict:
+        """Steps that do not depend on the buyer. ``call`` (duck-typed ``CallFields``) gives
+        consent_token, vertical, origin, dial_mode, state and zip; without it the call has
+        no consent and outbound is denied."""
         try:
-            return self._check(direction, consumer, at_ns)
+            return self._run(direction, consumer, at_ns, getattr(call, "consent_token", None),
+                             getattr(call, "vertical", None), getattr(call, "origin", None),
+                             getattr(call, "dial_mode", None), getattr(call, "state", None),
+                             getattr(call, "zip", None), None, None, False)
         except Exception:  # fail closed: a broken rule denies, never allows
             return Verdict(False, "internal_error")
 
-    def _check(self, direction: str, consumer: NumberInfo | None, at_ns: int) -> Verdict:
-        if direction not in ("inbound", "outbound") or not isinstance(at_ns, int):
+    def screen(self, call: Any, consumer: NumberInfo | None, at_ns: int) -> tuple[NumberInfo | None, Verdict]:
+        """``check`` plus the consumer carrying the plan the per-buyer check reads."""
+        v = self.check(call.direction, consumer, at_ns, call)
+        if consumer is not None and v.plan is not None:
+            try:
+                consumer = Screened(consumer.e164, consumer.npa, consumer.region, consumer.state, consumer.zones,
+                                    consumer.geographic, plan=v.plan)
+            except Exception:
+                return consumer, Verdict(False, "internal_error")
+        return consumer, v
+
+    def buyer_refusal(self, buyer: str, consumer: NumberInfo, direction: str, at_ns: int, campaign: str | None = None) -> str | None:
+        """A reason this buyer (campaign) may not receive the call, or None. Outbound only."""
+        if direction != "outbound":
+            return None
+        try:
+            plan = getattr(consumer, "plan", None)
+            if plan is None:
+                return "internal_error"  # outbound that never passed the call-level check
+            return self._for_buyer(plan, buyer, campaign, at_ns)
+        except Exception:
+            return "internal_error"
+
+    def frequency_denied(self, verdict: Verdict, allowed_from_ns: int) -> Verdict:
+        """The deny for a call the shared counter refused (retry at the next open instant)."""
+        try:
+            pend, plan = verdict.pending, verdict.plan
+            assert pend is not None and plan is not None
+            zones, rules = self._zones_rules(plan.zones, plan.states)
+            retry = self._next_open(zones, rules, max(_ceil_second(allowed_from_ns), plan.at_ns))
+            return _deny("state_frequency_limit", pend.rule, plan, retry)
+        except Exception:
+            return Verdict(False, "internal_error")
+
+    def note_inquiry(self, direction: str, consumer: NumberInfo | None, buyer: str | None, at_ns: int) -> None:
+        """An inbound call routed to ``buyer``: the consumer's inquiry (starts the EBR)."""
+        if direction == "inbound" and consumer is not None and buyer:
+            self.stores.inquiries.record(consumer.e164, buyer, at_ns)
+
+    # ------------------------------------------------------------------ harness: one buyer
+    def decide(self, direction: object, number: object, at_ns: int | None, *, buyer: object = None,
+               campaign: object = None, vertical: object = None, consent_token: object = None,
+               origin: object = None, dial_mode: object = None) -> Verdict:
+        """All of §6 for one buyer. ``number`` is the raw consumer number; ``at_ns`` is None
+        when the timestamp did not parse (``invalid_request``)."""
+        try:
+            if at_ns is None or (direction == "outbound" and (type(buyer) is not str or not buyer)):
+                return Verdict(False, "invalid_request")
+            if campaign is not None and type(campaign) is not str:
+                return Verdict(False, "invalid_request")
+            if direction in DIRECTIONS and type(at_ns) is int:
+                consumer = parse_number(number)
+            else:
+                consumer = None
+            return self._run(direction, consumer, at_ns, consent_token, vertical, origin, dial_mode, None, None,
+                             buyer, campaign, True)
+        except Exception:
+            return Verdict(False, "internal_error")
+
+    # ------------------------------------------------------------------ the algorithm
+    def _run(self, direction: Any, consumer: NumberInfo | None, at_ns: Any, token: Any, vertical: Any, origin: Any,
+             dial_mode: Any, call_state: Any, call_zip: Any, buyer: str | None, campaign: str | None, full: bool) -> Verdict:
+        # 1. request shape
+        if (direction not in DIRECTIONS or type(at_ns) is not int or origin not in ORIGINS or dial_mode not in DIAL_MODES
+                or (token is not None and type(token) is not str) or (vertical is not None and type(vertical) is not str)):
             return Verdict(False, "invalid_request")
+        # 2. the consumer's number
         if consumer is None:
             return Verdict(False, "invalid_number")
+        # 3. inbound: the consumer chose to call
         if direction == "inbound":
             return Verdict(True, "inbound_consumer_initiated")
+        # 4-5. placeable numbers only
         if not is_us_region(consumer.region):
             return Verdict(False, "non_us_number")
         if not consumer.geographic:
             return Verdict(False, "non_geographic_number")
-        hit = self.suppressions.hit(consumer.e164, None, at_ns)
+        st = self.stores
+        policy = self.rules.policy
+        e164 = consumer.e164
+        plan = Plan(e164, at_ns, origin == "callback" and dial_mode == "manual")
+        # 6. internal DNC (exchange scope; the buyer's own scope when the buyer is known)
+        hit = st.suppressions.hit(e164, buyer, at_ns)
         if hit is not None:
-            return Verdict(False, "internal_dnc", hit.scope)
-        if not consumer.zones:
-            return Verdict(False, "internal_error")
-        for name in consumer.zones:
-            zone = self._zones.get(name)
-            if zone is None:
-                zone = self._zones[name] = ZoneInfo(name)
-            m = self._clock.at(zone, at_ns).minute_of_day
-            if not FEDERAL_OPEN_MIN <= m < FEDERAL_CLOSE_MIN:
-                return Verdict(False, "outside_calling_hours", "federal")
-        return Verdict(True, "ok")
+            return _deny("internal_dnc", hit.scope, plan)
+        # 7. a referenced consent revoked at or before the call
+        consent = st.consents.get(token) if token else None
+        plan.consent = consent
+        if consent is not None and consent.revoked_ns is not None and consent.revoked_ns <= at_ns:
+            return _deny("consent_revoked", "federal", plan)
+        # 8. litigator list (policy)
+        if policy.block_litigators and st.litigators.has(e164):
+            return _deny("litigator_list", "policy", plan)
+        # 9. the national snapshot must exist and be at most 31 days old
+        nat = st.national
+        if nat is None or nat.snapshot_day is None or utc_day(at_ns) - nat.snapshot_day > policy.snapshot_max_age_days:
+            return _deny("dnc_snapshot_stale", "federal", plan)
+        if not token:
+            plan.consent_reason = "consent_missing"
+        elif consent is None or (consent.created_ns is not None and consent.created_ns > at_ns):
+            plan.consent_reason = "consent_not_found"
+        elif consent.phone != e164:
+            plan.consent_reason = "consent_phone_mismatch"
+        elif consent.expires_ns is not None and consent.expires_ns <= at_ns:
+            plan.consent_reason = "consent_expired"
+        # 10. national / state DNC, unless excused
+        if nat.has(e164):
+            plan.dnc = ("national_dnc", "federal")
+        else:
+            state_hit = st.state_lists.hit(e164)
+            if state_hit is not None:
+                plan.dnc = ("state_dnc", state_hit)
+        if full:
+            assert buyer is not None
+            why = self._for_buyer(plan, buyer, None, at_ns, before_temporal=True)
+            if why is not None:
+                return _deny(why, plan.dnc[1] if why in ("national_dnc", "state_dnc") and plan.dnc else "federal", plan)
+        else:
+            if plan.dnc is not None and not (plan.manual_callback or (policy.allow_dnc_with_pewc and plan.consent_reason is None)):
+                return _deny(plan.dnc[0], plan.dnc[1], plan)
+            # 11. consent that fails whoever the buyer is
+            if plan.consent_reason is not None and not plan.manual_callback:
+                return _deny(plan.consent_reason, "federal", plan)
+        # 12. reassigned since the consent was given
+        rnd_day = st.rnd.disconnected.get(e164)
+        plan.rnd_day = rnd_day
+        if rnd_day is not None and consent is not None and plan.consent_reason is None:
+            if consent.created_ns is None or rnd_day >= utc_day(consent.created_ns):
+                return _deny("reassigned_number", "federal", plan)
+        # 13-15. where and when: every candidate zone, every candidate state
+        addr = consent.address_state if consent is not None and consent.phone == e164 else None
+        extra = call_state if type(call_state) is str else None
+        if addr is None and extra is None and call_zip is None:
+            plan.states = (consumer.state,) if consumer.state is not None else ()
+            plan.zones = consumer.zones
+        else:
+            plan.states, plan.zones = candidates(consumer.state, consumer.zones, addr, extra,
+                                                 address_state(None, call_zip))
+        zones, rules = self._zones_rules(plan.zones, plan.states)
+        if not zones:
+            return _deny("internal_error", None, plan)
+        clock = self._clock
+        lts = [clock.at(z, at_ns) for z in zones]
+        why = self._restricted(lts, rules)
+        if why is not None and why[0] == "state_day_restriction":
+            return _deny(why[0], why[1], plan, self._next_open(zones, rules, at_ns, closed=True))
+        for s in plan.states:
+            if s in st.flags.emergency_states:
+                return _deny("state_emergency", s, plan)
+        if why is not None:
+            return _deny(why[0], why[1], plan, self._next_open(zones, rules, at_ns, closed=True))
+        # 15. frequency cap: counted exchange-wide per vertical, checked and recorded at once
+        pending = None
+        capped = [r for r in rules if r.frequency_cap is not None]
+        if capped:
+            cap_rule = min(capped, key=lambda r: (r.frequency_cap, r.state))
+            window = policy.frequency_window_hours * HOUR_NS
+            key = FrequencyCounter.key(vertical or "", e164)
+            if self.shared_frequency and not full:
+                pending = FrequencyPending(key, cap_rule.frequency_cap or 0, cap_rule.state, window)
+            else:
+                counted = st.frequency.counted(key, at_ns, window)
+                cap = cap_rule.frequency_cap or 0
+                if len(counted) >= cap:
+                    allowed_from = _ceil_second(counted[len(counted) - cap] + window + 1)
+                    return _deny("state_frequency_limit", cap_rule.state, plan, self._next_open(zones, rules, allowed_from))
+        # 16. the campaign's abandonment breaker
+        if full and campaign is not None and campaign in st.flags.abandon_campaigns:
+            return _deny("campaign_abandon_rate", "federal", plan)
+        # 17. allow, and record the attempt for the frequency caps
+        if capped and pending is None:
+            st.frequency.record(FrequencyCounter.key(vertical or "", e164), at_ns)
+        return Verdict(True, "ok", None, None, pending, plan)
 
-    def buyer_refusal(self, buyer: str, consumer: NumberInfo, direction: str, at_ns: int) -> str | None:
-        """A reason this buyer may not receive the call, or None. Outbound only (§1.7)."""
-        if direction != "outbound":
+    def _for_buyer(self, plan: Plan, buyer: str, campaign: str | None, at_ns: int, before_temporal: bool = False) -> str | None:
+        """The buyer-dependent steps, in §6 order (6, 7, 10, 11, 12 for EBR calls, 16)."""
+        st = self.stores
+        policy = self.rules.policy
+        if not before_temporal:  # re-checked per candidate: opt-outs and revocations since
+            if st.suppressions.hit(plan.e164, buyer, at_ns) is not None:
+                return "internal_dnc"
+            c = st.consents.get(plan.consent.token) if plan.consent is not None else None  # the record as it is now
+            if c is not None and c.revoked_ns is not None and c.revoked_ns <= at_ns:
+                return "consent_revoked"
+        consent_ok = plan.consent_reason is None and plan.consent is not None and buyer in plan.consent.sellers
+        inquiry = None
+        if plan.manual_callback and not consent_ok:
+            since = plan.at_ns - policy.ebr_inquiry_days * NS_PER_DAY
+            inquiry = st.inquiries.latest(plan.e164, buyer, since, plan.at_ns)
+        if plan.dnc is not None and not ((policy.allow_dnc_with_pewc and consent_ok) or inquiry is not None):
+            return plan.dnc[0]
+        if not consent_ok and inquiry is None:  # §5 order: ..., phone, seller, (revoked), expired
+            if plan.consent_reason == "consent_expired" and plan.consent is not None and buyer not in plan.consent.sellers:
+                return "consent_seller_mismatch"
+            return plan.consent_reason or "consent_seller_mismatch"
+        if inquiry is not None and plan.rnd_day is not None and plan.rnd_day >= utc_day(inquiry):
+            return "reassigned_number"
+        if before_temporal:
             return None
-        hit = self.suppressions.hit(consumer.e164, buyer, at_ns)
-        return "internal_dnc" if hit is not None else None
+        if campaign is not None and campaign in st.flags.abandon_campaigns:
+            return "campaign_abandon_rate"
+        return None
+
+    # ------------------------------------------------------------------ time
+    def _zones_rules(self, names: tuple[str, ...], states: tuple[str, ...]) -> tuple[list[ZoneInfo], list[StateRule]]:
+        zones = []
+        for name in names:
+            z = self._zones.get(name)
+            if z is None:
+                z = self._zones[name] = zone(name)
+            zones.append(z)
+        table = self.rules.states
+        return zones, [table[s] for s in states if s in table]
+
+    def _restricted(self, lts: list[LocalTime], rules: list[StateRule]) -> tuple[str, str] | None:
+        """Steps 13 (banned day) and 14 (hours) for these local times: (reason, rule) or None."""
+        holidays = self.stores.holidays or self.rules.holidays
+        for r in rules:
+            for lt in lts:
+                if r.days[lt.weekday] is None or (r.holidays_banned and holidays.banned(r.state, lt.day_key)):
+                    return "state_day_restriction", r.state
+        lo, hi = self.rules.federal
+        for lt in lts:
+            if not lo <= lt.minute_of_day < hi:
+                return "outside_calling_hours", "federal"
+        for r in rules:
+            for lt in lts:
+                w = r.days[lt.weekday]
+                if w is None or not w[0] <= lt.minute_of_day < w[1]:
+                    return "outside_calling_hours", r.state
+        return None
+
+    def _next_open(self, zones: list[ZoneInfo], rules: list[StateRule], from_ns: int, closed: bool = False) -> int | None:
+        """The first instant >= ``from_ns`` at which every window is open and no day is banned.
+
+        Only a window's opening can end a closed stretch, so the candidates are ``from_ns``
+        and the opening minutes of each zone's local days. They are visited in time order,
+        one UTC day at a time (each zone's offset taken at local noon, which a DST change at
+        2 a.m. has already moved), and each is checked exactly; the first that passes wins.
+        Local times have minute resolution, so every instant of a closed minute has the same
+        answer: it is memoized per (zones, states, minute, data generation).
+        """
+        if not closed and self._restricted([local_time(z, from_ns) for z in zones], rules) is None:
+            return from_ns
+        key = (tuple(zones), tuple(r.state for r in rules), from_ns // NS_PER_MINUTE, self.stores.generation)
+        hit = self._retry_memo.get(key, 0)
+        if hit != 0:
+            return hit
+        opens = {self.rules.federal[0]}
+        for r in rules:
+            opens.update(w[0] for w in r.days if w is not None)
+        starts = sorted(opens)
+        first_day = [local_time(z, from_ns).day_key for z in zones]
+        found = None
+        for k in range(self.rules.policy.retry_horizon_days + 1):
+            lo, hi = from_ns + k * NS_PER_DAY, from_ns + (k + 1) * NS_PER_DAY
+            batch = []
+            for z, d0 in zip(zones, first_day):
+                for d in (d0 + k - 1, d0 + k, d0 + k + 1):
+                    offset = self._offset(z, d)
+                    base = day_start_ns(d) - offset
+                    for m in starts:
+                        t = base + m * NS_PER_MINUTE
+                        if lo < t < hi or (k and t == lo):
+                            batch.append(t)
+            for t in sorted(batch):
+                if self._restricted([local_time(z, t) for z in zones], rules) is None:
+                    found = t
+                    break
+            if found is not None:
+                break
+        if len(self._retry_memo) > 50_000:
+            self._retry_memo.clear()
+        self._retry_memo[key] = found
+        return found
+
+    def _offset(self, z: ZoneInfo, day: int) -> int:
+        """The zone's UTC offset (ns) at local noon of ``day``."""
+        key = (z, day)
+        off = self._offsets.get(key)
+        if off is None:
+            if len(self._offsets) > 100_000:
+                self._offsets.clear()
+            delta = z.utcoffset(datetime.combine(date.fromordinal(day), time(12)))
+            off = self._offsets[key] = int(delta.total_seconds()) * 1_000_000_000 if delta is not None else 0
+        return off
+
+
+def _ceil_second(at_ns: int) -> int:
+    return -(-at_ns // 1_000_000_000) * 1_000_000_000
+
+
+def _iso_day(day: int | None) -> str | None:
+    return None if day is None else date.fromordinal(day).isoformat()

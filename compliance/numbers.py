@@ -27,7 +27,7 @@ import phonenumbers
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.timezone import UNKNOWN_TIMEZONE, time_zones_for_number
 
-__all__ = ["NPA_TABLE_VERSION", "NumberInfo", "is_us_region", "parse_number"]
+__all__ = ["NPA_TABLE_VERSION", "NumberInfo", "is_us_region", "parse_number", "zones_of_state"]
 
 MAX_INPUT_LEN = 32
 US_REGIONS: frozenset[str] = frozenset({"US", "PR", "GU", "VI", "AS", "MP"})
@@ -134,3 +134,19 @@ def _parse_slow(raw: object) -> NumberInfo | None:
     zones = tuple(sorted(z for z in time_zones_for_number(number) if z != UNKNOWN_TIMEZONE))
     geographic = phonenumbers.number_type(number) in _SUBSCRIBER_TYPES
     return NumberInfo(e164, None, region, None, zones, geographic)
+
+
+def _state_zones() -> dict[str, tuple[str, ...]]:
+    zones: dict[str, set[str]] = {}
+    for _, entry in _TABLE.values():
+        if entry.geographic and entry.state is not None and is_us_region(entry.region):
+            zones.setdefault(entry.state, set()).update(entry.zones)
+    return {st: tuple(sorted(z)) for st, z in zones.items()}
+
+
+STATE_ZONES: dict[str, tuple[str, ...]] = _state_zones()
+
+
+def zones_of_state(state: str) -> tuple[str, ...]:
+    """Every zone of any geographic area code of ``state`` (empty for an unknown code)."""
+    return STATE_ZONES.get(state, ())

@@ -2,11 +2,14 @@
 
 Scope ``exchange`` blocks every buyer; scope ``buyer`` blocks one buyer. An entry applies
 from its ``added_ns`` on. There is no removal: an opt-out is permanent.
+
+``listener`` (optional) is told of every new entry: the runtime journals opt-outs with it so
+they survive a restart and reach the other exchange processes. The list itself does no I/O.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 EXCHANGE_SCOPE = "exchange"
 
@@ -19,19 +22,23 @@ class Suppressed(NamedTuple):
 
 
 class SuppressionList:
-    __slots__ = ("_by_number", "version")
+    __slots__ = ("_by_number", "version", "listener")
 
     def __init__(self) -> None:
         self._by_number: dict[str, list[Suppressed]] = {}
         self.version = 0
+        self.listener: Callable[[Suppressed], None] | None = None
 
     def add(self, number: str, scope: str, added_ns: int, source: str = "") -> bool:
         """Record an opt-out; False if the same (number, scope) was already on the list."""
         entries = self._by_number.setdefault(number, [])
         if any(e.scope == scope for e in entries):
             return False
-        entries.append(Suppressed(number, scope, added_ns, source))
+        entry = Suppressed(number, scope, added_ns, source)
+        entries.append(entry)
         self.version += 1
+        if self.listener is not None:
+            self.listener(entry)
         return True
 
     def hit(self, number: str, buyer: str | None, at_ns: int) -> Suppressed | None:

@@ -1,4 +1,4 @@
-"""``python -m exchange serve | demo``."""
+"""``python -m exchange serve | demo | dnc import ...``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--seconds", type=float, default=20.0)
     p_demo.add_argument("--calls-per-s", type=float, default=40.0)
     p_demo.add_argument("--seed", type=int, default=7)
+    p_dnc = sub.add_parser("dnc", help="compliance data: import DNC lists (dnc import --help)", add_help=False)
+    p_dnc.add_argument("dnc_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "dnc":
+        from compliance.cli import main as dnc_main
+
+        return dnc_main(args.dnc_args)
     try:
         settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None))
     except SettingsError as exc:

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route, WebSocketRoute
 
-from . import http
+from . import compliance_api, http
 from .gateway import buyer_socket, publisher_socket
 from .messages import BadInput
 from .openapi import openapi
@@ -41,6 +41,10 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> Starlette
         Route("/v1/calls/{call_id}", http.get_call),
         Route("/v1/calls/{call_id}/events", http.post_event, methods=["POST"]),
         Route("/v1/suppressions", http.post_suppression, methods=["POST"]),
+        Route("/v1/dnc/national", compliance_api.post_national, methods=["POST"]),
+        Route("/v1/dnc/state/{state}", compliance_api.post_state, methods=["POST"]),
+        Route("/v1/consents", compliance_api.post_consent, methods=["POST"]),
+        Route("/v1/consents/{token}/revoke", compliance_api.post_revoke, methods=["POST"]),
         WebSocketRoute("/v1/buyers/ws", buyer_socket),
         WebSocketRoute("/v1/publishers/ws", publisher_socket),
     ]

@@ -43,7 +43,7 @@ def refusal(core: Core, st: Standing, consumer: NumberInfo | None, direction: st
     if consumer is not None:
         if core.dedupe.is_repeat(st.buyer, consumer.e164, st.dedupe_days, now_ns):
             return "duplicate_caller"
-        return core.gate.buyer_refusal(st.buyer, consumer, direction, now_ns)
+        return core.gate.buyer_refusal(st.buyer, consumer, direction, now_ns, st.id)
     return None
 
 

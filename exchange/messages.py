@@ -223,6 +223,7 @@ class DecisionFields(Struct, frozen=True, kw_only=True, gc=False):
     decision_us: int = 0
     rtb_wait_us: int | None = None
     rule: str | None = None
+    retry_after_utc: datetime | None = None  # compliance denials by time: when to try again
 
 
 class DecisionResponse(DecisionFields, kw_only=True):
@@ -279,6 +280,35 @@ class Balance(Struct, frozen=True, kw_only=True):
 class Suppression(Struct, frozen=True, kw_only=True):
     number: Phone
     scope: Literal["exchange", "buyer"] = "exchange"
+
+
+class ConsentAddress(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    state: StateCode | None = None
+    zip: Annotated[str, Meta(pattern=r"^[0-9]{5}(-[0-9]{4})?$")] | None = None
+
+
+class ConsentCreate(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """POST /v1/consents: a consent record captured at lead intake (COMPLIANCE.md §5)."""
+
+    token: Annotated[str, Meta(min_length=1, max_length=128)]
+    phone: Phone
+    sellers: Annotated[list[Id], Meta(min_length=1, max_length=100)]
+    created_at: AwareTime
+    expires_at: AwareTime | None = None
+    vendor: Annotated[str, Meta(max_length=64)] | None = None
+    cert_id: Annotated[str, Meta(max_length=512)] | None = None
+    disclosure_text: Annotated[str, Meta(max_length=8192)] | None = None
+    ip: Annotated[str, Meta(max_length=64)] | None = None
+    page_url: Annotated[str, Meta(max_length=2048)] | None = None
+    address: ConsentAddress | None = None
+
+
+class ConsentRevoke(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """POST /v1/consents/{token}/revoke: optional body (defaults: now, exchange scope)."""
+
+    revoked_at: AwareTime | None = None
+    channel: Annotated[str, Meta(max_length=64)] | None = None
+    scope: Literal["exchange", "buyer"] | None = None
 
 
 class ErrorDetail(Struct, frozen=True, kw_only=True, omit_defaults=True):

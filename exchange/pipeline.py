@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import msgspec
+
 from compliance.gate import Verdict
 from compliance.numbers import NumberInfo, parse_number
 
@@ -40,7 +42,7 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
     s = core.settings
     caller = parse_number(call.caller)
     consumer = caller if call.direction == "inbound" else parse_number(call.callee)
-    verdict = core.gate.check(call.direction, consumer, now_ns)
+    consumer, verdict = core.gate.screen(call, consumer, now_ns)  # consumer now carries the gate's plan
     state = call.state or (consumer.state if consumer is not None else None)
     area_code = consumer.npa if consumer is not None else None
     floor = max(call.floor_cents, s.min_floor_cents)
@@ -68,11 +70,14 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     rec.direction, rec.vertical, rec.state = call.direction, call.vertical, p.state
     rec.consumer = p.consumer
     rec.caller = p.caller.e164 if p.caller is not None else call.caller
-    rec.evidence = {**core.gate.evidence(), "allow": p.verdict.allow, "reason": p.verdict.reason, "rule": p.verdict.rule}
+    rec.evidence = {**core.gate.evidence(p.verdict), "allow": p.verdict.allow, "reason": p.verdict.reason, "rule": p.verdict.rule}
     notices: list[Notice] = []
     core.stats.calls += 1
     if not p.verdict.allow:
-        return _reject(core, rec, p.verdict.reason, p.verdict.rule, now_ns), notices
+        rec = _reject(core, rec, p.verdict.reason, p.verdict.rule, now_ns)
+        if p.verdict.retry_after_ns is not None and rec.decision is not None:
+            rec.decision = msgspec.structs.replace(rec.decision, retry_after_utc=from_ns(p.verdict.retry_after_ns))
+        return rec, notices
 
     want = s.max_fallbacks + 2  # the routes plus one runner-up to price the last of them
     buyers: set[str] = set()

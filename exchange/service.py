@@ -18,6 +18,7 @@ import msgspec
 
 from billing.postings import buyer_account, deposit
 from compliance.numbers import parse_number
+from compliance.runtime import ComplianceRuntime
 
 from . import gcpolicy
 from .accounts import Account, Accounts
@@ -62,6 +63,7 @@ class Exchange:
         self.settings = settings
         self.clock = clock or WallClock()
         self.core = Core(settings)
+        self.compliance = ComplianceRuntime.from_env(self.core.gate, settings.redis_url)
         self.admin_key = settings.admin_key or "dce_admin_" + secrets.token_urlsafe(24)
         self.accounts = Accounts(self.admin_key)
         self.metrics = Metrics()
@@ -75,6 +77,7 @@ class Exchange:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         gcpolicy.tune()
+        await self.compliance.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.ready = True
 
@@ -83,6 +86,7 @@ class Exchange:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.compliance.stop()
 
     async def _sweeper(self) -> None:
         """Release legs whose ``expires_at`` passed and forget calls past retention."""
@@ -185,6 +189,9 @@ class Exchange:
         core = self.core
         t0 = perf_counter_ns()
         p = prepare(core, call, publisher.id, call_id, self.clock.now_ns())
+        if p.verdict.pending is not None:  # the shared (Redis) frequency counter: the one awaited compliance step
+            v = await self.compliance.settle(p.verdict, call_id)
+            p = p._replace(verdict=v) if v.allow else p._replace(verdict=v, bid_requests=())
         t1 = perf_counter_ns()
         answers: dict[str, tuple[RtbBid, int]] = {}
         wait_us = None
@@ -209,6 +216,8 @@ class Exchange:
             wait_us = (perf_counter_ns() - t1) // 1000
         t2 = perf_counter_ns()
         rec, notices = decide(core, p, answers, self.clock.now_ns())
+        if rec.status == "routed" and rec.route is not None:  # an inbound call is the consumer's inquiry (EBR)
+            core.gate.note_inquiry(rec.direction, rec.consumer, rec.route.buyer, rec.created_ns)
         t3 = perf_counter_ns()
         decision_us = (t1 - t0 + t3 - t2) // 1000
         rec.decision = msgspec.structs.replace(rec.decision, decision_us=decision_us, rtb_wait_us=wait_us)

@@ -46,6 +46,22 @@ class World:
             self.fund(buyer, funds)
         self.core.book.upsert(buyer, c)
 
+    def consent(self, callee: str, *buyers: str) -> str:
+        """What a compliant outbound call needs: a fresh national DNC snapshot (loaded if
+        none is) and a consent for ``callee`` naming ``buyers``; returns the consent token."""
+        from compliance.consent import Consent
+        from compliance.dncarray import EMPTY
+        from compliance.instants import utc_day
+        from compliance.stores import NumberList
+
+        stores, now = self.core.gate.stores, self.clock.now_ns()
+        if stores.national is None:
+            stores.swap(national=NumberList(EMPTY, utc_day(now), "national:test"))
+        self._n += 1
+        token = f"tok{self._n}"
+        stores.consents.add(Consent(token, callee, frozenset(buyers), now - 86_400 * 1_000_000_000))
+        return token
+
     def submit(self, req: CallRequest | None = None, publisher: str = "p1", answers: dict | None = None):
         self._n += 1
         now = self.clock.now_ns()

@@ -191,16 +191,16 @@ def test_gate_rejects_before_the_auction(world: World):
     world.core.gate.suppressions.add("+12125550100", "exchange", 0)
     rec, notices = world.submit(call("+18885550100", direction="outbound", callee="+12125550100"))
     assert rec.decision.reason == "internal_dnc" and notices == []
-    rec, _ = world.submit(call("+18885550100", direction="outbound", callee="+13125550100"))
+    rec, _ = world.submit(call("+18885550100", direction="outbound", callee="+13125550100", consent_token=world.consent("+13125550100", "b1")))
     assert rec.decision.reason == "ok"
     world.clock.t = NOON_NY_NS + 10 * 3600 * 1_000_000_000  # 22:00 in New York
-    rec, _ = world.submit(call("+18885550100", direction="outbound", callee="+12125550177"))
+    rec, _ = world.submit(call("+18885550100", direction="outbound", callee="+12125550177", consent_token=world.consent("+12125550177", "b1")))
     assert (rec.decision.reason, rec.decision.rule) == ("outside_calling_hours", "federal")
 
 
 def test_outbound_needs_a_campaign_that_accepts_outbound(world: World):
     world.place("b1", campaign("a", bid_cents=3000))
-    rec, _ = world.submit(call("+18885550100", direction="outbound", callee="+13125550100"))
+    rec, _ = world.submit(call("+18885550100", direction="outbound", callee="+13125550100", consent_token=world.consent("+13125550100", "b1")))
     assert rec.decision.reason == "no_eligible_bid"
 
 
@@ -208,7 +208,8 @@ def test_buyer_scoped_suppression_only_blocks_that_buyer(world: World):
     world.place("b1", campaign("a", bid_cents=3000, accepts_outbound=True))
     world.place("b2", campaign("b", bid_cents=1000, accepts_outbound=True))
     world.core.gate.suppressions.add("+13125550100", "buyer:b1", 0)
-    rec, _ = world.submit(call("+18885550100", direction="outbound", callee="+13125550100"))
+    token = world.consent("+13125550100", "b1", "b2")
+    rec, _ = world.submit(call("+18885550100", direction="outbound", callee="+13125550100", consent_token=token))
     assert rec.decision.route.buyer == "b2"
 
 

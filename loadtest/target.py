@@ -1,0 +1,227 @@
+"""The exchange under test: start it (or point at a remote one), provision the load-test
+accounts over its public API, read its ``/metrics``, and measure processes' CPU.
+
+Everything here is plain blocking code (``httpx``, ``subprocess``, ``/proc``) for the
+orchestrating process, which never imports Locust (Locust monkey-patches the standard
+library for gevent as soon as it is imported).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from exchange.messages import AccountCreate, AccountCreated, Deposit, Suppression, json_encoder
+
+from .plan import Account
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra or {})
+    return env
+
+
+class Target:
+    """An exchange reachable at ``base`` with an operator key; ``proc`` when we started it."""
+
+    def __init__(self, base: str, admin_key: str, proc: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
+        self.base = base.rstrip("/")
+        self.admin_key = admin_key
+        self.proc = proc
+        self.log_path = log_path
+        self.workdir: Path | None = None
+        self.http = httpx.Client(base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {admin_key}"})
+
+    @property
+    def local(self) -> bool:
+        return self.proc is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the exchange exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                r = self.http.get("/readyz", timeout=2)
+                if r.status_code == 200:
+                    return
+                last = f"{r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise RuntimeError(f"the exchange at {self.base} is not ready after {timeout:g}s ({last})\n{self.log_tail()}")
+
+    # ------------------------------------------------------------------ provisioning
+    def _post(self, path: str, body: Any, expect: tuple[int, ...] = (200, 201)) -> Any:
+        r = self.http.post(path, content=json_encoder.encode(body), headers={"Content-Type": "application/json"})
+        if r.status_code not in expect:
+            raise RuntimeError(f"POST {path} -> {r.status_code} {r.text[:500]}")
+        return r.content
+
+    def provision(self, buyers: int, publishers: int, suppressed: list[str], run_id: str) -> tuple[list[Account], list[Account]]:
+        """Create funded buyer accounts, publisher accounts and exchange-wide opt-outs."""
+        import msgspec
+
+        made: dict[str, list[Account]] = {"buyer": [], "publisher": []}
+        for kind, n in (("buyer", buyers), ("publisher", publishers)):
+            for i in range(n):
+                raw = self._post("/v1/accounts", AccountCreate(kind=kind, name=f"loadtest {run_id} {kind} {i}",
+                                                               credit_limit_cents=10_000_000 if kind == "buyer" else 0))
+                acct = msgspec.json.decode(raw, type=AccountCreated)
+                if kind == "buyer":
+                    self._post(f"/v1/accounts/{acct.id}/deposits",
+                               Deposit(amount_cents=10_000_000_000, reference=f"loadtest-{run_id}"))
+                made[kind].append(Account(id=acct.id, key=acct.api_key, number=i))
+        for number in suppressed:
+            self._post("/v1/suppressions", Suppression(number=number, scope="exchange"))
+        return made["buyer"], made["publisher"]
+
+    # ------------------------------------------------------------------ observation
+    def metrics(self) -> dict[str, float] | None:
+        """``GET /metrics`` parsed: every sample by ``name{labels}`` plus each name's sum."""
+        try:
+            r = self.http.get("/metrics", timeout=5)
+        except httpx.HTTPError:
+            return None
+        if r.status_code != 200:
+            return None
+        return parse_prometheus(r.text)
+
+    def log_tail(self, n: int = 4000) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_problems(self) -> list[str]:
+        if self.log_path is None:
+            return []
+        try:
+            text = self.log_path.read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return []
+        bad = ('"level": "error"', '"level": "critical"', "Traceback", "Exception", '"level": "warning"')
+        return [ln[:500] for ln in text.splitlines() if any(b in ln for b in bad)][:20]
+
+    def stop(self) -> int | None:
+        self.http.close()
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)  # this pid only: the server we started
+                try:
+                    self.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            code = self.proc.returncode
+        if self.workdir is not None:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
+
+def start_exchange(log_path: Path, env_extra: dict[str, str] | None = None) -> Target:
+    """``python -m exchange serve`` on a free loopback port, with a fresh operator key."""
+    port = free_port()
+    admin_key = "loadtest_admin_" + secrets.token_urlsafe(18)
+    workdir = Path(tempfile.mkdtemp(prefix="loadtest-exchange-"))  # any embedded store lands here
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")
+    env = child_env({"EXCHANGE_ADMIN_KEY": admin_key, **(env_extra or {})})
+    proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    t = Target(f"http://127.0.0.1:{port}", admin_key, proc, log_path)
+    t.workdir = workdir
+    try:
+        t.wait_ready()
+    except BaseException:
+        t.stop()
+        raise
+    return t
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        out[key] = v
+        name = key.split("{", 1)[0]
+        if "{" in key and not name.endswith("_bucket"):
+            out[name] = out.get(name, 0.0) + v
+    return out
+
+
+# ---------------------------------------------------------------- CPU from /proc (Linux)
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of one process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_cpu_s(pid: int) -> float | None:
+    """CPU seconds of ``pid`` plus its reaped children (cutime, cstime)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def machine_busy_s() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    total = sum(vals[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK

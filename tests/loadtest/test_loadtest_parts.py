@@ -1,0 +1,151 @@
+"""The load test's pure parts: workload generation, histograms, frames, metrics parsing and
+the pass/fail checks (the smoke test runs the whole thing against a real exchange)."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import msgspec
+import pytest
+
+from compliance.numbers import parse_number
+from exchange.messages import Bid, buyer_json, json_encoder
+from loadtest.collect import Collector, Hist, bucket
+from loadtest.plan import Account, Plan, decode_plan, encode_plan
+from loadtest.target import parse_prometheus
+from loadtest.wire import OP_TEXT, FrameRing, client_frame, mask
+from loadtest.workload import (
+    CallMaker, bid_payloads, buyer_campaigns, call_duration_s, campaign_frames, suppressed_numbers,
+)
+
+
+def test_campaigns_are_valid_wire_messages_with_one_rtb_each():
+    camps = buyer_campaigns(3, 200, seed=1, rtb=2)
+    assert [c.id for c in camps] == [f"c{j}" for j in range(200)]
+    assert [c.rtb for c in camps].count(True) == 2
+    for seq, frame in campaign_frames(camps, per_frame=64):
+        decoded = buyer_json.decode(frame)  # the exchange's own decoder validates every field
+        assert isinstance(decoded, list) and decoded[-1].seq == seq
+        assert all(m.seq is None for m in decoded[:-1])
+    assert buyer_campaigns(3, 200, seed=1, rtb=2) == camps  # deterministic
+
+
+@pytest.mark.parametrize("batch", [1, 7, 100])
+def test_bid_payloads_reprice_only_streamable_campaigns(batch):
+    camps = buyer_campaigns(0, 50, seed=2, rtb=1)
+    payloads = bid_payloads(camps, batch, ring_bids=700, seed=3)
+    assert len(payloads) == 700 // batch
+    ids = {c.id for c in camps if not c.rtb}
+    prices = set()
+    for p in payloads:
+        got = buyer_json.decode(p)
+        msgs = [got] if batch == 1 else got
+        assert batch == 1 and isinstance(got, Bid) or len(got) == batch
+        for m in msgs:
+            assert isinstance(m, Bid) and m.campaign in ids and 100 <= m.bid_cents <= 9_900
+            prices.add(m.bid_cents)
+    assert len(prices) > 10  # a random walk, not a constant
+
+
+def test_calls_are_valid_and_the_mix_is_realistic():
+    maker = CallMaker(random.Random(5), suppressed_numbers(5))
+    kinds: dict[str, int] = {}
+    for _ in range(3000):
+        kind, call = maker.next()
+        kinds[kind] = kinds.get(kind, 0) + 1
+        consumer = call.caller if call.direction == "inbound" else call.callee
+        info = parse_number(consumer)
+        assert info is not None, consumer
+        if kind == "inbound" or kind == "outbound":
+            assert info.region == "US" and info.geographic
+        msgspec.json.decode(json_encoder.encode(call))  # encodes to JSON
+    assert 0.75 < kinds["inbound"] / 3000 < 0.85
+    noncompliant = sum(v for k, v in kinds.items() if k.startswith("noncompliant"))
+    assert 0.07 < noncompliant / 3000 < 0.13
+    durations = [call_duration_s(random.Random(i)) for i in range(2000)]
+    assert 60 < sorted(durations)[1000] < 160 and min(durations) >= 1
+
+
+def test_hist_quantiles_and_merge():
+    h = Hist()
+    for v in range(1, 1001):
+        h.add(v)
+    assert h.quantile(0.5) == 500 and h.quantile(0.99) == 990 and h.n == 1000
+    assert bucket(12_345) == 12_300 and bucket(999) == 999 and bucket(1_004) == 1_000
+    other = Hist(dict(h.counts))
+    other.merge(h.wire())
+    assert other.n == 2000 and other.quantile(0.5) == 500
+
+
+def test_collector_drain_absorb_and_window():
+    worker, master = Collector(), Collector()
+    worker.count("bids", 100)
+    worker.observe("decision_us", 40)
+    master.absorb(msgspec.msgpack.decode(msgspec.msgpack.encode(worker.drain())))  # as Locust ships it
+    assert master.counts["bids"] == 100 and master.hists["decision_us"].n == 1
+    assert worker.counts == {} and worker.hists["decision_us"].n == 0
+    (s,) = master.secs
+    assert master.window(s, s + 1)["counts"] == {"bids": 100}
+    assert master.window(s + 1, s + 2)["counts"] == {}
+    assert master.series()[0]["decision_us_p99"] == 40
+
+
+def test_frame_ring_slices_whole_masked_frames():
+    payloads = [json_encoder.encode(Bid(campaign=f"c{i}", bid_cents=100 + i)) for i in range(5)]
+    key = b"\x01\x02\x03\x04"
+    ring = FrameRing(payloads, 1, key)
+    got = b"".join(bytes(x) for x in ring.take(7))  # wraps around: frames 0..4, 0, 1
+    expect = b"".join(client_frame(payloads[i % 5], OP_TEXT, key) for i in range(7))
+    assert got == expect
+    f = client_frame(payloads[0], OP_TEXT, key)
+    assert f[0] == 0x81 and f[1] == 0x80 | len(payloads[0]) and mask(f[6:], key) == payloads[0]
+    big = client_frame(b"x" * 70_000, OP_TEXT, key)
+    assert big[1] == 0x80 | 127 and struct.unpack("!Q", big[2:10])[0] == 70_000
+
+
+def test_plan_round_trip_and_prometheus_parsing():
+    plan = Plan(host="http://127.0.0.1:1", buyers=[Account("b1", "k", 0)], publishers=[], bids_per_s=10)
+    assert decode_plan(encode_plan(plan)) == plan
+    m = parse_prometheus('# HELP x\nexchange_calls_total{decision="routed",reason="ok"} 3\n'
+                         'exchange_calls_total{decision="rejected",reason="x"} 2\nexchange_bids_ingested_total 7\n'
+                         'exchange_decision_us_bucket{le="5"} 1\n')
+    assert m["exchange_calls_total"] == 5 and m["exchange_bids_ingested_total"] == 7
+    assert "exchange_decision_us_bucket" not in m
+
+
+def _fake(bids_per_s: float, p99: int, failures: int = 0) -> dict:
+    """What report.build needs from a run, at a steady rate over a 10 s window."""
+    samples = [{"t": 100.0 + i, "metrics": {"exchange_bids_ingested_total": bids_per_s * i, "exchange_calls_total": 50.0 * i,
+                                            "exchange_book_campaigns": 10.0},
+                "server_cpu_s": 0.3 * i, "locust_cpu_s": {"master": 0.01 * i, "worker0": 0.2 * i},
+                "machine": (0.6 * i, 2.0 * i), "server_alive": True} for i in range(16)]
+    final = {"window": [102.0, 112.0], "phase": "done",
+             "window_figures": {"counts": {"bids": int(bids_per_s * 10), "calls": 500},
+                                "latency_us": {"decision_us": {"n": 500, "p50": 40, "p99": p99}}},
+             "totals": {"counts": {"bids": int(bids_per_s * 15)}}, "series": [],
+             "locust": {"failures": failures, "entries": {}, "errors": [], "exceptions": []}}
+    return {"samples": samples, "final": final}
+
+
+@pytest.mark.parametrize("bids,p99,failures,passed", [
+    (100_000, 200, 0, True), (99_950, 200, 0, True), (99_000, 200, 0, False), (100_000, 1000, 0, False),
+    (100_000, 200, 1, False),
+])
+def test_checks_follow_the_thresholds(bids, p99, failures, passed, tmp_path):
+    from loadtest import report
+    from loadtest.runner import Config
+
+    class T:
+        base, local = "http://127.0.0.1:1", True
+
+    f = _fake(bids, p99, failures)
+    cfg = Config(calls_per_s=50)
+    plan = Plan(host=T.base, buyers=[Account("b", "k", 0)], publishers=[Account("p", "k", 0)])
+    res = report.build(cfg, plan, T(), f["final"], f["samples"], {}, True, [], 100.0, {}, {"cpus": 2})
+    assert res["passed"] is passed, res["checks"]
+    assert res["figures"]["bids_per_s"] == pytest.approx(bids)
+    assert res["figures"]["cpu_exchange_pct"] == pytest.approx(30.0)
+    report.write(tmp_path, res)
+    assert (tmp_path / "summary.txt").read_text().startswith("=== loadtest run: " + ("PASS" if passed else "FAIL"))
+    assert (tmp_path / "chart.png").stat().st_size > 1000

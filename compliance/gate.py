@@ -246,8 +246,9 @@ class Gate:
         plan.consent = consent
         if consent is not None and consent.revoked_ns is not None and consent.revoked_ns <= at_ns:
             return _deny("consent_revoked", "federal", plan)
+        key = int(e164[2:])  # a US-region number: +1 and ten digits
         # 8. litigator list (policy)
-        if policy.block_litigators and st.litigators.has(e164):
+        if policy.block_litigators and st.litigators.has_key(key):
             return _deny("litigator_list", "policy", plan)
         # 9. the national snapshot must exist and be at most 31 days old
         nat = st.national
@@ -262,10 +263,10 @@ class Gate:
         elif consent.expires_ns is not None and consent.expires_ns <= at_ns:
             plan.consent_reason = "consent_expired"
         # 10. national / state DNC, unless excused
-        if nat.has(e164):
+        if nat.has_key(key):
             plan.dnc = ("national_dnc", "federal")
         else:
-            state_hit = st.state_lists.hit(e164)
+            state_hit = st.state_lists.hit(key)
             if state_hit is not None:
                 plan.dnc = ("state_dnc", state_hit)
         if full:

@@ -30,6 +30,10 @@ class NumberList(NamedTuple):
     def has(self, e164: str) -> bool:
         return self.array.has(e164)
 
+    def has_key(self, key: int) -> bool:
+        """``key``: the 10-digit national number as an int (see ``DncArray``)."""
+        return key in self.array
+
 
 class StateLists(NamedTuple):
     """State DNC lists, plus their union so a miss costs one lookup."""
@@ -37,11 +41,12 @@ class StateLists(NamedTuple):
     by_state: dict[str, NumberList]
     union: DncArray
 
-    def hit(self, e164: str) -> str | None:
-        if not self.union.has(e164):
+    def hit(self, key: int) -> str | None:
+        """The first state (alphabetically) whose list holds the national number ``key``."""
+        if key not in self.union:
             return None
         for st in sorted(self.by_state):
-            if self.by_state[st].has(e164):
+            if self.by_state[st].has_key(key):
                 return st
         return None
 

@@ -1,6 +1,6 @@
 """The compliance gate in-process with every rule active, and the Redis step's cost.
 
-    python -m bench.compliance [--calls 100000] [--national 20000000] [--runs 3] [--out FILE]
+    python -m bench.compliance [--calls 100000] [--national 250000000] [--runs 3] [--out FILE]
                                [--redis-url redis://127.0.0.1:6379/0] [--service-calls 3000]
 
 Stores: a memory-mapped national DNC file (``--national`` numbers), three state lists
@@ -174,7 +174,7 @@ async def service_series(redis_url: str | None, calls: int, tmp: Path) -> list[i
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=100_000)
-    ap.add_argument("--national", type=int, default=20_000_000)
+    ap.add_argument("--national", type=int, default=250_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--redis-url", default=os.environ.get("EXCHANGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--service-calls", type=int, default=3000)

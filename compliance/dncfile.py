@@ -72,16 +72,17 @@ class DncWriter:
             self.offs[s * SLOT_WIDTH + BUCKETS] = self.offs[(s + 1) * SLOT_WIDTH]
         if len(self.npas):
             self.offs[len(self.offs) - 1] = self.count
-        index = self.slot.tobytes() + self.offs.tobytes()
+        slot, offs = memoryview(self.slot).cast("B"), memoryview(self.offs).cast("B")
         meta = dict(meta, format=2, count=self.count, nslots=len(self.npas),
-                    crc_index=zlib.crc32(index), crc_lines=self._crc_lines)
+                    crc_index=zlib.crc32(offs, zlib.crc32(slot)), crc_lines=self._crc_lines)
         head = json.dumps(meta, sort_keys=True).encode()
         if len(head) > HEADER - 12:
             raise ValueError("metadata too large for the header")
         self._f.seek(0)
         self._f.write(MAGIC + len(head).to_bytes(4, "little") + head)
         self._f.seek(HEADER)
-        self._f.write(index)
+        self._f.write(slot)
+        self._f.write(offs)
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
@@ -148,7 +149,7 @@ def open_array(path: Path, verify: bool = True) -> DncArray:
                 raise DncFileError(f"{path}: checksum mismatch")
             slot = np.frombuffer(index[:SLOT_BYTES], np.int32)
             offs = np.frombuffer(index[SLOT_BYTES:], np.uint32)
-            if (slot >= nslots).any() or (len(offs) and (np.any(np.diff(offs.astype(np.int64)) < 0) or offs[-1] != count)):
+            if (slot >= nslots).any() or (len(offs) and (bool((offs[1:] < offs[:-1]).any()) or offs[-1] != count)):
                 raise DncFileError(f"{path}: inconsistent index")
         arr = DncArray(index[:SLOT_BYTES].cast("i"), index[SLOT_BYTES:].cast("I"), lines, meta, mm, mm.find, index_end)
     except DncFileError:

@@ -22,20 +22,21 @@ candidate zone for every candidate state.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import date
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from routing.schedule import NS_PER_MINUTE, LocalClock, LocalTime, local_time
+from routing.schedule import LocalClock
 
 from .consent import Consent
 from .frequency import FrequencyCounter, FrequencyPending
 from .geo import address_state, candidates
-from .instants import NS_PER_DAY, day_start_ns, rfc3339, utc_day
+from .instants import NS_PER_DAY, rfc3339, utc_day
 from .numbers import NPA_TABLE_VERSION, NumberInfo, is_us_region, parse_number
 from .rules import TZDATA_VERSION, Rules, StateRule, default_rules, zone
 from .stores import Stores
 from .suppression import SuppressionList
+from .windows import Windows
 
 GATE_VERSION = "gate-2"
 DIRECTIONS = frozenset({"inbound", "outbound"})
@@ -91,8 +92,7 @@ def _deny(reason: str, rule: str | None = None, plan: Plan | None = None, retry:
 class Gate:
     """Call-level, per-buyer and single-buyer compliance checks over in-memory stores."""
 
-    __slots__ = ("rules", "stores", "shared_frequency", "_clock", "_zones", "_evidence", "_evidence_key", "_retry_memo",
-                 "_offsets")
+    __slots__ = ("rules", "stores", "shared_frequency", "_clock", "_zones", "_evidence", "_evidence_key", "_windows")
 
     def __init__(self, suppressions: SuppressionList | None = None, clock: LocalClock | None = None,
                  rules: Rules | None = None, stores: Stores | None = None) -> None:
@@ -103,8 +103,7 @@ class Gate:
         self._zones: dict[str, ZoneInfo] = {}
         self._evidence: dict[str, Any] = {}
         self._evidence_key: tuple = ()
-        self._retry_memo: dict[tuple, int] = {}
-        self._offsets: dict[tuple, int] = {}
+        self._windows = Windows(self.rules.federal, self.rules.policy.retry_horizon_days)
 
     @property
     def suppressions(self) -> SuppressionList:
@@ -185,7 +184,9 @@ class Gate:
             pend, plan = verdict.pending, verdict.plan
             assert pend is not None and plan is not None
             zones, rules = self._zones_rules(plan.zones, plan.states)
-            retry = self._next_open(zones, rules, max(_ceil_second(allowed_from_ns), plan.at_ns))
+            holidays = self.stores.holidays or self.rules.holidays
+            retry = self._windows.next_open(zones, rules, holidays, max(_ceil_second(allowed_from_ns), plan.at_ns),
+                                            self.stores.generation)
             return _deny("state_frequency_limit", pend.rule, plan, retry)
         except Exception:
             return Verdict(False, "internal_error")
@@ -300,14 +301,15 @@ class Gate:
             return _deny("internal_error", None, plan)
         clock = self._clock
         lts = [clock.at(z, at_ns) for z in zones]
-        why = self._restricted(lts, rules)
+        holidays = st.holidays or self.rules.holidays
+        why = self._windows.restricted(lts, rules, holidays)
         if why is not None and why[0] == "state_day_restriction":
-            return _deny(why[0], why[1], plan, self._next_open(zones, rules, at_ns, closed=True))
+            return _deny(why[0], why[1], plan, self._windows.next_open(zones, rules, holidays, at_ns, st.generation, closed=True))
         for s in plan.states:
             if s in st.flags.emergency_states:
                 return _deny("state_emergency", s, plan)
         if why is not None:
-            return _deny(why[0], why[1], plan, self._next_open(zones, rules, at_ns, closed=True))
+            return _deny(why[0], why[1], plan, self._windows.next_open(zones, rules, holidays, at_ns, st.generation, closed=True))
         # 15. frequency cap: counted exchange-wide per vertical, checked and recorded at once
         pending = None
         capped = [r for r in rules if r.frequency_cap is not None]
@@ -322,7 +324,7 @@ class Gate:
                 cap = cap_rule.frequency_cap or 0
                 if len(counted) >= cap:
                     allowed_from = _ceil_second(counted[len(counted) - cap] + window + 1)
-                    return _deny("state_frequency_limit", cap_rule.state, plan, self._next_open(zones, rules, allowed_from))
+                    return _deny("state_frequency_limit", cap_rule.state, plan, self._windows.next_open(zones, rules, holidays, allowed_from, st.generation))
         # 16. the campaign's abandonment breaker
         if full and campaign is not None and campaign in st.flags.abandon_campaigns:
             return _deny("campaign_abandon_rate", "federal", plan)
@@ -370,80 +372,6 @@ class Gate:
             zones.append(z)
         table = self.rules.states
         return zones, [table[s] for s in states if s in table]
-
-    def _restricted(self, lts: list[LocalTime], rules: list[StateRule]) -> tuple[str, str] | None:
-        """Steps 13 (banned day) and 14 (hours) for these local times: (reason, rule) or None."""
-        holidays = self.stores.holidays or self.rules.holidays
-        for r in rules:
-            for lt in lts:
-                if r.days[lt.weekday] is None or (r.holidays_banned and holidays.banned(r.state, lt.day_key)):
-                    return "state_day_restriction", r.state
-        lo, hi = self.rules.federal
-        for lt in lts:
-            if not lo <= lt.minute_of_day < hi:
-                return "outside_calling_hours", "federal"
-        for r in rules:
-            for lt in lts:
-                w = r.days[lt.weekday]
-                if w is None or not w[0] <= lt.minute_of_day < w[1]:
-                    return "outside_calling_hours", r.state
-        return None
-
-    def _next_open(self, zones: list[ZoneInfo], rules: list[StateRule], from_ns: int, closed: bool = False) -> int | None:
-        """The first instant >= ``from_ns`` at which every window is open and no day is banned.
-
-        Only a window's opening can end a closed stretch, so the candidates are ``from_ns``
-        and the opening minutes of each zone's local days. They are visited in time order,
-        one UTC day at a time (each zone's offset taken at local noon, which a DST change at
-        2 a.m. has already moved), and each is checked exactly; the first that passes wins.
-        Local times have minute resolution, so every instant of a closed minute has the same
-        answer: it is memoized per (zones, states, minute, data generation).
-        """
-        if not closed and self._restricted([local_time(z, from_ns) for z in zones], rules) is None:
-            return from_ns
-        key = (tuple(zones), tuple(r.state for r in rules), from_ns // NS_PER_MINUTE, self.stores.generation)
-        hit = self._retry_memo.get(key, 0)
-        if hit != 0:
-            return hit
-        opens = {self.rules.federal[0]}
-        for r in rules:
-            opens.update(w[0] for w in r.days if w is not None)
-        starts = sorted(opens)
-        first_day = [local_time(z, from_ns).day_key for z in zones]
-        found = None
-        for k in range(self.rules.policy.retry_horizon_days + 1):
-            lo, hi = from_ns + k * NS_PER_DAY, from_ns + (k + 1) * NS_PER_DAY
-            batch = []
-            for z, d0 in zip(zones, first_day):
-                for d in (d0 + k - 1, d0 + k, d0 + k + 1):
-                    offset = self._offset(z, d)
-                    base = day_start_ns(d) - offset
-                    for m in starts:
-                        t = base + m * NS_PER_MINUTE
-                        if lo < t < hi or (k and t == lo):
-                            batch.append(t)
-            for t in sorted(batch):
-                if self._restricted([local_time(z, t) for z in zones], rules) is None:
-                    found = t
-                    break
-            if found is not None:
-                break
-        if len(self._retry_memo) > 50_000:
-            self._retry_memo.clear()
-        self._retry_memo[key] = found
-        return found
-
-    def _offset(self, z: ZoneInfo, day: int) -> int:
-        """The zone's UTC offset (ns) at local noon of ``day``."""
-        key = (z, day)
-        off = self._offsets.get(key)
-        if off is None:
-            if len(self._offsets) > 100_000:
-                self._offsets.clear()
-            delta = z.utcoffset(datetime.combine(date.fromordinal(day), time(12)))
-            off = self._offsets[key] = int(delta.total_seconds()) * 1_000_000_000 if delta is not None else 0
-        return off
-
 
 def _ceil_second(at_ns: int) -> int:
     return -(-at_ns // 1_000_000_000) * 1_000_000_000

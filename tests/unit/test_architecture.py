@@ -13,7 +13,7 @@ PURE = [
     "exchange/instants.py", "routing/schedule.py", "routing/capacity.py", "routing/dedupe.py", "routing/eligibility.py",
     "compliance/gate.py", "compliance/numbers.py", "compliance/suppression.py", "compliance/rules.py",
     "compliance/geo.py", "compliance/instants.py", "compliance/dncarray.py", "compliance/consent.py",
-    "compliance/frequency.py", "compliance/stores.py",
+    "compliance/frequency.py", "compliance/stores.py", "compliance/windows.py",
     "billing/money.py", "billing/postings.py", "billing/ledger.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "time", "random", "logging", "os", "threading", "subprocess", "secrets",

@@ -1,0 +1,130 @@
+-- The double-entry ledger, holds, call outcomes, accounts and the audit chain (PostgreSQL).
+-- Money rows are append-only: triggers refuse UPDATE, DELETE and TRUNCATE. An entry whose
+-- legs do not sum to zero is refused at commit by a deferred constraint trigger.
+
+CREATE TABLE accounts (
+    id                 text PRIMARY KEY,
+    kind               text NOT NULL CHECK (kind IN ('buyer', 'publisher')),
+    name               text NOT NULL,
+    key_digest         text NOT NULL UNIQUE,
+    credit_limit_cents bigint NOT NULL DEFAULT 0 CHECK (credit_limit_cents >= 0),
+    created_ns         bigint NOT NULL
+);
+
+CREATE TABLE entries (
+    id        bigserial PRIMARY KEY,
+    reference text NOT NULL,
+    kind      text NOT NULL CHECK (kind IN ('charge', 'deposit', 'payout', 'refund')),
+    at_ns     bigint NOT NULL,
+    memo      text NOT NULL DEFAULT '',
+    UNIQUE (reference, kind)
+);
+CREATE INDEX entries_at_idx ON entries (at_ns);
+
+CREATE TABLE legs (
+    entry_id     bigint NOT NULL REFERENCES entries (id),
+    account      text NOT NULL,
+    amount_cents bigint NOT NULL
+);
+CREATE INDEX legs_entry_idx ON legs (entry_id);
+CREATE INDEX legs_account_idx ON legs (account, entry_id);
+
+-- Derived: the sum of each account's legs, kept in the same transaction as the legs.
+-- `billing reconcile` proves it equals the sum of the legs.
+CREATE TABLE balances (
+    account       text PRIMARY KEY,
+    balance_cents bigint NOT NULL
+);
+
+CREATE TABLE holds (
+    call_id      text NOT NULL,
+    route_index  int NOT NULL,
+    kind         text NOT NULL CHECK (kind IN ('hold', 'capture', 'release')),
+    account      text NOT NULL,
+    amount_cents bigint NOT NULL CHECK (amount_cents >= 0),
+    at_ns        bigint NOT NULL,
+    PRIMARY KEY (call_id, route_index, kind)
+);
+
+CREATE TABLE call_outcomes (
+    call_id       text PRIMARY KEY,
+    publisher     text NOT NULL,
+    buyer         text NOT NULL,
+    campaign      text NOT NULL,
+    status        text NOT NULL,
+    billable      boolean NOT NULL,
+    price_cents   bigint NOT NULL,
+    charged_cents bigint NOT NULL,
+    payout_cents  bigint NOT NULL,
+    margin_cents  bigint NOT NULL,
+    created_ns    bigint NOT NULL,
+    final_ns      bigint NOT NULL
+);
+CREATE INDEX call_outcomes_final_idx ON call_outcomes (final_ns);
+
+CREATE TABLE audit (
+    seq       bigint PRIMARY KEY,
+    at_ns     bigint NOT NULL,
+    kind      text NOT NULL,
+    call_id   text,
+    number    text,
+    body      text NOT NULL,
+    prev_hash bytea NOT NULL,
+    hash      bytea NOT NULL
+);
+CREATE INDEX audit_call_idx ON audit (call_id) WHERE call_id IS NOT NULL;
+CREATE INDEX audit_number_idx ON audit (number, at_ns) WHERE number IS NOT NULL;
+CREATE INDEX audit_at_idx ON audit (at_ns);
+
+CREATE FUNCTION ledger_check_entry(eid bigint) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    total bigint;
+    n int;
+BEGIN
+    SELECT coalesce(sum(amount_cents), 0), count(*) INTO total, n FROM legs WHERE entry_id = eid;
+    IF total <> 0 OR n < 2 THEN
+        RAISE EXCEPTION 'unbalanced entry %: % legs sum to % cents', eid, n, total
+            USING ERRCODE = 'check_violation';
+    END IF;
+END $$;
+
+CREATE FUNCTION legs_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ledger_check_entry(NEW.entry_id);
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ledger_check_entry(NEW.id);
+    RETURN NULL;
+END $$;
+
+-- Checked when the transaction commits, once every leg of the entry is in.
+CREATE CONSTRAINT TRIGGER legs_balanced AFTER INSERT ON legs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION legs_balanced();
+CREATE CONSTRAINT TRIGGER entries_balanced AFTER INSERT ON entries
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION entries_balanced();
+
+CREATE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+CREATE TRIGGER entries_append_only BEFORE UPDATE OR DELETE ON entries
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER legs_append_only BEFORE UPDATE OR DELETE ON legs
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER holds_append_only BEFORE UPDATE OR DELETE ON holds
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER call_outcomes_append_only BEFORE UPDATE OR DELETE ON call_outcomes
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON entries
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER legs_no_truncate BEFORE TRUNCATE ON legs
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();

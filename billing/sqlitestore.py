@@ -1,0 +1,133 @@
+"""The SQLite store, the embedded default: the standard library's sqlite3 on one thread.
+
+Every call runs on a single worker thread that owns the connection, so the event loop never
+blocks on the file. WAL journal with ``synchronous=FULL``: a committed batch survives a crash
+of the process or the machine. The schema's triggers give the same guarantees as PostgreSQL's
+(see migrations/sqlite); entries get their ids here, legs are inserted before their entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from .store import Batch, Store, StoreRefused, StoreUnavailable, migrations
+
+T = TypeVar("T")
+
+
+class SqliteStore(Store):
+    backend = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # ------------------------------------------------------------------ thread side
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                   "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)")
+        done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations(self.backend):
+            if version not in done:
+                db.executescript(f"BEGIN IMMEDIATE;\n{sql}\nINSERT INTO schema_migrations VALUES "
+                                 f"({version}, '{name}', {time.time_ns()});\nCOMMIT;")
+        self.db = db
+
+    def _write(self, batch: Batch) -> int:
+        db = self.db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.accounts:
+                db.executemany("INSERT OR IGNORE INTO accounts VALUES (?, ?, ?, ?, ?, ?)", batch.accounts)
+            new = 0
+            if batch.entries:
+                next_id = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
+                seen: set[tuple[str, str]] = set()
+                heads, legs, delta = [], [], {}
+                for e in batch.entries:
+                    if e.key in seen or db.execute("SELECT 1 FROM entries WHERE reference = ? AND kind = ?", e.key).fetchone():
+                        continue
+                    seen.add(e.key)
+                    heads.append((next_id, e.reference, e.kind, e.at_ns, e.memo))
+                    for leg in e.legs:
+                        legs.append((next_id, leg.account, leg.amount_cents))
+                        delta[leg.account] = delta.get(leg.account, 0) + leg.amount_cents
+                    next_id += 1
+                db.executemany("INSERT INTO legs VALUES (?, ?, ?)", legs)
+                db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", heads)
+                db.executemany("INSERT INTO balances VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
+                               "SET balance_cents = balance_cents + excluded.balance_cents", delta.items())
+                new = len(heads)
+            if batch.holds:
+                db.executemany("INSERT OR IGNORE INTO holds VALUES (?, ?, ?, ?, ?, ?)", batch.holds)
+            if batch.outcomes:
+                db.executemany("INSERT OR IGNORE INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.outcomes)
+            if batch.audit:
+                db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.audit)
+            db.execute("COMMIT")
+            return new
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _fetch(self, sql: str, args: tuple) -> list[tuple]:
+        assert self.db is not None
+        return self.db.execute(sql, args).fetchall()
+
+    def _close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    # ------------------------------------------------------------------ async side
+    async def open(self) -> None:
+        try:
+            await self._run(self._open)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._pool.shutdown(wait=True)
+
+    async def reconnect(self) -> None:
+        await self._run(self._close)
+        await self.open()
+
+    async def write(self, batch: Batch) -> int:
+        if self.db is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            return await self._run(self._write, batch)
+        except sqlite3.IntegrityError as exc:
+            raise StoreRefused(f"SQLite refused the batch: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple]:
+        if self.db is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            return await self._run(self._fetch, sql, args)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+    async def execute_raw(self, sql: str, *args: Any) -> None:
+        """Run one statement outside the writer (tests and the operator's tools)."""
+        await self._run(self._fetch, sql, args)

@@ -1,0 +1,183 @@
+"""The durable store's contract, shared by PostgreSQL and SQLite.
+
+A store applies its migrations at open, writes one ``Batch`` per transaction (idempotent by
+each record's natural key, so writing a batch twice writes each row once) and answers the
+read queries behind statements, refunds, the audit API, invoices and reconciliation. The
+queries are plain SQL written once here with ``?`` placeholders; each backend runs them.
+
+``open_store(url)``: ``postgresql://...`` (asyncpg; ``?schema=name`` isolates a schema) or
+``sqlite:///path`` / ``sqlite://:memory:`` (the standard library's sqlite3 on one thread).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, NamedTuple
+
+from .audit import AuditRow
+from .postings import Entry, Leg
+from .records import AccountRow, CallOutcome, HoldEvent
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached now (retry later); nothing was written."""
+
+
+class StoreRefused(Exception):
+    """The database refused the batch (a broken invariant, e.g. an unbalanced entry)."""
+
+
+@dataclass
+class Batch:
+    entries: list[Entry] = field(default_factory=list)
+    holds: list[HoldEvent] = field(default_factory=list)
+    outcomes: list[CallOutcome] = field(default_factory=list)
+    accounts: list[AccountRow] = field(default_factory=list)
+    audit: list[AuditRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.holds) + len(self.outcomes) + len(self.accounts) + len(self.audit)
+
+
+class Snapshot(NamedTuple):
+    """What a starting exchange loads: accounts, balances and the non-charge entries' keys."""
+
+    accounts: list[AccountRow]
+    balances: dict[str, int]
+    entries: list[Entry]  # deposits, payouts and refunds (replays of these must stay no-ops)
+    open_holds: list[HoldEvent]
+
+
+class StatementLine(NamedTuple):
+    at_ns: int
+    kind: str
+    reference: str
+    amount_cents: int
+    memo: str
+
+
+def migrations(backend: str) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration of ``backend``, in order."""
+    out = []
+    for f in resources.files("billing").joinpath("migrations", backend).iterdir():
+        if f.name.endswith(".sql"):
+            version = int(f.name.split("_", 1)[0])
+            out.append((version, f.name, f.read_text()))
+    return sorted(out)
+
+
+def _legs(rows: list[tuple]) -> dict[int, list[Leg]]:
+    by: dict[int, list[Leg]] = {}
+    for entry_id, account, amount in rows:
+        by.setdefault(entry_id, []).append(Leg(account, amount))
+    return by
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class Store(ABC):
+    backend = ""
+
+    # ------------------------------------------------------------------ backend primitives
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def reconnect(self) -> None:
+        """Drop the connection and connect again (raises StoreUnavailable if it cannot)."""
+
+    @abstractmethod
+    async def write(self, batch: Batch) -> int:
+        """Write the batch in one transaction; returns how many entries were new."""
+
+    @abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[tuple]:
+        """Run a read query written with ``?`` placeholders."""
+
+    # ------------------------------------------------------------------ shared reads
+    async def last_audit(self) -> tuple[int, bytes]:
+        rows = await self.fetch("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        return (rows[0][0], bytes(rows[0][1])) if rows else (0, bytes(32))
+
+    async def load(self) -> Snapshot:
+        accounts = [AccountRow(*r) for r in await self.fetch(
+            "SELECT id, kind, name, key_digest, credit_limit_cents, created_ns FROM accounts ORDER BY created_ns, id")]
+        balances = dict(await self.fetch("SELECT account, balance_cents FROM balances"))
+        heads = await self.fetch("SELECT id, reference, kind, at_ns, memo FROM entries WHERE kind <> 'charge' ORDER BY id")
+        legs = _legs(await self.fetch(
+            "SELECT l.entry_id, l.account, l.amount_cents FROM legs l JOIN entries e ON e.id = l.entry_id "
+            "WHERE e.kind <> 'charge' ORDER BY l.entry_id"))
+        entries = [Entry(ref, kind, tuple(legs.get(eid, ())), at, memo) for eid, ref, kind, at, memo in heads]
+        return Snapshot(accounts, balances, entries, await self.open_holds())
+
+    async def open_holds(self) -> list[HoldEvent]:
+        rows = await self.fetch(
+            "SELECT h.call_id, h.route_index, h.kind, h.account, h.amount_cents, h.at_ns FROM holds h "
+            "WHERE h.kind = 'hold' AND NOT EXISTS (SELECT 1 FROM holds x WHERE x.call_id = h.call_id "
+            "AND x.route_index = h.route_index AND x.kind <> 'hold') ORDER BY h.at_ns")
+        return [HoldEvent(*r) for r in rows]
+
+    async def call_entries(self, call_id: str) -> list[Entry]:
+        """The charge of a call and every refund of it, in posting order."""
+        heads = await self.fetch(
+            "SELECT id, reference, kind, at_ns, memo FROM entries WHERE (reference = ? AND kind = 'charge') "
+            "OR (kind = 'refund' AND reference LIKE ? ESCAPE '\\') ORDER BY id", call_id, _like_prefix(call_id + ":"))
+        heads = [h for h in heads if h[2] == "charge" or h[1].startswith(call_id + ":")]
+        if not heads:
+            return []
+        ids = [h[0] for h in heads]
+        marks = ",".join("?" * len(ids))
+        legs = _legs(await self.fetch(f"SELECT entry_id, account, amount_cents FROM legs WHERE entry_id IN ({marks}) ORDER BY entry_id", *ids))
+        return [Entry(ref, kind, tuple(legs.get(eid, ())), at, memo) for eid, ref, kind, at, memo in heads]
+
+    async def statement(self, account: str, lo_ns: int | None, hi_ns: int | None) -> tuple[int, list[StatementLine]]:
+        """(balance before ``lo_ns``, the account's lines in [lo_ns, hi_ns)) in posting order."""
+        lo = lo_ns if lo_ns is not None else -(1 << 62)
+        hi = hi_ns if hi_ns is not None else 1 << 62
+        opening = await self.fetch(
+            "SELECT coalesce(sum(l.amount_cents), 0) FROM legs l JOIN entries e ON e.id = l.entry_id "
+            "WHERE l.account = ? AND e.at_ns < ?", account, lo)
+        rows = await self.fetch(
+            "SELECT e.at_ns, e.kind, e.reference, l.amount_cents, e.memo FROM legs l JOIN entries e ON e.id = l.entry_id "
+            "WHERE l.account = ? AND e.at_ns >= ? AND e.at_ns < ? ORDER BY e.id", account, lo, hi)
+        return int(opening[0][0]), [StatementLine(*r) for r in rows]
+
+    async def audit_query(self, call_id: str | None, number: str | None, lo_ns: int | None, hi_ns: int | None,
+                          limit: int = 1000, after_seq: int = 0) -> list[AuditRow]:
+        where, args = ["seq > ?"], [after_seq]
+        if call_id is not None:
+            where.append("call_id = ?")
+            args.append(call_id)
+        if number is not None:
+            where.append("number = ?")
+            args.append(number)
+        if lo_ns is not None:
+            where.append("at_ns >= ?")
+            args.append(lo_ns)
+        if hi_ns is not None:
+            where.append("at_ns < ?")
+            args.append(hi_ns)
+        rows = await self.fetch(
+            "SELECT seq, at_ns, kind, call_id, number, body, prev_hash, hash FROM audit WHERE "
+            + " AND ".join(where) + " ORDER BY seq LIMIT ?", *args, limit)
+        return [AuditRow(*r[:6], bytes(r[6]), bytes(r[7])) for r in rows]
+
+
+def open_store(url: str) -> Store:
+    if url.startswith(("postgresql://", "postgres://")):
+        from .pgstore import PgStore
+
+        return PgStore(url)
+    if url.startswith("sqlite://"):
+        from .sqlitestore import SqliteStore
+
+        return SqliteStore(":memory:" if url == "sqlite://:memory:" else url[len("sqlite:///"):])
+    raise ValueError(f"unsupported database URL {url!r}: use postgresql://... or sqlite:///path")

@@ -4,11 +4,17 @@ It is the exchange's source of truth for what a buyer can spend right now
 (``balance - held + credit``). Every change goes through a balanced ``Entry``; entries are
 append-only and idempotent by key. Holds reserve a routed call's price on the winning
 buyer until the call is captured (billable) or released.
+
+Every posted entry and every hold, capture and release is also appended to ``outbox``, the
+effects the edge drains into the durable writer (billing.writer). Charge entries are keyed by
+call id and guarded by the call's own state, so only the other kinds (deposits, payouts,
+refunds: few, and replayable by their callers) are kept in memory for replay detection.
 """
 
 from __future__ import annotations
 
 from .postings import Entry, check_balanced
+from .records import HoldEvent, Record
 
 
 class DuplicateKey(ValueError):
@@ -16,15 +22,22 @@ class DuplicateKey(ValueError):
 
 
 class Ledger:
-    __slots__ = ("balances", "held", "credit", "holds", "entries", "_by_key")
+    __slots__ = ("balances", "held", "credit", "holds", "posted", "outbox", "_by_key")
 
     def __init__(self) -> None:
         self.balances: dict[str, int] = {}
         self.held: dict[str, int] = {}
         self.credit: dict[str, int] = {}
-        self.holds: dict[str, tuple[str, int]] = {}
-        self.entries: list[Entry] = []
+        self.holds: dict[str, tuple[str, int, int]] = {}  # reference -> (account, amount, leg)
+        self.posted = 0
+        self.outbox: list[Record] = []
         self._by_key: dict[tuple[str, str], Entry] = {}
+
+    def restore(self, balances: dict[str, int], entries: list[Entry]) -> None:
+        """Start from durable balances and the replayable entries (nothing goes to the outbox)."""
+        self.balances.update(balances)
+        for e in entries:
+            self._by_key[e.key] = e
 
     # ------------------------------------------------------------------ journal
     def post(self, entry: Entry) -> tuple[Entry, bool]:
@@ -35,8 +48,10 @@ class Ledger:
             if prior.legs != entry.legs:
                 raise DuplicateKey(f"entry {entry.key} already posted with different legs")
             return prior, False
-        self._by_key[entry.key] = entry
-        self.entries.append(entry)
+        if entry.kind != "charge":
+            self._by_key[entry.key] = entry
+        self.posted += 1
+        self.outbox.append(entry)
         for account, amount in entry.legs:
             self.balances[account] = self.balances.get(account, 0) + amount
         return entry, True
@@ -58,30 +73,38 @@ class Ledger:
     def can_cover(self, account: str, amount_cents: int) -> bool:
         return self.balances.get(account, 0) - self.held.get(account, 0) + self.credit.get(account, 0) >= amount_cents
 
-    def hold(self, reference: str, account: str, amount_cents: int) -> bool:
-        """Reserve ``amount_cents``; False (nothing held) if balance plus credit cannot cover it."""
+    def hold(self, reference: str, account: str, amount_cents: int, leg: int = 0, at_ns: int = 0) -> bool:
+        """Reserve ``amount_cents`` for leg ``leg`` of a call; False (nothing held) if balance
+        plus credit cannot cover it."""
         if reference in self.holds:
-            return self.holds[reference] == (account, amount_cents)
+            return self.holds[reference] == (account, amount_cents, leg)
         if not self.can_cover(account, amount_cents):
             return False
-        self.holds[reference] = (account, amount_cents)
+        self.holds[reference] = (account, amount_cents, leg)
         self.held[account] = self.held.get(account, 0) + amount_cents
+        self.outbox.append(HoldEvent(reference, leg, "hold", account, amount_cents, at_ns))
         return True
 
-    def release(self, reference: str) -> int:
+    def release(self, reference: str, at_ns: int = 0, kind: str = "release") -> int:
         """Drop a hold; returns the amount released (0 if there was none)."""
         hold = self.holds.pop(reference, None)
         if hold is None:
             return 0
-        account, amount = hold
+        account, amount, leg = hold
         self.held[account] -= amount
+        self.outbox.append(HoldEvent(reference, leg, kind, account, amount, at_ns))
         return amount
 
     def capture(self, reference: str, entry: Entry) -> tuple[Entry, bool]:
         """Post the charge for a held call and drop its hold, as one step."""
         posted = self.post(entry)
-        self.release(reference)
+        self.release(reference, entry.at_ns, "capture")
         return posted
+
+    def drain(self) -> list[Record]:
+        """Hand the pending durable effects to the edge."""
+        out, self.outbox = self.outbox, []
+        return out
 
     def total(self) -> int:
         """Sum of every account balance: zero unless money was created or lost."""

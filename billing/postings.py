@@ -79,3 +79,39 @@ def deposit(account: str, amount_cents: int, reference: str, at_ns: int) -> Entr
     return check_balanced(
         Entry(reference, "deposit", (Leg(WORLD_DEPOSITS, -amount_cents), Leg(account, amount_cents)), at_ns)
     )
+
+
+def refund(call_id: str, reference: str, charge_entry: Entry, refunded_before_cents: int, amount_cents: int, at_ns: int, memo: str = "") -> Entry:
+    """A reversing entry for part or all of a call's charge: buyer +amount, publisher and
+    exchange back in the charge's own proportion. Splitting on the cumulative amount refunded
+    makes a series of partial refunds add up to exactly the original legs."""
+    buyer, publisher, exchange = charge_entry.legs
+    price, payout = -buyer.amount_cents, publisher.amount_cents
+    if amount_cents <= 0:
+        raise ValueError("a refund must be positive")
+    if refunded_before_cents + amount_cents > price:
+        raise ValueError(f"refunds would total {refunded_before_cents + amount_cents} cents, more than the {price} charged")
+    after = refunded_before_cents + amount_cents
+    publisher_part = after * payout // price - refunded_before_cents * payout // price
+    return check_balanced(
+        Entry(
+            f"{call_id}:{reference}",
+            "refund",
+            (
+                Leg(buyer.account, amount_cents),
+                Leg(publisher.account, -publisher_part),
+                Leg(exchange.account, -(amount_cents - publisher_part)),
+            ),
+            at_ns,
+            memo,
+        )
+    )
+
+
+def payout(account: str, amount_cents: int, reference: str, at_ns: int) -> Entry:
+    """Money paid out to a publisher: publisher -amount, world:payouts +amount."""
+    if amount_cents <= 0:
+        raise ValueError("a payout must be positive")
+    return check_balanced(
+        Entry(reference, "payout", (Leg(account, -amount_cents), Leg(WORLD_PAYOUTS, amount_cents)), at_ns)
+    )

@@ -1,6 +1,8 @@
 -- The double-entry ledger, holds, call outcomes, accounts and the audit chain (PostgreSQL).
 -- Money rows are append-only: triggers refuse UPDATE, DELETE and TRUNCATE. An entry whose
--- legs do not sum to zero is refused at commit by a deferred constraint trigger.
+-- legs do not sum to zero is refused at commit by a deferred constraint trigger, and legs can
+-- be added only to an entry created in the same transaction (checked once per statement), so
+-- an entry that balanced at commit stays balanced.
 
 CREATE TABLE accounts (
     id                 text PRIMARY KEY,
@@ -22,7 +24,7 @@ CREATE TABLE entries (
 CREATE INDEX entries_at_idx ON entries (at_ns);
 
 CREATE TABLE legs (
-    entry_id     bigint NOT NULL REFERENCES entries (id),
+    entry_id     bigint NOT NULL,  -- an entry of the same transaction (trigger legs_sealed)
     account      text NOT NULL,
     amount_cents bigint NOT NULL
 );
@@ -88,12 +90,6 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION legs_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM ledger_check_entry(NEW.entry_id);
-    RETURN NULL;
-END $$;
-
 CREATE FUNCTION entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM ledger_check_entry(NEW.id);
@@ -101,10 +97,23 @@ BEGIN
 END $$;
 
 -- Checked when the transaction commits, once every leg of the entry is in.
-CREATE CONSTRAINT TRIGGER legs_balanced AFTER INSERT ON legs
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION legs_balanced();
 CREATE CONSTRAINT TRIGGER entries_balanced AFTER INSERT ON entries
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION entries_balanced();
+
+-- A leg must belong to an entry inserted by this same transaction: no leg without its entry,
+-- and no leg added later to an entry that was already checked and committed.
+CREATE FUNCTION legs_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_legs n LEFT JOIN entries e ON e.id = n.entry_id
+               WHERE e.id IS NULL OR e.xmin <> pg_current_xact_id()::xid) THEN
+        RAISE EXCEPTION 'legs may be added only to an entry posted in the same transaction'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER legs_sealed AFTER INSERT ON legs
+    REFERENCING NEW TABLE AS new_legs FOR EACH STATEMENT EXECUTE FUNCTION legs_sealed();
 
 CREATE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -140,7 +140,7 @@ async def service_series(redis_url: str | None, calls: int, tmp: Path) -> list[i
 
     os.environ["EXCHANGE_COMPLIANCE_DIR"] = str(tmp / ("redis" if redis_url else "local"))
     os.environ["EXCHANGE_REDIS_PREFIX"] = f"bench:{os.getpid()}:{time.time_ns()}:"
-    ex = Exchange(Settings(redis_url=redis_url, rtb_tmax_ms=0))
+    ex = Exchange(Settings(redis_url=redis_url, rtb_tmax_ms=0, database_url=f"sqlite:///{tmp}/ledger-{bool(redis_url)}.db"))
     await ex.start()
     core = ex.core
     core.ledger.post(deposit(buyer_account("b"), 10**12, "dep", 0))
@@ -163,7 +163,7 @@ async def service_series(redis_url: str | None, calls: int, tmp: Path) -> list[i
             if d.decision == "routed":
                 from exchange.messages import CallEvent
 
-                ex.call_event(SimpleNamespace(id="p", kind="publisher"), d.call_id, "k", CallEvent(event="failed"))  # type: ignore[arg-type]
+                await ex.call_event(SimpleNamespace(id="p", kind="publisher"), d.call_id, "k", CallEvent(event="failed"))  # type: ignore[arg-type]
     finally:
         await ex.stop()
     if reasons.get("ok", 0) < len(reqs) * 0.9:

@@ -1,4 +1,4 @@
-"""``python -m exchange serve | demo | dnc import ...``."""
+"""``python -m exchange serve | demo | dnc import ... | billing invoice|reconcile | audit verify``."""
 
 from __future__ import annotations
 
@@ -20,11 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--seed", type=int, default=7)
     p_dnc = sub.add_parser("dnc", help="compliance data: import DNC lists (dnc import --help)", add_help=False)
     p_dnc.add_argument("dnc_args", nargs=argparse.REMAINDER)
+    p_billing = sub.add_parser("billing", help="money: billing invoice --month YYYY-MM | billing reconcile", add_help=False)
+    p_billing.add_argument("billing_args", nargs=argparse.REMAINDER)
+    p_audit = sub.add_parser("audit", help="the audit trail: audit verify", add_help=False)
+    p_audit.add_argument("audit_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "dnc":
         from compliance.cli import main as dnc_main
 
         return dnc_main(args.dnc_args)
+    if args.command in ("billing", "audit"):
+        from billing.cli import main as billing_main
+
+        return billing_main([args.command, *getattr(args, f"{args.command}_args")])
     try:
         settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None))
     except SettingsError as exc:

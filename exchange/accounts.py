@@ -39,6 +39,13 @@ class Accounts:
         self._by_digest: dict[str, Account] = {}
         self.by_id: dict[str, Account] = {}
 
+    def restore(self, account_id: str, kind: Role, name: str, key_digest: str, credit_limit_cents: int) -> Account:
+        """Re-admit an account loaded from the durable store (only its key's digest was kept)."""
+        acct = Account(account_id, kind, name, credit_limit_cents)
+        self.by_id[account_id] = acct
+        self._by_digest[key_digest] = acct
+        return acct
+
     def create(self, kind: Literal["buyer", "publisher"], name: str, credit_limit_cents: int = 0) -> tuple[Account, str]:
         prefix = "b_" if kind == "buyer" else "p_"
         while True:

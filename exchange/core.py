@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from billing.ledger import Ledger
+from billing.records import CallOutcome
 from compliance.gate import Gate
 from compliance.numbers import NumberInfo
 from routing.capacity import Taken
@@ -41,7 +42,8 @@ class CallRecord:
     __slots__ = (
         "call_id", "publisher", "consumer", "caller", "direction", "vertical", "state", "decision",
         "routes", "index", "status", "taken", "expires_ns", "events", "billable", "charged_cents",
-        "payout_cents", "margin_cents", "history", "evidence", "created_ns", "final_ns", "request",
+        "payout_cents", "margin_cents", "history", "evidence", "created_ns", "final_ns", "request", "bids",
+        "durable_seq",
     )
 
     def __init__(self, call_id: str, publisher: str, created_ns: int) -> None:
@@ -63,6 +65,8 @@ class CallRecord:
         self.evidence: dict[str, object] = {}
         self.final_ns: int | None = None
         self.request: object = None
+        self.bids: tuple[tuple[str, str, int, bool], ...] = ()  # (buyer, campaign, bid_cents, live) considered
+        self.durable_seq = 0  # the writer's sequence number of this call's last durable record
 
     @property
     def route(self) -> PlannedRoute | None:
@@ -89,11 +93,19 @@ class Core:
         self.stats = Stats()
 
     def finish(self, rec: CallRecord, status: str, now_ns: int) -> None:
+        """End a call; a routed call's outcome goes to the ledger's outbox (reconciliation
+        proves every billable outcome charged once and every other one not at all)."""
         rec.status = status
         rec.final_ns = now_ns
         rec.expires_ns = None
         self.active.pop(rec.call_id, None)
         self.finished.append((now_ns, rec.call_id))
+        r = rec.route
+        if r is not None and status != "rejected":
+            self.ledger.outbox.append(CallOutcome(
+                rec.call_id, rec.publisher, r.buyer, r.campaign, status, rec.billable, r.price_cents,
+                rec.charged_cents, rec.payout_cents, rec.margin_cents, rec.created_ns, now_ns,
+            ))
 
     def forget_before(self, cutoff_ns: int) -> int:
         """Drop finished calls older than the retention window from memory."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import tempfile
 import time
 from collections import Counter
 
@@ -182,7 +183,9 @@ def _pct(values: list[int], q: float) -> int:
 async def _run(settings: Settings, seconds: float, calls_per_s: float, seed: int) -> int:
     rng = random.Random(seed)
     port = _free_port()
-    settings = Settings(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "port": port, "host": "127.0.0.1"})
+    db = settings.database_url or f"sqlite:///{tempfile.mkdtemp(prefix='dce-demo-')}/ledger.db"  # a fresh ledger per demo
+    settings = Settings(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "port": port, "host": "127.0.0.1",
+                           "database_url": db})
     exchange = Exchange(settings)
     server = uvicorn.Server(uvicorn_config(build_app(settings, exchange), settings))
     serve_task = asyncio.create_task(server.serve())

@@ -14,14 +14,14 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from billing.postings import buyer_account
+from billing.store import StoreUnavailable
 
 from .accounts import Account, bearer
 from .instants import rfc3339, to_ns
 from .lifecycle import event_response
 from .messages import (
     AccountCreate, AccountCreated, AwareTime, Balance, BadInput, CallEvent, CallRequest, Deposit, DecisionResponse,
-    ErrorBody, ErrorDetail, Suppression, decode_body, json_encoder,
+    ErrorBody, ErrorDetail, RefundLeg, RefundRequest, RefundResponse, Suppression, decode_body, json_encoder,
 )
 from .service import CallRejected, Exchange
 
@@ -45,6 +45,11 @@ def error_response(status: int, code: str, message: str, path: str | None = None
 
 def _exchange(request: Request) -> Exchange:
     return request.app.state.exchange
+
+
+def rejected(exc: CallRejected) -> HttpError:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return HttpError(exc.status, exc.code, str(exc), exc.path, headers)
 
 
 def auth(request: Request, *roles: str) -> Account:
@@ -81,7 +86,10 @@ def _account(ex: Exchange, account_id: str, caller: Account) -> Account:
 async def create_account(request: Request) -> Response:
     auth(request, "operator")
     req: AccountCreate = await body(request, AccountCreate)  # type: ignore[assignment]
-    acct, key = _exchange(request).create_account(req.kind, req.name, req.credit_limit_cents)
+    try:
+        acct, key = await _exchange(request).create_account(req.kind, req.name, req.credit_limit_cents)
+    except CallRejected as exc:
+        raise rejected(exc) from None
     return reply(AccountCreated(id=acct.id, kind=acct.kind, name=acct.name, api_key=key, credit_limit_cents=acct.credit_limit_cents), 201)
 
 
@@ -93,15 +101,29 @@ async def create_deposit(request: Request) -> Response:
         raise HttpError(422, "invalid_account", "deposits are made to buyer accounts", "$")
     dep: Deposit = await body(request, Deposit)  # type: ignore[assignment]
     try:
-        created = ex.deposit(acct, dep.amount_cents, dep.reference)
-    except ValueError as exc:  # same reference, different amount
-        raise HttpError(409, "idempotency_conflict", str(exc), "$.reference") from None
+        created = await ex.deposit(acct, dep.amount_cents, dep.reference)
+    except CallRejected as exc:
+        raise rejected(exc) from None
+    return reply(_balance(ex, acct), 201 if created else 200)
+
+
+async def create_payout(request: Request) -> Response:
+    caller = auth(request, "operator")
+    ex = _exchange(request)
+    acct = _account(ex, request.path_params["account_id"], caller)
+    if acct.kind != "publisher":
+        raise HttpError(422, "invalid_account", "payouts are made to publisher accounts", "$")
+    req: Deposit = await body(request, Deposit)  # type: ignore[assignment]
+    try:
+        created = await ex.payout(acct, req.amount_cents, req.reference)
+    except CallRejected as exc:
+        raise rejected(exc) from None
     return reply(_balance(ex, acct), 201 if created else 200)
 
 
 def _balance(ex: Exchange, acct: Account) -> Balance:
     ledger = ex.core.ledger
-    name = buyer_account(acct.id) if acct.kind == "buyer" else f"publisher:{acct.id}"
+    name = ex.ledger_account(acct)
     bal, held = ledger.balance(name), ledger.held.get(name, 0)
     return Balance(balance_cents=bal, held_cents=held, available_cents=bal - held, credit_limit_cents=ledger.credit.get(name, 0))
 
@@ -133,23 +155,22 @@ async def get_statement(request: Request) -> Response:
     caller = auth(request, "operator", "buyer", "publisher")
     ex = _exchange(request)
     acct = _account(ex, request.path_params["account_id"], caller)
-    name = buyer_account(acct.id) if acct.kind == "buyer" else f"publisher:{acct.id}"
     lo, hi = _when(request.query_params.get("from"), "from"), _when(request.query_params.get("to"), "to")
-    lines, running = [], 0
-    for entry in ex.core.ledger.entries:
-        for leg in entry.legs:
-            if leg.account != name:
-                continue
-            running += leg.amount_cents
-            if (lo is None or entry.at_ns >= lo) and (hi is None or entry.at_ns < hi):
-                lines.append(StatementLine(rfc3339(entry.at_ns), entry.kind, entry.reference, leg.amount_cents, running))
+    try:
+        running, rows = await ex.store.statement(ex.ledger_account(acct), lo, hi)
+    except StoreUnavailable as exc:
+        raise HttpError(503, "ledger_unavailable", str(exc), headers={"Retry-After": "1"}) from None
+    opening, lines = running, []
+    for r in rows:
+        running += r.amount_cents
+        lines.append(StatementLine(rfc3339(r.at_ns), r.kind, r.reference, r.amount_cents, running))
     if "text/csv" in request.headers.get("accept", ""):
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(StatementLine.__struct_fields__)
         w.writerows(msgspec.structs.astuple(x) for x in lines)
         return PlainTextResponse(buf.getvalue(), media_type="text/csv")
-    return reply({"account": acct.id, "lines": lines})
+    return reply({"account": acct.id, "opening_balance_cents": opening, "closing_balance_cents": running, "lines": lines})
 
 
 # ------------------------------------------------------------------ calls
@@ -159,7 +180,7 @@ async def post_call(request: Request) -> Response:
     try:
         decision = await _exchange(request).submit_call(publisher, call, request.headers.get("idempotency-key"))
     except CallRejected as exc:
-        raise HttpError(exc.status, exc.code, str(exc), exc.path) from None
+        raise rejected(exc) from None
     return reply(DecisionResponse(**msgspec.structs.asdict(decision)))
 
 
@@ -170,10 +191,60 @@ async def post_event(request: Request) -> Response:
         raise HttpError(400, "missing_idempotency_key", "events need an Idempotency-Key header (at most 128 characters)")
     ev: CallEvent = await body(request, CallEvent)  # type: ignore[assignment]
     try:
-        out = _exchange(request).call_event(publisher, request.path_params["call_id"], key, ev)
+        out = await _exchange(request).call_event(publisher, request.path_params["call_id"], key, ev)
     except CallRejected as exc:
-        raise HttpError(exc.status, exc.code, str(exc), exc.path) from None
+        raise rejected(exc) from None
     return reply(out)
+
+
+async def post_refund(request: Request) -> Response:
+    """Operator only: reverse part (``amount_cents``) or the rest of a call's charge."""
+    auth(request, "operator")
+    req: RefundRequest = await body(request, RefundRequest)  # type: ignore[assignment]
+    reference = req.reference or request.headers.get("idempotency-key")
+    if not reference:
+        raise HttpError(400, "missing_reference", "a refund needs a reference (body) or an Idempotency-Key header", "$.reference")
+    try:
+        entry, created, total, charged = await _exchange(request).refund(request.path_params["call_id"], req.amount_cents, reference, req.reason)
+    except CallRejected as exc:
+        raise rejected(exc) from None
+    return reply(RefundResponse(
+        call_id=request.path_params["call_id"], reference=reference, refund_cents=entry.legs[0].amount_cents,
+        refunded_total_cents=total, charged_cents=charged, at=rfc3339(entry.at_ns),
+        legs=[RefundLeg(account=a, amount_cents=c) for a, c in entry.legs],
+    ), 201 if created else 200)
+
+
+async def get_audit(request: Request) -> Response:
+    """Operator only: audit records by call, number and time range (oldest first, paged by seq)."""
+    auth(request, "operator")
+    ex = _exchange(request)
+    q = request.query_params
+    call_id, number = q.get("call_id") or None, q.get("number") or None
+    if number is not None:
+        from compliance.numbers import parse_number
+
+        info = parse_number(number)
+        if info is None:
+            raise HttpError(422, "invalid_number", f"{number!r} is not a valid phone number", "$.number")
+        number = info.e164
+    lo, hi = _when(q.get("from"), "from"), _when(q.get("to"), "to")
+    try:
+        limit = min(max(int(q.get("limit", "100")), 1), 1000)
+        after = max(int(q.get("after_seq", "0")), 0)
+    except ValueError:
+        raise HttpError(422, "invalid_query", "limit and after_seq must be integers") from None
+    if call_id is None and number is None and lo is None and hi is None:
+        raise HttpError(422, "invalid_query", "give call_id, number or a from/to time range")
+    try:
+        rows = await ex.store.audit_query(call_id, number, lo, hi, limit, after)
+    except StoreUnavailable as exc:
+        raise HttpError(503, "ledger_unavailable", str(exc), headers={"Retry-After": "1"}) from None
+    records = [{
+        "seq": r.seq, "at": rfc3339(r.at_ns), "kind": r.kind, "call_id": r.call_id, "number": r.number,
+        "body": msgspec.Raw(r.body.encode()), "prev_hash": r.prev_hash.hex(), "hash": r.hash.hex(),
+    } for r in rows]
+    return reply({"records": records, "next_after_seq": rows[-1].seq if len(rows) == limit else None})
 
 
 async def get_call(request: Request) -> Response:
@@ -227,7 +298,9 @@ async def readyz(request: Request) -> Response:
     ex = _exchange(request)
     if not ex.ready:
         return error_response(503, "not_ready", "the exchange is starting or draining")
-    return reply({"status": "ready", "campaigns": len(ex.core.book)})
+    if ex.writer.state != "up":
+        return error_response(503, "ledger_" + ex.writer.state, ex.writer.error or "the ledger writer is not up")
+    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.store.backend})
 
 
 async def metrics(request: Request) -> Response:

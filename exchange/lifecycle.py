@@ -61,7 +61,7 @@ def engage(core: Core, rec: CallRecord, start: int, now_ns: int, recheck: bool =
             continue
         if recheck and refusal(core, st, rec.consumer, rec.direction, rec.consumer.npa if rec.consumer else None, r.price_cents, now_ns) is not None:
             continue
-        if not core.ledger.hold(rec.call_id, st.account, r.price_cents):
+        if not core.ledger.hold(rec.call_id, st.account, r.price_cents, k, now_ns):
             continue
         lt = core.clock.at(st.schedule.zone if st.schedule is not None else UTC, now_ns)
         rec.taken = (st.capacity, st.capacity.take(lt, r.price_cents))
@@ -96,7 +96,7 @@ def _disengage(core: Core, rec: CallRecord, outcome: str, now_ns: int) -> None:
         if rec.consumer is not None:
             core.dedupe.record(r.buyer, rec.consumer.e164, now_ns)
     else:
-        core.ledger.release(rec.call_id)
+        core.ledger.release(rec.call_id, now_ns)
         capacity.give_back(taken, spend_only=(outcome == "short"))
 
 

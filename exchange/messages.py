@@ -270,6 +270,27 @@ class Deposit(Struct, frozen=True, kw_only=True):
     reference: Annotated[str, Meta(min_length=1, max_length=128)]
 
 
+class RefundRequest(Struct, frozen=True, kw_only=True):
+    amount_cents: PositiveCents | None = None  # absent: whatever of the charge is not yet refunded
+    reference: Annotated[str, Meta(min_length=1, max_length=128)] | None = None  # or the Idempotency-Key header
+    reason: Annotated[str, Meta(max_length=500)] = ""
+
+
+class RefundLeg(Struct, frozen=True, kw_only=True):
+    account: str
+    amount_cents: int
+
+
+class RefundResponse(Struct, frozen=True, kw_only=True):
+    call_id: str
+    reference: str
+    refund_cents: int
+    refunded_total_cents: int
+    charged_cents: int
+    at: str
+    legs: list[RefundLeg]
+
+
 class Balance(Struct, frozen=True, kw_only=True):
     balance_cents: int
     held_cents: int

@@ -118,6 +118,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         notices.append((buyer, Loss(request_id=req.request_id, reason="timeout", campaign=req.campaign, call_id=p.call_id)))
     for b, why in cleared.losers:
         notices.append((b.buyer, Loss(request_id=b.request_id or p.call_id, reason=why, clearing_price_cents=clearing, campaign=b.campaign, call_id=p.call_id)))
+    rec.bids = tuple((b.buyer, b.campaign, b.bid_cents, b.request_id is not None) for b in bidders)
     if cleared.reason != "ok":
         return _reject(core, rec, cleared.reason, None, now_ns), notices
     rec.routes = tuple(

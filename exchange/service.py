@@ -16,19 +16,23 @@ from typing import Protocol
 
 import msgspec
 
-from billing.postings import buyer_account, deposit
+from billing.ledger import DuplicateKey
+from billing.postings import Entry, buyer_account, deposit, payout, publisher_account, refund
+from billing.records import AccountRow, AuditEvent, HoldEvent
+from billing.store import StoreRefused, StoreUnavailable, open_store
+from billing.writer import Writer
 from compliance.numbers import parse_number
 from compliance.runtime import ComplianceRuntime
 
 from . import gcpolicy
-from .accounts import Account, Accounts
+from .accounts import Account, Accounts, digest
 from .clock import WallClock
 from .core import CallRecord, Core, Notice
 from .lifecycle import EventError, apply_event, expire_due
 from .messages import CallEvent, CallFields, DecisionFields, Error, EventResponse, Message, NoBid, RtbBid
 from .metrics import Metrics
 from .pipeline import decide, prepare
-from .settings import Settings
+from .settings import Settings, database_url
 
 log = logging.getLogger("exchange")
 
@@ -53,9 +57,9 @@ class RtbRound:
 class CallRejected(Exception):
     """A call or event the edge must answer with an error body (status, code, message, path)."""
 
-    def __init__(self, status: int, code: str, message: str, path: str | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, path: str | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.path = status, code, path
+        self.status, self.code, self.path, self.retry_after_s = status, code, path, retry_after_s
 
 
 class Exchange:
@@ -71,12 +75,20 @@ class Exchange:
         self.rounds: dict[str, RtbRound] = {}
         self.closed_requests: OrderedDict[str, str] = OrderedDict()
         self.call_keys: dict[tuple[str, str], str] = {}
+        self.store = open_store(database_url(settings))
+        self.writer = Writer(self.store, settings.writer_max_batch, settings.writer_max_pending)
+        self.restored = (0, 0)  # (accounts, stale holds released) at start
         self.ready = False
         self._tasks: list[asyncio.Task] = []
+        self._refunds = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         gcpolicy.tune()
+        await self.store.open()
+        await self._restore()
+        await self.writer.start()
+        self._durable()
         await self.compliance.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.ready = True
@@ -86,7 +98,44 @@ class Exchange:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._durable()
+        if not await self.writer.close(self.settings.ack_timeout_ms / 1000):
+            log.error('{"event":"ledger_not_flushed","pending":%d}', self.writer.enqueued - self.writer.committed)
+        await self.store.close()
         await self.compliance.stop()
+
+    async def _restore(self) -> None:
+        """Load accounts, balances and replayable entries; release the holds of calls that
+        were in flight when the previous process ended (their calls died with it)."""
+        snap = await self.store.load()
+        ledger = self.core.ledger
+        for a in snap.accounts:
+            self.accounts.restore(a.id, a.kind, a.name, a.key_digest, a.credit_limit_cents)  # type: ignore[arg-type]
+            if a.kind == "buyer":
+                ledger.set_credit(buyer_account(a.id), a.credit_limit_cents)
+        ledger.restore(snap.balances, snap.entries)
+        now = self.clock.now_ns()
+        ledger.outbox.extend(HoldEvent(h.call_id, h.route_index, "release", h.account, h.amount_cents, now) for h in snap.open_holds)
+        self.restored = (len(snap.accounts), len(snap.open_holds))
+
+    # ------------------------------------------------------------------ durability
+    def _durable(self, *extra: object) -> int:
+        """Hand the core's pending effects (and ``extra`` records) to the writer; returns the
+        sequence number to wait for."""
+        out = self.core.ledger.drain()
+        if extra:
+            out.extend(extra)  # type: ignore[arg-type]
+        return self.writer.put(out) if out else self.writer.enqueued
+
+    async def _ack(self, seq: int) -> None:
+        """Wait until record ``seq`` is committed; 503 with retry guidance if it cannot be."""
+        try:
+            await self.writer.wait(seq, self.settings.ack_timeout_ms / 1000)
+        except StoreUnavailable as exc:
+            raise CallRejected(503, "ledger_unavailable", f"{exc}; the change is kept and will be written: "
+                               "retry with the same Idempotency-Key or reference", retry_after_s=1) from None
+        except StoreRefused as exc:
+            raise CallRejected(503, "ledger_stopped", f"the ledger writer stopped: {exc}", retry_after_s=30) from None
 
     async def _sweeper(self) -> None:
         """Release legs whose ``expires_at`` passed and forget calls past retention."""
@@ -101,6 +150,7 @@ class Exchange:
             try:
                 now = self.clock.now_ns()
                 self.notify(expire_due(self.core, now))
+                self._durable()
                 self.core.forget_before(now - self.settings.call_retention_s * 1_000_000_000)
                 if len(self.call_keys) > 2 * len(self.core.calls) + 1024:
                     self.call_keys = {k: v for k, v in self.call_keys.items() if v in self.core.calls}
@@ -108,18 +158,66 @@ class Exchange:
                 log.exception("sweeper_failed")
 
     # ------------------------------------------------------------------ accounts and money
-    def create_account(self, kind: str, name: str, credit_limit_cents: int) -> tuple[Account, str]:
+    async def create_account(self, kind: str, name: str, credit_limit_cents: int) -> tuple[Account, str]:
         acct, key = self.accounts.create(kind, name, credit_limit_cents)  # type: ignore[arg-type]
         if kind == "buyer":
             self.core.ledger.set_credit(buyer_account(acct.id), credit_limit_cents)
+        await self._ack(self._durable(AccountRow(acct.id, kind, name, digest(key), credit_limit_cents, self.clock.now_ns())))
         return acct, key
 
-    def deposit(self, acct: Account, amount_cents: int, reference: str) -> bool:
-        """Post a deposit; False if the same reference was already posted (a replay)."""
-        entry = deposit(buyer_account(acct.id) if acct.kind == "buyer" else f"{acct.kind}:{acct.id}", amount_cents,
-                        f"{acct.id}:{reference}", self.clock.now_ns())
-        _, created = self.core.ledger.post(entry)
+    def ledger_account(self, acct: Account) -> str:
+        return buyer_account(acct.id) if acct.kind == "buyer" else publisher_account(acct.id)
+
+    async def _post(self, entry: Entry) -> bool:
+        """Post a non-call entry and wait until it is durable; False if it was a replay."""
+        try:
+            _, created = self.core.ledger.post(entry)
+        except DuplicateKey:
+            raise CallRejected(409, "idempotency_conflict", "this reference was used with a different amount", "$.reference") from None
+        await self._ack(self._durable())
         return created
+
+    async def deposit(self, acct: Account, amount_cents: int, reference: str) -> bool:
+        """Post a deposit; False if the same reference was already posted (a replay)."""
+        return await self._post(deposit(self.ledger_account(acct), amount_cents, f"{acct.id}:{reference}", self.clock.now_ns()))
+
+    async def payout(self, acct: Account, amount_cents: int, reference: str) -> bool:
+        """Record money paid out to a publisher; never more than it is owed."""
+        entry = payout(self.ledger_account(acct), amount_cents, f"{acct.id}:{reference}", self.clock.now_ns())
+        if self.core.ledger.find(entry.reference, "payout") is None and self.core.ledger.available(entry.legs[0].account) < amount_cents:
+            raise CallRejected(422, "insufficient_balance", f"{acct.id} is owed {self.core.ledger.available(entry.legs[0].account)} cents", "$.amount_cents")
+        return await self._post(entry)
+
+    async def refund(self, call_id: str, amount_cents: int | None, reference: str, reason: str) -> tuple[Entry, bool, int, int]:
+        """Reverse part or all of a call's charge. Returns (entry, created, refunded total, charged)."""
+        async with self._refunds:  # one refund at a time: each reads what was refunded before
+            await self._ack(self._durable())  # everything posted so far is in the store
+            try:
+                entries = await self.store.call_entries(call_id)
+            except StoreUnavailable as exc:
+                raise CallRejected(503, "ledger_unavailable", str(exc), retry_after_s=1) from None
+            charged = next((e for e in entries if e.kind == "charge"), None)
+            if charged is None:
+                if call_id in self.core.calls or await self.store.fetch("SELECT 1 FROM call_outcomes WHERE call_id = ?", call_id):
+                    raise CallRejected(409, "call_not_billed", f"call {call_id} was not charged; there is nothing to refund")
+                raise CallRejected(404, "unknown_call", f"no call {call_id!r}")
+            price = -charged.legs[0].amount_cents
+            refunds = [e for e in entries if e.kind == "refund"]
+            done = sum(e.legs[0].amount_cents for e in refunds)
+            prior = next((e for e in refunds if e.reference == f"{call_id}:{reference}"), None)
+            if prior is not None:
+                if amount_cents is not None and prior.legs[0].amount_cents != amount_cents:
+                    raise CallRejected(409, "idempotency_conflict", "this reference was used with a different amount", "$.reference")
+                return prior, False, done, price
+            amount = price - done if amount_cents is None else amount_cents
+            if amount <= 0:
+                raise CallRejected(409, "already_refunded", f"the {price} cents charged were already refunded")
+            if done + amount > price:
+                raise CallRejected(422, "refund_exceeds_charge",
+                                   f"{amount} cents would bring refunds to {done + amount}, over the {price} charged", "$.amount_cents")
+            entry = refund(call_id, reference, charged, done, amount, self.clock.now_ns(), reason)
+            await self._post(entry)
+            return entry, True, done + amount, price
 
     # ------------------------------------------------------------------ buyers
     def attach(self, conn: Sender) -> None:
@@ -173,6 +271,7 @@ class Exchange:
                 raise CallRejected(422, "invalid_number", f"callee {call.callee!r} is not a valid phone number", "$.callee")
 
     async def submit_call(self, publisher: Account, call: CallFields, idem_key: str | None = None) -> DecisionFields:
+        await self.writer.room()  # back-pressure: the durable writer is behind
         if idem_key is not None:
             prior = self.call_keys.get((publisher.id, idem_key))
             if prior is not None:
@@ -224,6 +323,7 @@ class Exchange:
         self.metrics.decision_us.observe(decision_us)
         self.metrics.count_call(rec.decision.decision, rec.decision.reason)
         self.notify(notices)
+        rec.durable_seq = self._durable(decision_audit(rec))  # the hold and the decision: written, not awaited
         return rec.decision
 
     def owned_call(self, account: Account, call_id: str) -> CallRecord:
@@ -232,13 +332,23 @@ class Exchange:
             raise CallRejected(404, "unknown_call", f"no call {call_id!r}")
         return rec
 
-    def call_event(self, account: Account, call_id: str, idem_key: str, ev: CallEvent) -> EventResponse:
+    async def call_event(self, account: Account, call_id: str, idem_key: str, ev: CallEvent) -> EventResponse:
+        """Apply a publisher event; answered once its money and audit records are durable
+        (a replay waits for the same records, so it never answers before the original)."""
+        await self.writer.room()
         rec = self.owned_call(account, call_id)
-        out, notices = apply_event(self.core, rec, idem_key, ev, self.clock.now_ns())
+        applied = len(rec.events)
+        now = self.clock.now_ns()
+        out, notices = apply_event(self.core, rec, idem_key, ev, now)
         if isinstance(out, EventError):
             raise CallRejected(out.status, out.code, out.message, out.path)
-        self.metrics.events[ev.event] = self.metrics.events.get(ev.event, 0) + 1
+        if len(rec.events) > applied:
+            self.metrics.events[ev.event] = self.metrics.events.get(ev.event, 0) + 1
+            rec.durable_seq = self._durable(AuditEvent(now, "event", rec.call_id, None, {
+                "event": ev.event, "duration_s": ev.duration_s, "route_index": rec.index, "status": rec.status,
+                "billable": rec.billable, "charged_cents": rec.charged_cents}))
         self.notify(notices)
+        await self._ack(rec.durable_seq)
         return out
 
     def gauges(self) -> dict[str, int]:
@@ -248,8 +358,24 @@ class Exchange:
             "calls_active": len(core.active),
             "calls_in_memory": len(core.calls),
             "rtb_rounds_open": len(self.rounds),
-            "ledger_entries": len(core.ledger.entries),
+            "ledger_entries": core.ledger.posted,
+            "ledger_writer_pending": self.writer.enqueued - self.writer.committed,
+            "ledger_writer_batches": self.writer.batches,
+            "ledger_writer_up": int(self.writer.state == "up"),
         }
+
+
+def decision_audit(rec: CallRecord) -> AuditEvent:
+    """The audit record of a decision: the request, the compliance verdict with its evidence,
+    the bids considered, the winner and price, and the routing plan."""
+    return AuditEvent(rec.created_ns, "decision", rec.call_id, rec.consumer.e164 if rec.consumer is not None else None, {
+        "publisher": rec.publisher,
+        "request": rec.request,
+        "decision": rec.decision,
+        "compliance": rec.evidence,
+        "bids": [{"buyer": b, "campaign": c, "bid_cents": x, "live": live} for b, c, x, live in rec.bids],
+        "routes": [r._asdict() for r in rec.routes],
+    })
 
 
 def send_all(conn: Sender, msgs: list[Message]) -> None:

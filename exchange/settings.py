@@ -13,7 +13,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     admin_key: str | None = None
-    database_url: str | None = None
+    database_url: str | None = None  # unset: the embedded SQLite file DEFAULT_DATABASE_URL
     redis_url: str | None = None
     pricing: Literal["first", "second"] = "first"
     take_rate_bps: Annotated[int, Meta(ge=0, le=10_000)] = 2_000
@@ -29,7 +29,17 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
     send_queue: Annotated[int, Meta(ge=8)] = 4096
+    ack_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 5_000  # an event waits this long for durability, then 503
+    writer_max_batch: Annotated[int, Meta(ge=1)] = 5_000
+    writer_max_pending: Annotated[int, Meta(ge=100)] = 200_000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+DEFAULT_DATABASE_URL = "sqlite:///exchange.db"
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or DEFAULT_DATABASE_URL
 
 
 INTS = {name for name, t in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings)) if "int" in str(t.type)}

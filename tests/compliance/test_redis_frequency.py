@@ -121,7 +121,7 @@ def test_two_exchanges_share_the_counter_through_submit_call(tmp_path, prefix, m
         exchanges = []
         for name in ("one", "two"):
             monkeypatch.setenv("EXCHANGE_COMPLIANCE_DIR", str(tmp_path / name))
-            ex = Exchange(Settings(redis_url=REDIS_URL, rtb_tmax_ms=0))
+            ex = Exchange(Settings(redis_url=REDIS_URL, rtb_tmax_ms=0, database_url=f"sqlite:///{tmp_path / name}.db"))
             await ex.start()
             core = ex.core
             core.ledger.post(deposit(buyer_account("b"), 10_000_000, f"dep-{name}", 0))

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -43,7 +44,8 @@ class Server:
 
 def start_server(extra_env: dict[str, str] | None = None, deadline_s: float = 20) -> Server:
     port = free_port()
-    env = {**os.environ, "EXCHANGE_ADMIN_KEY": ADMIN, "EXCHANGE_PORT": str(port), **(extra_env or {})}
+    db = f"sqlite:///{tempfile.mkdtemp(prefix='dce-e2e-')}/ledger.db"  # each server its own embedded ledger
+    env = {**os.environ, "EXCHANGE_ADMIN_KEY": ADMIN, "EXCHANGE_PORT": str(port), "EXCHANGE_DATABASE_URL": db, **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = Server(port, proc)

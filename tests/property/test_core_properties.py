@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.money import split
-from billing.postings import buyer_account
+from billing.postings import Entry, buyer_account
 from exchange.auction import Bidder, clear
 from exchange.lifecycle import expire_due
 from exchange.messages import Bid, Campaign, Caps, exchange_json, buyer_json, json_encoder
@@ -154,7 +154,7 @@ def _check_invariants(w: World, deposits: int) -> None:
         assert ledger.balance(account) - amount + ledger.credit.get(account, 0) >= 0  # never beyond credit
     charged = sum(rec.charged_cents for rec in core.calls.values())
     assert sum(ledger.balance(buyer_account(f"b{i}")) for i in range(3)) == deposits - charged
-    charges = [e for e in ledger.entries if e.kind == "charge"]
+    charges = [e for e in ledger.outbox if isinstance(e, Entry) and e.kind == "charge"]
     assert len(charges) == len({e.reference for e in charges}) == sum(1 for rec in core.calls.values() if rec.billable)
 
 

@@ -1,0 +1,155 @@
+"""The durable ledger end to end: a real server on SQLite and on PostgreSQL, real clients.
+
+Money moved over HTTP is committed before it is acknowledged, survives a restart, shows on
+statements and on the hash-chained audit trail, and bad money requests move nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+
+import asyncpg
+import pytest
+
+from tests.e2e.conftest import ROOT, start_server, stop_server
+from tests.e2e.test_exchange_e2e import balance, camp
+from tests.e2e.wsclient import Buyer
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+VERT = "e2e_ledger"
+
+
+def _pg_up() -> bool:
+    import asyncio
+
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(PG, timeout=3)
+        except (OSError, asyncpg.PostgresError):
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+def _drop_schema(schema: str) -> None:
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "test", "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
+                   check=False, capture_output=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"], scope="module")
+def database_url(request):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tempfile.mkdtemp(prefix='dce-ledger-')}/ledger.db"
+        return
+    if not _pg_up():
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432")
+        pytest.skip("PostgreSQL is not running")
+    schema = f"e2e_{secrets.token_hex(4)}"
+    yield f"{PG}?schema={schema}"
+    _drop_schema(schema)
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": database_url}
+    return subprocess.run([sys.executable, "-m", "exchange", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_money_is_durable_refundable_audited_and_survives_a_restart(database_url):
+    server = start_server({"EXCHANGE_DATABASE_URL": database_url})
+    try:
+        buyer_id, buyer_key = server.account("buyer", "ledger-buyer", deposit=50_000)
+        pub_id, pub_key = server.account("publisher", "ledger-pub")
+        b = Buyer(server.ws_url, buyer_key)
+        b.request(lambda s: camp("lc", 4000, s, vertical=VERT))
+        auth = {"Authorization": f"Bearer {pub_key}"}
+        calls = []
+        for n in range(3):
+            d = server.http.post("/v1/calls", json={"caller": f"+1312555{n:04d}", "vertical": VERT, "state": "IL"}, headers=auth).json()
+            assert d["decision"] == "routed", d
+            calls.append(d["call_id"])
+        ev = lambda c: f"/v1/calls/{c}/events"  # noqa: E731
+        for c, duration in zip(calls, (90, 90, 5)):  # two billable, one short
+            r = server.http.post(ev(c), json={"event": "completed", "duration_s": duration}, headers={**auth, "Idempotency-Key": f"done-{c}"})
+            assert r.status_code == 200, r.text
+        assert balance(server, buyer_id) == 50_000 - 8000
+        admin = server.admin
+
+        # refunds: partial, then the rest; over the charge, unbilled and unknown calls are refused
+        r = server.http.post(f"/v1/calls/{calls[0]}/refund", json={"amount_cents": 1000, "reference": "r1", "reason": "dispute"}, headers=admin)
+        assert r.status_code == 201, r.text
+        assert r.json()["refund_cents"] == 1000 and r.json()["refunded_total_cents"] == 1000
+        assert sum(leg["amount_cents"] for leg in r.json()["legs"]) == 0
+        again = server.http.post(f"/v1/calls/{calls[0]}/refund", json={"amount_cents": 1000, "reference": "r1"}, headers=admin)
+        assert again.status_code == 200 and again.json()["refunded_total_cents"] == 1000  # a replay moves nothing
+        over = server.http.post(f"/v1/calls/{calls[0]}/refund", json={"amount_cents": 3001, "reference": "r2"}, headers=admin)
+        assert over.status_code == 422 and over.json()["error"]["code"] == "refund_exceeds_charge"
+        conflict = server.http.post(f"/v1/calls/{calls[0]}/refund", json={"amount_cents": 5, "reference": "r1"}, headers=admin)
+        assert conflict.status_code == 409
+        rest = server.http.post(f"/v1/calls/{calls[0]}/refund", json={"reference": "r3"}, headers=admin)
+        assert rest.status_code == 201 and rest.json()["refund_cents"] == 3000
+        unbilled = server.http.post(f"/v1/calls/{calls[2]}/refund", json={"reference": "x"}, headers=admin)
+        assert unbilled.status_code == 409 and unbilled.json()["error"]["code"] == "call_not_billed"
+        unknown = server.http.post("/v1/calls/call_nope/refund", json={"reference": "x"}, headers=admin)
+        assert unknown.status_code == 404
+        assert server.http.post(f"/v1/calls/{calls[1]}/refund", json={"reference": "x"}, headers=auth).status_code == 403
+        assert balance(server, buyer_id) == 50_000 - 4000
+
+        # bad money input moves nothing
+        zero = server.http.post(f"/v1/accounts/{buyer_id}/deposits", json={"amount_cents": 0, "reference": "z"}, headers=admin)
+        assert zero.status_code == 422
+        dup = server.http.post(f"/v1/accounts/{buyer_id}/deposits", json={"amount_cents": 7, "reference": "init-ledger-buyer"}, headers=admin)
+        assert dup.status_code == 409
+        assert server.http.post(ev("call_nope"), json={"event": "completed", "duration_s": 90}, headers={**auth, "Idempotency-Key": "k"}).status_code == 404
+        assert balance(server, buyer_id) == 50_000 - 4000
+
+        # payouts: never more than the publisher is owed
+        owed = server.http.get(f"/v1/accounts/{pub_id}/balance", headers=admin).json()["balance_cents"]
+        assert owed == 3200  # one call's payout kept: 2 x 3200 earned, 3200 clawed back by the refunds
+        too_much = server.http.post(f"/v1/accounts/{pub_id}/payouts", json={"amount_cents": owed + 1, "reference": "p0"}, headers=admin)
+        assert too_much.status_code == 422
+        paid = server.http.post(f"/v1/accounts/{pub_id}/payouts", json={"amount_cents": owed, "reference": "p1"}, headers=admin)
+        assert paid.status_code == 201 and paid.json()["balance_cents"] == 0
+
+        # the statement comes from the durable store
+        st = server.http.get(f"/v1/accounts/{buyer_id}/statement", headers={"Authorization": f"Bearer {buyer_key}"}).json()
+        assert [ln["kind"] for ln in st["lines"]] == ["deposit", "charge", "charge", "refund", "refund"]
+        assert st["closing_balance_cents"] == 46_000
+
+        # the audit trail: the decision with its evidence, the money and the events
+        audit = server.http.get("/v1/audit", params={"call_id": calls[0]}, headers=admin).json()["records"]
+        kinds = [r["kind"] for r in audit]
+        assert kinds[0] == "decision" and "event" in kinds and kinds.count("entry") == 3  # charge and two refunds
+        decision = audit[0]["body"]
+        assert decision["decision"]["decision"] == "routed" and decision["routes"][0]["buyer"] == buyer_id
+        assert decision["bids"][0]["bid_cents"] == 4000 and "gate" in decision["compliance"]
+        assert audit[0]["number"] == "+13125550000"
+        by_number = server.http.get("/v1/audit", params={"number": "+13125550000"}, headers=admin).json()["records"]
+        assert [r["call_id"] for r in by_number] == [calls[0]]
+        assert server.http.get("/v1/audit", params={"call_id": calls[0]}, headers=auth).status_code == 403
+        b.close()
+    finally:
+        stop_server(server)
+
+    # the offline tools agree: the chain verifies and the books reconcile
+    verify = cli(database_url, "audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    rec = cli(database_url, "billing", "reconcile")
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+
+    # a restart keeps accounts, keys and balances
+    again = start_server({"EXCHANGE_DATABASE_URL": database_url})
+    try:
+        assert balance(again, buyer_id) == 46_000
+        r = again.http.get(f"/v1/accounts/{buyer_id}/balance", headers={"Authorization": f"Bearer {buyer_key}"})
+        assert r.status_code == 200 and r.json()["available_cents"] == 46_000
+        replay = again.http.post(f"/v1/accounts/{buyer_id}/deposits", json={"amount_cents": 50_000, "reference": "init-ledger-buyer"}, headers=again.admin)
+        assert replay.status_code == 200 and balance(again, buyer_id) == 46_000  # the deposit's replay is still a no-op
+    finally:
+        stop_server(again)

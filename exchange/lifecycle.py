@@ -76,12 +76,16 @@ def engage(core: Core, rec: CallRecord, start: int, now_ns: int, recheck: bool =
 
 
 def _disengage(core: Core, rec: CallRecord, outcome: str, now_ns: int) -> None:
-    """Release the leg in use. ``outcome``: billable | short | failed."""
-    if rec.taken is None:
+    """Release the leg in use. ``outcome``: billable | short | failed. A call recovered after
+    a restart holds its price but no capacity slot (the campaigns came back with the buyers)."""
+    if rec.taken is None and rec.call_id not in core.ledger.holds:
         return
-    capacity, taken = rec.taken
-    rec.taken = None
-    capacity.release()
+    if rec.taken is not None:
+        capacity, taken = rec.taken
+        rec.taken = None
+        capacity.release()
+        if outcome != "billable":
+            capacity.give_back(taken, spend_only=(outcome == "short"))
     r = rec.routes[rec.index]
     if outcome == "billable":
         entry = charge(rec.call_id, r.buyer, rec.publisher, r.price_cents, core.settings.take_rate_bps, now_ns)
@@ -97,7 +101,6 @@ def _disengage(core: Core, rec: CallRecord, outcome: str, now_ns: int) -> None:
             core.dedupe.record(r.buyer, rec.consumer.e164, now_ns)
     else:
         core.ledger.release(rec.call_id, now_ns)
-        capacity.give_back(taken, spend_only=(outcome == "short"))
 
 
 def apply_event(core: Core, rec: CallRecord, key: str, ev: CallEvent, now_ns: int) -> tuple[EventResponse | EventError, list[Notice]]:

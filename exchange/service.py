@@ -18,7 +18,7 @@ import msgspec
 
 from billing.ledger import DuplicateKey
 from billing.postings import Entry, buyer_account, deposit, payout, publisher_account, refund
-from billing.records import AccountRow, AuditEvent, HoldEvent
+from billing.records import AccountRow
 from billing.store import StoreRefused, StoreUnavailable, open_store
 from billing.writer import Writer
 from compliance.numbers import parse_number
@@ -32,6 +32,7 @@ from .lifecycle import EventError, apply_event, expire_due
 from .messages import CallEvent, CallFields, DecisionFields, Error, EventResponse, Message, NoBid, RtbBid
 from .metrics import Metrics
 from .pipeline import decide, prepare
+from .recovery import decision_audit, event_audit, recorded_answer, restore
 from .settings import Settings, database_url
 
 log = logging.getLogger("exchange")
@@ -77,7 +78,7 @@ class Exchange:
         self.call_keys: dict[tuple[str, str], str] = {}
         self.store = open_store(database_url(settings))
         self.writer = Writer(self.store, settings.writer_max_batch, settings.writer_max_pending)
-        self.restored = (0, 0)  # (accounts, stale holds released) at start
+        self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._refunds = asyncio.Lock()
@@ -86,7 +87,7 @@ class Exchange:
     async def start(self) -> None:
         gcpolicy.tune()
         await self.store.open()
-        await self._restore()
+        self.restored = await restore(self)
         await self.writer.start()
         self._durable()
         await self.compliance.start()
@@ -103,20 +104,6 @@ class Exchange:
             log.error('{"event":"ledger_not_flushed","pending":%d}', self.writer.enqueued - self.writer.committed)
         await self.store.close()
         await self.compliance.stop()
-
-    async def _restore(self) -> None:
-        """Load accounts, balances and replayable entries; release the holds of calls that
-        were in flight when the previous process ended (their calls died with it)."""
-        snap = await self.store.load()
-        ledger = self.core.ledger
-        for a in snap.accounts:
-            self.accounts.restore(a.id, a.kind, a.name, a.key_digest, a.credit_limit_cents)  # type: ignore[arg-type]
-            if a.kind == "buyer":
-                ledger.set_credit(buyer_account(a.id), a.credit_limit_cents)
-        ledger.restore(snap.balances, snap.entries)
-        now = self.clock.now_ns()
-        ledger.outbox.extend(HoldEvent(h.call_id, h.route_index, "release", h.account, h.amount_cents, now) for h in snap.open_holds)
-        self.restored = (len(snap.accounts), len(snap.open_holds))
 
     # ------------------------------------------------------------------ durability
     def _durable(self, *extra: object) -> int:
@@ -336,6 +323,8 @@ class Exchange:
         """Apply a publisher event; answered once its money and audit records are durable
         (a replay waits for the same records, so it never answers before the original)."""
         await self.writer.room()
+        if call_id not in self.core.calls:
+            return await self._recorded_answer(account, call_id, idem_key, ev)
         rec = self.owned_call(account, call_id)
         applied = len(rec.events)
         now = self.clock.now_ns()
@@ -344,12 +333,25 @@ class Exchange:
             raise CallRejected(out.status, out.code, out.message, out.path)
         if len(rec.events) > applied:
             self.metrics.events[ev.event] = self.metrics.events.get(ev.event, 0) + 1
-            rec.durable_seq = self._durable(AuditEvent(now, "event", rec.call_id, None, {
-                "event": ev.event, "duration_s": ev.duration_s, "route_index": rec.index, "status": rec.status,
-                "billable": rec.billable, "charged_cents": rec.charged_cents}))
+            rec.durable_seq = self._durable(event_audit(rec, idem_key, ev, out, now))
         self.notify(notices)
         await self._ack(rec.durable_seq)
         return out
+
+    async def _recorded_answer(self, account: Account, call_id: str, idem_key: str, ev: CallEvent) -> EventResponse:
+        """An event for a call no longer in memory (finished before a restart, or past
+        retention): a replay gets its recorded answer; anything else is refused."""
+        try:
+            answer = await recorded_answer(self, None if account.kind == "operator" else account.id, call_id, idem_key, ev)
+        except LookupError:
+            raise CallRejected(409, "call_finished", f"call {call_id} has finished") from None
+        except ValueError as exc:
+            raise CallRejected(409, "idempotency_conflict", str(exc)) from None
+        except StoreUnavailable as exc:
+            raise CallRejected(503, "ledger_unavailable", str(exc), retry_after_s=1) from None
+        if answer is None:
+            raise CallRejected(404, "unknown_call", f"no call {call_id!r}")
+        return answer
 
     def gauges(self) -> dict[str, int]:
         core = self.core
@@ -363,19 +365,6 @@ class Exchange:
             "ledger_writer_batches": self.writer.batches,
             "ledger_writer_up": int(self.writer.state == "up"),
         }
-
-
-def decision_audit(rec: CallRecord) -> AuditEvent:
-    """The audit record of a decision: the request, the compliance verdict with its evidence,
-    the bids considered, the winner and price, and the routing plan."""
-    return AuditEvent(rec.created_ns, "decision", rec.call_id, rec.consumer.e164 if rec.consumer is not None else None, {
-        "publisher": rec.publisher,
-        "request": rec.request,
-        "decision": rec.decision,
-        "compliance": rec.evidence,
-        "bids": [{"buyer": b, "campaign": c, "bid_cents": x, "live": live} for b, c, x, live in rec.bids],
-        "routes": [r._asdict() for r in rec.routes],
-    })
 
 
 def send_all(conn: Sender, msgs: list[Message]) -> None:

@@ -42,8 +42,8 @@ class Server:
         return body["id"], body["api_key"]
 
 
-def start_server(extra_env: dict[str, str] | None = None, deadline_s: float = 20) -> Server:
-    port = free_port()
+def start_server(extra_env: dict[str, str] | None = None, deadline_s: float = 20, port: int | None = None) -> Server:
+    port = port or free_port()
     db = f"sqlite:///{tempfile.mkdtemp(prefix='dce-e2e-')}/ledger.db"  # each server its own embedded ledger
     env = {**os.environ, "EXCHANGE_ADMIN_KEY": ADMIN, "EXCHANGE_PORT": str(port), "EXCHANGE_DATABASE_URL": db, **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env,

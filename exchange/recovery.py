@@ -1,0 +1,136 @@
+"""What the audit trail records about calls, and how a restarted exchange gets them back.
+
+Every routed call's decision and every applied event go on the audit trail in the same
+writer batches as the money they move (``decision_audit``, ``event_audit``). An event record
+carries its ``Idempotency-Key``, body and answer. So after a crash or a restart:
+
+- a call whose hold is still open (routed or connected, not yet finished) is rebuilt from its
+  decision and events and re-holds its price: the publisher's next event (or the replay of
+  one whose answer was lost) is applied as if nothing happened;
+- a replayed event of a call that already finished gets its recorded answer back;
+- an open hold with no decision on record (cut between two batches) is released.
+
+The leg's concurrency slot is not re-taken: campaigns live in the buyers' sessions, which
+reconnect and re-send them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from billing.audit import AuditRow
+from billing.records import AuditEvent, HoldEvent
+from compliance.numbers import parse_number
+
+from .core import CallRecord, PlannedRoute
+from .messages import CallEvent, CallRequest, DecisionFields, EventResponse
+
+if TYPE_CHECKING:
+    from .service import Exchange
+
+NS = 1_000_000_000
+
+
+def decision_audit(rec: CallRecord) -> AuditEvent:
+    """The audit record of a decision: the request, the compliance verdict with its evidence,
+    the bids considered, the winner and price, and the routing plan."""
+    return AuditEvent(rec.created_ns, "decision", rec.call_id, rec.consumer.e164 if rec.consumer is not None else None, {
+        "publisher": rec.publisher,
+        "request": rec.request,
+        "decision": rec.decision,
+        "compliance": rec.evidence,
+        "bids": [{"buyer": b, "campaign": c, "bid_cents": x, "live": live} for b, c, x, live in rec.bids],
+        "routes": [r._asdict() for r in rec.routes],
+    })
+
+
+def event_audit(rec: CallRecord, key: str, ev: CallEvent, resp: EventResponse, now_ns: int) -> AuditEvent:
+    return AuditEvent(now_ns, "event", rec.call_id, None, {
+        "key": key, "event": ev, "response": resp, "route_index": rec.index, "status": rec.status,
+        "billable": rec.billable, "charged_cents": rec.charged_cents,
+    })
+
+
+def _body(row: AuditRow) -> dict[str, Any]:
+    return msgspec.json.decode(row.body)
+
+
+def rebuild(rows: list[AuditRow], hold: HoldEvent, now_ns: int, route_ttl_s: int, max_call_s: int) -> CallRecord | None:
+    """The in-flight call ``hold`` belongs to, from its audit records (None: no decision)."""
+    decision = next((_body(r) for r in rows if r.kind == "decision"), None)
+    if decision is None or not decision.get("routes"):
+        return None
+    head = next(r for r in rows if r.kind == "decision")
+    rec = CallRecord(hold.call_id, decision["publisher"], head.at_ns)
+    request = msgspec.convert(decision["request"], CallRequest)
+    rec.request = request
+    rec.direction, rec.vertical = request.direction, request.vertical
+    rec.consumer = parse_number(head.number) if head.number else None
+    rec.caller = request.caller
+    rec.state = request.state or (rec.consumer.state if rec.consumer is not None else None)
+    rec.decision = msgspec.convert(decision["decision"], DecisionFields)
+    rec.evidence = decision.get("compliance", {})
+    rec.routes = tuple(PlannedRoute(**r) for r in decision["routes"])
+    rec.bids = tuple((b["buyer"], b["campaign"], b["bid_cents"], b["live"]) for b in decision.get("bids", ()))
+    rec.index, rec.status = hold.route_index, "routed"
+    rec.history.append((head.at_ns, "routed", 0))
+    for r in rows:
+        if r.kind != "event":
+            continue
+        body = _body(r)
+        ev = msgspec.convert(body["event"], CallEvent)
+        rec.events[body["key"]] = (ev, msgspec.convert(body["response"], EventResponse))
+        rec.history.append((r.at_ns, ev.event, body["route_index"]))
+        if body["route_index"] == hold.route_index:
+            rec.status = "connected" if body["status"] == "connected" else rec.status
+    rec.expires_ns = now_ns + (max_call_s if rec.status == "connected" else route_ttl_s) * NS
+    return rec
+
+
+async def restore(ex: Exchange) -> tuple[int, int, int]:
+    """Load accounts, balances and replayable entries; bring back the calls in flight.
+    Returns (accounts, calls recovered, holds released)."""
+    from billing.postings import buyer_account
+
+    snap = await ex.store.load()
+    core, ledger = ex.core, ex.core.ledger
+    for a in snap.accounts:
+        ex.accounts.restore(a.id, a.kind, a.name, a.key_digest, a.credit_limit_cents)  # type: ignore[arg-type]
+        if a.kind == "buyer":
+            ledger.set_credit(buyer_account(a.id), a.credit_limit_cents)
+    ledger.restore(snap.balances, snap.entries)
+    now = ex.clock.now_ns()
+    s = ex.settings
+    recovered = released = 0
+    for h in snap.open_holds:
+        rows = await ex.store.audit_query(h.call_id, None, None, None, limit=10_000)
+        rec = rebuild(rows, h, now, s.route_ttl_s, s.max_call_s)
+        if rec is None:
+            ledger.outbox.append(HoldEvent(h.call_id, h.route_index, "release", h.account, h.amount_cents, now))
+            released += 1
+            continue
+        ledger.holds[h.call_id] = (h.account, h.amount_cents, h.route_index)
+        ledger.held[h.account] = ledger.held.get(h.account, 0) + h.amount_cents
+        core.calls[rec.call_id] = rec
+        core.active[rec.call_id] = rec
+        recovered += 1
+    return len(snap.accounts), recovered, released
+
+
+async def recorded_answer(ex: Exchange, publisher: str | None, call_id: str, key: str, ev: CallEvent) -> EventResponse | None:
+    """The recorded answer to a replayed event of a call no longer in memory (None: none).
+    Raises LookupError when the call is known to have finished (a new event is too late)."""
+    rows = await ex.store.audit_query(call_id, None, None, None, limit=10_000)
+    decision = next((_body(r) for r in rows if r.kind == "decision"), None)
+    if decision is None or (publisher is not None and decision["publisher"] != publisher):
+        return None
+    for r in rows:
+        if r.kind == "event":
+            body = _body(r)
+            if body["key"] == key:
+                if msgspec.convert(body["event"], CallEvent) != ev:
+                    raise ValueError("this Idempotency-Key was used with a different body")
+                return msgspec.convert(body["response"], EventResponse)
+    raise LookupError(call_id)

@@ -82,6 +82,8 @@ class Exchange:
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._refunds = asyncio.Lock()
+        self.in_flight = 0  # calls being decided now
+        self.draining = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -93,6 +95,15 @@ class Exchange:
         await self.compliance.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.ready = True
+
+    async def drain(self, timeout_s: float = 5.0) -> int:
+        """Stop taking calls (503 ``draining``) and wait for the decisions in flight; returns
+        how many were still running at the deadline. Events are still taken meanwhile."""
+        self.draining, self.ready = True, False
+        end = asyncio.get_running_loop().time() + timeout_s
+        while self.in_flight and asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(0.01)
+        return self.in_flight
 
     async def stop(self) -> None:
         self.ready = False
@@ -258,6 +269,15 @@ class Exchange:
                 raise CallRejected(422, "invalid_number", f"callee {call.callee!r} is not a valid phone number", "$.callee")
 
     async def submit_call(self, publisher: Account, call: CallFields, idem_key: str | None = None) -> DecisionFields:
+        if self.draining:
+            raise CallRejected(503, "draining", "the exchange is shutting down; submit the call again", retry_after_s=1)
+        self.in_flight += 1
+        try:
+            return await self._submit_call(publisher, call, idem_key)
+        finally:
+            self.in_flight -= 1
+
+    async def _submit_call(self, publisher: Account, call: CallFields, idem_key: str | None) -> DecisionFields:
         await self.writer.room()  # back-pressure: the durable writer is behind
         if idem_key is not None:
             prior = self.call_keys.get((publisher.id, idem_key))

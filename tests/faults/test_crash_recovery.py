@@ -7,14 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-
-import httpx
 
 from tests.e2e.conftest import ROOT, start_server, stop_server
 from tests.e2e.test_exchange_e2e import balance, camp
 from tests.e2e.wsclient import Buyer
+from tests.faults.kit import Publisher
 
 VERT = "faults_crash"
 PRICE = 2500
@@ -23,42 +21,6 @@ PRICE = 2500
 def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "EXCHANGE_DATABASE_URL": database_url}
     return subprocess.run([sys.executable, "-m", "exchange", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-
-
-class Publisher(threading.Thread):
-    """Sends one call's events in order, each retried with its own key until it is answered
-    (connection refused while the exchange is down, 503 while its ledger is): what a
-    well-behaved publisher does."""
-
-    def __init__(self, base: str, key: str, call_id: str, events: list[dict]) -> None:
-        super().__init__(daemon=True)
-        self.base, self.key, self.call_id, self.events = base, key, call_id, events
-        self.answers: list[dict] = []
-        self.retries = 0
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=5) as http:
-            for n, ev in enumerate(self.events):
-                end = time.monotonic() + 60
-                while time.monotonic() < end:
-                    try:
-                        r = http.post(f"/v1/calls/{self.call_id}/events", json=ev,
-                                      headers={"Authorization": f"Bearer {self.key}", "Idempotency-Key": f"{self.call_id}-{n}"})
-                    except httpx.TransportError:
-                        self.retries += 1
-                        time.sleep(0.05)
-                        continue
-                    if r.status_code == 503:
-                        self.retries += 1
-                        time.sleep(0.05)
-                        continue
-                    if r.status_code != 200:
-                        self.errors.append(f"{ev}: {r.status_code} {r.text}")
-                    self.answers.append(r.json())
-                    break
-                else:
-                    self.errors.append(f"{ev}: never answered")
 
 
 def test_sigkill_under_load_then_replay_loses_nothing_and_charges_nothing_twice(database_url, faults):

@@ -8,17 +8,21 @@ Stores: a memory-mapped national DNC file (``--national`` numbers), three state 
 200K consents (some revoked or expired), a 50K RND cache, outbound history for every
 capped number, holiday calendars, an emergency flag and a tripped campaign.
 
-Series (canonical E.164 numbers over 30 area codes incl. split NPAs and every rule state):
+Series (canonical E.164 numbers over 30 area codes incl. split NPAs and every rule state),
+each at two kinds of instant: ``day`` (one call per millisecond from Wednesday 12:00 EDT,
+inside most windows) and ``any_time`` (uniformly random instants over a week, so about half
+the calls are temporal denials that also compute ``retry_after``):
 
-* ``exchange_day``: ``screen`` (call level) + ``buyer_refusal`` for the call's buyer, at
-  instants inside the windows (the routing path);
-* ``single_buyer_day``: ``Gate.decide`` (all of §6 for one buyer), same calls;
-* ``single_buyer_any_time``: ``Gate.decide`` at uniformly random instants over a week, so a
-  third of calls are temporal denials that also compute ``retry_after``.
+* ``exchange_*``: ``screen`` (call level) + ``buyer_refusal`` for the call's buyer (the
+  routing path);
+* ``single_buyer_*``: ``Gate.decide`` (all of §6 for one buyer), same calls.
 
-Then ``decision_us`` as the exchange reports it (``Exchange.submit_call`` with no sockets)
-for outbound calls to Florida numbers (a frequency cap): in-process counter vs the Redis
-Lua script (skipped without Redis). Prints p50/p99/p99.9 µs; writes JSON.
+The calling-window tables (``compliance.windows``) are built on the first call of each
+candidate set in each week; the warm-up pass builds most of them, and the cost of building
+one is reported separately. Then ``decision_us`` as the exchange reports it
+(``Exchange.submit_call`` with no sockets) for outbound calls to Florida numbers (a frequency
+cap): in-process counter vs the Redis Lua script (skipped without Redis). Prints
+p50/p99/p99.9 µs (median of ``--runs``); writes JSON.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from compliance.consent import Consent
-from compliance.dncarray import from_keys
+from compliance.dncarray import from_keys, sorted_unique
 from compliance.dncfile import open_array, write_keys
 from compliance.frequency import FrequencyCounter
 from compliance.gate import Gate
@@ -59,8 +63,14 @@ BUYERS = [f"b{i}" for i in range(50)]
 def build(national_n: int, tmp: Path, rng: np.random.Generator) -> tuple[Gate, list[tuple[SimpleNamespace, str, str, str]]]:
     gate = Gate()
     st = gate.stores
-    keys = np.unique(rng.integers(2_000_000_000, 9_999_999_999, national_n))
-    keys = keys[(keys // 10_000) % 1000 >= 200]
+    # exactly ``national_n`` distinct numbers, uniform over NPA and NXX 200-999
+    keys = np.zeros(0, np.int64)
+    while len(keys) < national_n:
+        draw = int((national_n - len(keys)) * 1.05) + 1000
+        more = rng.integers(200, 1000, draw) * 10_000_000 + rng.integers(2_000_000, 10_000_000, draw)
+        keys = sorted_unique(np.concatenate([keys, more]))
+    if len(keys) > national_n:
+        keys = np.delete(keys, rng.choice(len(keys), len(keys) - national_n, replace=False))
     path = tmp / "national.dnc"
     write_keys(path, keys, {"list": "national", "snapshot_date": "2026-04-10"})
     st.swap(national=number_list(open_array(path)))
@@ -109,12 +119,29 @@ def summary(samples: list[int]) -> dict:
     return {"p50_us": pct(s, 0.5), "p99_us": pct(s, 0.99), "p999_us": pct(s, 0.999), "mean_us": statistics.fmean(s) / 1000, "n": len(s)}
 
 
-def series(gate: Gate, calls: list, n: int, mode: str, rng: random.Random) -> tuple[list[int], dict]:
+def table_builds(gate: Gate) -> dict:
+    """How many week tables the series built, and what building one costs (rebuilt here)."""
+    cals = gate.calendars()
+    hol = gate.stores.holidays or gate.rules.holidays
+    costs = []
+    weeks = 0
+    for cal in cals:
+        for w in cal.weeks():
+            weeks += 1
+            t0 = time.perf_counter_ns()
+            cal.build(w, hol)
+            costs.append((time.perf_counter_ns() - t0) / 1000)
+    costs.sort()
+    return {"calendars": len(cals), "weeks": weeks, "build_p50_us": costs[len(costs) // 2] if costs else 0.0,
+            "build_max_us": costs[-1] if costs else 0.0}
+
+
+def series(gate: Gate, calls: list, n: int, mode: str, any_time: bool, rng: random.Random) -> tuple[list[int], dict]:
     samples, reasons = [], {}
     clock = time.perf_counter_ns
     for i in range(n):
         fields, number, buyer, campaign = calls[i % len(calls)]
-        at = NOW_NS + i * 1_000_000 if mode != "any_time" else NOW_NS + rng.randrange(7 * DAY_NS)
+        at = NOW_NS + rng.randrange(7 * DAY_NS) if any_time else NOW_NS + i * 1_000_000
         if mode == "exchange":
             t0 = clock()
             consumer, v = gate.screen(fields, parse_number(number), at)
@@ -138,9 +165,9 @@ async def service_series(redis_url: str | None, calls: int, tmp: Path) -> list[i
     from exchange.service import Exchange
     from exchange.settings import Settings
 
-    os.environ["EXCHANGE_COMPLIANCE_DIR"] = str(tmp / ("redis" if redis_url else "local"))
-    os.environ["EXCHANGE_REDIS_PREFIX"] = f"bench:{os.getpid()}:{time.time_ns()}:"
-    ex = Exchange(Settings(redis_url=redis_url, rtb_tmax_ms=0, database_url=f"sqlite:///{tmp}/ledger-{bool(redis_url)}.db"))
+    ex = Exchange(Settings(redis_url=redis_url, rtb_tmax_ms=0, database_url=f"sqlite:///{tmp}/ledger-{bool(redis_url)}.db",
+                           compliance_dir=str(tmp / ("redis" if redis_url else "local")),
+                           redis_prefix=f"bench:{os.getpid()}:{time.time_ns()}:"))
     await ex.start()
     core = ex.core
     core.ledger.post(deposit(buyer_account("b"), 10**12, "dep", 0))
@@ -188,19 +215,24 @@ def main() -> None:
           f"states TX/AL/OK, litigators 100K, opt-outs {len(gate.stores.suppressions):,}, consents {len(gate.stores.consents):,}")
     results = {}
     print(f"{'series':<24} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'mean µs':>8}   (median of {args.runs} runs x {args.calls} calls)")
-    for name, mode in (("exchange_day", "exchange"), ("single_buyer_day", "day"), ("single_buyer_any_time", "any_time")):
+    series_modes = (("exchange_day", "exchange", False), ("exchange_any_time", "exchange", True),
+                    ("single_buyer_day", "single", False), ("single_buyer_any_time", "single", True))
+    for name, mode, any_time in series_modes:
         runs, reasons = [], {}
         for r in range(args.runs):
-            series(gate, calls, 2000, mode, random.Random(r))  # warm
+            series(gate, calls, 2000, mode, any_time, random.Random(r))  # warm
             gc.collect()
             gcpolicy.tune()
-            samples, reasons = series(gate, calls, args.calls, mode, random.Random(r))
+            samples, reasons = series(gate, calls, args.calls, mode, any_time, random.Random(r))
             gc.unfreeze()
             runs.append(summary(samples))
         med = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
         results[name] = {"median": med, "runs": runs, "reasons": reasons}
         print(f"{name:<24} {med['p50_us']:>8.1f} {med['p99_us']:>8.1f} {med['p999_us']:>9.1f} {med['mean_us']:>8.1f}")
         print(f"   reasons: {dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}")
+    tables = table_builds(gate)
+    print(f"calling-window tables: {tables['calendars']} candidate sets, {tables['weeks']} week tables; building one "
+          f"takes p50 {tables['build_p50_us']:.0f} µs, max {tables['build_max_us']:.0f} µs (once per set and week)")
     service = {}
     for label, url in (("in_process", None), ("redis", args.redis_url)):
         try:
@@ -215,6 +247,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "compliance", "python": platform.python_version(), "calls": args.calls,
                                "national_numbers": len(gate.stores.national.array), "gate": results,
+                               "window_tables": tables,
                                "decision_us_fl_outbound": service}, indent=2))
     print(f"wrote {out}")
     for p in tmp.rglob("*"):

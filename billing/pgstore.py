@@ -12,6 +12,7 @@ The writer owns one connection; reads (statements, audit queries, reports) use a
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,53 +24,122 @@ from .store import Batch, Store, StoreRefused, StoreUnavailable, migrations
 TRANSIENT = (
     OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.InternalClientError,  # the protocol's state after a connection killed mid-operation
 )
 
-ENTRIES_SQL = """
-WITH e AS (
-    INSERT INTO entries (reference, kind, at_ns, memo)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[])
-    ON CONFLICT (reference, kind) DO NOTHING
-    RETURNING id, reference, kind
+# The whole batch is one statement, so one round trip and one (implicit) transaction: the
+# deferred balance trigger runs at its commit. Entries arrive with ids from the writer's
+# reserved block (see the migration), so legs carry their entry's id and are kept only for the
+# entries actually inserted; a replayed entry inserts nothing and moves no balance.
+#
+# Columns travel as arrays. asyncpg encodes a text[] element by element (~250 ns each, most
+# of the client's time per batch), so a text column is sent as ONE string joined with \x1f
+# (None as \x1e) that the server splits, or as a text[] when a value contains those
+# characters; the SQL takes whichever is not NULL. The audit hashes travel as two blobs of
+# 32-byte digests cut by position. "@type" marks a column and is numbered by _numbered().
+_WRITE_SQL = """
+WITH a AS (
+    INSERT INTO accounts (id, kind, name, key_digest, credit_limit_cents, created_ns)
+    SELECT * FROM unnest(@text, @text, @text, @text, @int8, @int8)
+    ON CONFLICT DO NOTHING
+), e AS (
+    INSERT INTO entries (id, reference, kind, at_ns, memo)
+    SELECT * FROM unnest(@int8, @text, @text, @int8, @text)
+    {entries_conflict}
+    RETURNING id
 ), l AS (
     INSERT INTO legs (entry_id, account, amount_cents)
-    SELECT e.id, x.account, x.amount FROM e
-    JOIN unnest($5::text[], $6::text[], $7::text[], $8::int8[]) AS x (reference, kind, account, amount)
-      ON x.reference = e.reference AND x.kind = e.kind
+    SELECT x.entry_id, x.account, x.amount_cents
+    FROM unnest(@int8, @text, @int8) AS x (entry_id, account, amount_cents)
+    {legs_filter}
     RETURNING account, amount_cents
 ), b AS (
     INSERT INTO balances (account, balance_cents)
     SELECT account, sum(amount_cents) FROM l GROUP BY account
     ON CONFLICT (account) DO UPDATE SET balance_cents = balances.balance_cents + EXCLUDED.balance_cents
+), h AS (
+    INSERT INTO holds (call_id, route_index, kind, account, amount_cents, at_ns)
+    SELECT * FROM unnest(@text, @int4, @text, @text, @int8, @int8)
+    {conflict}
+), o AS (
+    INSERT INTO call_outcomes (call_id, publisher, buyer, campaign, status, billable, price_cents, charged_cents,
+                               payout_cents, margin_cents, created_ns, final_ns)
+    SELECT * FROM unnest(@text, @text, @text, @text, @text, @bool, @int8, @int8, @int8, @int8, @int8, @int8)
+    {conflict}
+), au AS (
+    -- No ON CONFLICT: the writer numbers audit records itself and a batch is all or nothing,
+    -- so a batch whose first record is stored (same seq, same hash) is a replay and adds none;
+    -- any other clash on seq (a second writer forking the chain) fails the batch loudly.
+    INSERT INTO audit (seq, at_ns, kind, call_id, number, body, prev_hash, hash)
+    SELECT x.seq, x.at_ns, x.kind, x.call_id, x.number, x.body,
+           coalesce(x.prev_hash, substr(@blob, (x.i * 32 - 31)::int4, 32)),
+           coalesce(x.hash, substr(@blob, (x.i * 32 - 31)::int4, 32))
+    FROM unnest(@int8, @int8, @text, @text, @text, @text, @bytea, @bytea) WITH ORDINALITY
+         AS x (seq, at_ns, kind, call_id, number, body, prev_hash, hash, i)
+    WHERE NOT EXISTS (SELECT 1 FROM audit WHERE seq = @scalar_int8 AND hash = @scalar_bytea)
 )
 SELECT count(*) FROM e
 """
-HOLDS_SQL = """
-INSERT INTO holds (call_id, route_index, kind, account, amount_cents, at_ns)
-SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], $6::int8[])
-ON CONFLICT DO NOTHING
-"""
-OUTCOMES_SQL = """
-INSERT INTO call_outcomes (call_id, publisher, buyer, campaign, status, billable, price_cents, charged_cents,
-                           payout_cents, margin_cents, created_ns, final_ns)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::int8[], $8::int8[],
-                     $9::int8[], $10::int8[], $11::int8[], $12::int8[])
-ON CONFLICT DO NOTHING
-"""
-ACCOUNTS_SQL = """
-INSERT INTO accounts (id, kind, name, key_digest, credit_limit_cents, created_ns)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
-ON CONFLICT DO NOTHING
-"""
-AUDIT_SQL = """
-INSERT INTO audit (seq, at_ns, kind, call_id, number, body, prev_hash, hash)
-SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::bytea[])
-ON CONFLICT DO NOTHING
-"""
+SEP, NUL = "\x1f", "\x1e"  # the separator of a joined text column, and its NULL
 
 
-def _columns(rows: list[tuple]) -> list[list]:
-    return [list(c) for c in zip(*rows)]
+def _numbered(sql: str) -> str:
+    """Number the ``@type`` markers in order: ``@text`` takes two parameters (see above),
+    ``@blob`` and ``@scalar_<type>`` one value, any other ``@<type>`` one ``<type>[]``."""
+    n = 0
+
+    def number(m: re.Match) -> str:
+        nonlocal n
+        kind = m.group(1)
+        n += 1
+        if kind == "text":
+            n += 1
+            return f"coalesce(${n - 1}::text[], string_to_array(${n}, E'\\x1f', E'\\x1e'))"
+        if kind == "blob":
+            return f"${n}::bytea"
+        if kind.startswith("scalar_"):
+            return f"${n}::{kind[7:]}"
+        return f"${n}::{kind}[]"
+
+    return re.sub(r"@(\w+)", number, sql)
+
+
+# FAST_SQL assumes every record is new (plain INSERTs: one index descent per unique key, no
+# speculative insertion); a unique violation, i.e. a replay, falls back to SAFE_SQL, which
+# skips what is stored. Both take the same parameters.
+FAST_SQL = _numbered(_WRITE_SQL.format(entries_conflict="", legs_filter="", conflict=""))
+SAFE_SQL = _numbered(_WRITE_SQL.format(
+    entries_conflict="ON CONFLICT (reference, kind) DO NOTHING",
+    legs_filter="WHERE x.entry_id IN (SELECT id FROM e)",
+    conflict="ON CONFLICT DO NOTHING",
+))
+RESERVE_SQL = "SELECT nextval('entries_id_seq') FROM generate_series(1, $1)"
+ID_BLOCK = 65536  # the sequence's increment (migrations/postgres/0001_ledger.sql)
+
+
+def _columns(rows: list[tuple], width: int) -> list:
+    return list(zip(*rows)) if rows else [()] * width
+
+
+def _text(col, out: list) -> None:
+    """Append a text column's two parameters: (None, joined) or (the values, None)."""
+    n = len(col)
+    try:
+        joined = SEP.join(col)
+        ok = joined.count(SEP) == n - 1 and NUL not in joined and (n != 1 or joined != "")
+    except TypeError:  # a None among the values
+        joined = SEP.join(NUL if v is None else v for v in col)
+        ok = joined.count(SEP) == n - 1 and joined.count(NUL) == col.count(None)
+    if ok:
+        out += (None, joined)
+    else:
+        out += (list(col), None)
+
+
+def _digests(col) -> bytes | None:
+    """A bytea column of 32-byte digests as one blob cut by position (None: send a bytea[])."""
+    blob = b"".join(col)
+    return blob if len(blob) == 32 * len(col) and all(len(d) == 32 for d in col) else None
 
 
 def _placeholders(sql: str) -> str:
@@ -95,6 +165,9 @@ class PgStore(Store):
         self.conn: asyncpg.Connection | None = None
         self.pool: asyncpg.Pool | None = None
         self._sql: dict[str, str] = {}
+        self._free: list[range] = []  # entry ids reserved from the sequence, not used yet
+        self._free_n = 0
+        self._prepared: tuple[Batch, list] | None = None
 
     async def _connect(self) -> asyncpg.Connection:
         try:
@@ -143,32 +216,112 @@ class PgStore(Store):
     def writer_pid(self) -> int | None:
         return self.conn.get_server_pid() if self.conn is not None else None
 
+    # ------------------------------------------------------------------ the writer's batches
+    async def _reserve(self, conn: asyncpg.Connection, n: int) -> None:
+        """Make sure at least ``n`` entry ids are reserved (one nextval per block of ids)."""
+        if self._free_n < n:
+            starts = await conn.fetch(RESERVE_SQL, -(-(n - self._free_n) // ID_BLOCK))
+            self._free.extend(range(r[0], r[0] + ID_BLOCK) for r in starts)
+            self._free_n += ID_BLOCK * len(starts)
+
+    def _fresh_ids(self, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            r = self._free[0]
+            take = n - len(out)
+            out.extend(r[:take])
+            if take >= len(r):
+                self._free.pop(0)
+            else:
+                self._free[0] = r[take:]
+        self._free_n -= n
+        return out
+
+    def _params(self, batch: Batch) -> list | None:
+        """The statement's parameters, in the order of its markers (None if not enough entry
+        ids are reserved)."""
+        ids: list[int] = []
+        refs: list[str] = []
+        kinds: list[str] = []
+        ats: list[int] = []
+        memos: list[str] = []
+        leg_ids: list[int] = []
+        accounts: list[str] = []
+        amounts: list[int] = []
+        if batch.entries:
+            if self._free_n < len(batch.entries):
+                return None
+            fresh = iter(self._fresh_ids(len(batch.entries)))
+            seen: set[tuple[str, str]] = set()
+            for e in batch.entries:
+                key = (e.reference, e.kind)
+                if key in seen:
+                    continue
+                seen.add(key)
+                eid = next(fresh)
+                ids.append(eid)
+                refs.append(e.reference)
+                kinds.append(e.kind)
+                ats.append(e.at_ns)
+                memos.append(e.memo)
+                for account, amount in e.legs:
+                    leg_ids.append(eid)
+                    accounts.append(account)
+                    amounts.append(amount)
+        out: list = []
+        a_id, a_kind, a_name, a_digest, a_credit, a_created = _columns(batch.accounts, 6)
+        for c in (a_id, a_kind, a_name, a_digest):
+            _text(c, out)
+        out += (a_credit, a_created, ids)
+        _text(refs, out)
+        _text(kinds, out)
+        out.append(ats)
+        _text(memos, out)
+        out.append(leg_ids)
+        _text(accounts, out)
+        out.append(amounts)
+        h_call, h_route, h_kind, h_account, h_amount, h_at = _columns(batch.holds, 6)
+        _text(h_call, out)
+        out.append(h_route)
+        _text(h_kind, out)
+        _text(h_account, out)
+        out += (h_amount, h_at)
+        o = _columns(batch.outcomes, 12)
+        for c in o[:5]:
+            _text(c, out)
+        out += o[5:]
+        seq, at, kind, call_id, number, body, prev_hash, hash_ = _columns(batch.audit, 8)
+        blobs = _digests(prev_hash), _digests(hash_)
+        whole = blobs[0] is not None and blobs[1] is not None
+        out += (*(blobs if whole else (None, None)), seq, at)
+        for c in (kind, call_id, number, body):
+            _text(c, out)
+        out += (None, None) if whole else (list(prev_hash), list(hash_))
+        out += (seq[0], hash_[0]) if batch.audit else (None, None)
+        return out
+
+    def prepare(self, batch: Batch) -> None:
+        """Build ``batch``'s parameters ahead of ``write`` (the writer calls this while the
+        previous batch is being committed, so the work overlaps the database's)."""
+        params = self._params(batch)
+        self._prepared = (batch, params) if params is not None else None
+
     async def write(self, batch: Batch) -> int:
         if self.conn is None or self.conn.is_closed():
             raise StoreUnavailable("the writer's connection is closed")
         conn = self.conn
+        prepared, self._prepared = self._prepared, None
         try:
-            async with conn.transaction():
-                new = 0
-                if batch.accounts:
-                    await conn.execute(ACCOUNTS_SQL, *_columns(batch.accounts))
-                if batch.entries:
-                    seen: set[tuple[str, str]] = set()
-                    heads, legs = [], []
-                    for e in batch.entries:
-                        if e.key in seen:
-                            continue
-                        seen.add(e.key)
-                        heads.append((e.reference, e.kind, e.at_ns, e.memo))
-                        legs.extend((e.reference, e.kind, leg.account, leg.amount_cents) for leg in e.legs)
-                    new = await conn.fetchval(ENTRIES_SQL, *_columns(heads), *(_columns(legs) or [[], [], [], []]))
-                if batch.holds:
-                    await conn.execute(HOLDS_SQL, *_columns(batch.holds))
-                if batch.outcomes:
-                    await conn.execute(OUTCOMES_SQL, *_columns(batch.outcomes))
-                if batch.audit:
-                    await conn.execute(AUDIT_SQL, *_columns(batch.audit))
-            return new
+            if prepared is not None and prepared[0] is batch:
+                params = prepared[1]
+            else:
+                await self._reserve(conn, len(batch.entries))
+                params = self._params(batch)
+                assert params is not None
+            try:
+                return await conn.fetchval(FAST_SQL, *params)
+            except asyncpg.UniqueViolationError:  # a replay: write only what is not stored
+                return await conn.fetchval(SAFE_SQL, *params)
         except TRANSIENT as exc:
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         except asyncpg.PostgresError as exc:

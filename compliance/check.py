@@ -20,8 +20,6 @@ import json
 import sys
 from typing import IO, Any, Iterable
 
-from routing.schedule import LocalClock
-
 from .consent import consent_from_record
 from .dncarray import from_keys, national_key
 from .frequency import FrequencyCounter
@@ -148,7 +146,7 @@ def decide_case(case: Any, gate_factory=None) -> tuple[Verdict, Gate | None]:
         stores = load_state(case.get("state") if case.get("state") is not None else {})
     except (BadCase, ValueError, KeyError, TypeError, AttributeError):
         return Verdict(False, "invalid_request"), None
-    gate = Gate(rules=default_rules(), stores=stores, clock=LocalClock())
+    gate = Gate(rules=default_rules(), stores=stores)
     direction = call.get("direction")
     number = call.get("caller") if direction == "inbound" else call.get("callee")
     verdict = gate.decide(

@@ -17,26 +17,25 @@ Two shapes of the same algorithm:
 
 Candidates (§3.2): the area code's state and zones, plus the consent address's state (and
 every zone of that state), plus the state the call names. Every rule must pass in every
-candidate zone for every candidate state.
+candidate zone for every candidate state. Steps 13-14 and ``retry_after`` read the week
+tables of ``compliance.windows`` (one per candidate set and UTC week): a bisect for the
+answer, a list read for the next opening.
 """
 
 from __future__ import annotations
 
 from datetime import date
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
-
-from routing.schedule import LocalClock
 
 from .consent import Consent
 from .frequency import FrequencyCounter, FrequencyPending
 from .geo import address_state, candidates
 from .instants import NS_PER_DAY, rfc3339, utc_day
 from .numbers import NPA_TABLE_VERSION, NumberInfo, is_us_region, parse_number
-from .rules import TZDATA_VERSION, Rules, StateRule, default_rules, zone
+from .rules import TZDATA_VERSION, Rules, default_rules
 from .stores import Stores
 from .suppression import SuppressionList
-from .windows import Windows
+from .windows import Calendar, Windows
 
 GATE_VERSION = "gate-2"
 DIRECTIONS = frozenset({"inbound", "outbound"})
@@ -92,22 +91,35 @@ def _deny(reason: str, rule: str | None = None, plan: Plan | None = None, retry:
 class Gate:
     """Call-level, per-buyer and single-buyer compliance checks over in-memory stores."""
 
-    __slots__ = ("rules", "stores", "shared_frequency", "_clock", "_zones", "_evidence", "_evidence_key", "_windows")
+    __slots__ = ("rules", "stores", "shared_frequency", "_evidence", "_evidence_key", "_windows")
 
-    def __init__(self, suppressions: SuppressionList | None = None, clock: LocalClock | None = None,
+    def __init__(self, suppressions: SuppressionList | None = None, clock: object = None,
                  rules: Rules | None = None, stores: Stores | None = None) -> None:
+        # ``clock`` (a ``LocalClock``) is still accepted from callers that pass one; local
+        # times now come from the week tables of ``compliance.windows``, which need none.
+        del clock
         self.rules = rules if rules is not None else default_rules()
         self.stores = stores if stores is not None else Stores(suppressions)
         self.shared_frequency = False  # True: step 15 is settled by a shared (Redis) counter
-        self._clock = clock if clock is not None else LocalClock()
-        self._zones: dict[str, ZoneInfo] = {}
         self._evidence: dict[str, Any] = {}
         self._evidence_key: tuple = ()
-        self._windows = Windows(self.rules.federal, self.rules.policy.retry_horizon_days)
+        self._windows = Windows(self.rules.federal, self.rules.policy.retry_horizon_days, self.rules.states)
 
     @property
     def suppressions(self) -> SuppressionList:
         return self.stores.suppressions
+
+    def calendars(self) -> list[Calendar]:
+        """The calling-window calendars built so far, one per candidate set (for reports)."""
+        return self._windows.calendars()
+
+    def prebuild_windows(self, at_ns: int, limit: int = 16) -> int:
+        """Build missing calling-window tables of this week and the next for the candidate sets
+        seen so far (at most ``limit``), off the decision path; returns how many were built."""
+        try:
+            return self._windows.prebuild(at_ns, self.stores.holidays or self.rules.holidays, limit)
+        except Exception:  # a table that cannot be built is built (and fails closed) by the decision
+            return 0
 
     # ------------------------------------------------------------------ evidence
     def evidence(self, verdict: Verdict | None = None) -> dict[str, Any]:
@@ -183,10 +195,9 @@ class Gate:
         try:
             pend, plan = verdict.pending, verdict.plan
             assert pend is not None and plan is not None
-            zones, rules = self._zones_rules(plan.zones, plan.states)
-            holidays = self.stores.holidays or self.rules.holidays
-            retry = self._windows.next_open(zones, rules, holidays, max(_ceil_second(allowed_from_ns), plan.at_ns),
-                                            self.stores.generation)
+            cal = self._windows.calendar(plan.zones, plan.states)
+            assert cal is not None
+            retry = cal.next_open(max(_ceil_second(allowed_from_ns), plan.at_ns), self.stores.holidays or self.rules.holidays)
             return _deny("state_frequency_limit", pend.rule, plan, retry)
         except Exception:
             return Verdict(False, "internal_error")
@@ -249,7 +260,7 @@ class Gate:
             return _deny("consent_revoked", "federal", plan)
         key = int(e164[2:])  # a US-region number: +1 and ten digits
         # 8. litigator list (policy)
-        if policy.block_litigators and st.litigators.has_key(key):
+        if policy.block_litigators and st.litigators.array.contains(key):
             return _deny("litigator_list", "policy", plan)
         # 9. the national snapshot must exist and be at most 31 days old
         nat = st.national
@@ -264,7 +275,7 @@ class Gate:
         elif consent.expires_ns is not None and consent.expires_ns <= at_ns:
             plan.consent_reason = "consent_expired"
         # 10. national / state DNC, unless excused
-        if nat.has_key(key):
+        if nat.array.contains(key):
             plan.dnc = ("national_dnc", "federal")
         else:
             state_hit = st.state_lists.hit(key)
@@ -296,23 +307,21 @@ class Gate:
         else:
             plan.states, plan.zones = candidates(consumer.state, consumer.zones, addr, extra,
                                                  address_state(None, call_zip))
-        zones, rules = self._zones_rules(plan.zones, plan.states)
-        if not zones:
+        cal = self._windows.calendar(plan.zones, plan.states)
+        if cal is None:
             return _deny("internal_error", None, plan)
-        clock = self._clock
-        lts = [clock.at(z, at_ns) for z in zones]
         holidays = st.holidays or self.rules.holidays
-        why = self._windows.restricted(lts, rules, holidays)
+        why = cal.status(at_ns, holidays)
         if why is not None and why[0] == "state_day_restriction":
-            return _deny(why[0], why[1], plan, self._windows.next_open(zones, rules, holidays, at_ns, st.generation, closed=True))
+            return _deny(why[0], why[1], plan, cal.next_open(at_ns, holidays, closed=True))
         for s in plan.states:
             if s in st.flags.emergency_states:
                 return _deny("state_emergency", s, plan)
         if why is not None:
-            return _deny(why[0], why[1], plan, self._windows.next_open(zones, rules, holidays, at_ns, st.generation, closed=True))
+            return _deny(why[0], why[1], plan, cal.next_open(at_ns, holidays, closed=True))
         # 15. frequency cap: counted exchange-wide per vertical, checked and recorded at once
         pending = None
-        capped = [r for r in rules if r.frequency_cap is not None]
+        capped = [r for r in cal.rules if r.frequency_cap is not None]
         if capped:
             cap_rule = min(capped, key=lambda r: (r.frequency_cap, r.state))
             window = policy.frequency_window_hours * HOUR_NS
@@ -324,7 +333,7 @@ class Gate:
                 cap = cap_rule.frequency_cap or 0
                 if len(counted) >= cap:
                     allowed_from = _ceil_second(counted[len(counted) - cap] + window + 1)
-                    return _deny("state_frequency_limit", cap_rule.state, plan, self._windows.next_open(zones, rules, holidays, allowed_from, st.generation))
+                    return _deny("state_frequency_limit", cap_rule.state, plan, cal.next_open(allowed_from, holidays))
         # 16. the campaign's abandonment breaker
         if full and campaign is not None and campaign in st.flags.abandon_campaigns:
             return _deny("campaign_abandon_rate", "federal", plan)
@@ -362,16 +371,6 @@ class Gate:
             return "campaign_abandon_rate"
         return None
 
-    # ------------------------------------------------------------------ time
-    def _zones_rules(self, names: tuple[str, ...], states: tuple[str, ...]) -> tuple[list[ZoneInfo], list[StateRule]]:
-        zones = []
-        for name in names:
-            z = self._zones.get(name)
-            if z is None:
-                z = self._zones[name] = zone(name)
-            zones.append(z)
-        table = self.rules.states
-        return zones, [table[s] for s in states if s in table]
 
 def _ceil_second(at_ns: int) -> int:
     return -(-at_ns // 1_000_000_000) * 1_000_000_000

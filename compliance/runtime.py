@@ -1,7 +1,7 @@
 """The gate's imperative shell: data directory, reloads, the journal and the shared counter.
 
-Data directory (``EXCHANGE_COMPLIANCE_DIR``; without it the process keeps uploads in a
-private temporary directory and nothing survives a restart):
+Data directory (``Settings.compliance_dir``, ``EXCHANGE_COMPLIANCE_DIR``; without it the
+process keeps uploads in a private temporary directory and nothing survives a restart):
 
 * ``national.dnc``, ``state-XX.dnc``, ``litigators.dnc``: ``DncArray`` files written by the
   importer (``python -m exchange dnc import``, or the upload endpoints) and memory-mapped;
@@ -39,12 +39,8 @@ from .suppression import Suppressed
 
 log = logging.getLogger("exchange.compliance")
 REFRESH_S = 2.0
+DEFAULT_MAX_UPLOAD_BYTES = 8 << 30
 SWEEP_EVERY = 30  # refresh ticks between sweeps of the in-process call history
-
-
-def data_dir_from_env() -> Path | None:
-    raw = os.environ.get("EXCHANGE_COMPLIANCE_DIR")
-    return Path(raw) if raw else None
 
 
 def list_file(root: Path, kind: str, state: str | None = None) -> Path:
@@ -62,14 +58,15 @@ def number_list(arr: DncArray) -> NumberList:
     meta = arr.meta
     snap = meta.get("snapshot_date")
     day = parse_day(snap) if snap else None
-    crc = f"{meta.get('crc_lines', 0):08x}"
+    crc = f"{meta.get('crc_bits', 0):08x}"
     return NumberList(arr, day, f"{meta.get('list', meta.get('kind'))}:{snap}:n={len(arr)}:crc={crc}")
 
 
 class ComplianceRuntime:
     def __init__(self, gate: Gate, data_dir: Path | None = None, redis_url: str | None = None,
-                 redis_prefix: str = "dce:") -> None:
+                 redis_prefix: str = "dce:", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
         self.gate = gate
+        self.max_upload_bytes = max_upload_bytes  # the upload endpoints' limit on a list file
         self.stores = gate.stores
         self.persistent = data_dir is not None
         self._dir = Path(data_dir) if data_dir is not None else None
@@ -90,8 +87,13 @@ class ComplianceRuntime:
         return self._dir
 
     @classmethod
-    def from_env(cls, gate: Gate, redis_url: str | None) -> "ComplianceRuntime":
-        return cls(gate, data_dir_from_env(), redis_url, os.environ.get("EXCHANGE_REDIS_PREFIX", "dce:"))
+    def from_settings(cls, gate: Gate, settings: Any) -> "ComplianceRuntime":
+        """From the exchange's ``Settings`` (read by attribute: the compliance package never
+        imports the exchange): ``compliance_dir``, ``redis_url``, ``redis_prefix``,
+        ``max_dnc_upload_bytes``."""
+        root = settings.compliance_dir
+        return cls(gate, Path(root) if root else None, settings.redis_url, settings.redis_prefix,
+                   settings.max_dnc_upload_bytes)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -117,6 +119,7 @@ class ComplianceRuntime:
             ticks += 1
             try:
                 self.apply(await asyncio.to_thread(self.scan))
+                self.gate.prebuild_windows(time.time_ns())  # next week's calling-window tables, ahead
                 if ticks % SWEEP_EVERY == 0:
                     self.sweep()
             except Exception:  # a bad file must not stop later reloads

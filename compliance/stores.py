@@ -32,7 +32,7 @@ class NumberList(NamedTuple):
 
     def has_key(self, key: int) -> bool:
         """``key``: the 10-digit national number as an int (see ``DncArray``)."""
-        return key in self.array
+        return self.array.contains(key)
 
 
 class StateLists(NamedTuple):
@@ -43,7 +43,7 @@ class StateLists(NamedTuple):
 
     def hit(self, key: int) -> str | None:
         """The first state (alphabetically) whose list holds the national number ``key``."""
-        if key not in self.union:
+        if not self.union.contains(key):
             return None
         for st in sorted(self.by_state):
             if self.by_state[st].has_key(key):

@@ -9,7 +9,9 @@
   record is posted again, 409 when the token already names a different record.
 * ``POST /v1/consents/{token}/revoke`` (admin, buyer or publisher; optional body
   ``{"revoked_at"?, "channel"?, "scope"?}``): marks the consent revoked and puts its number
-  on the internal DNC, exchange-wide (a buyer's revocation: that buyer only).
+  on the internal DNC, exchange-wide (a buyer's revocation: that buyer only). A publisher
+  may revoke only the consents it posted, a buyer only those naming it among the sellers;
+  any other token answers 404, as an unknown one does.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from .instants import rfc3339, to_ns
 from .messages import ConsentCreate, ConsentRevoke
 from .service import Exchange
 
-MAX_UPLOAD_BYTES = int(os.environ.get("EXCHANGE_MAX_DNC_UPLOAD_BYTES", str(8 << 30)))
 _STATE = re.compile(r"^[A-Z]{2}$")
 
 
@@ -58,9 +59,10 @@ def _snapshot_date(request: Request) -> str:
 
 async def _spool_upload(request: Request, runtime: ComplianceRuntime, name: str) -> Path:
     """Stream the request body to a file in the data directory (never all in memory)."""
+    limit = runtime.max_upload_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_UPLOAD_BYTES):
-        raise HttpError(413, "body_too_large", f"uploads are limited to {MAX_UPLOAD_BYTES} bytes")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise HttpError(413, "body_too_large", f"uploads are limited to {limit} bytes")
     root = runtime.dir
     root.mkdir(parents=True, exist_ok=True)
     path = root / f".upload-{name}-{os.getpid()}-{id(request)}"
@@ -69,8 +71,8 @@ async def _spool_upload(request: Request, runtime: ComplianceRuntime, name: str)
         with open(path, "wb") as f:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise HttpError(413, "body_too_large", f"uploads are limited to {MAX_UPLOAD_BYTES} bytes")
+                if size > limit:
+                    raise HttpError(413, "body_too_large", f"uploads are limited to {limit} bytes")
                 f.write(chunk)
     except BaseException:
         path.unlink(missing_ok=True)
@@ -153,6 +155,11 @@ async def post_revoke(request: Request) -> Response:
         scope = "exchange"
     at_ns = to_ns(req.revoked_at) if req.revoked_at is not None else ex.clock.now_ns()
     token = request.path_params["token"]
+    if caller.kind != "operator":  # a tenant revokes only a consent it is party to; others' tokens are unknown to it
+        consent = ex.compliance.stores.consents.get(token)
+        party = consent is not None and (consent.publisher == caller.id if caller.kind == "publisher" else caller.id in consent.sellers)
+        if not party:
+            raise HttpError(404, "unknown_consent", f"no consent with token {token!r}")
     rec = ex.compliance.revoke(token, at_ns, req.channel or "api", scope, caller.id)
     if rec is None:
         raise HttpError(404, "unknown_consent", f"no consent with token {token!r}")

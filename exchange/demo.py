@@ -14,6 +14,7 @@ import socket
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime, timezone
 
 import httpx
 import uvicorn
@@ -173,6 +174,20 @@ async def _one_call(http: httpx.AsyncClient, rng: random.Random, tally: Tally, s
         return
 
 
+async def _load_national_dnc(http: httpx.AsyncClient, rng: random.Random, count: int = 5000) -> None:
+    """A small national DNC snapshot dated today (UTC), imported as an operator does: an FTC-style
+    flat file (``NXXNXXXXXX`` per line) uploaded to ``POST /v1/dnc/national``. Without one the
+    gate refuses every outbound call with ``dnc_snapshot_stale``; with it they are decided on
+    their merits (opt-outs, registry hits, consent, calling hours)."""
+    today = datetime.now(timezone.utc).date().isoformat()
+    with tempfile.TemporaryFile() as f:
+        f.write("".join(f"{_caller(rng)[0][2:]}\n" for _ in range(count)).encode())
+        f.seek(0)
+        r = await http.post(f"/v1/dnc/national?snapshot_date={today}", content=f.read())
+    r.raise_for_status()
+    print(f"demo: national DNC snapshot of {today} imported: {r.json()['numbers']:,} numbers", flush=True)
+
+
 def _pct(values: list[int], q: float) -> int:
     if not values:
         return 0
@@ -198,6 +213,7 @@ async def _run(settings: Settings, seconds: float, calls_per_s: float, seed: int
     async with httpx.AsyncClient(base_url=base, headers=admin) as http:
         for n in suppressed:
             await http.post("/v1/suppressions", json={"number": n, "scope": "exchange"})
+        await _load_national_dnc(http, random.Random(f"dnc-{seed}"))
         buyers = []
         for i in range(12):
             acct = (await http.post("/v1/accounts", json={"kind": "buyer", "name": f"Call Center {i}", "credit_limit_cents": 50_000})).json()

@@ -3,15 +3,24 @@
 Every handler authenticates first, reads the body under a size limit, decodes it into a
 typed Struct (errors carry the JSON path) and answers with msgspec-encoded JSON. Errors
 always have the body ``{"error": {"code", "message", "path"?}}``.
+
+Authentication is rate limited: one token bucket per account (every request made with its
+key) and one per client address for failed attempts (a missing or unknown key), so key
+guessing is slow too. An address out of tokens is refused before its key is even looked
+at, so a blocked guesser learns nothing. Refusals are ``429 rate_limited`` with a
+``Retry-After`` in whole seconds. The buckets live on ``app.state.http_limits`` (built on
+first use); ``identify`` is the address-counted key check, usable by a WebSocket handshake.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
+import time
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 
 from billing.store import StoreUnavailable
@@ -23,6 +32,7 @@ from .messages import (
     AccountCreate, AccountCreated, AwareTime, Balance, BadInput, CallEvent, CallRequest, Deposit, DecisionResponse,
     ErrorBody, ErrorDetail, RefundLeg, RefundRequest, RefundResponse, Suppression, decode_body, json_encoder,
 )
+from .ratelimit import RateLimiter
 from .service import CallRejected, Exchange
 
 JSON = "application/json"
@@ -43,8 +53,8 @@ def error_response(status: int, code: str, message: str, path: str | None = None
     return Response(json_encoder.encode(body), status_code=status, media_type=JSON, headers=headers)
 
 
-def _exchange(request: Request) -> Exchange:
-    return request.app.state.exchange
+def _exchange(conn: HTTPConnection) -> Exchange:
+    return conn.app.state.exchange
 
 
 def rejected(exc: CallRejected) -> HttpError:
@@ -52,10 +62,65 @@ def rejected(exc: CallRejected) -> HttpError:
     return HttpError(exc.status, exc.code, str(exc), exc.path, headers)
 
 
-def auth(request: Request, *roles: str) -> Account:
-    account = _exchange(request).accounts.authenticate(bearer(request.headers.get("authorization")))
+class HttpLimits:
+    """The HTTP API's token buckets: ``key:<account>`` per account, ``ip:<address>`` for
+    failed authentications. Built on first use and kept on ``app.state``."""
+
+    PRUNE_EVERY_S = 10.0
+
+    __slots__ = ("buckets", "_next_prune_s")
+
+    def __init__(self, rate_per_s: float, burst: float) -> None:
+        self.buckets = RateLimiter(rate_per_s, burst)
+        self._next_prune_s = 0.0
+
+    def take(self, key: str, now_s: float) -> None:
+        """Spend a token of ``key``; raises 429 when there is none."""
+        if now_s >= self._next_prune_s:  # forget idle buckets now and then: the table stays small
+            self.buckets.prune(now_s)
+            self._next_prune_s = now_s + self.PRUNE_EVERY_S
+        wait_s = self.buckets.take(key, now_s)
+        if wait_s > 0:
+            retry = max(1, math.ceil(wait_s))
+            raise HttpError(429, "rate_limited", f"too many requests; retry after {retry} s", headers={"Retry-After": str(retry)})
+
+    def blocked(self, key: str) -> bool:
+        """True while ``key``'s last attempt was refused (the caller then pays before anything else)."""
+        return self.buckets.strikes(key) > 0
+
+
+def http_limits(conn: HTTPConnection) -> HttpLimits:
+    state = conn.app.state
+    limits = getattr(state, "http_limits", None)
+    if limits is None:
+        settings = _exchange(conn).settings
+        limits = state.http_limits = HttpLimits(settings.rate_limit_http_per_s, settings.rate_limit_http_burst)
+    return limits
+
+
+def identify(conn: HTTPConnection) -> Account:
+    """The account of the connection's bearer key (an HTTP request or a WebSocket handshake).
+    Failed attempts are counted per client address: 401, or 429 once that address is out of
+    tokens; a blocked address is refused before its key is looked at."""
+    limits, now_s = http_limits(conn), time.monotonic()
+    address = "ip:" + (conn.client.host if conn.client is not None else "?")
+    paid = limits.blocked(address)
+    if paid:  # refused a moment ago: no key is checked until this address has a token again
+        limits.take(address, now_s)
+    account = _exchange(conn).accounts.authenticate(bearer(conn.headers.get("authorization")))
     if account is None:
+        if not paid:
+            limits.take(address, now_s)
         raise HttpError(401, "unauthorized", "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    return account
+
+
+def auth(request: Request, *roles: str) -> Account:
+    """``identify``, then spend a token of the account's own bucket (429 when it is empty),
+    then check the role (403)."""
+    account = identify(request)
+    limits, now_s = http_limits(request), time.monotonic()
+    limits.take("key:" + account.id, now_s)
     if account.kind not in roles:
         raise HttpError(403, "forbidden", f"this endpoint is not open to {account.kind} keys")
     return account
@@ -146,9 +211,19 @@ def _when(raw: str | None, name: str) -> int | None:
     if not raw:
         return None
     try:
-        return to_ns(msgspec.json.decode(msgspec.json.encode(raw), type=AwareTime))
-    except msgspec.ValidationError:
+        ns = to_ns(msgspec.json.decode(msgspec.json.encode(raw), type=AwareTime))
+    except (msgspec.ValidationError, OverflowError, ValueError):
         raise HttpError(422, "invalid_query", f"{name} must be an RFC 3339 time with a zone", f"$.{name}") from None
+    if not -(1 << 62) < ns < 1 << 62:  # outside 1823..2116: not a time the ledger can hold
+        raise HttpError(422, "invalid_query", f"{name} is out of range", f"$.{name}")
+    return ns
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 128:
+        raise HttpError(400, "invalid_idempotency_key", "an Idempotency-Key has 1 to 128 characters")
+    return key
 
 
 async def get_statement(request: Request) -> Response:
@@ -178,7 +253,7 @@ async def post_call(request: Request) -> Response:
     publisher = auth(request, "publisher")
     call: CallRequest = await body(request, CallRequest)  # type: ignore[assignment]
     try:
-        decision = await _exchange(request).submit_call(publisher, call, request.headers.get("idempotency-key"))
+        decision = await _exchange(request).submit_call(publisher, call, idempotency_key(request))
     except CallRejected as exc:
         raise rejected(exc) from None
     return reply(DecisionResponse(**msgspec.structs.asdict(decision)))
@@ -201,7 +276,7 @@ async def post_refund(request: Request) -> Response:
     """Operator only: reverse part (``amount_cents``) or the rest of a call's charge."""
     auth(request, "operator")
     req: RefundRequest = await body(request, RefundRequest)  # type: ignore[assignment]
-    reference = req.reference or request.headers.get("idempotency-key")
+    reference = req.reference or idempotency_key(request)
     if not reference:
         raise HttpError(400, "missing_reference", "a refund needs a reference (body) or an Idempotency-Key header", "$.reference")
     try:
@@ -231,7 +306,7 @@ async def get_audit(request: Request) -> Response:
     lo, hi = _when(q.get("from"), "from"), _when(q.get("to"), "to")
     try:
         limit = min(max(int(q.get("limit", "100")), 1), 1000)
-        after = max(int(q.get("after_seq", "0")), 0)
+        after = min(max(int(q.get("after_seq", "0")), 0), (1 << 63) - 1)
     except ValueError:
         raise HttpError(422, "invalid_query", "limit and after_seq must be integers") from None
     if call_id is None and number is None and lo is None and hi is None:

@@ -23,12 +23,12 @@ from msgspec import Meta, Struct
 MAX_CENTS = 1_000_000  # $10,000 per call: anything above is treated as absurd input
 Cents = Annotated[int, Meta(ge=0, le=MAX_CENTS)]
 PositiveCents = Annotated[int, Meta(ge=1, le=1_000_000_000_00)]
-Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-Vertical = Annotated[str, Meta(min_length=1, max_length=48, pattern=r"^[a-z0-9_]+$")]
-StateCode = Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+(?!\n)$")]
+Vertical = Annotated[str, Meta(min_length=1, max_length=48, pattern=r"^[a-z0-9_]+(?!\n)$")]
+StateCode = Annotated[str, Meta(pattern=r"^[A-Z]{2}(?!\n)$")]
 AreaCode = Annotated[int, Meta(ge=200, le=999)]
-HHMM = Annotated[str, Meta(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
-Destination = Annotated[str, Meta(max_length=256, pattern=r"^(\+[1-9][0-9]{6,14}|sips?:[^\s]+)$")]
+HHMM = Annotated[str, Meta(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)(?!\n)$")]
+Destination = Annotated[str, Meta(max_length=256, pattern=r"^(\+[1-9][0-9]{6,14}|sips?:[^\s]+)(?!\n)$")]
 Phone = Annotated[str, Meta(min_length=1, max_length=32)]
 Seconds = Annotated[int, Meta(ge=0, le=86_400)]
 AwareTime = Annotated[datetime, Meta(tz=True)]
@@ -183,7 +183,7 @@ class CallFields(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False
     direction: Direction = "inbound"
     callee: Phone | None = None
     state: StateCode | None = None
-    zip: Annotated[str, Meta(pattern=r"^[0-9]{5}$")] | None = None
+    zip: Annotated[str, Meta(pattern=r"^[0-9]{5}(?!\n)$")] | None = None
     consent_token: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     tags: Tags = {}
     tmax_ms: Annotated[int, Meta(ge=0, le=60_000)] | None = None
@@ -305,7 +305,7 @@ class Suppression(Struct, frozen=True, kw_only=True):
 
 class ConsentAddress(Struct, frozen=True, kw_only=True, omit_defaults=True):
     state: StateCode | None = None
-    zip: Annotated[str, Meta(pattern=r"^[0-9]{5}(-[0-9]{4})?$")] | None = None
+    zip: Annotated[str, Meta(pattern=r"^[0-9]{5}(-[0-9]{4})?(?!\n)$")] | None = None
 
 
 class ConsentCreate(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -359,7 +359,7 @@ exchange_msgpack = msgspec.msgpack.Decoder(Union[ExchangeMessage, list[ExchangeM
 
 
 class _SeqOnly(Struct):
-    seq: int | None = None
+    seq: Seq | None = None  # an error never echoes a seq the wire types forbid
 
 
 _seq_json = msgspec.json.Decoder(_SeqOnly)
@@ -408,14 +408,14 @@ def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[Bu
         out = many.decode(data)
     except msgspec.ValidationError:
         pass
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError) as exc:  # also bad UTF-8, text on msgpack, too deep
         detail = error_from_exception(exc)
         return [], [Error(code=detail.code, message=detail.message)], False
     else:
         return (out, [], True) if isinstance(out, list) else ([out], [], False)
     try:
         items: list[tuple[str, bytes]] = [(f"$[{i}]", bytes(r)) for i, r in enumerate(raw_list.decode(data))]
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, ValueError, RecursionError):
         items = [("$", data if isinstance(data, bytes) else data.encode())]
     good: list[BuyerMessage] = []
     paths: list[str] = []
@@ -424,11 +424,11 @@ def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[Bu
         try:
             good.append(one.decode(raw))
             paths.append(prefix)
-        except msgspec.MsgspecError as exc:
+        except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
             detail = error_from_exception(exc, prefix)
             try:
                 seq = seq_of.decode(raw).seq
-            except msgspec.MsgspecError:
+            except (msgspec.MsgspecError, ValueError, RecursionError):
                 seq = None
             errors.append(Error(code=detail.code, message=detail.message, path=detail.path, seq=seq))
     return good, errors, paths
@@ -447,7 +447,7 @@ def decode_body(data: bytes, type_: type) -> object:
     """Decode an HTTP JSON body into ``type_``; raises ``BadInput`` with path on failure."""
     try:
         return msgspec.json.decode(data, type=type_)
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, ValueError, RecursionError) as exc:  # also bad UTF-8 and deep nesting (not 500s)
         raise BadInput(error_from_exception(exc)) from None
 
 

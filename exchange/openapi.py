@@ -17,7 +17,7 @@ _ERR = {"description": "error", "content": {"application/json": {"schema": _REF[
 
 def _op(summary: str, req: type | None, resp: type | None, status: str = "200", params: tuple[str, ...] = (),
         headers: tuple[str, ...] = (), security: bool = True) -> dict:
-    op: dict = {"summary": summary, "responses": {status: {"description": "ok"}, "4XX": _ERR}}
+    op: dict = {"summary": summary, "responses": {status: (ok := {"description": "ok"}), **({"200": ok} if status == "201" else {}), "4XX": _ERR}}  # 201 created, 200 a replay
     if resp is not None:
         op["responses"][status]["content"] = {"application/json": {"schema": _REF[resp]}}
     if req is not None:

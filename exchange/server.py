@@ -1,16 +1,37 @@
-"""Runs the app on uvicorn: uvloop, httptools and the websockets sans-I/O implementation."""
+"""Runs the app on uvicorn: uvloop, httptools and the websockets sans-I/O implementation.
+
+Heartbeats and idle timeouts. uvicorn (0.44 and later) sends keepalive pings on
+``websockets-sansio`` every ``ws_ping_interval``; its ``ws_ping_timeout`` would close a
+socket whose pong is late with 1011, and pongs never reach the ASGI app, so the app cannot
+see them. The idle rule is therefore kept one level down, in ``IdleTimeoutProtocol``: any
+bytes in (a frame, a pong, a close) mark the socket alive; one timer per socket closes it
+with 1001 and a reason once nothing has arrived for ``idle_timeout_s`` (it looks four times
+per timeout, so the close comes 1 to 1.25 timeouts after the last byte). uvicorn pings
+every ``heartbeat_s`` (at most half the idle timeout, so a live peer always answers in
+time) and its own pong timeout is off.
+
+Shutdown. uvicorn's ``Server.shutdown`` closes every WebSocket at once with 1012 *before*
+the lifespan shutdown runs; ``ExchangeServer`` first marks the exchange not ready and runs
+``gateway.close_all`` (calls in flight decided, queues flushed, 1001), then uvicorn's own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 import sys
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .app import build_app
+from .gateway import close_all
 from .service import Exchange
 from .settings import Settings
+
+log = logging.getLogger("exchange.server")
 
 
 class JsonLines(logging.Formatter):
@@ -34,6 +55,66 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
+_sansio_data_received = WebSocketsSansIOProtocol.data_received
+IDLE_TICKS = 4  # idle checks per idle timeout: a silent socket is closed within 1.25 x idle_timeout_s
+
+
+class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets sans-I/O protocol, closing a socket silent for ``idle_timeout_s``
+    with 1001. Arriving bytes only set a flag (this is the ingest path: no clock read, no timer
+    re-armed per read); one timer per socket looks at it ``IDLE_TICKS`` times per timeout."""
+
+    idle_timeout_s: float = 120.0
+    idle_timer: asyncio.TimerHandle | None = None
+    rx = False
+    silent_ticks = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.idle_timer = self.loop.call_later(self.idle_timeout_s / IDLE_TICKS, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self.rx = True
+        _sansio_data_received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        super().connection_lost(exc)
+
+    def _check_idle(self) -> None:
+        self.idle_timer = None
+        if self.disconnected or self.close_sent or self.transport.is_closing():
+            return
+        if self.rx or self.read_paused:  # bytes arrived, or the app has not taken the last frame yet
+            self.rx, self.silent_ticks = False, 0
+        else:
+            self.silent_ticks += 1
+            if self.silent_ticks >= IDLE_TICKS:
+                self._close_idle()
+                return
+        self.idle_timer = self.loop.call_later(self.idle_timeout_s / IDLE_TICKS, self._check_idle)
+
+    def _close_idle(self) -> None:
+        log.info('{"event":"ws_idle_closed","idle_s":%g}', self.idle_timeout_s)
+        if self.handshake_complete:
+            self.stop_keepalive()
+            self.conn.fail(1001, f"idle timeout: nothing received for {self.idle_timeout_s:g} s")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+        self.transport.close()  # connection_lost tells the app (websocket.disconnect)
+
+
+def ws_protocol(settings: Settings) -> type[IdleTimeoutProtocol]:
+    """The protocol class for these settings (uvicorn instantiates it per socket)."""
+    return type("IdleTimeoutProtocol", (IdleTimeoutProtocol,), {"idle_timeout_s": float(settings.idle_timeout_s)})
+
+
+def ping_interval_s(settings: Settings) -> float:
+    return float(min(settings.heartbeat_s, settings.idle_timeout_s / 2))
+
+
 def uvicorn_config(app: object, settings: Settings, **extra: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -41,10 +122,10 @@ def uvicorn_config(app: object, settings: Settings, **extra: object) -> uvicorn.
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=ws_protocol(settings),
         ws_max_size=settings.max_frame_bytes,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        ws_ping_interval=ping_interval_s(settings),
+        ws_ping_timeout=None,  # the idle timeout above decides (1001), not a late pong (1011)
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -60,4 +141,20 @@ def serve(settings: Settings) -> None:
         print(f"operator key (set EXCHANGE_ADMIN_KEY to choose one): {exchange.admin_key}", flush=True)
     app = build_app(settings, exchange)
     print(f"exchange listening on http://{settings.host}:{settings.port}", flush=True)
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    ExchangeServer(uvicorn_config(app, settings), exchange).run()
+
+
+class ExchangeServer(uvicorn.Server):
+    """uvicorn's server with the exchange's WebSockets drained before uvicorn shuts down."""
+
+    def __init__(self, config: uvicorn.Config, exchange: Exchange) -> None:
+        super().__init__(config)
+        self.exchange = exchange
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.exchange.ready = False  # /readyz says draining; new sockets get 1013
+        try:
+            await close_all(self.exchange)
+        except Exception:  # the drain must not stop the rest of the shutdown
+            log.exception('{"event":"close_all_failed"}')
+        await super().shutdown(sockets)

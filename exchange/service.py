@@ -68,8 +68,8 @@ class Exchange:
         self.settings = settings
         self.clock = clock or WallClock()
         self.core = Core(settings)
-        self.compliance = ComplianceRuntime.from_env(self.core.gate, settings.redis_url)
-        self.admin_key = settings.admin_key or "dce_admin_" + secrets.token_urlsafe(24)
+        self.compliance = ComplianceRuntime.from_settings(self.core.gate, settings)
+        self.admin_key = settings.admin_key or "dce_admin_" + secrets.token_urlsafe(32)
         self.accounts = Accounts(self.admin_key)
         self.metrics = Metrics()
         self.buyers: dict[str, list[Sender]] = {}

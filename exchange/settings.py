@@ -15,6 +15,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     admin_key: str | None = None
     database_url: str | None = None  # unset: the embedded SQLite file DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    redis_prefix: str = "dce:"  # key prefix of the shared frequency counter in Redis
+    compliance_dir: str | None = None  # DNC files and the compliance journal; unset: a private temporary directory
+    max_dnc_upload_bytes: Annotated[int, Meta(ge=1)] = 8 << 30  # POST /v1/dnc/* request bodies
     pricing: Literal["first", "second"] = "first"
     take_rate_bps: Annotated[int, Meta(ge=0, le=10_000)] = 2_000
     min_floor_cents: Annotated[int, Meta(ge=0)] = 0
@@ -29,6 +32,13 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
     send_queue: Annotated[int, Meta(ge=8)] = 4096
+    rate_limit_http_per_s: Annotated[int, Meta(ge=1)] = 1_000  # requests per key per second (then 429)
+    rate_limit_http_burst: Annotated[int, Meta(ge=1)] = 2_000
+    rate_limit_ws_per_s: Annotated[int, Meta(ge=1)] = 500_000  # buyer messages per key per second (then error)
+    rate_limit_ws_burst: Annotated[int, Meta(ge=1)] = 1_000_000
+    ws_abuse_strikes: Annotated[int, Meta(ge=1)] = 100  # refused frames in a row before the socket is closed (1008)
+    heartbeat_s: Annotated[int, Meta(ge=1, le=3600)] = 20  # WebSocket ping interval
+    idle_timeout_s: Annotated[int, Meta(ge=5, le=86_400)] = 120  # a socket silent this long is closed (1001)
     ack_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 5_000  # an event waits this long for durability, then 503
     writer_max_batch: Annotated[int, Meta(ge=1)] = 5_000
     writer_max_pending: Annotated[int, Meta(ge=100)] = 200_000

@@ -9,6 +9,7 @@ library for gevent as soon as it is imported).
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import httpx
 from exchange.messages import AccountCreate, AccountCreated, Deposit, Suppression, json_encoder
 
 from .plan import Account
+from .workload import us_caller
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -106,6 +109,22 @@ class Target:
             self._post("/v1/suppressions", Suppression(number=number, scope="exchange"))
         return made["buyer"], made["publisher"]
 
+    def load_dnc_snapshot(self, count: int = 20_000, seed: int = 1) -> dict[str, Any]:
+        """Import a small generated national DNC list dated today (UTC) through the exchange's
+        own import path: a temporary FTC-style flat file (``NXXNXXXXXX`` per line) uploaded to
+        ``POST /v1/dnc/national``. Without a snapshot the gate denies every outbound call with
+        ``dnc_snapshot_stale``; with it, outbound calls are decided on their merits."""
+        rng = random.Random(seed * 7919 + 3)
+        today = datetime.now(timezone.utc).date().isoformat()
+        with tempfile.TemporaryFile() as f:
+            f.write("".join(f"{us_caller(rng)[0][2:]}\n" for _ in range(count)).encode())
+            f.seek(0)
+            r = self.http.post(f"/v1/dnc/national?snapshot_date={today}", content=f.read(),
+                               headers={"Content-Type": "text/plain"})
+        if r.status_code != 201:
+            raise RuntimeError(f"POST /v1/dnc/national -> {r.status_code} {r.text[:500]}")
+        return r.json()
+
     # ------------------------------------------------------------------ observation
     def metrics(self) -> dict[str, float] | None:
         """``GET /metrics`` parsed: every sample by ``name{labels}`` plus each name's sum."""
@@ -155,13 +174,14 @@ class Target:
 
 
 def start_exchange(log_path: Path, env_extra: dict[str, str] | None = None) -> Target:
-    """``python -m exchange serve`` on a free loopback port, with a fresh operator key."""
+    """``python -m exchange serve`` on a free loopback port, with a fresh operator key and a
+    national DNC snapshot dated today (``Target.load_dnc_snapshot``)."""
     port = free_port()
     admin_key = "loadtest_admin_" + secrets.token_urlsafe(18)
     workdir = Path(tempfile.mkdtemp(prefix="loadtest-exchange-"))  # any embedded store lands here
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")
-    env = child_env({"EXCHANGE_ADMIN_KEY": admin_key, **(env_extra or {})})
+    env = child_env({"EXCHANGE_ADMIN_KEY": admin_key, "EXCHANGE_COMPLIANCE_DIR": str(workdir / "compliance"), **(env_extra or {})})
     proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
@@ -169,6 +189,7 @@ def start_exchange(log_path: Path, env_extra: dict[str, str] | None = None) -> T
     t.workdir = workdir
     try:
         t.wait_ready()
+        t.load_dnc_snapshot()  # the exchange we started has no national list of its own
     except BaseException:
         t.stop()
         raise

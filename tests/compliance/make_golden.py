@@ -1,9 +1,9 @@
 """Writes ``tests/compliance/golden.jsonl``: the gate's golden cases, written from the spec.
 
 Run ``python -m tests.compliance.make_golden`` after editing a case. Every expectation here
-is stated by hand from /work/shared/COMPLIANCE.md (rule and source in ``why``); only the
-conversion of a local wall-clock time to UTC is computed (with zoneinfo), so that the case
-text can say "20:59 EDT" and mean it.
+is stated by hand from COMPLIANCE.md (``../shared/`` beside the repository; rule and source
+in ``why``); only the conversion of a local wall-clock time to UTC is computed (with
+zoneinfo), so that the case text can say "20:59 EDT" and mean it.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def open_number() -> str:
 
 
 def test_compliance_data_endpoints_end_to_end(tmp_path):
-    env = {"EXCHANGE_COMPLIANCE_DIR": str(tmp_path / "data")}
+    env = {"EXCHANGE_COMPLIANCE_DIR": str(tmp_path / "data"), "EXCHANGE_MAX_DNC_UPLOAD_BYTES": "4096"}
     server = start_server(env)
     try:
         buyer_id, buyer_key = server.account("buyer", "cmp-b", deposit=1_000_000)
@@ -61,6 +61,8 @@ def test_compliance_data_endpoints_end_to_end(tmp_path):
         assert r.status_code == 403
         r = server.http.post("/v1/dnc/national", content=buf.getvalue(), headers=server.admin)
         assert r.status_code == 422 and r.json()["error"]["path"] == "$.snapshot_date"
+        r = server.http.post(f"/v1/dnc/national?snapshot_date={today}", content=b"2125550100\n" * 400, headers=server.admin)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"  # EXCHANGE_MAX_DNC_UPLOAD_BYTES
         r = server.http.post(f"/v1/dnc/national?snapshot_date={today}", content=buf.getvalue(), headers=server.admin)
         assert r.status_code == 201, r.text
         assert (r.json()["numbers"], r.json()["rejected"]) == (2, 1)

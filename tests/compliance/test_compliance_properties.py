@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from compliance.check import decide_case, load_state
 from compliance.gate import REASONS, Gate
-from compliance.importer import parse_fields, parse_full_chunk
+from compliance.dncformats import parse_fields, parse_full_chunk
 from compliance.instants import parse_rfc3339, rfc3339
 from compliance.numbers import parse_number
 from compliance.rules import default_rules

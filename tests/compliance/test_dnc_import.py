@@ -172,6 +172,18 @@ def test_cli_imports_and_prints_a_summary(tmp_path):
     assert numbers(tmp_path / "data" / "national.dnc") == [2127365000, 2127365001]
 
 
+def test_the_runtime_takes_its_directory_prefix_and_upload_limit_from_settings(tmp_path):
+    from exchange.settings import SettingsError, load
+
+    env = {"EXCHANGE_COMPLIANCE_DIR": str(tmp_path / "c"), "EXCHANGE_REDIS_PREFIX": "p7:", "EXCHANGE_MAX_DNC_UPLOAD_BYTES": "4096"}
+    rt = ComplianceRuntime.from_settings(Gate(), load(env))
+    assert (rt.persistent, rt.dir, rt.redis_prefix, rt.max_upload_bytes) == (True, tmp_path / "c", "p7:", 4096)
+    default = ComplianceRuntime.from_settings(Gate(), load({}))
+    assert (default.persistent, default.redis_prefix, default.max_upload_bytes) == (False, "dce:", 8 << 30)
+    with pytest.raises(SettingsError, match="EXCHANGE_MAX_DNC_UPLOAD_BYTES"):
+        load({"EXCHANGE_MAX_DNC_UPLOAD_BYTES": "lots"})
+
+
 def test_in_memory_and_file_arrays_agree(tmp_path):
     rng = np.random.default_rng(9)
     keys = np.unique(rng.integers(2_000_000_000, 9_999_999_999, 20_000))
@@ -180,3 +192,106 @@ def test_in_memory_and_file_arrays_agree(tmp_path):
     disk, mem = open_array(tmp_path / "x.dnc"), from_keys(keys)
     probes = np.concatenate([keys[:2000], rng.integers(2_000_000_000, 9_999_999_999, 5000)]).tolist()
     assert [p in disk for p in probes] == [p in mem for p in probes] == [p in set(keys.tolist()) for p in probes]
+
+
+def test_membership_is_exact_at_the_edges_of_blocks_and_codes(tmp_path):
+    members = [2002000000, 2002000009, 2002009999, 2129999999, 9999999999, 9992000000, 4055550100, 4055550108]
+    write_keys(tmp_path / "e.dnc", np.array(sorted(members), np.int64), {})
+    disk, mem = open_array(tmp_path / "e.dnc"), from_keys(members)
+    near = {m + d for m in members for d in (-9, -8, -1, 1, 8, 10_000, -10_000, 10_000_000)}
+    outside = [0, -1, 1_999_999_999, 10_000_000_000, 2001999999, 2121999999, 3055550100]
+    for arr in (disk, mem):
+        assert all(m in arr for m in members) and len(arr) == len(members)
+        assert [k for k in near | set(outside) if k in arr] == [k for k in near if k in set(members)]
+        assert arr.has("+14055550100") and arr.has("+12002009999")
+        for text in ("+1405555010", "+140555501000", "+1405555010x", "+1 405555010", "+1-405555010", "14055550100",
+                     "+1405555\u0661100", "+1\uff14\uff10\uff155550100"):
+            assert not arr.has(text), text
+        assert arr.npas() == [200, 212, 405, 999]
+        assert arr.npa_numbers(405).tolist() == [5550100, 5550108] and arr.npa_numbers(201).tolist() == []
+        assert arr.numbers().tolist() == sorted(members)
+    # 1,250 bytes per NPA-NXX prefix present (and one zero block) after the 4 MB index
+    prefixes = len({m // 10_000 for m in members})
+    assert (tmp_path / "e.dnc").stat().st_size == 4096 + 4 * 1_000_000 + (prefixes + 1) * 1250
+
+
+def test_a_file_whose_header_or_index_lies_is_refused(tmp_path):
+    import zlib
+
+    keys = np.array([2127365000, 2127365001, 3053581234], np.int64)
+    write_keys(tmp_path / "ok.dnc", keys, {"list": "national"})
+    raw = bytearray((tmp_path / "ok.dnc").read_bytes())
+    n = int.from_bytes(raw[8:12], "little")
+    meta = json.loads(raw[12:12 + n])
+
+    def with_meta(**change) -> bytearray:
+        head = json.dumps({**meta, **change}, sort_keys=True).encode()
+        out = bytearray(raw)
+        out[12:4096] = b"\0" * (4096 - 12)
+        out[8:12] = len(head).to_bytes(4, "little")
+        out[12:12 + len(head)] = head
+        return out
+
+    cases = {"count": with_meta(count=4), "format": with_meta(format=2), "blocks": with_meta(nblocks=2),
+             "truncated": raw[:-1], "magic": b"DNCARR02" + raw[8:]}
+    # an index entry pointing into the middle of a block, with its checksum made to match
+    index = bytearray(raw[4096:4096 + 4_000_000])
+    index[4 * 212_736:4 * 212_737] = (7).to_bytes(4, "little")
+    cases["index"] = with_meta(crc_index=zlib.crc32(bytes(index)))
+    cases["index"][4096:4096 + 4_000_000] = index
+    # a block of another prefix set to ones: the count no longer matches
+    ones = bytearray(raw)
+    ones[-1250:] = b"\xff" * 1250
+    cases["bits"] = with_meta(crc_bits=zlib.crc32(bytes(ones[4096 + 4_000_000:])))
+    cases["bits"][-1250:] = b"\xff" * 1250
+    for name, data in cases.items():
+        (tmp_path / f"{name}.dnc").write_bytes(bytes(data))
+        with pytest.raises(DncFileError):
+            open_array(tmp_path / f"{name}.dnc")
+    assert open_array(tmp_path / "ok.dnc").numbers().tolist() == keys.tolist()
+
+
+def test_blocks_built_by_sorting_or_by_flags_agree_and_changes_match_set_arithmetic(rt, tmp_path):
+    from compliance.dncarray import npa_blocks, sorted_unique
+
+    rng = np.random.default_rng(3)
+    local = rng.integers(2_000_000, 10_000_000, 80_000)  # one area code: the flag path (>= 50,000)
+    nxx_f, blocks_f = npa_blocks(local)
+    nxx_s = np.unique(local // 10_000)
+    flags = np.zeros((len(nxx_s), 10_000), bool)
+    flags[np.searchsorted(nxx_s, local // 10_000), local % 10_000] = True
+    assert nxx_f.tolist() == nxx_s.tolist() and blocks_f.tobytes() == np.packbits(flags, axis=1, bitorder="little").tobytes()
+    for a in (local, local[:1], local[:0], np.concatenate([local[:100], local[:100]])):
+        assert sorted_unique(a).tolist() == np.unique(a).tolist()
+    small = local[:3000]
+    nxx_a, blocks_a = npa_blocks(small)  # the sort path
+    nxx_b, blocks_b = npa_blocks(np.concatenate([small, small]))
+    assert nxx_a.tolist() == nxx_b.tolist() and blocks_a.tobytes() == blocks_b.tobytes()
+
+    full = set((212 * 10_000_000 + local).tolist()) | {3055550100, 3055550101}
+    src = tmp_path / "full.txt"
+    src.write_text("".join(f"{k}\n" for k in sorted(full)))
+    rt.import_list("national", [src], "2026-04-10")
+    present = sorted(full)
+    dels = set(rng.choice(present, 5000, replace=False).tolist()) | {3055550100, 3055550101}  # 305-555 emptied
+    dels |= {2122000000 + i for i in range(3)} - full  # absent numbers: deleting them changes nothing
+    adds = set((rng.integers(2_000_000_000, 9_999_999_999, 4000)).tolist())
+    adds = {k for k in adds if (k // 10_000) % 1000 >= 200 and k // 10_000 != 305_555} - dels
+    changes = tmp_path / "changes.txt"
+    changes.write_text("".join(f"{k},D\n" for k in sorted(dels)) + "".join(f"{k},A\n" for k in sorted(adds)))
+    r = rt.import_list("national", [changes], "2026-04-11", changes=True)
+    want = (full - dels) | adds
+    assert numbers(Path(r.path)) == sorted(want)
+    assert (r.deleted, r.added, r.numbers) == (len(full & dels), len(adds - full), len(want))
+    assert 555 not in open_array(Path(r.path)).blocks(305)[0].tolist()  # an emptied prefix keeps no block
+
+
+def test_an_xml_file_is_refused_not_guessed_at(rt, tmp_path):
+    """The FTC's XML download has no documented layout here (COMPLIANCE.md §8 item 2): its
+    lines are rejected and, with no valid number, the import aborts."""
+    xml = tmp_path / "ftc.xml"
+    xml.write_text('<?xml version="1.0"?>\n<DNCList>\n<Record><AreaCode>212</AreaCode><Phone>7365000</Phone></Record>\n'
+                   "<Record><PhoneNumber>2127365001</PhoneNumber></Record>\n</DNCList>\n")
+    with pytest.raises(ImportAborted, match="no valid number"):
+        rt.import_list("national", [xml], "2026-04-10")
+    assert not (tmp_path / "data" / "national.dnc").exists()

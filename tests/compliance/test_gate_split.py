@@ -16,7 +16,6 @@ from compliance.numbers import parse_number
 from compliance.rules import default_rules
 from compliance.stores import NumberList
 from exchange.messages import CallRequest
-from routing.schedule import LocalClock
 from tests.builders import World, call, campaign
 
 GOLDEN = Path(__file__).resolve().parent / "golden.jsonl"
@@ -28,7 +27,7 @@ NY = "+12127365000"
 def split_verdict(case: dict) -> tuple[bool, str]:
     """What the exchange decides for the case's buyer: call level, then that buyer."""
     c = case["call"]
-    gate = Gate(rules=default_rules(), stores=load_state(case["state"]), clock=LocalClock())
+    gate = Gate(rules=default_rules(), stores=load_state(case["state"]))
     fields = SimpleNamespace(direction=c["direction"], consent_token=c.get("consent_token"), vertical=c.get("vertical"),
                              origin=c.get("origin"), dial_mode=c.get("dial_mode"), state=None, zip=None)
     at = parse_rfc3339(c["at_utc"])

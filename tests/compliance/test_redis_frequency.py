@@ -115,13 +115,11 @@ def test_two_exchanges_share_the_counter_through_submit_call(tmp_path, prefix, m
     from exchange.settings import Settings
     from tests.builders import campaign
 
-    monkeypatch.setenv("EXCHANGE_REDIS_PREFIX", prefix)
-
     async def run() -> list[str]:
         exchanges = []
         for name in ("one", "two"):
-            monkeypatch.setenv("EXCHANGE_COMPLIANCE_DIR", str(tmp_path / name))
-            ex = Exchange(Settings(redis_url=REDIS_URL, rtb_tmax_ms=0, database_url=f"sqlite:///{tmp_path / name}.db"))
+            ex = Exchange(Settings(redis_url=REDIS_URL, redis_prefix=prefix, compliance_dir=str(tmp_path / name), rtb_tmax_ms=0,
+                                   database_url=f"sqlite:///{tmp_path / name}.db"))
             await ex.start()
             core = ex.core
             core.ledger.post(deposit(buyer_account("b"), 10_000_000, f"dep-{name}", 0))

@@ -31,6 +31,15 @@ class Server:
         self.ws_url = f"ws://127.0.0.1:{port}"
         self.http = httpx.Client(base_url=self.url, timeout=10)
         self.admin = {"Authorization": f"Bearer {ADMIN}"}
+        self.log_path = ""
+
+    def log(self) -> str:
+        """What the server wrote to stdout and stderr so far."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def account(self, kind: str, name: str, deposit: int = 0, credit: int = 0) -> tuple[str, str]:
         r = self.http.post("/v1/accounts", json={"kind": kind, "name": name, "credit_limit_cents": credit}, headers=self.admin)
@@ -46,13 +55,14 @@ def start_server(extra_env: dict[str, str] | None = None, deadline_s: float = 20
     port = port or free_port()
     db = f"sqlite:///{tempfile.mkdtemp(prefix='dce-e2e-')}/ledger.db"  # each server its own embedded ledger
     env = {**os.environ, "EXCHANGE_ADMIN_KEY": ADMIN, "EXCHANGE_PORT": str(port), "EXCHANGE_DATABASE_URL": db, **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.NamedTemporaryFile(prefix="dce-server-", suffix=".log", delete=False)  # a file, not a pipe: never blocks
+    proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(port, proc)
+    server.log_path = log.name
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited: {server.log()[-2000:]}")
         try:
             if server.http.get("/readyz").status_code == 200:
                 return server

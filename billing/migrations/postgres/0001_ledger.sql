@@ -3,29 +3,42 @@
 -- legs do not sum to zero is refused at commit by a deferred constraint trigger, and legs can
 -- be added only to an entry created in the same transaction (checked once per statement), so
 -- an entry that balanced at commit stays balanced.
+--
+-- Entry ids come from a sequence that steps by 65,536: one nextval() reserves a block, so the
+-- group-commit writer numbers its entries itself and sends each leg with its entry's id (no
+-- join on text keys); an INSERT that relies on the default takes a block for one entry. Ids
+-- increase in posting order and are not dense.
+--
+-- Keys and ids are text COLLATE "C": compared byte by byte (cheaper in every index insert,
+-- and a LIKE 'prefix%' can use the index). Times are indexed with BRIN: rows arrive in time
+-- order, so a block range summary serves time-range scans at a fraction of a B-tree's cost
+-- per insert.
 
 CREATE TABLE accounts (
-    id                 text PRIMARY KEY,
+    id                 text COLLATE "C" PRIMARY KEY,
     kind               text NOT NULL CHECK (kind IN ('buyer', 'publisher')),
     name               text NOT NULL,
-    key_digest         text NOT NULL UNIQUE,
+    key_digest         text COLLATE "C" NOT NULL UNIQUE,
     credit_limit_cents bigint NOT NULL DEFAULT 0 CHECK (credit_limit_cents >= 0),
     created_ns         bigint NOT NULL
 );
 
+CREATE SEQUENCE entries_id_seq AS bigint INCREMENT BY 65536 START WITH 1;
+
 CREATE TABLE entries (
-    id        bigserial PRIMARY KEY,
-    reference text NOT NULL,
+    id        bigint PRIMARY KEY DEFAULT nextval('entries_id_seq'),
+    reference text COLLATE "C" NOT NULL,
     kind      text NOT NULL CHECK (kind IN ('charge', 'deposit', 'payout', 'refund')),
     at_ns     bigint NOT NULL,
     memo      text NOT NULL DEFAULT '',
     UNIQUE (reference, kind)
 );
-CREATE INDEX entries_at_idx ON entries (at_ns);
+ALTER SEQUENCE entries_id_seq OWNED BY entries.id;
+CREATE INDEX entries_at_idx ON entries USING brin (at_ns);
 
 CREATE TABLE legs (
     entry_id     bigint NOT NULL,  -- an entry of the same transaction (trigger legs_sealed)
-    account      text NOT NULL,
+    account      text COLLATE "C" NOT NULL,
     amount_cents bigint NOT NULL
 );
 CREATE INDEX legs_entry_idx ON legs (entry_id);
@@ -34,22 +47,22 @@ CREATE INDEX legs_account_idx ON legs (account, entry_id);
 -- Derived: the sum of each account's legs, kept in the same transaction as the legs.
 -- `billing reconcile` proves it equals the sum of the legs.
 CREATE TABLE balances (
-    account       text PRIMARY KEY,
+    account       text COLLATE "C" PRIMARY KEY,
     balance_cents bigint NOT NULL
 );
 
 CREATE TABLE holds (
-    call_id      text NOT NULL,
+    call_id      text COLLATE "C" NOT NULL,
     route_index  int NOT NULL,
     kind         text NOT NULL CHECK (kind IN ('hold', 'capture', 'release')),
-    account      text NOT NULL,
+    account      text COLLATE "C" NOT NULL,
     amount_cents bigint NOT NULL CHECK (amount_cents >= 0),
     at_ns        bigint NOT NULL,
     PRIMARY KEY (call_id, route_index, kind)
 );
 
 CREATE TABLE call_outcomes (
-    call_id       text PRIMARY KEY,
+    call_id       text COLLATE "C" PRIMARY KEY,
     publisher     text NOT NULL,
     buyer         text NOT NULL,
     campaign      text NOT NULL,
@@ -62,37 +75,32 @@ CREATE TABLE call_outcomes (
     created_ns    bigint NOT NULL,
     final_ns      bigint NOT NULL
 );
-CREATE INDEX call_outcomes_final_idx ON call_outcomes (final_ns);
+CREATE INDEX call_outcomes_final_idx ON call_outcomes USING brin (final_ns);
 
 CREATE TABLE audit (
     seq       bigint PRIMARY KEY,
     at_ns     bigint NOT NULL,
     kind      text NOT NULL,
-    call_id   text,
-    number    text,
+    call_id   text COLLATE "C",
+    number    text COLLATE "C",
     body      text NOT NULL,
     prev_hash bytea NOT NULL,
     hash      bytea NOT NULL
 );
 CREATE INDEX audit_call_idx ON audit (call_id) WHERE call_id IS NOT NULL;
 CREATE INDEX audit_number_idx ON audit (number, at_ns) WHERE number IS NOT NULL;
-CREATE INDEX audit_at_idx ON audit (at_ns);
+CREATE INDEX audit_at_idx ON audit USING brin (at_ns);
 
-CREATE FUNCTION ledger_check_entry(eid bigint) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     total bigint;
     n int;
 BEGIN
-    SELECT coalesce(sum(amount_cents), 0), count(*) INTO total, n FROM legs WHERE entry_id = eid;
+    SELECT coalesce(sum(amount_cents), 0), count(*) INTO total, n FROM legs WHERE entry_id = NEW.id;
     IF total <> 0 OR n < 2 THEN
-        RAISE EXCEPTION 'unbalanced entry %: % legs sum to % cents', eid, n, total
+        RAISE EXCEPTION 'unbalanced entry %: % legs sum to % cents', NEW.id, n, total
             USING ERRCODE = 'check_violation';
     END IF;
-END $$;
-
-CREATE FUNCTION entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM ledger_check_entry(NEW.id);
     RETURN NULL;
 END $$;
 
@@ -104,7 +112,7 @@ CREATE CONSTRAINT TRIGGER entries_balanced AFTER INSERT ON entries
 -- and no leg added later to an entry that was already checked and committed.
 CREATE FUNCTION legs_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM new_legs n LEFT JOIN entries e ON e.id = n.entry_id
+    IF EXISTS (SELECT 1 FROM (SELECT DISTINCT entry_id FROM new_legs) n LEFT JOIN entries e ON e.id = n.entry_id
                WHERE e.id IS NULL OR e.xmin <> pg_current_xact_id()::xid) THEN
         RAISE EXCEPTION 'legs may be added only to an entry posted in the same transaction'
             USING ERRCODE = 'check_violation';

@@ -277,6 +277,10 @@ class ComplianceRuntime:
         consent = self.stores.consents.get(token)
         if consent is None:
             return None
+        if scope.startswith("buyer:"):  # one seller's revocation: its own opt-out; the others' consent stands
+            if consent.phone is not None:
+                self.stores.suppressions.add(consent.phone, scope, at_ns, source or f"revocation:{channel}")
+            return consent._replace(revoked_ns=at_ns, revocation_channel=channel)
         rec = self.stores.consents.revoke(token, at_ns, channel)
         self._append({"t": "revoke", "token": token, "at_ns": at_ns, "channel": channel})
         if consent.phone is not None:
@@ -331,7 +335,7 @@ class ComplianceRuntime:
             allowed_from = await self.frequency.check_and_record(pend.key, plan.at_ns, pend.cap, pend.window_ns, member)
         except Exception as exc:  # fail closed: no shared count, no capped call
             log.error("compliance_frequency_unavailable: %r", exc)
-            return Verdict(False, "internal_error", None, None, None, plan)
+            return Verdict(False, "internal_error", "frequency_counter_unavailable", None, None, plan)
         if allowed_from is None:
             return verdict._replace(pending=None)
         return self.gate.frequency_denied(verdict, allowed_from)

@@ -81,6 +81,7 @@ def test_redis_down_fails_the_frequency_rule_closed_and_nothing_else(private_red
             d = await ex.submit_call(pub, outbound)  # type: ignore[arg-type]
             out["outbound, Redis down"] = d.reason
             out["outbound, Redis down: decision"] = d.decision
+            out["outbound, Redis down: rule"] = str(d.rule)
             out["inbound, Redis down"] = (await ex.submit_call(pub, inbound)).reason  # type: ignore[arg-type]
             out["ledger sum"] = str(core.ledger.total())
             return out
@@ -90,5 +91,6 @@ def test_redis_down_fails_the_frequency_rule_closed_and_nothing_else(private_red
     out = asyncio.run(run())
     assert out["outbound, Redis up"] == "ok", out
     assert out["outbound, Redis down"] == "internal_error" and out["outbound, Redis down: decision"] == "rejected", out
+    assert out["outbound, Redis down: rule"] == "frequency_counter_unavailable", out  # the clear reason
     assert out["inbound, Redis down"] == "ok", out  # no shared counter needed: still routed
     assert out["ledger sum"] == "0"

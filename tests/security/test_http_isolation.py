@@ -402,8 +402,6 @@ def test_consents_cannot_be_taken_over_or_revoked_by_another_tenant(world: World
     assert world.call_out(n, tok)["decision"] == "rejected"
 
 
-@pytest.mark.xfail(strict=True, reason="compliance/runtime.py revoke(): a buyer-scoped revocation also marks the shared "
-                   "consent record revoked, so one seller's revocation stops the calls of every other seller it names")
 def test_a_buyers_revocation_leaves_the_other_sellers_consent(world: World):
     t, http = world.t, world.http
     n = world.numbers[2]

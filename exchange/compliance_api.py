@@ -117,6 +117,18 @@ async def post_state(request: Request) -> Response:
     return await _import(request, "state", state)
 
 
+def _instant(at: object, name: str) -> int:
+    """An aware time the stores can hold (years 1900..2200), else a 422 naming the field."""
+    try:
+        ns = to_ns(at)  # type: ignore[arg-type]
+        rfc3339(ns)
+    except (OverflowError, ValueError, OSError):
+        ns = None
+    if ns is None or not -(70 * 365 * 86_400 * 10**9) < ns < 7_258_118_400 * 10**9:
+        raise HttpError(422, "invalid_time", f"{name} is out of range", f"$.{name}")
+    return ns
+
+
 async def post_consent(request: Request) -> Response:
     caller = auth(request, "operator", "publisher")
     req: ConsentCreate = await body(request, ConsentCreate)  # type: ignore[assignment]
@@ -125,9 +137,9 @@ async def post_consent(request: Request) -> Response:
         raise HttpError(422, "invalid_number", f"{req.phone!r} is not a valid NANP phone number", "$.phone")
     record = msgspec.to_builtins(req)
     record["phone"] = info.e164
-    record["created_at"] = rfc3339(to_ns(req.created_at))
+    record["created_at"] = rfc3339(_instant(req.created_at, "created_at"))
     if req.expires_at is not None:
-        record["expires_at"] = rfc3339(to_ns(req.expires_at))
+        record["expires_at"] = rfc3339(_instant(req.expires_at, "expires_at"))
     record.pop("token", None)
     try:
         status = _runtime(request).add_consent(req.token, record, caller.id if caller.kind == "publisher" else "")
@@ -153,7 +165,7 @@ async def post_revoke(request: Request) -> Response:
         if req.scope == "buyer":
             raise HttpError(422, "invalid_scope", "buyer-scoped revocations are made with the buyer's key", "$.scope")
         scope = "exchange"
-    at_ns = to_ns(req.revoked_at) if req.revoked_at is not None else ex.clock.now_ns()
+    at_ns = _instant(req.revoked_at, "revoked_at") if req.revoked_at is not None else ex.clock.now_ns()
     token = request.path_params["token"]
     if caller.kind != "operator":  # a tenant revokes only a consent it is party to; others' tokens are unknown to it
         consent = ex.compliance.stores.consents.get(token)

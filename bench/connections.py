@@ -11,12 +11,16 @@ the differences give the memory per open socket, per campaign, and per connectio
 campaign. With every socket open, a publisher then submits ``--calls`` calls one after
 another (``POST /v1/calls``, each won by one of the connected buyers and notified over its
 socket); the client-side round trip and the server's ``decision_us`` are reported as p50/p99.
+At the end either the clients close every socket (``--finish clients``: how fast the server
+lets go of them) or the server is sent SIGTERM (``--finish sigterm``: its graceful drain
+closes every socket with 1001 before it exits; the clients count the close codes).
 
 The file-descriptor limit is raised to its hard limit (``resource.setrlimit``) before the
 server and the clients start, so both inherit it.
 
     python -m bench.connections [--connections 10000] [--accounts 100] [--clients 2]
-                                [--calls 300] [--hold 5] [--out bench/results/connections.json]
+                                [--calls 300] [--hold 5] [--finish clients|sigterm]
+                                [--out bench/results/connections.json]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import os
 import platform
 import resource
 import secrets
-import statistics
+import signal
 import struct
 import sys
 import tempfile
@@ -259,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=200, help="handshakes in flight per client process")
     ap.add_argument("--calls", type=int, default=300, help="publisher calls decided with every socket open")
     ap.add_argument("--hold", type=float, default=5.0, help="seconds to hold every socket before the calls")
+    ap.add_argument("--finish", choices=("clients", "sigterm"), default="clients",
+                    help="clients: the clients close their sockets; sigterm: the server is sent SIGTERM and closes them (1001)")
     ap.add_argument("--out", default="bench/results/connections.json")
     args = ap.parse_args(argv)
 
@@ -290,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         pub.raise_for_status()
         pub_auth = {"Authorization": f"Bearer {pub.json()['api_key']}"}
         before = settle_rss(pid)
-        print(f"server pid {pid}: fd limit {fd_limit_of(pid)}; before: RSS {before['VmRSS'] / 1024:.1f} MiB, "
+        server_fd_limit = fd_limit_of(pid)
+        print(f"server pid {pid}: fd limit {server_fd_limit}; before: RSS {before['VmRSS'] / 1024:.1f} MiB, "
               f"{before['fds']} fds", flush=True)
 
         jobs = [(keys[i % len(keys)], f"c{i}", 1000 + (i * 37) % 4000) for i in range(args.connections)]
@@ -355,23 +362,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  sockets still open after {args.hold:g}s hold and the calls: {still_open:,}", flush=True)
 
         t1 = time.perf_counter()
-        for pipe in pipes:
-            pipe.send("close")
-        for pipe in pipes:
-            pipe.recv()
-        end = time.monotonic() + 30
-        while (gauge(http, admin, 'exchange_connections{role="buyer"}') or 0) > 0 and time.monotonic() < end:
-            time.sleep(0.2)
-        left = gauge(http, admin, 'exchange_connections{role="buyer"}') or 0
-        closed_s = time.perf_counter() - t1
-        gone = settle_rss(pid)
-        print(f"closed all in {closed_s:.1f}s (server gauge now {left:.0f}); RSS {gone['VmRSS'] / 1024:.1f} MiB", flush=True)
+        drained: dict[str, Any] | None = None
+        if args.finish == "sigterm":  # the server drains: every socket closed by it (1001), then it exits
+            srv.proc.send_signal(signal.SIGTERM)
+            code = srv.proc.wait(60)
+            closed_s = time.perf_counter() - t1
+            time.sleep(0.5)
+            for pipe in pipes:
+                pipe.send("stats")
+            after_term = [pipe.recv() for pipe in pipes]
+            by_code: Counter[str] = Counter()
+            for st in after_term:
+                by_code.update(st["closed_by_code"])
+            drained = {"exit_code": code, "closed_by_code": dict(by_code), "still_open": sum(st["open"] for st in after_term)}
+            print(f"SIGTERM: server exited ({code}) after {closed_s:.1f}s; client sockets closed by code {dict(by_code)}, "
+                  f"still open {drained['still_open']}", flush=True)
+            gone, left = {"VmRSS": None, "VmHWM": None, "fds": None}, None
+            for pipe in pipes:
+                pipe.send("close")
+                pipe.recv()
+        else:
+            for pipe in pipes:
+                pipe.send("close")
+            for pipe in pipes:
+                pipe.recv()
+            end = time.monotonic() + 30
+            while (gauge(http, admin, 'exchange_connections{role="buyer"}') or 0) > 0 and time.monotonic() < end:
+                time.sleep(0.2)
+            left = gauge(http, admin, 'exchange_connections{role="buyer"}') or 0
+            closed_s = time.perf_counter() - t1
+            gone = settle_rss(pid)
+            print(f"closed all in {closed_s:.1f}s (server gauge now {left:.0f}); RSS {gone['VmRSS'] / 1024:.1f} MiB", flush=True)
 
         result = {
             "benchmark": "connections",
             "config": vars(args),
             "env": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                    "fd_limit": [soft, hard], "server_fd_limit": fd_limit_of(pid) if srv.proc.poll() is None else None},
+                    "fd_limit": [soft, hard], "server_fd_limit": server_fd_limit},
             "connections_requested": args.connections,
             "connections_opened": total_opened,
             "connections_held_server_gauge": int(held),
@@ -391,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
                       "rtt_us": {"p50": round(pct(rtts, 0.5)), "p99": round(pct(rtts, 0.99)), "max": round(max(rtts))},
                       "decision_us": {"p50": pct(decision_us, 0.5), "p99": pct(decision_us, 0.99)} if decision_us else None},
             "client_stats": stats,
+            "finish": args.finish,
             "closed_s": round(closed_s, 2),
             "server_gauge_after_close": left,
+            "sigterm_drain": drained,
         }
         out = ROOT / args.out
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The durable ledger: billable calls/s through the group-commit writer, and ack latency.
 
     python -m bench.ledger [--database-url URL] [--calls 60000] [--runs 3] [--max-batch 5000]
-                           [--rate 1000] [--seconds 10] [--skip-sqlite] [--json FILE]
+                           [--rate 1000] [--seconds 10] [--skip-sqlite] [--http] [--json FILE]
 
 One billable call is what the exchange writes when a call completes billably: the capture of
 its hold (``HoldEvent``), its charge (``billing.postings.charge``: three legs), its
@@ -16,6 +16,12 @@ the clock starts (the core's work is not the writer's).
   is put when its time comes, whether or not earlier ones are acknowledged); each put's
   ``writer.wait`` is timed from the put to its return. p50/p99/p99.9 over ``--seconds``
   after a one-second warm-up, on PostgreSQL.
+- ``--http``: the same open loop end to end against a real ``python -m exchange serve`` on
+  PostgreSQL: each tick routes a call (``POST /v1/calls``, untimed) and completes it billably
+  (``POST /v1/calls/{id}/events``, timed from request to response, which the server sends
+  only once the charge is committed). A minimal keep-alive HTTP/1.1 client keeps the load
+  generator's own cost low; a buyer WebSocket holds the campaign and drains its notices. The
+  server's per-key HTTP rate limit is raised for the run (one publisher key sends 2/tick).
 
 Each run uses its own schema (``bench_ledger_<pid>_<n>``), created by the store's migrations
 and dropped afterwards. Prints medians over ``--runs`` and writes JSON; not a pass/fail test.
@@ -31,6 +37,7 @@ import os
 import platform
 import random
 import shutil
+import socket
 import statistics
 import tempfile
 import time
@@ -132,7 +139,8 @@ async def throughput(url: str, calls: int, run: int, max_batch: int) -> dict:
         dt = time.perf_counter() - t0
         cpu, db = time.process_time() - cpu0, backend_cpu_s(pid)
         gc.unfreeze()
-        out = {"calls": calls, "seconds": dt, "calls_per_s": calls / dt, "batches": writer.batches,
+        out = {"calls": calls, "seconds": dt, "calls_per_s": calls / dt, "loadavg_1m": os.getloadavg()[0],
+               "batches": writer.batches,
                "calls_per_batch": calls / max(1, writer.batches), "commit_s": writer.commit_s_total,
                "client_cpu_us_per_call": cpu / calls * 1e6,
                "db_backend_cpu_us_per_call": (db - db0) / calls * 1e6 if db is not None and db0 is not None else None}
@@ -180,7 +188,7 @@ async def ack_latency(url: str, rate: float, seconds: float, run: int, max_batch
         gc.unfreeze()
         lat.sort()
         late = sorted(late[warm:])
-        out = {"rate_per_s": rate, "samples": len(lat), "errors": errors,
+        out = {"rate_per_s": rate, "samples": len(lat), "errors": errors, "loadavg_1m": os.getloadavg()[0],
                "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3, "p999_ms": pct(lat, 0.999) * 1e3,
                "max_ms": lat[-1] * 1e3 if lat else None, "batches": writer.batches,
                "put_lag_p99_ms": pct(late, 0.99) * 1e3}
@@ -197,6 +205,139 @@ def backend_cpu_s(pid: int | None) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------- end to end over HTTP
+class HttpConn:
+    """One keep-alive HTTP/1.1 connection; requests are sent one at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.r, self.w = reader, writer
+
+    async def post(self, path: str, body: bytes, headers: str) -> tuple[int, bytes]:
+        self.w.write(f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n{headers}\r\n".encode() + body)
+        head = await self.r.readuntil(b"\r\n\r\n")
+        i = head.lower().find(b"content-length:")
+        n = int(head[i + 15:head.index(b"\r\n", i)]) if i >= 0 else 0
+        return int(head[9:12]), await self.r.readexactly(n)
+
+
+async def http_ack_latency(base_url: str, rate: float, seconds: float, run: int) -> dict:
+    import subprocess
+    import sys
+
+    import httpx
+    import websockets
+
+    schema = f"bench_ledger_{os.getpid()}_http{run}"
+    admin = "dce_admin_bench_" + "x" * 24
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    log = tempfile.NamedTemporaryFile(prefix="bench-ledger-server-", suffix=".log", delete=False)
+    env = {**os.environ, "EXCHANGE_ADMIN_KEY": admin, "EXCHANGE_PORT": str(port),
+           "EXCHANGE_DATABASE_URL": with_schema(base_url, schema),
+           "EXCHANGE_RATE_LIMIT_HTTP_PER_S": "100000"}  # one publisher key sends 2 requests per tick
+    proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            for _ in range(400):
+                try:
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited; see {log.name}")
+                await asyncio.sleep(0.05)
+            auth = {"Authorization": f"Bearer {admin}"}
+            buyer = (await http.post("/v1/accounts", json={"kind": "buyer", "name": "bench-buyer"}, headers=auth)).json()
+            pub = (await http.post("/v1/accounts", json={"kind": "publisher", "name": "bench-pub"}, headers=auth)).json()
+            r = await http.post(f"/v1/accounts/{buyer['id']}/deposits", json={"amount_cents": 10**10, "reference": "bench"},
+                                headers=auth)
+            assert r.status_code == 201, r.text
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/v1/buyers/ws", subprotocols=["dce.json.v1"],
+                                      additional_headers={"Authorization": f"Bearer {buyer['api_key']}"}, max_size=None)
+        await ws.send(json.dumps({"type": "campaign", "id": "bench", "vertical": "bench_ledger", "bid_cents": 2500,
+                                  "min_duration_s": 60, "destination": "+18005550199", "seq": 1}))
+
+        async def drain() -> None:
+            async for _ in ws:
+                pass
+
+        drainer = asyncio.create_task(drain())
+        await asyncio.sleep(0.2)
+        pool: asyncio.Queue[HttpConn] = asyncio.Queue()
+        for _ in range(64):
+            pool.put_nowait(HttpConn(*await asyncio.open_connection("127.0.0.1", port)))
+        pub_auth = f"Authorization: Bearer {pub['api_key']}\r\n"
+        warm = int(rate)
+        n = warm + int(rate * seconds)
+        lat: list[float] = []
+        route_lat: list[float] = []  # for comparison: the routing request, which waits for no commit
+        bad: dict[str, int] = {}
+
+        async def one(i: int) -> None:
+            conn = await pool.get()
+            try:
+                caller = f"+1{(312, 773, 872, 217, 309, 618)[i // 9000 % 6]}555{i % 9000 + 1000:04d}"
+                t0 = time.perf_counter()
+                status, body = await conn.post("/v1/calls", json.dumps(
+                    {"caller": caller, "vertical": "bench_ledger", "state": "IL"}).encode(), pub_auth)
+                if i >= warm:
+                    route_lat.append(time.perf_counter() - t0)
+                d = json.loads(body)
+                if status != 200 or d.get("decision") != "routed":
+                    bad[f"route {status} {d.get('reason')}"] = bad.get(f"route {status} {d.get('reason')}", 0) + 1
+                    return
+                t0 = time.perf_counter()
+                status, body = await conn.post(f"/v1/calls/{d['call_id']}/events", b'{"event":"completed","duration_s":120}',
+                                               pub_auth + f"Idempotency-Key: done-{i}\r\n")
+                dt = time.perf_counter() - t0
+                if status != 200 or not json.loads(body).get("billable"):
+                    bad[f"event {status}"] = bad.get(f"event {status}", 0) + 1
+                elif i >= warm:
+                    lat.append(dt)
+            finally:
+                pool.put_nowait(conn)
+
+        loop = asyncio.get_running_loop()
+        gc.collect()
+        gcpolicy.tune()
+        cpu0, srv0 = time.process_time(), backend_cpu_s(proc.pid) or 0.0
+        tasks = []
+        start = loop.time() + 0.01
+        for i in range(n):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        wall = loop.time() - start
+        cpu, srv = time.process_time() - cpu0, (backend_cpu_s(proc.pid) or 0.0) - srv0
+        gc.unfreeze()
+        drainer.cancel()
+        await ws.close()
+        while not pool.empty():
+            pool.get_nowait().w.close()
+        lat.sort()
+        route_lat.sort()
+        return {"rate_per_s": rate, "samples": len(lat), "failures": bad, "loadavg_1m": os.getloadavg()[0],
+                "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3, "p999_ms": pct(lat, 0.999) * 1e3,
+                "max_ms": lat[-1] * 1e3 if lat else None,
+                "route_p50_ms": pct(route_lat, 0.5) * 1e3, "route_p99_ms": pct(route_lat, 0.99) * 1e3,
+                "route_p999_ms": pct(route_lat, 0.999) * 1e3,
+                "server_cpu_pct": srv / wall * 100, "client_cpu_pct": cpu / wall * 100}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await drop_schema(base_url, schema)
+        os.unlink(log.name)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -248,6 +389,18 @@ async def main_async(args: argparse.Namespace) -> dict:
         print(f"  p50 {med['p50_ms']:.2f} ms   p99 {med['p99_ms']:.2f} ms   p99.9 {med['p999_ms']:.2f} ms   "
               f"max {med['max_ms']:.2f} ms   (put lag p99 {med['put_lag_p99_ms']:.2f} ms; errors "
               f"{sum(r['errors'] for r in runs)})", flush=True)
+    if args.http:
+        runs = [await http_ack_latency(args.database_url, args.rate, args.seconds, r) for r in range(args.runs)]
+        med = median_of(runs, ("p50_ms", "p99_ms", "p999_ms", "max_ms", "route_p50_ms", "route_p99_ms", "route_p999_ms",
+                               "server_cpu_pct", "client_cpu_pct"))
+        results["ack_latency_http_postgres"] = {"median": med, "runs": runs}
+        print(f"ack latency over HTTP (python -m exchange serve on postgres), {args.rate:,.0f} billable completions/s "
+              f"(+ as many routed calls) for {args.seconds:g} s (median of {args.runs} runs):")
+        print(f"  p50 {med['p50_ms']:.2f} ms   p99 {med['p99_ms']:.2f} ms   p99.9 {med['p999_ms']:.2f} ms   "
+              f"max {med['max_ms']:.2f} ms   (CPU: server {med['server_cpu_pct']:.0f} %, load generator "
+              f"{med['client_cpu_pct']:.0f} %; failures {[r['failures'] for r in runs]})")
+        print(f"  (for comparison, routing, which awaits no commit: p50 {med['route_p50_ms']:.2f} ms   "
+              f"p99 {med['route_p99_ms']:.2f} ms   p99.9 {med['route_p999_ms']:.2f} ms)", flush=True)
     return results
 
 
@@ -260,6 +413,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=5_000, help="the writer's max records per batch (server default)")
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=10.0, help="ack-latency run length; 0 skips it")
+    ap.add_argument("--http", action="store_true", help="also measure the ack end to end over HTTP (starts a server)")
     ap.add_argument("--json", default="bench/results/ledger.json")
     args = ap.parse_args()
     try:

@@ -1,10 +1,15 @@
-"""The PostgreSQL store (asyncpg): one statement per record kind per batch, in one transaction.
+"""The PostgreSQL store (asyncpg): a batch is one statement, hence one round trip and one
+(implicit) transaction.
 
-Ledger entries go in as one statement built from data-modifying CTEs: insert the batch's
-entries (``ON CONFLICT DO NOTHING`` on (reference, kind)), insert the legs of the entries that
-were actually new, and add those legs to ``balances``. A batch replayed after a dropped
-connection therefore inserts nothing twice and moves no balance twice. The deferred constraint
-trigger checks each entry's legs sum to zero when the transaction commits.
+Data-modifying CTEs insert the batch's accounts, entries, legs, holds, outcomes and audit
+records and add the new legs to ``balances``. Entries get their ids here, from blocks of the
+entries sequence this process reserves, so each leg is sent with its entry's id. The statement
+first assumes every record is new (plain INSERTs, the cheap path); a unique violation means a
+replay (a retry after a dropped connection whose commit went through, or records sent again
+in a later batch), and the batch is written by the variant that skips what is stored: entries
+``ON CONFLICT (reference, kind) DO NOTHING`` and legs only for the entries actually inserted,
+so a batch written twice writes each row once and moves no balance twice. The deferred
+constraint trigger checks each entry's legs sum to zero when the transaction commits.
 
 The writer owns one connection; reads (statements, audit queries, reports) use a small pool.
 """
@@ -27,10 +32,8 @@ TRANSIENT = (
     asyncpg.InternalClientError,  # the protocol's state after a connection killed mid-operation
 )
 
-# The whole batch is one statement, so one round trip and one (implicit) transaction: the
-# deferred balance trigger runs at its commit. Entries arrive with ids from the writer's
-# reserved block (see the migration), so legs carry their entry's id and are kept only for the
-# entries actually inserted; a replayed entry inserts nothing and moves no balance.
+# The batch statement (see the module's docstring); {entries_conflict}, {legs_filter} and
+# {conflict} tell FAST_SQL (plain INSERTs) from SAFE_SQL (skip what is stored).
 #
 # Columns travel as arrays. asyncpg encodes a text[] element by element (~250 ns each, most
 # of the client's time per batch), so a text column is sent as ONE string joined with \x1f
@@ -114,7 +117,7 @@ SAFE_SQL = _numbered(_WRITE_SQL.format(
     conflict="ON CONFLICT DO NOTHING",
 ))
 RESERVE_SQL = "SELECT nextval('entries_id_seq') FROM generate_series(1, $1)"
-ID_BLOCK = 65536  # the sequence's increment (migrations/postgres/0001_ledger.sql)
+ID_BLOCK_SQL = "SELECT seqincrement FROM pg_sequence WHERE seqrelid = 'entries_id_seq'::regclass"
 
 
 def _columns(rows: list[tuple], width: int) -> list:
@@ -123,16 +126,15 @@ def _columns(rows: list[tuple], width: int) -> list:
 
 def _text(col, out: list) -> None:
     """Append a text column's two parameters: (None, joined) or (the values, None)."""
-    n = len(col)
+    n, nones = len(col), col.count(None)
     try:
-        joined = SEP.join(col)
-        ok = joined.count(SEP) == n - 1 and NUL not in joined and (n != 1 or joined != "")
-    except TypeError:  # a None among the values
-        joined = SEP.join(NUL if v is None else v for v in col)
-        ok = joined.count(SEP) == n - 1 and joined.count(NUL) == col.count(None)
-    if ok:
+        joined = SEP.join([NUL if v is None else v for v in col] if nones else col)
+    except TypeError:  # not all text: asyncpg encodes (and reports) the values themselves
+        out += (list(col), None)
+        return
+    if joined.count(SEP) == n - 1 and joined.count(NUL) == nones and (n != 1 or joined != ""):
         out += (None, joined)
-    else:
+    else:  # a value holds \x1f or \x1e, or it is one empty string (which splits into nothing)
         out += (list(col), None)
 
 
@@ -167,6 +169,7 @@ class PgStore(Store):
         self._sql: dict[str, str] = {}
         self._free: list[range] = []  # entry ids reserved from the sequence, not used yet
         self._free_n = 0
+        self._id_block = 1
         self._prepared: tuple[Batch, list] | None = None
 
     async def _connect(self) -> asyncpg.Connection:
@@ -185,6 +188,7 @@ class PgStore(Store):
                 await boot.close()
         self.conn = await self._connect()
         await self._migrate(self.conn)
+        self._id_block = max(1, await self.conn.fetchval(ID_BLOCK_SQL))  # one nextval reserves this many ids
         self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=self._timeouts[1],
                                               server_settings=self._settings)
 
@@ -220,9 +224,10 @@ class PgStore(Store):
     async def _reserve(self, conn: asyncpg.Connection, n: int) -> None:
         """Make sure at least ``n`` entry ids are reserved (one nextval per block of ids)."""
         if self._free_n < n:
-            starts = await conn.fetch(RESERVE_SQL, -(-(n - self._free_n) // ID_BLOCK))
-            self._free.extend(range(r[0], r[0] + ID_BLOCK) for r in starts)
-            self._free_n += ID_BLOCK * len(starts)
+            block = self._id_block
+            starts = await conn.fetch(RESERVE_SQL, -(-(n - self._free_n) // block))
+            self._free.extend(range(r[0], r[0] + block) for r in starts)
+            self._free_n += block * len(starts)
 
     def _fresh_ids(self, n: int) -> list[int]:
         out: list[int] = []
@@ -303,7 +308,10 @@ class PgStore(Store):
     def prepare(self, batch: Batch) -> None:
         """Build ``batch``'s parameters ahead of ``write`` (the writer calls this while the
         previous batch is being committed, so the work overlaps the database's)."""
-        params = self._params(batch)
+        try:
+            params = self._params(batch)
+        except Exception:  # noqa: BLE001 - only an optimisation: write() builds them again and reports
+            params = None
         self._prepared = (batch, params) if params is not None else None
 
     async def write(self, batch: Batch) -> int:

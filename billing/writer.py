@@ -177,12 +177,16 @@ class Writer:
             if len(self.pending) >= self.max_batch:
                 # A backlog: prepare the next batch while the database writes this one.
                 commit = asyncio.ensure_future(self._commit(batch))
-                await asyncio.sleep(0)  # the commit sends its statement first
-                if not commit.done():
-                    ready = self._take()
-                    if self._prepare is not None:
-                        self._prepare(ready[0])
-                ok = await commit
+                try:
+                    await asyncio.sleep(0)  # the commit sends its statement first
+                    if not commit.done():
+                        ready = self._take()
+                        if self._prepare is not None:
+                            self._prepare(ready[0])
+                    ok = await commit
+                except asyncio.CancelledError:
+                    commit.cancel()
+                    raise
             else:
                 ok = await self._commit(batch)
             if not ok:
@@ -220,6 +224,10 @@ class Writer:
                         fut.set_exception(StoreRefused(str(exc)))
                 self._waiters.clear()
                 return False
+            except Exception as exc:  # unforeseen (a driver state error, a bug): keep the batch, retry loudly
+                self.retries += 1
+                log.exception('{"event":"ledger_writer_error","error":"%s"}', type(exc).__name__)
+                self.state, self.error = "down", f"the ledger writer failed: {type(exc).__name__}: {exc}"
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry_max_s)
             try:

@@ -85,7 +85,7 @@ class Core:
         self.book = Book()
         self.ledger = Ledger()
         self.clock = LocalClock()
-        self.gate = Gate(clock=self.clock)
+        self.gate = Gate()
         self.dedupe = DedupeIndex()
         self.calls: dict[str, CallRecord] = {}
         self.active: dict[str, CallRecord] = {}

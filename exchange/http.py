@@ -158,32 +158,29 @@ async def create_account(request: Request) -> Response:
     return reply(AccountCreated(id=acct.id, kind=acct.kind, name=acct.name, api_key=key, credit_limit_cents=acct.credit_limit_cents), 201)
 
 
-async def create_deposit(request: Request) -> Response:
+async def _move_money(request: Request, kind: str) -> Response:
+    """A deposit to a buyer or a payout to a publisher (operator), idempotent by reference."""
     caller = auth(request, "operator")
     ex = _exchange(request)
     acct = _account(ex, request.path_params["account_id"], caller)
-    if acct.kind != "buyer":
-        raise HttpError(422, "invalid_account", "deposits are made to buyer accounts", "$")
-    dep: Deposit = await body(request, Deposit)  # type: ignore[assignment]
+    party = "buyer" if kind == "deposit" else "publisher"
+    if acct.kind != party:
+        raise HttpError(422, "invalid_account", f"{kind}s are made to {party} accounts", "$")
+    req: Deposit = await body(request, Deposit)  # type: ignore[assignment]
+    move = ex.deposit if kind == "deposit" else ex.payout
     try:
-        created = await ex.deposit(acct, dep.amount_cents, dep.reference)
+        created = await move(acct, req.amount_cents, req.reference)
     except CallRejected as exc:
         raise rejected(exc) from None
     return reply(_balance(ex, acct), 201 if created else 200)
+
+
+async def create_deposit(request: Request) -> Response:
+    return await _move_money(request, "deposit")
 
 
 async def create_payout(request: Request) -> Response:
-    caller = auth(request, "operator")
-    ex = _exchange(request)
-    acct = _account(ex, request.path_params["account_id"], caller)
-    if acct.kind != "publisher":
-        raise HttpError(422, "invalid_account", "payouts are made to publisher accounts", "$")
-    req: Deposit = await body(request, Deposit)  # type: ignore[assignment]
-    try:
-        created = await ex.payout(acct, req.amount_cents, req.reference)
-    except CallRejected as exc:
-        raise rejected(exc) from None
-    return reply(_balance(ex, acct), 201 if created else 200)
+    return await _move_money(request, "payout")
 
 
 def _balance(ex: Exchange, acct: Account) -> Balance:

@@ -55,6 +55,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# the bench measures the transport's ceiling, not the per-key limiter (which is tested elsewhere)
+UNLIMITED = {"EXCHANGE_RATE_LIMIT_WS_PER_S": "1000000000", "EXCHANGE_RATE_LIMIT_WS_BURST": "2000000000"}
+
+
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -238,7 +242,7 @@ def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
     admin_key = "bench-admin-" + secrets.token_urlsafe(16)
     workdir = Path(tempfile.mkdtemp(prefix="ingest-exchange-"))  # any embedded store lands here
     srv = Server("real", [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                 port, _env({"EXCHANGE_ADMIN_KEY": admin_key}), workdir)
+                 port, _env({"EXCHANGE_ADMIN_KEY": admin_key, **UNLIMITED}), workdir)
     srv.workdir = workdir
     try:
         srv.wait_ready(60.0)

@@ -181,7 +181,11 @@ def start_exchange(log_path: Path, env_extra: dict[str, str] | None = None) -> T
     workdir = Path(tempfile.mkdtemp(prefix="loadtest-exchange-"))  # any embedded store lands here
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")
-    env = child_env({"EXCHANGE_ADMIN_KEY": admin_key, "EXCHANGE_COMPLIANCE_DIR": str(workdir / "compliance"), **(env_extra or {})})
+    # a load test measures the exchange, not the per-key limits: a few keys carry the whole load
+    limits = {"EXCHANGE_RATE_LIMIT_WS_PER_S": "1000000000", "EXCHANGE_RATE_LIMIT_WS_BURST": "2000000000",
+              "EXCHANGE_RATE_LIMIT_HTTP_PER_S": "10000000", "EXCHANGE_RATE_LIMIT_HTTP_BURST": "20000000"}
+    env = child_env({"EXCHANGE_ADMIN_KEY": admin_key, "EXCHANGE_COMPLIANCE_DIR": str(workdir / "compliance"), **limits,
+                     **(env_extra or {})})
     proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()

@@ -29,12 +29,13 @@ from weakref import WeakKeyDictionary
 
 from starlette.websockets import WebSocket
 
-from .accounts import Account, bearer
+from .accounts import Account
 from .book import CampaignError
 from .messages import (
     Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid,
     decode_buyer_frame, error_from_exception, json_encoder, message_path, msgpack_encoder, publisher_json,
 )
+from .http import HttpError, identify
 from .ratelimit import RateLimiter
 from .service import CallRejected, Exchange, send_all
 from .settings import Settings
@@ -205,8 +206,12 @@ class Connection:
 async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | None:
     """Authenticate in the handshake, negotiate the subprotocol, accept, and register the
     connection; while the exchange is not ready (draining) the socket is closed with 1013."""
-    account = exchange.accounts.authenticate(bearer(ws.headers.get("authorization")))
-    if account is None or account.kind != role:
+    try:  # the same key check as HTTP: failed attempts are counted (and limited) per address
+        account = identify(ws)
+    except HttpError as exc:
+        await ws.close(1008, "too many failed attempts: retry later" if exc.status == 429 else "unauthorized")
+        return None
+    if account.kind != role:
         await ws.close(1008, "unauthorized")
         return None
     offered = ws.scope.get("subprotocols") or []

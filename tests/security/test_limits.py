@@ -87,8 +87,6 @@ def test_failed_authentication_is_limited_per_address(limited):
         assert other.get(url, headers=t.p1.auth).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="exchange/gateway.py authenticates the WebSocket handshake without counting "
-                   "failed keys per address (exchange.http.identify does): keys can be guessed there unlimited")
 def test_failed_websocket_handshakes_are_limited_per_address(limited):
     server, t = limited
 

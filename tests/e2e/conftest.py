@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import httpx
 import pytest
@@ -87,3 +87,36 @@ def server() -> Iterator[Server]:
     s = start_server()
     yield s
     stop_server(s)
+
+
+class Market(NamedTuple):
+    """One buyer with one standing campaign on an open socket, and one publisher."""
+
+    buyer_id: str
+    buyer_key: str
+    publisher_id: str
+    publisher_key: str
+    buyer: object  # tests.e2e.wsclient.Buyer
+    auth: dict[str, str]  # the publisher's Authorization header
+
+
+def market(server: Server, tag: str, vertical: str, bid_cents: int, deposit: int) -> Market:
+    from exchange.messages import Campaign
+    from tests.e2e.wsclient import Buyer
+
+    buyer_id, buyer_key = server.account("buyer", f"{tag}-buyer", deposit=deposit)
+    pub_id, pub_key = server.account("publisher", f"{tag}-pub")
+    b = Buyer(server.ws_url, buyer_key)
+    b.request(lambda s: Campaign(id=f"{tag}-c", vertical=vertical, bid_cents=bid_cents, destination="+18005550199",
+                                 min_duration_s=60, seq=s))
+    return Market(buyer_id, buyer_key, pub_id, pub_key, b, {"Authorization": f"Bearer {pub_key}"})
+
+
+def route_calls(server: Server, m: Market, n: int, vertical: str, state: str, prefix: str) -> list[str]:
+    """Submit ``n`` inbound calls from ``prefix`` + 4 digits; every one must be routed."""
+    calls = []
+    for k in range(n):
+        d = server.http.post("/v1/calls", json={"caller": f"{prefix}{k:04d}", "vertical": vertical, "state": state}, headers=m.auth).json()
+        assert d["decision"] == "routed", d
+        calls.append(d["call_id"])
+    return calls

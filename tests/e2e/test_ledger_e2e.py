@@ -15,9 +15,8 @@ import tempfile
 import asyncpg
 import pytest
 
-from tests.e2e.conftest import ROOT, start_server, stop_server
-from tests.e2e.test_exchange_e2e import balance, camp
-from tests.e2e.wsclient import Buyer
+from tests.e2e.conftest import ROOT, market, route_calls, start_server, stop_server
+from tests.e2e.test_exchange_e2e import balance
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 VERT = "e2e_ledger"
@@ -64,16 +63,9 @@ def cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
 def test_money_is_durable_refundable_audited_and_survives_a_restart(database_url):
     server = start_server({"EXCHANGE_DATABASE_URL": database_url})
     try:
-        buyer_id, buyer_key = server.account("buyer", "ledger-buyer", deposit=50_000)
-        pub_id, pub_key = server.account("publisher", "ledger-pub")
-        b = Buyer(server.ws_url, buyer_key)
-        b.request(lambda s: camp("lc", 4000, s, vertical=VERT))
-        auth = {"Authorization": f"Bearer {pub_key}"}
-        calls = []
-        for n in range(3):
-            d = server.http.post("/v1/calls", json={"caller": f"+1312555{n:04d}", "vertical": VERT, "state": "IL"}, headers=auth).json()
-            assert d["decision"] == "routed", d
-            calls.append(d["call_id"])
+        m = market(server, "ledger", VERT, 4000, 50_000)
+        buyer_id, buyer_key, pub_id, b, auth = m.buyer_id, m.buyer_key, m.publisher_id, m.buyer, m.auth
+        calls = route_calls(server, m, 3, VERT, "IL", "+1312555")
         ev = lambda c: f"/v1/calls/{c}/events"  # noqa: E731
         for c, duration in zip(calls, (90, 90, 5)):  # two billable, one short
             r = server.http.post(ev(c), json={"event": "completed", "duration_s": duration}, headers={**auth, "Idempotency-Key": f"done-{c}"})

@@ -9,9 +9,8 @@ import subprocess
 import sys
 import time
 
-from tests.e2e.conftest import ROOT, start_server, stop_server
-from tests.e2e.test_exchange_e2e import balance, camp
-from tests.e2e.wsclient import Buyer
+from tests.e2e.conftest import ROOT, market, route_calls, start_server, stop_server
+from tests.e2e.test_exchange_e2e import balance
 from tests.faults.kit import Publisher
 
 VERT = "faults_crash"
@@ -26,16 +25,9 @@ def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
 def test_sigkill_under_load_then_replay_loses_nothing_and_charges_nothing_twice(database_url, faults):
     server = start_server({"EXCHANGE_DATABASE_URL": database_url})
     port = server.port
-    buyer_id, buyer_key = server.account("buyer", "crash-buyer", deposit=10_000_000)
-    pub_id, pub_key = server.account("publisher", "crash-pub")
-    b = Buyer(server.ws_url, buyer_key)
-    b.request(lambda s: camp("cc", PRICE, s, vertical=VERT))
-    auth = {"Authorization": f"Bearer {pub_key}"}
-    calls = []
-    for n in range(60):
-        d = server.http.post("/v1/calls", json={"caller": f"+1415555{n:04d}", "vertical": VERT, "state": "CA"}, headers=auth).json()
-        assert d["decision"] == "routed", d
-        calls.append(d["call_id"])
+    m = market(server, "crash", VERT, PRICE, 10_000_000)
+    buyer_id, pub_key, b, auth = m.buyer_id, m.publisher_key, m.buyer, m.auth
+    calls = route_calls(server, m, 60, VERT, "CA", "+1415555")
     # a third completes before the kill, a third is connected, a third has had no event yet
     for c in calls[:20]:
         r = server.http.post(f"/v1/calls/{c}/events", json={"event": "completed", "duration_s": 120},

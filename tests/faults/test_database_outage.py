@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, start_server, stop_server
-from tests.e2e.test_exchange_e2e import balance, camp
-from tests.e2e.wsclient import Buyer
+from tests.e2e.conftest import ROOT, market, route_calls, start_server, stop_server
+from tests.e2e.test_exchange_e2e import balance
 from tests.faults.kit import Publisher
 from tests.integration.conftest import _drop, require_pg, schema_url
 
@@ -54,16 +53,9 @@ def test_postgres_restart_under_load_loses_nothing(faults):
     server = start_server({"EXCHANGE_DATABASE_URL": url, "EXCHANGE_ACK_TIMEOUT_MS": "300"})
     restarted = False
     try:
-        buyer_id, buyer_key = server.account("buyer", "pg-buyer", deposit=5_000_000)
-        _, pub_key = server.account("publisher", "pg-pub")
-        b = Buyer(server.ws_url, buyer_key)
-        b.request(lambda s: camp("pc", PRICE, s, vertical=VERT))
-        auth = {"Authorization": f"Bearer {pub_key}"}
-        calls = []
-        for n in range(60):
-            d = server.http.post("/v1/calls", json={"caller": f"+1206555{n:04d}", "vertical": VERT, "state": "WA"}, headers=auth).json()
-            assert d["decision"] == "routed", d
-            calls.append(d["call_id"])
+        m = market(server, "pg", VERT, PRICE, 5_000_000)
+        buyer_id, pub_key, b, auth = m.buyer_id, m.publisher_key, m.buyer, m.auth
+        calls = route_calls(server, m, 60, VERT, "WA", "+1206555")
         pubs = [Publisher(server.url, pub_key, c, [{"event": "connected"}, {"event": "completed", "duration_s": 200}]) for c in calls]
         for p in pubs[:20]:
             p.start()

@@ -125,6 +125,15 @@ class Store(ABC):
             "AND x.route_index = h.route_index AND x.kind <> 'hold') ORDER BY h.at_ns")
         return [HoldEvent(*r) for r in rows]
 
+    async def repeat_callers(self, since_ns: int) -> list[tuple[str, str, int]]:
+        """(buyer, consumer number, billed at) of each billable call finished since ``since_ns``,
+        oldest first: what the repeat-caller (dedupe) index is rebuilt from at start."""
+        rows = await self.fetch(
+            "SELECT o.buyer, a.number, o.final_ns FROM call_outcomes o "
+            "JOIN audit a ON a.call_id = o.call_id AND a.kind = 'decision' "
+            "WHERE o.billable AND o.final_ns >= ? AND a.number IS NOT NULL ORDER BY o.final_ns", since_ns)
+        return [(b, n, int(t)) for b, n, t in rows]
+
     async def call_entries(self, call_id: str) -> list[Entry]:
         """The charge of a call and every refund of it, in posting order."""
         heads = await self.fetch(

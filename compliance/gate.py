@@ -155,21 +155,25 @@ class Gate:
         return out
 
     # ------------------------------------------------------------------ exchange: call level
-    def check(self, direction: str, consumer: NumberInfo | None, at_ns: int, call: object = None) -> Verdict:
+    def check(self, direction: str, consumer: NumberInfo | None, at_ns: int, call: object = None,
+              publisher: str | None = None) -> Verdict:
         """Steps that do not depend on the buyer. ``call`` (duck-typed ``CallFields``) gives
         consent_token, vertical, origin, dial_mode, state and zip; without it the call has
-        no consent and outbound is denied."""
+        no consent and outbound is denied. ``publisher``, the account submitting the call:
+        a consent another publisher posted is then treated as unknown (``consent_not_found``),
+        so a token cannot be borrowed and its existence is not revealed."""
         try:
             return self._run(direction, consumer, at_ns, getattr(call, "consent_token", None),
                              getattr(call, "vertical", None), getattr(call, "origin", None),
                              getattr(call, "dial_mode", None), getattr(call, "state", None),
-                             getattr(call, "zip", None), None, None, False)
+                             getattr(call, "zip", None), None, None, False, publisher)
         except Exception:  # fail closed: a broken rule denies, never allows
             return Verdict(False, "internal_error")
 
-    def screen(self, call: Any, consumer: NumberInfo | None, at_ns: int) -> tuple[NumberInfo | None, Verdict]:
+    def screen(self, call: Any, consumer: NumberInfo | None, at_ns: int,
+               publisher: str | None = None) -> tuple[NumberInfo | None, Verdict]:
         """``check`` plus the consumer carrying the plan the per-buyer check reads."""
-        v = self.check(call.direction, consumer, at_ns, call)
+        v = self.check(call.direction, consumer, at_ns, call, publisher)
         if consumer is not None and v.plan is not None:
             try:
                 consumer = Screened(consumer.e164, consumer.npa, consumer.region, consumer.state, consumer.zones,
@@ -229,7 +233,8 @@ class Gate:
 
     # ------------------------------------------------------------------ the algorithm
     def _run(self, direction: Any, consumer: NumberInfo | None, at_ns: Any, token: Any, vertical: Any, origin: Any,
-             dial_mode: Any, call_state: Any, call_zip: Any, buyer: str | None, campaign: str | None, full: bool) -> Verdict:
+             dial_mode: Any, call_state: Any, call_zip: Any, buyer: str | None, campaign: str | None, full: bool,
+             publisher: str | None = None) -> Verdict:
         # 1. request shape
         if (direction not in DIRECTIONS or type(at_ns) is not int or origin not in ORIGINS or dial_mode not in DIAL_MODES
                 or (token is not None and type(token) is not str) or (vertical is not None and type(vertical) is not str)):
@@ -255,6 +260,8 @@ class Gate:
             return _deny("internal_dnc", hit.scope, plan)
         # 7. a referenced consent revoked at or before the call
         consent = st.consents.get(token) if token else None
+        if consent is not None and publisher and consent.publisher and consent.publisher != publisher:
+            consent = None  # another publisher's record: unknown to this one
         plan.consent = consent
         if consent is not None and consent.revoked_ns is not None and consent.revoked_ns <= at_ns:
             return _deny("consent_revoked", "federal", plan)

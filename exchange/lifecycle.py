@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-from billing.postings import buyer_account, charge
+from billing.postings import charge
 from compliance.numbers import NumberInfo
 from routing.eligibility import campaign_refusal
 from routing.schedule import UTC

@@ -352,7 +352,9 @@ buyer_json_one = msgspec.json.Decoder(BuyerMessage)
 buyer_msgpack_one = msgspec.msgpack.Decoder(BuyerMessage)
 PublisherFrame = Union[PublisherMessage, list[PublisherMessage]]
 publisher_json = msgspec.json.Decoder(PublisherFrame)
+publisher_msgpack = msgspec.msgpack.Decoder(PublisherFrame)
 publisher_json_one = msgspec.json.Decoder(PublisherMessage)
+publisher_msgpack_one = msgspec.msgpack.Decoder(PublisherMessage)
 ExchangeMessage = Union[Ack, Error, Pong, BidRequest, Win, Loss, CallNotice, Decision]
 exchange_json = msgspec.json.Decoder(Union[ExchangeMessage, list[ExchangeMessage]])
 exchange_msgpack = msgspec.msgpack.Decoder(Union[ExchangeMessage, list[ExchangeMessage]])
@@ -390,8 +392,28 @@ def error_from_exception(exc: Exception, prefix: str = "$") -> ErrorDetail:
     return ErrorDetail(code="malformed_json", message=f"cannot decode frame: {exc}")
 
 
+BUYER_CODECS = {
+    False: (buyer_json_one, buyer_json, _seq_json, _raw_list_json),
+    True: (buyer_msgpack_one, buyer_msgpack, _seq_msgpack, _raw_list_msgpack),
+}
+PUBLISHER_CODECS = {
+    False: (publisher_json_one, publisher_json, _seq_json, _raw_list_json),
+    True: (publisher_msgpack_one, publisher_msgpack, _seq_msgpack, _raw_list_msgpack),
+}
+
+
 def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[BuyerMessage], list[Error], bool | list[str]]:
-    """Decode one buyer frame into its messages, with an ``error`` for each bad one.
+    """Decode one buyer frame (JSON, or msgpack when ``binary``); see ``decode_frame``."""
+    return decode_frame(data, BUYER_CODECS[binary])
+
+
+def decode_publisher_frame(data: bytes | str, binary: bool = False) -> tuple[list[PublisherMessage], list[Error], bool | list[str]]:
+    """Decode one publisher frame (JSON, or msgpack when ``binary``); see ``decode_frame``."""
+    return decode_frame(data, PUBLISHER_CODECS[binary])
+
+
+def decode_frame(data: bytes | str, codecs: tuple) -> tuple[list, list[Error], bool | list[str]]:
+    """Decode one frame into its messages, with an ``error`` for each bad one.
 
     The fast path decodes the whole frame at once. Only if that fails is the frame split
     into its items so that the good messages of a batch still apply and each bad one gets
@@ -399,11 +421,7 @@ def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[Bu
     messages for error paths: ``True``/``False`` (batch or not) on the fast path, else the
     JSON path of each good message. ``message_path`` reads it.
     """
-    one, many, seq_of, raw_list = (
-        (buyer_msgpack_one, buyer_msgpack, _seq_msgpack, _raw_list_msgpack)
-        if binary
-        else (buyer_json_one, buyer_json, _seq_json, _raw_list_json)
-    )
+    one, many, seq_of, raw_list = codecs
     try:
         out = many.decode(data)
     except msgspec.ValidationError:
@@ -417,7 +435,7 @@ def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[Bu
         items: list[tuple[str, bytes]] = [(f"$[{i}]", bytes(r)) for i, r in enumerate(raw_list.decode(data))]
     except (msgspec.MsgspecError, ValueError, RecursionError):
         items = [("$", data if isinstance(data, bytes) else data.encode())]
-    good: list[BuyerMessage] = []
+    good: list = []
     paths: list[str] = []
     errors: list[Error] = []
     for prefix, raw in items:
@@ -435,7 +453,7 @@ def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[Bu
 
 
 def message_path(where: bool | list[str], i: int) -> str:
-    """The JSON path of the i-th decoded message of a frame (see ``decode_buyer_frame``)."""
+    """The JSON path of the i-th decoded message of a frame (see ``decode_frame``)."""
     if where is True:
         return f"$[{i}]"
     if where is False:

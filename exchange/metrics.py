@@ -60,6 +60,8 @@ class Metrics:
         self.buyer_connections = 0
         self.publisher_connections = 0
         self.slow_consumers_closed = 0
+        self.ws_abuse_closed = 0  # sockets closed (1008) after ws_abuse_strikes refused frames in a row
+        self.ws_idle_closed = 0  # sockets closed (1001) after idle_timeout_s of silence
         self.decision_us = Histogram(DECISION_BUCKETS_US)
 
     def count_call(self, decision: str, reason: str) -> None:
@@ -89,6 +91,8 @@ class Metrics:
         metric("exchange_call_events_total", "counter", "Publisher call events applied, by event.",
                [(f'{{event="{e}"}}', n) for e, n in sorted(self.events.items())])
         metric("exchange_slow_consumers_closed_total", "counter", "Connections closed for a full send queue.", [("", self.slow_consumers_closed)])
+        metric("exchange_ws_abuse_closed_total", "counter", "Connections closed for sustained rate-limit abuse.", [("", self.ws_abuse_closed)])
+        metric("exchange_ws_idle_closed_total", "counter", "Connections closed after the idle timeout.", [("", self.ws_idle_closed)])
         metric("exchange_connections", "gauge", "Open WebSocket connections by role.",
                [('{role="buyer"}', self.buyer_connections), ('{role="publisher"}', self.publisher_connections)])
         for name, value in sorted(gauges.items()):

@@ -42,7 +42,7 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
     s = core.settings
     caller = parse_number(call.caller)
     consumer = caller if call.direction == "inbound" else parse_number(call.callee)
-    consumer, verdict = core.gate.screen(call, consumer, now_ns)  # consumer now carries the gate's plan
+    consumer, verdict = core.gate.screen(call, consumer, now_ns, publisher)  # consumer now carries the gate's plan
     state = call.state or (consumer.state if consumer is not None else None)
     area_code = consumer.npa if consumer is not None else None
     floor = max(call.floor_cents, s.min_floor_cents)

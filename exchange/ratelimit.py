@@ -2,12 +2,14 @@
 
 ``take(key, now_s, cost)`` spends ``cost`` tokens and returns 0.0, or, when the bucket is
 short, spends nothing and returns the seconds until ``cost`` tokens will be there (the
-``Retry-After``). Buckets refill at ``rate`` per second up to ``burst``. ``strikes`` counts
+``Retry-After``); ``math.inf`` for a ``cost`` over ``burst``, which can never be taken. Buckets refill at ``rate`` per second up to ``burst``. ``strikes`` counts
 refusals in a row per key so an edge can close a connection on *sustained* abuse rather
 than on one burst. Idle buckets are forgotten by ``prune`` so the table stays small.
 """
 
 from __future__ import annotations
+
+from math import inf
 
 
 class RateLimiter:
@@ -30,7 +32,7 @@ class RateLimiter:
             return 0.0
         self._buckets[key] = (tokens, now_s)
         self._strikes[key] = self._strikes.get(key, 0) + 1
-        return (min(cost, self.burst) - tokens) / self.rate
+        return (cost - tokens) / self.rate if cost <= self.burst else inf
 
     def strikes(self, key: str) -> int:
         return self._strikes.get(key, 0)

@@ -8,7 +8,9 @@ carries its ``Idempotency-Key``, body and answer. So after a crash or a restart:
   decision and events and re-holds its price: the publisher's next event (or the replay of
   one whose answer was lost) is applied as if nothing happened;
 - a replayed event of a call that already finished gets its recorded answer back;
-- an open hold with no decision on record (cut between two batches) is released.
+- an open hold with no decision on record (cut between two batches) is released;
+- the repeat-caller (dedupe) index is rebuilt from the billable calls of the last
+  ``MAX_DEDUPE_DAYS`` (each one's buyer, from its outcome, and consumer, from its decision).
 
 The leg's concurrency slot is not re-taken: campaigns live in the buyers' sessions, which
 reconnect and re-send them.
@@ -23,6 +25,7 @@ import msgspec
 from billing.audit import AuditRow
 from billing.records import AuditEvent, HoldEvent
 from compliance.numbers import parse_number
+from routing.dedupe import MAX_DEDUPE_DAYS, NS_PER_DAY
 
 from .core import CallRecord, PlannedRoute
 from .messages import CallEvent, CallRequest, DecisionFields, EventResponse
@@ -102,6 +105,8 @@ async def restore(ex: Exchange) -> tuple[int, int, int]:
             ledger.set_credit(buyer_account(a.id), a.credit_limit_cents)
     ledger.restore(snap.balances, snap.entries)
     now = ex.clock.now_ns()
+    for buyer, number, at_ns in await ex.store.repeat_callers(now - MAX_DEDUPE_DAYS * NS_PER_DAY):
+        core.dedupe.record(buyer, number, at_ns)
     s = ex.settings
     recovered = released = 0
     for h in snap.open_holds:

@@ -12,7 +12,7 @@ time) and its own pong timeout is off.
 
 Shutdown. uvicorn's ``Server.shutdown`` closes every WebSocket at once with 1012 *before*
 the lifespan shutdown runs; ``ExchangeServer`` first marks the exchange not ready and runs
-``gateway.close_all`` (calls in flight decided, queues flushed, 1001), then uvicorn's own.
+``connections.close_all`` (calls in flight decided, queues flushed, 1001), then uvicorn's own.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import json
 import logging
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .app import build_app
-from .gateway import close_all
+from .connections import close_all
+from .metrics import Metrics
 from .service import Exchange
 from .settings import Settings
 
@@ -65,6 +67,7 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
     re-armed per read); one timer per socket looks at it ``IDLE_TICKS`` times per timeout."""
 
     idle_timeout_s: float = 120.0
+    metrics: Metrics | None = None  # the exchange's, counting idle closes (none in the bare bench server)
     idle_timer: asyncio.TimerHandle | None = None
     rx = False
     silent_ticks = 0
@@ -83,6 +86,20 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
             self.idle_timer = None
         super().connection_lost(exc)
 
+    async def send(self, message: Any) -> None:
+        """uvicorn's ``send``, except that a close never waits for the peer to read: a slow
+        consumer is closed *because* it reads nothing, and uvicorn would hold the close until
+        its write buffer drains. The close frame goes out behind what is buffered, and a peer
+        that has not finished the closing handshake within ``close_timeout`` is cut off
+        (``abort``: a plain ``close`` would wait for the unread buffer too)."""
+        closing = message["type"] == "websocket.close" and self.handshake_complete
+        if closing and not self.writable.is_set():
+            self.writable.set()  # the last message: no other send waits on this connection
+        await super().send(message)
+        if closing and self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
     def _check_idle(self) -> None:
         self.idle_timer = None
         if self.disconnected or self.close_sent or self.transport.is_closing():
@@ -98,6 +115,8 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
 
     def _close_idle(self) -> None:
         log.info('{"event":"ws_idle_closed","idle_s":%g}', self.idle_timeout_s)
+        if self.metrics is not None:
+            self.metrics.ws_idle_closed += 1
         if self.handshake_complete:
             self.stop_keepalive()
             self.conn.fail(1001, f"idle timeout: nothing received for {self.idle_timeout_s:g} s")
@@ -106,9 +125,9 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
         self.transport.close()  # connection_lost tells the app (websocket.disconnect)
 
 
-def ws_protocol(settings: Settings) -> type[IdleTimeoutProtocol]:
+def ws_protocol(settings: Settings, metrics: Metrics | None = None) -> type[IdleTimeoutProtocol]:
     """The protocol class for these settings (uvicorn instantiates it per socket)."""
-    return type("IdleTimeoutProtocol", (IdleTimeoutProtocol,), {"idle_timeout_s": float(settings.idle_timeout_s)})
+    return type("IdleTimeoutProtocol", (IdleTimeoutProtocol,), {"idle_timeout_s": float(settings.idle_timeout_s), "metrics": metrics})
 
 
 def ping_interval_s(settings: Settings) -> float:
@@ -116,13 +135,14 @@ def ping_interval_s(settings: Settings) -> float:
 
 
 def uvicorn_config(app: object, settings: Settings, **extra: object) -> uvicorn.Config:
+    exchange = getattr(getattr(app, "state", None), "exchange", None)
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws=ws_protocol(settings),
+        ws=ws_protocol(settings, exchange.metrics if isinstance(exchange, Exchange) else None),
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=ping_interval_s(settings),
         ws_ping_timeout=None,  # the idle timeout above decides (1001), not a late pong (1011)

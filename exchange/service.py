@@ -45,12 +45,14 @@ class Sender(Protocol):
 
 
 class RtbRound:
-    """The live bids of one call: filled by buyers' answers until all arrive or tmax."""
+    """The live bids of one call: filled by buyers' answers until all arrive, every buyer
+    still awaited has gone (its socket closed: a timeout at once), or tmax."""
 
-    __slots__ = ("expected", "answers", "done")
+    __slots__ = ("expected", "via", "answers", "done")
 
     def __init__(self) -> None:
         self.expected: dict[str, str] = {}  # request id -> buyer id
+        self.via: dict[str, Sender] = {}  # request id -> the connection it was sent on
         self.answers: dict[str, tuple[RtbBid, int]] = {}
         self.done = asyncio.Event()
 
@@ -227,6 +229,14 @@ class Exchange:
             conns.remove(conn)
             if not conns:
                 del self.buyers[conn.account.id]
+        gone = [(rid, rnd) for rid, rnd in self.rounds.items() if rnd.via.get(rid) is conn]
+        for rid, rnd in gone:  # bid requests this socket can no longer answer: timeouts now, not at tmax
+            buyer = rnd.expected.pop(rid)
+            del rnd.via[rid], self.rounds[rid]
+            self._close_request(rid, buyer)
+            self.metrics.rtb_timeouts += 1
+            if not rnd.expected:
+                rnd.done.set()
 
     def notify(self, notices: list[Notice]) -> None:
         """Send each notice to the buyer's oldest open connection (if any)."""
@@ -245,7 +255,7 @@ class Exchange:
         if isinstance(msg, RtbBid):
             rnd.answers[msg.request_id] = (msg, self.core.book.next_seq())
             self.metrics.rtb_answers += 1
-        del rnd.expected[msg.request_id]
+        del rnd.expected[msg.request_id], rnd.via[msg.request_id]
         self.rounds.pop(msg.request_id, None)
         self._close_request(msg.request_id, buyer)
         if not rnd.expected:
@@ -307,6 +317,7 @@ class Exchange:
                 conns = self.buyers.get(buyer)
                 if conns and conns[0].send(req):
                     rnd.expected[req.request_id] = buyer
+                    rnd.via[req.request_id] = conns[0]
                     self.rounds[req.request_id] = rnd
             self.metrics.rtb_requests += len(rnd.expected)
             if rnd.expected:

@@ -37,6 +37,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     rate_limit_ws_per_s: Annotated[int, Meta(ge=1)] = 500_000  # buyer messages per key per second (then error)
     rate_limit_ws_burst: Annotated[int, Meta(ge=1)] = 1_000_000
     ws_abuse_strikes: Annotated[int, Meta(ge=1)] = 100  # refused frames in a row before the socket is closed (1008)
+    ws_fair_share: Annotated[int, Meta(ge=0)] = 256  # messages a socket's reader applies before letting others run (0: no limit)
     heartbeat_s: Annotated[int, Meta(ge=1, le=3600)] = 20  # WebSocket ping interval
     idle_timeout_s: Annotated[int, Meta(ge=5, le=86_400)] = 120  # a socket silent this long is closed (1001)
     ack_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 5_000  # an event waits this long for durability, then 503

@@ -4,6 +4,7 @@ within the campaign's ``dedupe_days``."""
 from __future__ import annotations
 
 NS_PER_DAY = 86_400 * 1_000_000_000
+MAX_DEDUPE_DAYS = 365  # the longest window a campaign may set (``Campaign.dedupe_days``)
 
 
 class DedupeIndex:
@@ -21,9 +22,11 @@ class DedupeIndex:
         return last is not None and now_ns - last < days * NS_PER_DAY
 
     def record(self, buyer: str, caller: str, now_ns: int) -> None:
-        self._last[(buyer, caller)] = now_ns
+        key = (buyer, caller)
+        if self._last.get(key, now_ns) <= now_ns:  # (never moved back: a rebuild may replay older calls)
+            self._last[key] = now_ns
 
-    def prune(self, now_ns: int, max_days: int = 365) -> int:
+    def prune(self, now_ns: int, max_days: int = MAX_DEDUPE_DAYS) -> int:
         """Forget entries older than ``max_days`` (no campaign may dedupe longer)."""
         cutoff = now_ns - max_days * NS_PER_DAY
         old = [k for k, t in self._last.items() if t < cutoff]

@@ -100,7 +100,7 @@ class Market(NamedTuple):
     auth: dict[str, str]  # the publisher's Authorization header
 
 
-def market(server: Server, tag: str, vertical: str, bid_cents: int, deposit: int) -> Market:
+def market(server: Server, tag: str, vertical: str, bid_cents: int, deposit: int, dedupe_days: int = 0) -> Market:
     from exchange.messages import Campaign
     from tests.e2e.wsclient import Buyer
 
@@ -108,7 +108,7 @@ def market(server: Server, tag: str, vertical: str, bid_cents: int, deposit: int
     pub_id, pub_key = server.account("publisher", f"{tag}-pub")
     b = Buyer(server.ws_url, buyer_key)
     b.request(lambda s: Campaign(id=f"{tag}-c", vertical=vertical, bid_cents=bid_cents, destination="+18005550199",
-                                 min_duration_s=60, seq=s))
+                                 min_duration_s=60, dedupe_days=dedupe_days, seq=s))
     return Market(buyer_id, buyer_key, pub_id, pub_key, b, {"Authorization": f"Bearer {pub_key}"})
 
 

@@ -16,7 +16,9 @@ import asyncpg
 import pytest
 
 from tests.e2e.conftest import ROOT, market, route_calls, start_server, stop_server
+from exchange.messages import Campaign
 from tests.e2e.test_exchange_e2e import balance
+from tests.e2e.wsclient import Buyer
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 VERT = "e2e_ledger"
@@ -143,5 +145,16 @@ def test_money_is_durable_refundable_audited_and_survives_a_restart(database_url
         assert r.status_code == 200 and r.json()["available_cents"] == 46_000
         replay = again.http.post(f"/v1/accounts/{buyer_id}/deposits", json={"amount_cents": 50_000, "reference": "init-ledger-buyer"}, headers=again.admin)
         assert replay.status_code == 200 and balance(again, buyer_id) == 46_000  # the deposit's replay is still a no-op
+
+        # ... and the repeat-caller index: the buyer comes back with a 30-day dedupe window; the
+        # caller billed to it before the restart goes elsewhere, the short (unbilled) one does not
+        b2 = Buyer(again.ws_url, buyer_key)
+        b2.request(lambda s: Campaign(id="ledger-c", vertical=VERT, bid_cents=4000, destination="+18005550199",
+                                      min_duration_s=60, dedupe_days=30, seq=s))
+        auth = {"Authorization": f"Bearer {m.publisher_key}"}
+        for caller, routed in (("+13125550001", False), ("+13125550002", True), ("+13125550003", True)):
+            d = again.http.post("/v1/calls", json={"caller": caller, "vertical": VERT, "state": "IL"}, headers=auth).json()
+            assert (d["decision"] == "routed") is routed, (caller, d)
+        b2.close()
     finally:
         stop_server(again)

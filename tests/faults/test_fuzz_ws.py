@@ -791,31 +791,27 @@ def publisher_item(draw) -> Item:
     return Item(draw(st.one_of(st.integers(0, 9), st.text(max_size=5), st.none())), good=False, seq="keep")
 
 
+@pytest.mark.parametrize("subprotocol", [JSON_P, MSGPACK_P])
 @FUZZ
 @given(frames=st.lists(st.tuples(st.lists(publisher_item(), min_size=1, max_size=6), st.booleans()), min_size=1, max_size=3))
-def test_publisher_calls_good_and_bad_mixed(world: World, faults, frames) -> None:
-    """Publisher frames: each good call gets its decision (and is one more call), each bad one an
-    error and nothing. A batch the exchange cannot decode may be refused whole (one error and
-    no call) or item by item; either way the calls made are exactly the decisions sent."""
-    sock = world.sock(PUBLISHERS, JSON_P)
+def test_publisher_calls_good_and_bad_mixed(world: World, faults, subprotocol: str, frames) -> None:
+    """Publisher frames, in either subprotocol: each good call gets its decision (and is one more
+    call), each bad one of a batch its own error and nothing (the good ones still go on); the
+    calls made are exactly the decisions sent."""
+    sock = world.sock(PUBLISHERS, subprotocol)
     before = world.snapshot()
     decisions = 0
     for items, batch in frames:
         items = materialize(items)
-        faults.bad_input(f"ws publisher {JSON_P}: bad message", sum(not it.good for it in items))
+        faults.bad_input(f"ws publisher {subprotocol}: bad message", sum(not it.good for it in items))
         frame = _frame(items, batch, sock)
         note(f"publisher frame: {frame[:400]!r}")
         got = sock.roundtrip(frame)
         assert not isinstance(got, Closed), got
         if rate_limited(got):
             continue
-        e = expect_items(items)
-        decodable = all(isinstance(it.msg, dict) and (it.good or it.semantic) for it in items)
-        refused_whole = not decodable and len(got) == 1 and got[0]["type"] == "error" and got[0].get("seq") is None
-        if refused_whole:  # nothing of the frame applies (a late decision would show in the next check or the count below)
-            e = Expect(errors=1, most=1)
-        else:  # each message answered: pings at once, calls (decisions or errors) when decided
-            got = got + sock.collect(lambda ms: len(got) + len(ms) >= e.most, timeout=10)
+        e = expect_items(items)  # each message answered: pings at once, calls (decisions or errors) when decided
+        got = got + sock.collect(lambda ms: len(got) + len(ms) >= e.most, timeout=10)
         check(e, got)
         decisions += sum(m["type"] == "decision" for m in got)
     after = world.snapshot()
@@ -825,44 +821,18 @@ def test_publisher_calls_good_and_bad_mixed(world: World, faults, frames) -> Non
     world.healthy()
 
 
+@pytest.mark.parametrize("subprotocol", [JSON_P, MSGPACK_P])
 @FUZZ
-@given(frames=st.lists(st.one_of(raw_frame(True), raw_frame(False)), min_size=1, max_size=4))
-def test_publisher_raw_frames(world: World, faults, frames) -> None:
-    """Garbage on the publisher socket: errors, no call, the socket and the server live on."""
-    sock = world.sock(PUBLISHERS, JSON_P)
-    before = world.snapshot()
-    faults.bad_input(f"ws publisher {JSON_P}: raw frame", len(frames))
-    for f in frames:
-        note(f"publisher raw frame: {f[:300]!r}")
-        got = sock.roundtrip(f)
-        assert not isinstance(got, Closed), got
-        check(raw_expect(f, False, PUBLISHER_TYPES, whole=True), got)
+@given(data=st.data())
+def test_publisher_raw_frames(world: World, faults, subprotocol: str, data) -> None:
+    """Garbage on the publisher socket, as text and as binary frames: errors, no call, the
+    socket and the server live on."""
+    sock = world.sock(PUBLISHERS, subprotocol)
+    binary = sock.binary
+    frames = data.draw(st.lists(st.one_of(raw_frame(binary), raw_frame(not binary)), min_size=1, max_size=4))
+    faults.bad_input(f"ws publisher {subprotocol}: raw frame", len(frames))
     # (a raw frame cannot hold a good call: its generators cannot spell ``vertical`` as a key)
-    assert moved(before, world.snapshot()) == {}
-    world.healthy()
-
-
-@settings(FUZZ, max_examples=max(5, FUZZ.max_examples // 3))
-@given(frames=st.lists(st.one_of(raw_frame(True), st.lists(publisher_item(), min_size=1, max_size=4).map(
-    lambda items: msgspec.msgpack.encode([it.msg for it in materialize(items)]))), min_size=1, max_size=5))
-def test_publisher_msgpack_socket_survives(world: World, faults, frames) -> None:
-    """``dce.msgpack.v1`` on the publisher socket. The exchange cannot read MessagePack there yet
-    (see ``test_publisher_msgpack_ping_is_answered``), so this checks survival only: every frame
-    gets an answer in MessagePack, no close, no crash, no money moved."""
-    sock = world.sock(PUBLISHERS, MSGPACK_P)
-    faults.bad_input(f"ws publisher {MSGPACK_P}: frame", len(frames))
-    before = world.snapshot()
-    for f in frames:
-        try:
-            sock.ws.send(f)
-            got = sock.collect(lambda ms: len(ms) >= 1, timeout=10)
-        except ConnectionClosed as exc:
-            raise AssertionError(f"publisher msgpack socket closed: {exc}") from None
-        assert got
-    after = world.snapshot()
-    for k in ("book_campaigns", "ledger_entries", "fuzz_balance_cents", "fuzz_held_cents"):
-        assert after[k] == before[k], k
-    world.healthy()
+    _apply(world, sock, [(f, raw_expect(f, binary, PUBLISHER_TYPES, whole=True)) for f in frames], "publisher raw")
 
 
 # ---------------------------------------------------------------- limits: oversized frames, floods
@@ -872,10 +842,9 @@ def test_oversized_frame_is_closed_1009_and_the_exchange_carries_on(world: World
     before = world.snapshot()
     sock = Sock(world.live, path, world.fuzz_key if path == BUYERS else world.pub_key, subprotocol)
     try:
-        if not (path == PUBLISHERS and subprotocol == MSGPACK_P):  # (that socket cannot read MessagePack yet)
-            pad = "a" * (MAX_FRAME - 200)  # just under the limit: answered
-            got = sock.roundtrip(sock.encode({"type": "ping", "seq": 1, "pad": pad}))
-            assert not isinstance(got, Closed) and [m["type"] for m in got] == ["pong"], got
+        pad = "a" * (MAX_FRAME - 200)  # just under the limit: answered
+        got = sock.roundtrip(sock.encode({"type": "ping", "seq": 1, "pad": pad}))
+        assert not isinstance(got, Closed) and [m["type"] for m in got] == ["pong"], got
         over = sock.encode([{"type": "bid", "campaign": "fz_base", "bid_cents": 1, "pad": "b" * 1000}] * (MAX_FRAME // 1000 + 1))
         faults.bad_input(f"ws {path} {subprotocol}: oversized frame")
         got = sock.roundtrip(over)
@@ -937,13 +906,12 @@ def test_repro_text_frame_on_msgpack_and_bad_utf8_get_an_error(world: World, fau
         assert got and all(m["type"] == "error" for m in got), got
 
 
-@pytest.mark.xfail(strict=True, reason="bug: /v1/publishers/ws accepts dce.msgpack.v1 but always decodes frames as JSON")
 def test_publisher_msgpack_ping_is_answered(world: World) -> None:
     sock = Sock(world.live, PUBLISHERS, world.pub_key, MSGPACK_P)
     try:
         sock.ws.send(msgspec.msgpack.encode({"type": "ping", "seq": 6}))
         got = sock.collect(lambda ms: len(ms) >= 1, timeout=3)
-        assert got[0]["type"] == "pong" and got[0].get("seq") == 6, got  # today: a malformed_json error
+        assert got[0]["type"] == "pong" and got[0].get("seq") == 6, got
     finally:
         sock.close()
 

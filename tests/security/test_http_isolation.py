@@ -389,6 +389,9 @@ def test_consents_cannot_be_taken_over_or_revoked_by_another_tenant(world: World
     assert http.post("/v1/consents", json={**consent, "sellers": [t.b.id]}, headers=t.b.auth).status_code == 403
     d = world.call_out(n, tok)
     assert d["decision"] == "routed" and d["route"]["buyer"] == t.a.id, d
+    # nor borrow it: p2's call citing p1's token is refused as if the token did not exist
+    borrowed = world.call_out(n, tok, t.p2)
+    assert borrowed["decision"] == "rejected" and borrowed["reason"] == world.call_out(n, "no-such-token", t.p2)["reason"], borrowed
     unknown = http.post("/v1/consents/no-such-token/revoke", headers=t.p2.auth)
     assert unknown.status_code == 404
     for tenant, body in ((t.p2, None), (t.p2, {"channel": "sms_stop"}), (t.b, None), (t.b, {"scope": "buyer"})):

@@ -2,10 +2,10 @@
 
     python -m bench.fairness [--bids-per-s 1500000] [--seconds 15] [--shares 0,256] [--out FILE]
 
-For each ``EXCHANGE_WS_FAIR_SHARE`` value: starts an exchange (per-key limits raised, as the
-load tests do), runs ``python -m loadtest run --host`` against it offering far more bids than
+For each ``EXCHANGE_WS_FAIR_SHARE`` value: starts an exchange as the load test does
+(``loadtest.target.start_exchange``: per-key limits raised, a DNC snapshot loaded), runs ``python -m loadtest run --host`` against it offering far more bids than
 one process can apply (10 buyer sockets in frames of 100, 100 calls/s), and meanwhile, from
-this separate process, times 60 ``POST /v1/calls`` (one every 100 ms, a vertical nobody bids
+this separate process, once the bid stream flows, times 60 ``POST /v1/calls`` (one every 100 ms, a vertical nobody bids
 on: the whole path of gate, auction and answer, no RTB wait). The probe is the figure: the
 Locust publishers share one gevent worker with the saturated buyer users, so their own round
 trips (also printed) mostly measure the load generator. Prints figures and writes JSON.
@@ -16,21 +16,16 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from loadtest.target import free_port
+from loadtest.target import start_exchange
 
 ROOT = Path(__file__).resolve().parents[1]
-LIMITS = {"EXCHANGE_RATE_LIMIT_WS_PER_S": "1000000000", "EXCHANGE_RATE_LIMIT_WS_BURST": "2000000000",
-          "EXCHANGE_RATE_LIMIT_HTTP_PER_S": "10000000", "EXCHANGE_RATE_LIMIT_HTTP_BURST": "20000000"}
 
 
 def probe(port: int, admin: str, n: int, delay_s: float) -> list[float]:
@@ -44,7 +39,20 @@ def probe(port: int, admin: str, n: int, delay_s: float) -> list[float]:
             raise RuntimeError(f"{path} -> {r.status} {data}")
         return data
 
-    time.sleep(delay_s)
+    def ingested() -> float:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        return next(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("exchange_bids_ingested_total"))
+
+    end = time.monotonic() + delay_s
+    last = ingested()
+    while time.monotonic() < end:  # wait for the bid stream to be flowing (set-up and warm-up done)
+        time.sleep(1.0)
+        now = ingested()
+        if now - last > 100_000:
+            break
+        last = now
+    time.sleep(2.0)  # into the measured window
     key = req("/v1/accounts", {"kind": "publisher", "name": "fairness-probe"}, admin)["api_key"]
     out = []
     for i in range(n):
@@ -62,35 +70,19 @@ def dist(xs: list[float]) -> dict:
 
 
 def run_one(share: int, args: argparse.Namespace) -> dict:
-    admin = "bench_admin_" + secrets.token_urlsafe(32)
-    port = free_port()
     work = Path(tempfile.mkdtemp(prefix="fairness-"))
-    env = {**os.environ, **LIMITS, "EXCHANGE_ADMIN_KEY": admin, "EXCHANGE_WS_FAIR_SHARE": str(share),
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    server = subprocess.Popen([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=work, env=env, stdout=open(work / "exchange.log", "wb"), stderr=subprocess.STDOUT)
+    target = start_exchange(work / "exchange.log", {"EXCHANGE_WS_FAIR_SHARE": str(share)})  # limits raised, DNC loaded
+    port = int(target.base.rsplit(":", 1)[1])
     try:
-        for _ in range(100):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                c.request("GET", "/readyz")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
         load = subprocess.Popen(
-            [sys.executable, "-m", "loadtest", "run", "--host", f"http://127.0.0.1:{port}", "--admin-key", admin,
+            [sys.executable, "-m", "loadtest", "run", "--host", target.base, "--admin-key", target.admin_key,
              "--bids-per-s", str(args.bids_per_s), "--batch", "100", "--calls-per-s", "100", "--duration", str(args.seconds),
              "--warmup", "3", "--min-calls-ratio", "0", "--out", str(work / "run")],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        got: dict = {}
-        t = threading.Thread(target=lambda: got.update(lat=probe(port, admin, 60, args.probe_delay)))
-        t.start()
-        t.join()
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        lat = probe(port, target.admin_key, 60, args.probe_delay)
         load.wait(timeout=args.seconds + 240)
-        res = json.loads((work / "run" / "results.json").read_text())
-        f = res["figures"]
-        out = {"fair_share": share, "probe_call_rtt": dist(got["lat"]), "bids_per_s": f.get("bids_per_s"),
+        f = json.loads((work / "run" / "results.json").read_text())["figures"]
+        out = {"fair_share": share, "probe_call_rtt": dist(lat), "bids_per_s": f.get("bids_per_s"),
                "locust_call_rtt_us": f.get("call_round_trip_us"), "decision_us": f.get("decision_us")}
         p, lc = out["probe_call_rtt"], out["locust_call_rtt_us"] or {}
         print(f"fair_share {share:>4}: bids ingested {out['bids_per_s'] or 0:,.0f}/s | probe POST /v1/calls p50 "
@@ -98,8 +90,7 @@ def run_one(share: int, args: argparse.Namespace) -> dict:
               f"round trip p50 {(lc.get('p50') or 0) / 1e3:,.0f} ms", flush=True)
         return out
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        target.stop()
 
 
 def main() -> None:
@@ -107,7 +98,7 @@ def main() -> None:
     ap.add_argument("--bids-per-s", type=int, default=1_500_000)
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--shares", default="0,256", help="EXCHANGE_WS_FAIR_SHARE values, run in this order")
-    ap.add_argument("--probe-delay", type=float, default=12.0, help="seconds before probing (set-up and warm-up)")
+    ap.add_argument("--probe-delay", type=float, default=60.0, help="at most this long to wait for the bid stream to flow")
     ap.add_argument("--out", default="bench/results/fairness.json")
     args = ap.parse_args()
     runs = [run_one(int(s), args) for s in args.shares.split(",")]

@@ -156,24 +156,25 @@ class Gate:
 
     # ------------------------------------------------------------------ exchange: call level
     def check(self, direction: str, consumer: NumberInfo | None, at_ns: int, call: object = None,
-              publisher: str | None = None) -> Verdict:
+              publisher: str | None = None, record: bool = True) -> Verdict:
         """Steps that do not depend on the buyer. ``call`` (duck-typed ``CallFields``) gives
         consent_token, vertical, origin, dial_mode, state and zip; without it the call has
         no consent and outbound is denied. ``publisher``, the account submitting the call:
         a consent another publisher posted is then treated as unknown (``consent_not_found``),
-        so a token cannot be borrowed and its existence is not revealed."""
+        so a token cannot be borrowed and its existence is not revealed. ``record=False``: an
+        allowed call is not counted for the frequency caps (a decision already taken, re-read)."""
         try:
             return self._run(direction, consumer, at_ns, getattr(call, "consent_token", None),
                              getattr(call, "vertical", None), getattr(call, "origin", None),
                              getattr(call, "dial_mode", None), getattr(call, "state", None),
-                             getattr(call, "zip", None), None, None, False, publisher)
+                             getattr(call, "zip", None), None, None, False, publisher, record)
         except Exception:  # fail closed: a broken rule denies, never allows
             return Verdict(False, "internal_error")
 
     def screen(self, call: Any, consumer: NumberInfo | None, at_ns: int,
-               publisher: str | None = None) -> tuple[NumberInfo | None, Verdict]:
+               publisher: str | None = None, record: bool = True) -> tuple[NumberInfo | None, Verdict]:
         """``check`` plus the consumer carrying the plan the per-buyer check reads."""
-        v = self.check(call.direction, consumer, at_ns, call, publisher)
+        v = self.check(call.direction, consumer, at_ns, call, publisher, record)
         if consumer is not None and v.plan is not None:
             try:
                 consumer = Screened(consumer.e164, consumer.npa, consumer.region, consumer.state, consumer.zones,
@@ -234,7 +235,7 @@ class Gate:
     # ------------------------------------------------------------------ the algorithm
     def _run(self, direction: Any, consumer: NumberInfo | None, at_ns: Any, token: Any, vertical: Any, origin: Any,
              dial_mode: Any, call_state: Any, call_zip: Any, buyer: str | None, campaign: str | None, full: bool,
-             publisher: str | None = None) -> Verdict:
+             publisher: str | None = None, record: bool = True) -> Verdict:
         # 1. request shape
         if (direction not in DIRECTIONS or type(at_ns) is not int or origin not in ORIGINS or dial_mode not in DIAL_MODES
                 or (token is not None and type(token) is not str) or (vertical is not None and type(vertical) is not str)):
@@ -345,7 +346,7 @@ class Gate:
         if full and campaign is not None and campaign in st.flags.abandon_campaigns:
             return _deny("campaign_abandon_rate", "federal", plan)
         # 17. allow, and record the attempt for the frequency caps
-        if capped and pending is None:
+        if capped and pending is None and record:
             st.frequency.record(FrequencyCounter.key(vertical or "", e164), at_ns)
         return Verdict(True, "ok", None, None, pending, plan)
 

@@ -12,6 +12,10 @@ carries its ``Idempotency-Key``, body and answer. So after a crash or a restart:
 - the repeat-caller (dedupe) index is rebuilt from the billable calls of the last
   ``MAX_DEDUPE_DAYS`` (each one's buyer, from its outcome, and consumer, from its decision).
 
+An outbound call's consumer gets the gate's call-level plan again (``Gate.screen`` at the
+decision's instant, counting nothing), so a failed leg can still move to a fallback buyer,
+each of which the per-buyer checks then judge as they stand now.
+
 The leg's concurrency slot is not re-taken: campaigns live in the buyers' sessions, which
 reconnect and re-send them.
 """
@@ -116,6 +120,8 @@ async def restore(ex: Exchange) -> tuple[int, int, int]:
             ledger.outbox.append(HoldEvent(h.call_id, h.route_index, "release", h.account, h.amount_cents, now))
             released += 1
             continue
+        if rec.direction == "outbound" and rec.consumer is not None:  # the gate's plan, for a fallback's per-buyer check
+            rec.consumer, _ = core.gate.screen(rec.request, rec.consumer, rec.created_ns, rec.publisher, record=False)
         ledger.holds[h.call_id] = (h.account, h.amount_cents, h.route_index)
         ledger.held[h.account] = ledger.held.get(h.account, 0) + h.amount_cents
         core.calls[rec.call_id] = rec

@@ -91,10 +91,10 @@ class Exchange:
     async def start(self) -> None:
         gcpolicy.tune()
         await self.store.open()
+        await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
         self.restored = await restore(self)
         await self.writer.start()
         self._durable()
-        await self.compliance.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.ready = True
 

@@ -76,3 +76,74 @@ def test_sigkill_under_load_then_replay_loses_nothing_and_charges_nothing_twice(
     assert rec.returncode == 0, rec.stdout + rec.stderr
     verify = _cli(database_url, "audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_recovered_outbound_call_still_fails_over_to_its_fallback(database_url, faults):
+    """After SIGKILL and a restart, a routed outbound call whose winner's leg fails moves to its
+    fallback buyer (the gate's plan for the callee is rebuilt), and is charged to it once."""
+    import tempfile
+    from datetime import datetime, timezone
+
+    from exchange.messages import Campaign
+    from tests.e2e.wsclient import Buyer
+    from tests.security.kit import outbound_numbers
+
+    env = {"EXCHANGE_DATABASE_URL": database_url, "EXCHANGE_COMPLIANCE_DIR": tempfile.mkdtemp(prefix="dce-compliance-")}
+    server = start_server(env)
+    port = server.port
+    a_id, a_key = server.account("buyer", "out-a", 100_000)
+    b_id, b_key = server.account("buyer", "out-b", 100_000)
+    pub_id, pub_key = server.account("publisher", "out-pub")
+    auth = {"Authorization": f"Bearer {pub_key}"}
+
+    def campaigns(url: str) -> list:
+        socks = []
+        for key, bid in ((a_key, 3000), (b_key, 2000)):
+            ws = Buyer(url, key)
+            ack = ws.request(lambda s, bid=bid: Campaign(id="out", vertical="faults_out", bid_cents=bid, destination="+18005550199",
+                                                         min_duration_s=30, accepts_outbound=True, seq=s))
+            assert type(ack).__name__ == "Ack", ack
+            socks.append(ws)
+        return socks
+
+    socks = campaigns(server.ws_url)
+    today = datetime.now(timezone.utc).date().isoformat()
+    r = server.http.post(f"/v1/dnc/national?snapshot_date={today}", content=b"2025550177\n", headers=server.admin)
+    assert r.status_code == 201, r.text
+    callee = outbound_numbers(1)[0]
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = server.http.post("/v1/consents", json={"token": "crash-out", "phone": callee, "sellers": [a_id, b_id], "created_at": created},
+                         headers=auth)
+    assert r.status_code == 201, r.text
+    d = server.http.post("/v1/calls", json={"caller": "+18885550100", "callee": callee, "direction": "outbound",
+                                            "vertical": "faults_out", "consent_token": "crash-out"}, headers=auth).json()
+    assert d["decision"] == "routed" and d["route"]["buyer"] == a_id and d["fallbacks"][0]["buyer"] == b_id, d
+    call = d["call_id"]
+    end = time.monotonic() + 10  # the decision (and its hold) durable before the kill
+    while not server.http.get("/v1/audit", params={"call_id": call}, headers=server.admin).json()["records"]:
+        assert time.monotonic() < end, "the decision never reached the audit trail"
+        time.sleep(0.05)
+    for ws in socks:
+        ws.close()
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    faults.injected("SIGKILL with an outbound call routed")
+    server.http.close()
+
+    again = start_server(env, port=port)
+    try:
+        socks = campaigns(again.ws_url)  # the buyers come back with their campaigns
+        ev = f"/v1/calls/{call}/events"
+        r = again.http.post(ev, json={"event": "failed"}, headers={**auth, "Idempotency-Key": "f0"})
+        assert r.status_code == 200, r.text
+        moved = r.json()
+        assert moved["status"] == "routed" and moved["route_index"] == 1 and moved["route"]["buyer"] == b_id, moved
+        r = again.http.post(ev, json={"event": "completed", "duration_s": 60}, headers={**auth, "Idempotency-Key": "f1"})
+        assert r.status_code == 200 and r.json()["billable"] and r.json()["charged_cents"] == 2000, r.text
+        assert balance(again, a_id) == 100_000 and balance(again, b_id) == 98_000
+        for ws in socks:
+            ws.close()
+    finally:
+        stop_server(again)
+    rec = _cli(database_url, "billing", "reconcile")
+    assert rec.returncode == 0, rec.stdout + rec.stderr

@@ -48,7 +48,7 @@ import httpx
 
 from bench.ingest import Server, _env, free_port
 from exchange.messages import Campaign, json_encoder
-from loadtest.wire import GUID, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, client_frame
+from loadtest.wire import GUID, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, client_frame, next_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 VERTICAL = "conn_bench"
@@ -94,21 +94,10 @@ class BuyerConn(asyncio.Protocol):
         self.transport.write(self.campaign)
 
     def _frames(self) -> None:
-        buf, pos, n = self.buf, 0, len(self.buf)
-        while n - pos >= 2:
-            op, length, hl = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length, hl = struct.unpack_from("!H", buf, pos + 2)[0], 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length, hl = struct.unpack_from("!Q", buf, pos + 2)[0], 10
-            if n - pos < hl + length:
-                break
-            payload = bytes(buf[pos + hl : pos + hl + length])
-            pos += hl + length
+        buf, pos = self.buf, 0
+        while (frame := next_frame(buf, pos)) is not None:
+            b0, payload, pos = frame
+            op = b0 & 0x0F
             if op == OP_TEXT:
                 if not self.acked.done():
                     if b'"ack"' in payload:

@@ -61,6 +61,33 @@ def client_frame(payload: bytes, opcode: int = OP_TEXT, key: bytes | None = None
     return head + key + mask(payload, key)
 
 
+def next_frame(buf: bytes | bytearray, pos: int) -> tuple[int, bytes, int] | None:
+    """The complete frame at ``buf[pos:]``: (its first byte, the payload unmasked, the position
+    after it), or None while it is incomplete. Servers do not mask; a masked frame is read too."""
+    n = len(buf)
+    if n - pos < 2:
+        return None
+    b1 = buf[pos + 1]
+    length, hl = b1 & 0x7F, 2
+    if length == 126:
+        if n - pos < 4:
+            return None
+        length, hl = struct.unpack_from("!H", buf, pos + 2)[0], 4
+    elif length == 127:
+        if n - pos < 10:
+            return None
+        length, hl = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+    if b1 & 0x80:
+        hl += 4
+    end = pos + hl + length
+    if n < end:
+        return None
+    payload = bytes(buf[pos + hl : end])
+    if b1 & 0x80:
+        payload = mask(payload, bytes(buf[pos + hl - 4 : pos + hl]))
+    return buf[pos], payload, end
+
+
 class FrameRing:
     """Pre-masked frames back to back in one buffer; ``take(k)`` yields byte slices of the
     next ``k`` frames (wrapping around), so sending them costs one ``sendall`` per slice."""
@@ -144,28 +171,10 @@ class WsClient:
             self.buf += data
 
     def _parse(self) -> list[tuple[int, bytes]]:
-        buf, pos, n = self.buf, 0, len(self.buf)
+        buf, pos = self.buf, 0
         out: list[tuple[int, bytes]] = []
-        while n - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            length, hl = b1 & 0x7F, 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length, hl = struct.unpack_from("!H", buf, pos + 2)[0], 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length, hl = struct.unpack_from("!Q", buf, pos + 2)[0], 10
-            masked = b1 & 0x80
-            if masked:  # servers must not mask; tolerate it anyway
-                hl += 4
-            if n - pos < hl + length:
-                break
-            payload = bytes(buf[pos + hl : pos + hl + length])
-            if masked:
-                payload = mask(payload, bytes(buf[pos + hl - 4 : pos + hl]))
-            pos += hl + length
+        while (frame := next_frame(buf, pos)) is not None:
+            b0, payload, pos = frame
             fin, op = b0 & 0x80, b0 & 0x0F
             if op == OP_PING:
                 self.send(payload, OP_PONG)

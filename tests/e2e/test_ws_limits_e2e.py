@@ -170,16 +170,10 @@ def read_raw_frames(sock: socket.socket, buf: bytearray, timeout: float) -> list
     sock.settimeout(timeout)
     out: list[tuple[int, bytes]] = []
     while not out:
-        while len(buf) >= 2:
-            n, hl = buf[1] & 0x7F, 2
-            if n == 126:
-                n, hl = struct.unpack_from("!H", buf, 2)[0], 4
-            elif n == 127:
-                n, hl = struct.unpack_from("!Q", buf, 2)[0], 10
-            if len(buf) < hl + n:
-                break
-            out.append((buf[0] & 0x0F, bytes(buf[hl:hl + n])))
-            del buf[:hl + n]
+        while (frame := wire.next_frame(buf, 0)) is not None:
+            b0, payload, end = frame
+            out.append((b0 & 0x0F, payload))
+            del buf[:end]
         if out:
             break
         data = sock.recv(65536)

@@ -206,6 +206,19 @@ def _lines_table(lines: list[Line], with_call: bool = True) -> str:
     return _table(headers, rows, len(headers) - 1)
 
 
+# per party: opening label, the summary's (label, kind) rows, the kind that is unusual for the
+# party (shown only if present), closing label, and the sections (heading, kind, with call column)
+_LAYOUT = {
+    "buyer": ("Opening balance", [("Deposits", "deposit"), ("Charges", "charge"), ("Refunds", "refund")], "payout",
+              "Closing balance",
+              [("Charges ({n} calls)", "charge", True), ("Refunds", "refund", True), ("Deposits", "deposit", False)]),
+    "publisher": ("Opening balance payable", [("Credits for billable calls", "credit"), ("Refund claw-backs", "clawback"),
+                                              ("Payouts made", "payout")], "deposit", "Net payable at month end",
+                  [("Credits ({n} billable calls)", "credit", True), ("Refund claw-backs", "clawback", True),
+                   ("Payouts made", "payout", False)]),
+}
+
+
 def write_html(st: Statement, path: Path) -> None:
     month_name = datetime.fromtimestamp(month_bounds(st.month)[0] // NS, UTC).strftime("%B %Y")
     title = ("Invoice" if st.party == "buyer" else "Payout report") + f" — {st.name} ({st.party_id}) — {month_name}"
@@ -213,26 +226,15 @@ def write_html(st: Statement, path: Path) -> None:
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>Account <code>{html.escape(st.account)}</code>; period {iso(month_bounds(st.month)[0])} to "
              f"{iso(month_bounds(st.month)[1])} (UTC). Amounts in dollars, signed as they move this balance.</p>"]
-    if st.party == "buyer":
-        parts.append(_summary([
-            ("Opening balance", st.opening_cents), ("Deposits", st.total("deposit")),
-            ("Charges", st.total("charge")), ("Refunds", st.total("refund")),
-            *((f"Other ({k})", st.total(k)) for k in ["payout", *st.other_kinds] if st.of(k)),
-            ("Closing balance", st.closing_cents)]))
-        parts.append(f"<h2>Charges ({len(st.of('charge'))} calls)</h2>" + _lines_table(st.of("charge")))
-        parts.append("<h2>Refunds</h2>" + _lines_table(st.of("refund")))
-        parts.append("<h2>Deposits</h2>" + _lines_table(st.of("deposit"), with_call=False))
-        others = [x for x in st.lines if x.kind not in ("charge", "refund", "deposit")]
-    else:
-        parts.append(_summary([
-            ("Opening balance payable", st.opening_cents), ("Credits for billable calls", st.total("credit")),
-            ("Refund claw-backs", st.total("clawback")), ("Payouts made", st.total("payout")),
-            *((f"Other ({k})", st.total(k)) for k in ["deposit", *st.other_kinds] if st.of(k)),
-            ("Net payable at month end", st.closing_cents)]))
-        parts.append(f"<h2>Credits ({len(st.of('credit'))} billable calls)</h2>" + _lines_table(st.of("credit")))
-        parts.append("<h2>Refund claw-backs</h2>" + _lines_table(st.of("clawback")))
-        parts.append("<h2>Payouts made</h2>" + _lines_table(st.of("payout"), with_call=False))
-        others = [x for x in st.lines if x.kind not in ("credit", "clawback", "payout")]
+    opening, totals, unusual, closing, sections = _LAYOUT[st.party]
+    parts.append(_summary([
+        (opening, st.opening_cents), *((label, st.total(kind)) for label, kind in totals),
+        *((f"Other ({k})", st.total(k)) for k in [unusual, *st.other_kinds] if st.of(k)),
+        (closing, st.closing_cents)]))
+    for heading, kind, with_call in sections:
+        parts.append(f"<h2>{heading.format(n=len(st.of(kind)))}</h2>" + _lines_table(st.of(kind), with_call=with_call))
+    shown = {kind for _, kind, _ in sections}
+    others = [x for x in st.lines if x.kind not in shown]
     if others:
         parts.append("<h2>Other entries</h2>" + _lines_table(others))
     parts.append("</body></html>\n")

@@ -7,40 +7,19 @@ statements and on the hash-chained audit trail, and bad money requests move noth
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
 
-import asyncpg
 import pytest
 
-from tests.e2e.conftest import ROOT, market, route_calls, start_server, stop_server
 from exchange.messages import Campaign
+from tests.e2e.conftest import ROOT, market, route_calls, start_server, stop_server
 from tests.e2e.test_exchange_e2e import balance
 from tests.e2e.wsclient import Buyer
+from tests.integration.conftest import pg_schema_url
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 VERT = "e2e_ledger"
-
-
-def _pg_up() -> bool:
-    import asyncio
-
-    async def probe() -> bool:
-        try:
-            conn = await asyncpg.connect(PG, timeout=3)
-        except (OSError, asyncpg.PostgresError):
-            return False
-        await conn.close()
-        return True
-
-    return asyncio.run(probe())
-
-
-def _drop_schema(schema: str) -> None:
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "test", "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
-                   check=False, capture_output=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"], scope="module")
@@ -48,13 +27,7 @@ def database_url(request):
     if request.param == "sqlite":
         yield f"sqlite:///{tempfile.mkdtemp(prefix='dce-ledger-')}/ledger.db"
         return
-    if not _pg_up():
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432")
-        pytest.skip("PostgreSQL is not running")
-    schema = f"e2e_{secrets.token_hex(4)}"
-    yield f"{PG}?schema={schema}"
-    _drop_schema(schema)
+    yield from pg_schema_url("e2e")
 
 
 def cli(database_url: str, *args: str) -> subprocess.CompletedProcess:

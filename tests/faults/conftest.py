@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.integration.conftest import _drop, require_pg, schema_url
+from tests.integration.conftest import pg_schema_url
 
 ROOT = Path(__file__).resolve().parents[2]
 TALLY: Counter[str] = Counter()
@@ -56,14 +55,7 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tempfile.mkdtemp(prefix='dce-faults-')}/ledger.db"
         return
-    require_pg()
-    schema = f"faults_{secrets.token_hex(5)}"
-    try:
-        yield schema_url(schema)
-    finally:
-        import asyncio
-
-        asyncio.run(_drop(schema))
+    yield from pg_schema_url("faults")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -51,13 +51,19 @@ async def _drop(schema: str) -> None:
         await conn.close()
 
 
-def _pg_url() -> Iterator[str]:
+def pg_schema_url(prefix: str) -> Iterator[str]:
+    """A PostgreSQL URL on a schema of its own (``prefix_<random>``), dropped afterwards; skips
+    (or, under CI, fails) without a server. For fixtures: ``yield from pg_schema_url("x")``."""
     require_pg()
-    schema = f"it_{secrets.token_hex(6)}"
+    schema = f"{prefix}_{secrets.token_hex(6)}"
     try:
         yield schema_url(schema)
     finally:
         asyncio.run(_drop(schema))
+
+
+def _pg_url() -> Iterator[str]:
+    return pg_schema_url("it")
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -46,7 +46,8 @@ from typing import Any
 
 import httpx
 
-from bench.ingest import Server, _env, free_port
+from bench.ingest import Server
+from loadtest.target import child_env, free_port
 from exchange.messages import Campaign, json_encoder
 from loadtest.wire import GUID, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, client_frame, next_frame
 
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     admin = {"Authorization": f"Bearer {admin_key}"}
     workdir = Path(tempfile.mkdtemp(prefix="connections-exchange-"))
     srv = Server("exchange", [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                 port, _env({"EXCHANGE_ADMIN_KEY": admin_key}), workdir)
+                 port, child_env({"EXCHANGE_ADMIN_KEY": admin_key}), workdir)
     srv.workdir = workdir
     procs: list[mp.Process] = []
     try:

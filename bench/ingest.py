@@ -27,7 +27,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import httpx
 import msgspec
 
 from exchange.messages import Campaign, json_encoder
+from loadtest.target import child_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -49,22 +49,8 @@ STATE_SETS = (["CA", "TX"], ["FL"], ["NY", "NJ", "PA"], ["IL", "OH"], ["GA", "NC
 
 
 # ---------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # the bench measures the transport's ceiling, not the per-key limiter (which is tested elsewhere)
 UNLIMITED = {"EXCHANGE_RATE_LIMIT_WS_PER_S": "1000000000", "EXCHANGE_RATE_LIMIT_WS_BURST": "2000000000"}
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.update(extra or {})
-    return env
 
 
 class Server:
@@ -181,7 +167,7 @@ def tree_cpu_s(pid: int) -> float:
 # ---------------------------------------------------------------- targets
 def start_bare() -> Server:
     port = free_port()
-    srv = Server("bare", [sys.executable, "-m", "bench.bare_server", "--host", "127.0.0.1", "--port", str(port)], port, _env(), ROOT)
+    srv = Server("bare", [sys.executable, "-m", "bench.bare_server", "--host", "127.0.0.1", "--port", str(port)], port, child_env(), ROOT)
     srv.wait_ready()
     srv.key = "bare"
     return srv
@@ -242,7 +228,7 @@ def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
     admin_key = "bench-admin-" + secrets.token_urlsafe(16)
     workdir = Path(tempfile.mkdtemp(prefix="ingest-exchange-"))  # any embedded store lands here
     srv = Server("real", [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                 port, _env({"EXCHANGE_ADMIN_KEY": admin_key, **UNLIMITED}), workdir)
+                 port, child_env({"EXCHANGE_ADMIN_KEY": admin_key, **UNLIMITED}), workdir)
     srv.workdir = workdir
     try:
         srv.wait_ready(60.0)
@@ -271,7 +257,7 @@ def run_wsload(srv: Server, campaigns: int, batch: int, seconds: float) -> dict[
     busy0, _ = machine_ticks()
     wall0 = time.perf_counter()
     cpu0 = srv.cpu_s()
-    proc = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=seconds + 120)
+    proc = subprocess.run(argv, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=seconds + 120)
     cpu1 = srv.cpu_s()
     wall = time.perf_counter() - wall0
     busy1, _ = machine_ticks()

@@ -2,7 +2,8 @@
 at a low rate, exactly as a load tester runs it (a real exchange on a free loopback port,
 a Locust master and one worker process, real WebSockets and HTTP), with small thresholds.
 About 15 s. Timing is not judged here (a few dozen decisions on a shared machine say nothing
-about a p99): the decision threshold is lifted, and the full run (``python -m loadtest run``,
+about a p99, and 3 s of Poisson arrivals at 20/s vary by ±13 %): the decision threshold is
+lifted and the calls ratio lowered to 0.5, and the full run (``python -m loadtest run``,
 README) is what measures it."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def test_loadtest_run_smoke(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     argv = [sys.executable, "-m", "loadtest", "run", "--bids-per-s", "2000", "--calls-per-s", "20", "--duration", "3",
             "--warmup", "1", "--workers", "1", "--buyers", "2", "--publishers", "1", "--campaigns", "200", "--batch", "10",
-            "--setup-timeout", "30", "--min-bids-per-s", "1000", "--max-decision-p99-us", "1000000000", "--out", str(out)]
+            "--setup-timeout", "30", "--min-bids-per-s", "1000", "--max-decision-p99-us", "1000000000", "--min-calls-ratio", "0.5", "--out", str(out)]
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
     logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(out.glob("*.log")))
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}"

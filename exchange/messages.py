@@ -392,6 +392,19 @@ def error_from_exception(exc: Exception, prefix: str = "$") -> ErrorDetail:
     return ErrorDetail(code="malformed_json", message=f"cannot decode frame: {exc}")
 
 
+BAD_UTF8 = "cannot decode frame: invalid UTF-8"
+_JSON_DECODERS: frozenset = frozenset()  # filled below: the frame decoders that read JSON
+
+
+def _utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8 (ASCII is checked first by the caller: the common case)."""
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 BUYER_CODECS = {
     False: (buyer_json_one, buyer_json, _seq_json, _raw_list_json),
     True: (buyer_msgpack_one, buyer_msgpack, _seq_msgpack, _raw_list_msgpack),
@@ -400,6 +413,9 @@ PUBLISHER_CODECS = {
     False: (publisher_json_one, publisher_json, _seq_json, _raw_list_json),
     True: (publisher_msgpack_one, publisher_msgpack, _seq_msgpack, _raw_list_msgpack),
 }
+
+
+_JSON_DECODERS = frozenset({BUYER_CODECS[False][1], PUBLISHER_CODECS[False][1]})
 
 
 def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[BuyerMessage], list[Error], bool | list[str]]:
@@ -422,6 +438,10 @@ def decode_frame(data: bytes | str, codecs: tuple) -> tuple[list, list[Error], b
     JSON path of each good message. ``message_path`` reads it.
     """
     one, many, seq_of, raw_list = codecs
+    if type(data) is bytes and many in _JSON_DECODERS and not data.isascii() and not _utf8(data):
+        # one verdict per frame: msgspec only validates the strings it reads, so bad UTF-8 in a
+        # field nobody reads (or in a later item of a batch) would otherwise pass or split the frame
+        return [], [Error(code="malformed_json", message=BAD_UTF8)], False
     try:
         out = many.decode(data)
     except msgspec.ValidationError:
@@ -463,6 +483,8 @@ def message_path(where: bool | list[str], i: int) -> str:
 
 def decode_body(data: bytes, type_: type) -> object:
     """Decode an HTTP JSON body into ``type_``; raises ``BadInput`` with path on failure."""
+    if not data.isascii() and not _utf8(data):
+        raise BadInput(ErrorDetail(code="malformed_json", message=BAD_UTF8))
     try:
         return msgspec.json.decode(data, type=type_)
     except (msgspec.MsgspecError, ValueError, RecursionError) as exc:  # also bad UTF-8 and deep nesting (not 500s)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from tests.builders import World
+
+# CI runs every property and fuzz test on a fixed sequence of examples (derandomized: a submission
+# cannot fail on a draw no one has seen) and without per-example deadlines (these hosts are noisy);
+# elsewhere Hypothesis explores new examples on every run. `HYPOTHESIS_PROFILE=ci` reproduces CI.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture

@@ -574,12 +574,23 @@ def check(e: Expect, got: list[dict]) -> None:
 # ---------------------------------------------------------------- raw frames: an independent oracle
 def raw_expect(frame: str | bytes, binary: bool, types: frozenset[str], whole: bool = False) -> Expect:
     """What any frame must get, judged without the exchange's typed decoders."""
+    if not binary and isinstance(frame, bytes):
+        try:
+            frame.decode()
+        except UnicodeDecodeError:
+            return Expect(errors=1, most=1)  # JSON that is not UTF-8 anywhere: one malformed_json for the frame
     try:
         value = msgspec.msgpack.decode(frame) if binary else msgspec.json.decode(frame)
-    except (msgspec.ValidationError, UnicodeDecodeError):
-        # a number out of range or a string that is not UTF-8: the exchange's decoder skips
-        # such values in fields it ignores, so the frame may hold good messages too
+    except msgspec.ValidationError:
+        # a number out of range: the exchange's decoder skips such values in fields it
+        # ignores, so the frame may hold good messages too
         return Expect(errors=None, most=10**6, exact=False)
+    except msgspec.DecodeError as exc:
+        if binary and "UTF-8" in str(exc):
+            # a MessagePack string that is not UTF-8: validated where a field is read, skipped
+            # (as a length) where it is not, so the frame may hold good messages too
+            return Expect(errors=None, most=10**6, exact=False)
+        return Expect(errors=1, most=1)
     except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
         return Expect(errors=1, most=1)  # malformed, or nested too deep: one error for the frame
     items = value if isinstance(value, list) else [value]
@@ -904,6 +915,26 @@ def test_repro_text_frame_on_msgpack_and_bad_utf8_get_an_error(world: World, fau
         got = sock.roundtrip(frame)
         assert not isinstance(got, Closed), got
         assert got and all(m["type"] == "error" for m in got), got
+
+
+BAD_UTF8_FOUND = [b'[1,{"type":"\xff"}]', b'{"type":"ping","x":"\xff"}', b'{"type":"\xff"}', b'["\xc3\x28"]',
+                  b'{"type":"bid","campaign":"\xed\xa0\x80","bid_cents":1,"seq":3}', b'[{"type":"ping","seq":1},"\xf8\x88\x80\x80\x80"]']
+
+
+@pytest.mark.parametrize("path", [BUYERS, PUBLISHERS])
+@pytest.mark.parametrize("frame", BAD_UTF8_FOUND)
+def test_repro_invalid_utf8_anywhere_is_one_malformed_json(world: World, faults, path: str, frame: bytes) -> None:
+    """Found by the fuzzer: ``[1,{"type":"\xff"}]`` got two errors (``invalid_message`` for
+    ``$[0]``, then ``malformed_json``) and ``{"type":"ping","x":"\xff"}`` a ``pong``, because
+    msgspec validates only the strings it reads. A JSON frame that is not UTF-8 anywhere now gets
+    exactly one ``malformed_json`` and nothing of it applies, on both sockets."""
+    sock = world.sock(path, JSON_P)
+    faults.bad_input("ws: invalid UTF-8")
+    before = world.snapshot()
+    got = sock.roundtrip(frame)
+    assert not isinstance(got, Closed), got
+    assert [(m["type"], m.get("code")) for m in got] == [("error", "malformed_json")], got
+    assert world.snapshot() == before
 
 
 def test_publisher_msgpack_ping_is_answered(world: World) -> None:

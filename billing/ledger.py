@@ -22,7 +22,7 @@ class DuplicateKey(ValueError):
 
 
 class Ledger:
-    __slots__ = ("balances", "held", "credit", "holds", "posted", "outbox", "_by_key")
+    __slots__ = ("balances", "held", "credit", "holds", "posted", "outbox", "_by_key", "freed")
 
     def __init__(self) -> None:
         self.balances: dict[str, int] = {}
@@ -32,6 +32,7 @@ class Ledger:
         self.posted = 0
         self.outbox: list[Record] = []
         self._by_key: dict[tuple[str, str], Entry] = {}
+        self.freed: set[str] = set()  # accounts whose spendable funds went up (read by the book's funds index)
 
     def restore(self, balances: dict[str, int], entries: list[Entry]) -> None:
         """Start from durable balances and the replayable entries (nothing goes to the outbox)."""
@@ -54,6 +55,8 @@ class Ledger:
         self.outbox.append(entry)
         for account, amount in entry.legs:
             self.balances[account] = self.balances.get(account, 0) + amount
+            if amount > 0:
+                self.freed.add(account)
         return entry, True
 
     def find(self, reference: str, kind: str) -> Entry | None:
@@ -65,6 +68,11 @@ class Ledger:
     # ------------------------------------------------------------------ holds
     def set_credit(self, account: str, credit_limit_cents: int) -> None:
         self.credit[account] = credit_limit_cents
+        self.freed.add(account)
+
+    def spendable(self, account: str) -> int:
+        """Balance less holds plus credit: the most a new hold may take."""
+        return self.balances.get(account, 0) - self.held.get(account, 0) + self.credit.get(account, 0)
 
     def available(self, account: str) -> int:
         """Balance less holds (credit not included)."""
@@ -92,6 +100,7 @@ class Ledger:
             return 0
         account, amount, leg = hold
         self.held[account] -= amount
+        self.freed.add(account)
         self.outbox.append(HoldEvent(reference, leg, kind, account, amount, at_ns))
         return amount
 

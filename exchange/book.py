@@ -17,12 +17,24 @@ lookup and two attribute writes.
 priority: the bid that has stood longest at that price wins.
 
 RTB campaigns have no standing price; they sit in a per-vertical set and are asked live.
+
+**Parked campaigns.** A campaign whose buyer cannot cover its bid (available funds plus
+credit) is found once by a decision, then *parked*: taken out of the ranked index (like a
+pause) and kept in its buyer's wait list, ordered by bid. It comes back, at its old time
+priority, when the buyer's spendable funds reach its bid: the ledger names the accounts whose
+funds went up (a deposit, a released hold, a credit change, a refund) and ``wake_funds`` reads
+that list before each decision; a parked campaign repriced down is looked at again too. So a
+buyer without money costs the calls nothing however many campaigns it streams, and a decision
+pops only campaigns that can pay.
+
+**A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
+new one past it is refused with ``campaign_limit`` and nothing in the book changes.
 """
 
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from typing import Callable, Iterator
+from typing import Callable
 
 from billing.postings import buyer_account
 from routing.capacity import Capacity, Limits
@@ -37,6 +49,9 @@ US_STATES = frozenset(
     "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR GU VI AS MP".split()
 )
 Key = tuple[str, str]  # (buyer id, campaign id)
+
+
+MAX_PER_BUYER = 2_000
 
 
 class CampaignError(ValueError):
@@ -73,7 +88,7 @@ class Standing:
     __slots__ = (
         "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
         "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
-        "destination", "accepts_outbound", "capacity", "buckets", "live", "account", "listing", "listed_bid",
+        "destination", "accepts_outbound", "capacity", "buckets", "live", "account", "listing", "listed_bid", "parked",
     )
 
     def __init__(self, buyer: str, msg: Campaign, capacity: Capacity) -> None:
@@ -101,6 +116,7 @@ class Standing:
         self.capacity = capacity
         self.buckets: list[Bucket] = []
         self.live = True
+        self.parked = False  # out of the index until its buyer can cover the bid (``Book.park_funds``)
 
     def covers(self, state: str | None) -> bool:
         return not self.states or state in self.states
@@ -110,13 +126,20 @@ class Standing:
 
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq")
+    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "_wanting", "_recheck", "parked", "scanned")
 
-    def __init__(self) -> None:
+    def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
         self._buckets: dict[tuple[str, str | None], Bucket] = {}
         self._rtb: dict[str, dict[Key, Standing]] = {}
         self._seq = 0
+        self._per_buyer: dict[str, int] = {}
+        self.max_per_buyer = max_per_buyer
+        # ledger account -> min-heap of (bid, seq, campaign) parked for funds (stale entries dropped lazily)
+        self._wanting: dict[str, list[tuple[int, int, Standing]]] = {}
+        self._recheck: set[str] = set()  # accounts with a parked campaign repriced since the last wake
+        self.parked = 0  # campaigns parked now
+        self.scanned = 0  # live listings a decision examined, ever (a gauge: what decisions touch)
 
     def __len__(self) -> int:
         return len(self._campaigns)
@@ -129,9 +152,6 @@ class Book:
     def get(self, buyer: str, campaign_id: str) -> Standing | None:
         return self._campaigns.get((buyer, campaign_id))
 
-    def of_buyer(self, buyer: str) -> Iterator[Standing]:
-        return (s for s in self._campaigns.values() if s.buyer == buyer)
-
     # ------------------------------------------------------------------ writes
     def upsert(self, buyer: str, msg: Campaign) -> Standing:
         """Create or replace a campaign. Raises ``CampaignError`` (nothing changes)."""
@@ -139,12 +159,17 @@ class Book:
         if bad:
             raise CampaignError("invalid_field", f"unknown state {bad[0]}", f"$.states[{msg.states.index(bad[0])}]")
         old = self._campaigns.get((buyer, msg.id))
+        if old is None and self._per_buyer.get(buyer, 0) >= self.max_per_buyer:
+            raise CampaignError("campaign_limit", f"a buyer holds at most {self.max_per_buyer} campaigns "
+                                "(EXCHANGE_MAX_CAMPAIGNS_PER_BUYER); replace or pause one of yours", "$.id")
         try:
             s = Standing(buyer, msg, old.capacity if old is not None else Capacity())
         except ScheduleError as exc:
             raise CampaignError("invalid_field", str(exc), exc.path) from None
         if old is not None:
             self._unlist(old)
+        else:
+            self._per_buyer[buyer] = self._per_buyer.get(buyer, 0) + 1
         self._campaigns[s.key] = s
         if s.rtb:
             self._rtb.setdefault(s.vertical, {})[s.key] = s
@@ -172,7 +197,59 @@ class Book:
                     heappush(heap, entry)
                     if len(heap) > b.limit:
                         b.compact()
+            elif s.parked:
+                self._want(s)
+                self._recheck.add(s.account)
         return True
+
+    # ------------------------------------------------------------------ parked for funds
+    def park_funds(self, s: Standing) -> None:
+        """Take ``s`` out of the index until its buyer's funds cover its bid (``wake_funds``)."""
+        if s.listing < 0 or s.parked:
+            return
+        self._delist(s)
+        s.parked = True
+        self.parked += 1
+        self._want(s)
+
+    def _want(self, s: Standing) -> None:
+        heap = self._wanting.setdefault(s.account, [])
+        heappush(heap, (s.bid_cents, s.seq, s))
+        if len(heap) > 64 and len(heap) > 4 * self.parked:  # repriced while parked: drop the stale entries
+            live = [e for e in heap if e[2].parked and e[2].live and e[2].seq == e[1]]
+            heapify(live)
+            self._wanting[s.account] = live
+
+    def wake_funds(self, freed: set[str], spendable: Callable[[str], int]) -> int:
+        """Re-list the parked campaigns whose buyer can now cover their bid. ``freed``: the
+        ledger accounts whose funds went up since the last call (emptied here); returns how
+        many campaigns came back."""
+        if self._recheck:
+            freed |= self._recheck
+            self._recheck.clear()
+        back = 0
+        if not freed or not self._wanting:
+            freed.clear()
+            return 0
+        for account in freed:
+            heap = self._wanting.get(account)
+            if not heap:
+                continue
+            can = spendable(account)
+            while heap and heap[0][0] <= can:
+                bid, seq, s = heappop(heap)
+                if s.parked and s.live and s.seq == seq:
+                    s.parked = False
+                    self.parked -= 1
+                    back += 1
+                    if not s.paused:
+                        self._relist(s)
+                        for b in s.buckets:
+                            b.members[s.key] = s
+            if not heap:
+                del self._wanting[account]
+        freed.clear()
+        return back
 
     def set_paused(self, buyer: str, campaign_id: str, paused: bool) -> bool:
         s = self._campaigns.get((buyer, campaign_id))
@@ -187,6 +264,9 @@ class Book:
         return True
 
     def _list(self, s: Standing) -> None:
+        if s.parked:  # resumed while parked: listed now, and parked again by a decision if still unfunded
+            s.parked = False
+            self.parked -= 1
         self._seq += 1
         s.seq = s.listing = self._seq
         s.listed_bid = s.bid_cents
@@ -210,6 +290,9 @@ class Book:
 
     def _unlist(self, s: Standing) -> None:
         s.live = False
+        if s.parked:
+            s.parked = False
+            self.parked -= 1
         self._delist(s)
         if s.rtb:
             self._rtb.get(s.vertical, {}).pop(s.key, None)
@@ -252,14 +335,17 @@ class Book:
                 continue
             back.append(entry)
             scanned += 1
+            self.scanned += 1
             if s.wide_states is not None and state not in s.wide_states:
                 continue
             if accept(s):
                 out.append(s)
         for entry in back_a:
-            heappush(a, entry)  # type: ignore[arg-type]
+            if entry[2].listing == entry[1]:  # (not parked meanwhile by ``accept``)
+                heappush(a, entry)  # type: ignore[arg-type]
         for entry in back_b:
-            heappush(b, entry)  # type: ignore[arg-type]
+            if entry[2].listing == entry[1]:
+                heappush(b, entry)  # type: ignore[arg-type]
         return out
 
     def rtb_candidates(self, vertical: str, state: str | None, now_ns: int) -> list[Standing]:

@@ -82,7 +82,7 @@ class Core:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.book = Book()
+        self.book = Book(settings.max_campaigns_per_buyer)
         self.ledger = Ledger()
         self.clock = LocalClock()
         self.gate = Gate()

@@ -83,11 +83,19 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     buyers: set[str] = set()
 
     def accept(st: Standing) -> bool:
-        if st.buyer in buyers or refusal(core, st, p.consumer, call.direction, p.area_code, st.bid_cents, now_ns) is not None:
+        if st.buyer in buyers:
+            return False
+        why = refusal(core, st, p.consumer, call.direction, p.area_code, st.bid_cents, now_ns)
+        if why is not None:
+            if why == "funds":  # the same for every call until the buyer's funds go up
+                core.book.park_funds(st)
             return False
         buyers.add(st.buyer)
         return True
 
+    ledger = core.ledger
+    if ledger.freed or core.book.parked:
+        core.book.wake_funds(ledger.freed, ledger.spendable)
     standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit)
     bidders = [Bidder(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
     timeouts: list[tuple[str, BidRequest]] = []

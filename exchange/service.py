@@ -388,6 +388,8 @@ class Exchange:
         core = self.core
         return {
             "book_campaigns": len(core.book),
+            "book_campaigns_parked": core.book.parked,
+            "book_listings_scanned": core.book.scanned,
             "calls_active": len(core.active),
             "calls_in_memory": len(core.calls),
             "rtb_rounds_open": len(self.rounds),

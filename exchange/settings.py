@@ -29,6 +29,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_call_s: Annotated[int, Meta(ge=60, le=86_400)] = 4 * 3600
     call_retention_s: Annotated[int, Meta(ge=60)] = 24 * 3600
     scan_limit: Annotated[int, Meta(ge=10)] = 10_000
+    max_campaigns_per_buyer: Annotated[int, Meta(ge=1)] = 2_000  # a new campaign past it: error campaign_limit
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
     send_queue: Annotated[int, Meta(ge=8)] = 4096

@@ -183,6 +183,7 @@ def start_exchange(log_path: Path, env_extra: dict[str, str] | None = None) -> T
     log = open(log_path, "wb")
     # a load test measures the exchange, not the per-key limits: a few keys carry the whole load
     limits = {"EXCHANGE_RATE_LIMIT_WS_PER_S": "1000000000", "EXCHANGE_RATE_LIMIT_WS_BURST": "2000000000",
+              "EXCHANGE_MAX_CAMPAIGNS_PER_BUYER": "1000000",
               "EXCHANGE_RATE_LIMIT_HTTP_PER_S": "10000000", "EXCHANGE_RATE_LIMIT_HTTP_BURST": "20000000"}
     env = child_env({"EXCHANGE_ADMIN_KEY": admin_key, "EXCHANGE_COMPLIANCE_DIR": str(workdir / "compliance"), **limits,
                      **(env_extra or {})})

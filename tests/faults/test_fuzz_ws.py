@@ -293,7 +293,8 @@ def campaign(cid: str, vertical: str, bid: int, **kw: Any) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    live = launch(tmp_path_factory.mktemp("fuzz-ws"), EXCHANGE_ROUTE_TTL_S="3600")  # no hold expires mid-run
+    live = launch(tmp_path_factory.mktemp("fuzz-ws"), EXCHANGE_ROUTE_TTL_S="3600",  # no hold expires mid-run
+                  EXCHANGE_MAX_CAMPAIGNS_PER_BUYER="1000000")  # the fuzzer creates campaigns by the thousand
     try:
         fuzz_id, fuzz_key = live.account("buyer", "fuzz-buyer", deposit=100_000_000)
         other_id, other_key = live.account("buyer", "fuzz-other", deposit=100_000_000)

@@ -86,7 +86,7 @@ def make_app() -> Starlette:
     return Starlette(routes=[Route("/readyz", readyz), WebSocketRoute("/v1/buyers/ws", buyers_ws)])
 
 
-def uvicorn_config(app: object, host: str, port: int) -> "uvicorn.Config":
+def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
     """The exchange's uvicorn config for ``app`` (same loop, parser, WebSocket implementation,
     frame limit, pings, lifespan), or the equivalent fallback if the exchange cannot be imported."""
     import uvicorn

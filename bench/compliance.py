@@ -85,7 +85,7 @@ def build(national_n: int, tmp: Path, rng: np.random.Generator) -> tuple[Gate, l
     }))
     st.swap(litigators=NumberList(from_keys(rng.integers(2_000_000_000, 9_999_999_999, 100_000)), None, "lit"))
     numbers = [f"+1{rng.choice(NPAS)}{rng.integers(200, 999)}{rng.integers(0, 9999):04d}" for _ in range(200_000)]
-    for i, n in enumerate(numbers[:100_000]):
+    for i in range(100_000):
         st.suppressions.add(f"+1{rng.choice(NPAS)}{rng.integers(200, 999)}{rng.integers(0, 9999):04d}",
                             "exchange" if i % 2 else f"buyer:{BUYERS[i % 50]}", NOW_NS - DAY_NS)
     for i, n in enumerate(numbers):

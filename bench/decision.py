@@ -70,7 +70,7 @@ def run_once(n: int, calls: int, churn: int, seed: int, flood: float = 0.0) -> l
     rng = random.Random(seed)
     core, keys = build(n, rng, flood)
     reqs = []
-    for i in range(calls):
+    for _ in range(calls):
         st = rng.choice(STATES)
         reqs.append(CallRequest(caller=f"+1{AREA[st]}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}", vertical=rng.choice(VERTICALS)))
     done = CallEvent(event="completed", duration_s=120)

@@ -155,7 +155,7 @@ def lookups(arr, present: np.ndarray, n: int, rng: np.random.Generator, batch: i
             for k in chunk:
                 arr.contains(k)
             per_batch.append((clock() - t) / batch)
-        strings = ["+1%d" % k for k in keys[:200_000]]
+        strings = [f"+1{k}" for k in keys[:200_000]]
         has = arr.has
         per_str = []
         for e in strings:

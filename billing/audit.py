@@ -13,7 +13,8 @@ does not match: an edit, a deletion or an insertion anywhere breaks the chain fr
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Iterable
 
 import msgspec
 

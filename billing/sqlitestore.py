@@ -12,7 +12,8 @@ import asyncio
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable
 
 from .store import Batch, Store, StoreRefused, StoreUnavailable, migrations
 

@@ -26,7 +26,7 @@ import heapq
 import logging
 from collections import deque
 from time import monotonic
-from typing import Iterable
+from collections.abc import Iterable
 
 import msgspec
 

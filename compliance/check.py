@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import IO, Any, Iterable
+from typing import IO, Any
+from collections.abc import Iterable
 
 from .consent import consent_from_record
 from .dncarray import from_keys, national_key

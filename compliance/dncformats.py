@@ -25,7 +25,8 @@ import gzip
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -8,7 +8,7 @@ turns into ``invalid_request``.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import date, datetime, UTC
 
 NS = 1_000_000_000
 NS_PER_DAY = 86_400 * NS
@@ -55,5 +55,5 @@ def day_start_ns(day: int) -> int:
 def rfc3339(at_ns: int) -> str:
     """``2026-04-15T16:00:00Z`` (fractions only when present)."""
     secs, frac = divmod(at_ns, NS)
-    text = datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    text = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{frac:09d}".rstrip("0") + "Z" if frac else text + "Z"

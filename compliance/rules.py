@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from functools import lru_cache
+from functools import lru_cache, cache
 from importlib import resources
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -135,7 +135,7 @@ def default_rules() -> Rules:
     return compile_rules(raw)
 
 
-@lru_cache(maxsize=None)
+@cache
 def zone(name: str) -> ZoneInfo:
     """An IANA zone read from the pinned ``tzdata`` package (one object per name)."""
     path = resources.files("tzdata.zoneinfo")

@@ -25,7 +25,8 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .consent import consent_from_record
 from .dncarray import DncArray
@@ -87,7 +88,7 @@ class ComplianceRuntime:
         return self._dir
 
     @classmethod
-    def from_settings(cls, gate: Gate, settings: Any) -> "ComplianceRuntime":
+    def from_settings(cls, gate: Gate, settings: Any) -> ComplianceRuntime:
         """From the exchange's ``Settings`` (read by attribute: the compliance package never
         imports the exchange): ``compliance_dir``, ``redis_url``, ``redis_prefix``,
         ``max_dnc_upload_bytes``."""

@@ -51,7 +51,7 @@ class StateLists(NamedTuple):
         return None
 
     @classmethod
-    def of(cls, by_state: dict[str, NumberList]) -> "StateLists":
+    def of(cls, by_state: dict[str, NumberList]) -> StateLists:
         if not by_state:
             return cls({}, EMPTY)
         if len(by_state) == 1:

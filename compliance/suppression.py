@@ -9,7 +9,8 @@ they survive a restart and reach the other exchange processes. The list itself d
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 EXCHANGE_SCOPE = "exchange"
 

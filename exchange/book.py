@@ -34,7 +34,7 @@ new one past it is refused with ``campaign_limit`` and nothing in the book chang
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from typing import Callable
+from collections.abc import Callable
 
 from billing.postings import buyer_account
 from routing.capacity import Capacity, Limits
@@ -68,7 +68,7 @@ class Bucket:
         self.members: dict[Key, Standing] = {}
         self.limit = 64
 
-    def push(self, entry: tuple[int, int, "Standing"]) -> None:
+    def push(self, entry: tuple[int, int, Standing]) -> None:
         heap = self.heap
         heappush(heap, entry)
         if len(heap) > self.limit:

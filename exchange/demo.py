@@ -14,7 +14,7 @@ import socket
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import httpx
 import uvicorn
@@ -179,7 +179,7 @@ async def _load_national_dnc(http: httpx.AsyncClient, rng: random.Random, count:
     flat file (``NXXNXXXXXX`` per line) uploaded to ``POST /v1/dnc/national``. Without one the
     gate refuses every outbound call with ``dnc_snapshot_stale``; with it they are decided on
     their merits (opt-outs, registry hits, consent, calling hours)."""
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     with tempfile.TemporaryFile() as f:
         f.write("".join(f"{_caller(rng)[0][2:]}\n" for _ in range(count)).encode())
         f.seek(0)

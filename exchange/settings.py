@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Literal
+from collections.abc import Mapping
 
 import msgspec
 from msgspec import Meta, Struct

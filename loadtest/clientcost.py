@@ -79,7 +79,7 @@ def measure(url: str, key: str, campaigns: list, frames: int, batch: int) -> dic
     n = len(ids)
     c0, t0 = time.process_time(), time.perf_counter()
     i = 0
-    for f in range(frames):
+    for _ in range(frames):
         bids = [Bid(campaign=ids[(i + j) % n], bid_cents=1000 + (i + j) % 3000) for j in range(batch)]
         i += batch
         payload = json_encoder.encode(bids[0] if batch == 1 else bids)
@@ -98,7 +98,7 @@ def measure(url: str, key: str, campaigns: list, frames: int, batch: int) -> dic
     conn = websocket.create_connection(url, header=[f"Authorization: Bearer {key}"], subprotocols=["dce.json.v1"])
     c0, t0 = time.process_time(), time.perf_counter()
     i = 0
-    for f in range(frames):
+    for _ in range(frames):
         bids = [Bid(campaign=ids[(i + j) % n], bid_cents=1000 + (i + j) % 3000) for j in range(batch)]
         i += batch
         conn.send(json_encoder.encode(bids[0] if batch == 1 else bids).decode())

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 HISTS = ("decision_us", "call_us", "call_rtb_us", "event_us", "ack_us", "rtb_answer_us")
 
@@ -45,7 +46,7 @@ class Hist:
         self.counts[bucket(int(v))] += k
         self.n += k
 
-    def merge(self, other: "Hist | dict[int, int] | Iterable[tuple[int, int]]") -> None:
+    def merge(self, other: Hist | dict[int, int] | Iterable[tuple[int, int]]) -> None:
         items = other.counts.items() if isinstance(other, Hist) else (other.items() if isinstance(other, dict) else other)
         for b, k in items:
             self.counts[int(b)] += int(k)

@@ -84,7 +84,7 @@ def _server_hist(samples: list[dict[str, Any]], a: float, b: float) -> dict[str,
     return out
 
 
-def build(cfg: "Config", plan: "Plan", target: "Target", final: dict[str, Any] | None, samples: list[dict[str, Any]],
+def build(cfg: Config, plan: Plan, target: Target, final: dict[str, Any] | None, samples: list[dict[str, Any]],
           metrics0: dict[str, float] | None, alive: bool, log_problems: list[str], started: float,
           exits: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
     th = cfg.thresholds

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ class Target:
         ``POST /v1/dnc/national``. Without a snapshot the gate denies every outbound call with
         ``dnc_snapshot_stale``; with it, outbound calls are decided on their merits."""
         rng = random.Random(seed * 7919 + 3)
-        today = datetime.now(timezone.utc).date().isoformat()
+        today = datetime.now(UTC).date().isoformat()
         with tempfile.TemporaryFile() as f:
             f.write("".join(f"{us_caller(rng)[0][2:]}\n" for _ in range(count)).encode())
             f.seek(0)

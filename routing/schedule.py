@@ -81,7 +81,7 @@ class CompiledSchedule:
         self.days = days
 
     @classmethod
-    def compile(cls, tz: str, hours: dict[str, list[tuple[str, str]]]) -> "CompiledSchedule":
+    def compile(cls, tz: str, hours: dict[str, list[tuple[str, str]]]) -> CompiledSchedule:
         zone = zone_named(tz)
         days = []
         for name in WEEKDAYS:

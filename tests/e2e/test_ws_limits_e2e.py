@@ -313,7 +313,7 @@ def small_queue():
 def test_a_buyer_that_stops_reading_is_closed_1008_while_a_buyer_and_a_publisher_are_served(small_queue):
     server = small_queue
     _, sleepy_key = server.account("buyer", "sleepy", 10_000)
-    h_id, h_key = server.account("buyer", "healthy", 100_000)
+    h_id, h_key = server.account("buyer", "healthy", 10_000_000)  # every call holds 1,500 until the end: never short of funds
     _, pub_key = server.account("publisher", "busy-pub")
     healthy = Buyer(server.ws_url, h_key)
     assert type(healthy.request(lambda s: camp("h", 1500, s, vertical="e2e_slow"))).__name__ == "Ack"

@@ -51,7 +51,13 @@ REASONS = (
     "reassigned_number", "state_day_restriction", "state_emergency", "outside_calling_hours",
     "state_frequency_limit", "campaign_abandon_rate", "ok", "internal_error",
 )
-TEMPORAL = frozenset({"state_day_restriction", "outside_calling_hours", "state_frequency_limit"})
+# The per-buyer refusals (``buyer_refusal``) that do not depend on the campaign: for one call,
+# they hold for every campaign of that buyer (``_for_buyer`` reads the campaign last).
+BUYER_WIDE = frozenset({
+    "internal_dnc", "consent_revoked", "litigator_list", "dnc_snapshot_stale", "national_dnc", "state_dnc",
+    "consent_missing", "consent_not_found", "consent_phone_mismatch", "consent_seller_mismatch", "consent_expired",
+    "reassigned_number",
+})
 
 
 class Plan:

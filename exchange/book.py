@@ -61,12 +61,26 @@ class CampaignError(ValueError):
 
 
 class Bucket:
-    __slots__ = ("heap", "members", "limit")
+    __slots__ = ("heap", "members", "buyers", "limit")
 
     def __init__(self) -> None:
         self.heap: list[tuple[int, int, Standing]] = []
-        self.members: dict[Key, Standing] = {}
+        self.members: dict[Key, Standing] = {}  # the listed campaigns
+        self.buyers: dict[str, int] = {}  # buyer -> how many of its campaigns are listed here
         self.limit = 64
+
+    def add(self, s: Standing) -> None:
+        if s.key not in self.members:
+            self.members[s.key] = s
+            self.buyers[s.buyer] = self.buyers.get(s.buyer, 0) + 1
+
+    def remove(self, s: Standing) -> None:
+        if self.members.pop(s.key, None) is not None:
+            n = self.buyers[s.buyer] - 1
+            if n:
+                self.buyers[s.buyer] = n
+            else:
+                del self.buyers[s.buyer]
 
     def push(self, entry: tuple[int, int, Standing]) -> None:
         heap = self.heap
@@ -79,7 +93,7 @@ class Bucket:
         heap = [e for e in self.heap if e[2].listing == e[1]]
         heapify(heap)
         self.heap = heap
-        self.limit = 3 * len(heap) + 256
+        self.limit = len(heap) + len(heap) // 2 + 32
 
 
 class Standing:
@@ -126,11 +140,11 @@ class Standing:
 
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "_wanting", "_recheck", "parked", "scanned")
+    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "_wanting", "_recheck", "parked", "scanned", "popped", "relisted")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
-        self._buckets: dict[tuple[str, str | None], Bucket] = {}
+        self._buckets: dict[tuple[str, str | None, bool], Bucket] = {}  # (vertical, state or None: wide, accepts outbound)
         self._rtb: dict[str, dict[Key, Standing]] = {}
         self._seq = 0
         self._per_buyer: dict[str, int] = {}
@@ -139,7 +153,10 @@ class Book:
         self._wanting: dict[str, list[tuple[int, int, Standing]]] = {}
         self._recheck: set[str] = set()  # accounts with a parked campaign repriced since the last wake
         self.parked = 0  # campaigns parked now
-        self.scanned = 0  # live listings a decision examined, ever (a gauge: what decisions touch)
+        # what decisions cost the index, ever (host-independent figures for the benches and /metrics):
+        self.scanned = 0  # live listings examined
+        self.popped = 0  # heap entries popped (live, stale and moved down)
+        self.relisted = 0  # campaigns re-listed because their price moved down since listing
 
     def __len__(self) -> int:
         return len(self._campaigns)
@@ -174,7 +191,8 @@ class Book:
         if s.rtb:
             self._rtb.setdefault(s.vertical, {})[s.key] = s
         else:
-            keys = [(s.vertical, None)] if s.wide_states is not None or not s.states else [(s.vertical, st) for st in s.states]
+            ob = s.accepts_outbound
+            keys = [(s.vertical, None, ob)] if s.wide_states is not None or not s.states else [(s.vertical, st, ob) for st in s.states]
             s.buckets = [self._buckets.setdefault(k, Bucket()) for k in keys]
             if not s.paused:
                 self._list(s)
@@ -245,7 +263,7 @@ class Book:
                     if not s.paused:
                         self._relist(s)
                         for b in s.buckets:
-                            b.members[s.key] = s
+                            b.add(s)
             if not heap:
                 del self._wanting[account]
         freed.clear()
@@ -272,7 +290,7 @@ class Book:
         s.listed_bid = s.bid_cents
         entry = (-s.bid_cents, s.seq, s)
         for b in s.buckets:
-            b.members[s.key] = s
+            b.add(s)
             b.push(entry)
 
     def _relist(self, s: Standing) -> None:
@@ -286,7 +304,7 @@ class Book:
         s.listing = -1  # every heap entry of s is now stale
         s.listed_bid = 0
         for b in s.buckets:
-            b.members.pop(s.key, None)
+            b.remove(s)
 
     def _unlist(self, s: Standing) -> None:
         s.live = False
@@ -299,54 +317,81 @@ class Book:
 
     # ------------------------------------------------------------------ reads
     def ranked(
-        self, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000
+        self, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000,
+        outbound: bool = False, done: set[str] | None = None,
     ) -> list[Standing]:
         """Up to ``want`` accepted standing bids in price-time order, best first.
 
-        Pops the two candidate heaps in merged order, drops stale and expired entries for
-        good, and pushes every live entry it popped back, so the book is unchanged.
+        Pops the candidate heaps in merged order -- the call's state and the wide campaigns,
+        each split by whether the campaigns take outbound calls (an outbound call reads only
+        those that do) -- drops stale and expired entries for good, and pushes every live
+        entry it popped back, so the book is unchanged.
+
+        ``done``: the buyers the caller needs no more campaigns of (one route per buyer, or a
+        refusal that holds for all of a buyer's campaigns), filled by ``accept``. The scan stops
+        once every buyer listed in these heaps is done, instead of walking the rest.
         """
-        own = self._buckets.get((vertical, state)) if state is not None else None
-        wide = self._buckets.get((vertical, None))
-        a = own.heap if own is not None else None
-        b = wide.heap if wide is not None else None
+        buckets = self._buckets
+        heaps = []
+        pool: list[Bucket] = []
+        for ob in (True,) if outbound else (False, True):
+            if state is not None:
+                own = buckets.get((vertical, state, ob))
+                if own is not None and own.heap:
+                    heaps.append(own.heap)
+                    pool.append(own)
+            wide = buckets.get((vertical, None, ob))
+            if wide is not None and wide.heap:
+                heaps.append(wide.heap)
+                pool.append(wide)
+        most = max((len(b.buyers) for b in pool), default=0)  # a lower bound of the buyers listed here
+        every: int | None = None
         out: list[Standing] = []
-        back_a: list[tuple[int, int, Standing]] = []
-        back_b: list[tuple[int, int, Standing]] = []
-        scanned = 0
+        backs: list[list[tuple[int, int, Standing]]] = [[] for _ in heaps]
+        scanned = popped = 0
         while len(out) < want and scanned < scan_limit:
-            if a and (not b or a[0] < b[0]):
-                entry = heappop(a)
-                back = back_a
-            elif b:
-                entry = heappop(b)
-                back = back_b
-            else:
+            k = -1
+            top = None
+            for i, h in enumerate(heaps):
+                if h and (top is None or h[0] < top):
+                    k, top = i, h[0]
+            if k < 0:
                 break
+            entry = heappop(heaps[k])
+            popped += 1
             s = entry[2]
             if s.listing != entry[1]:
                 continue  # an old listing, paused or replaced: drop the entry
             if s.seq != entry[1]:
                 self._relist(s)  # the price moved down since listing: re-list at the true price
+                self.relisted += 1
                 continue
             if s.expires_ns is not None and s.expires_ns <= now_ns:
                 for bucket in s.buckets:  # expired for good: drop it from the index
-                    bucket.members.pop(s.key, None)
+                    bucket.remove(s)
                 continue
-            back.append(entry)
+            backs[k].append(entry)
             scanned += 1
-            self.scanned += 1
             if s.wide_states is not None and state not in s.wide_states:
                 continue
             if accept(s):
                 out.append(s)
-        for entry in back_a:
-            if entry[2].listing == entry[1]:  # (not parked meanwhile by ``accept``)
-                heappush(a, entry)  # type: ignore[arg-type]
-        for entry in back_b:
-            if entry[2].listing == entry[1]:
-                heappush(b, entry)  # type: ignore[arg-type]
+            if done is not None and len(done) >= most:
+                if every is None:
+                    every = len(set().union(*(b.buyers for b in pool))) if len(pool) > 1 else most
+                if len(done) >= every:
+                    break  # every buyer listed here has its route or its refusal
+        self.scanned += scanned
+        self.popped += popped
+        for h, back in zip(heaps, backs):
+            for entry in back:
+                if entry[2].listing == entry[1]:  # (not parked meanwhile by ``accept``)
+                    heappush(h, entry)
         return out
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"popped": self.popped, "scanned": self.scanned, "relisted": self.relisted}
 
     def rtb_candidates(self, vertical: str, state: str | None, now_ns: int) -> list[Standing]:
         pool = self._rtb.get(vertical)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from compliance.gate import Verdict
+from compliance.gate import BUYER_WIDE, Verdict
 from compliance.numbers import NumberInfo, parse_number
 
 from .auction import Bidder, clear
@@ -80,23 +80,26 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         return rec, notices
 
     want = s.max_fallbacks + 2  # the routes plus one runner-up to price the last of them
-    buyers: set[str] = set()
+
+    done: set[str] = set()  # buyers with their route, or refused whatever the campaign
 
     def accept(st: Standing) -> bool:
-        if st.buyer in buyers:
+        if st.buyer in done:
             return False
         why = refusal(core, st, p.consumer, call.direction, p.area_code, st.bid_cents, now_ns)
         if why is not None:
             if why == "funds":  # the same for every call until the buyer's funds go up
                 core.book.park_funds(st)
+            elif why in BUYER_WIDE:  # the compliance gate's per-buyer verdict: no campaign of this buyer may take it
+                done.add(st.buyer)
             return False
-        buyers.add(st.buyer)
+        done.add(st.buyer)
         return True
 
     ledger = core.ledger
     if ledger.freed or core.book.parked:
         core.book.wake_funds(ledger.freed, ledger.spendable)
-    standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit)
+    standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit, call.direction == "outbound", done)
     bidders = [Bidder(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
     timeouts: list[tuple[str, BidRequest]] = []
     for buyer, req in p.bid_requests:

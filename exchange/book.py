@@ -18,14 +18,10 @@ priority: the bid that has stood longest at that price wins.
 
 RTB campaigns have no standing price; they sit in a per-vertical set and are asked live.
 
-**Parked campaigns.** A campaign whose buyer cannot cover its bid (available funds plus
-credit) is found once by a decision, then *parked*: taken out of the ranked index (like a
-pause) and kept in its buyer's wait list, ordered by bid. It comes back, at its old time
-priority, when the buyer's spendable funds reach its bid: the ledger names the accounts whose
-funds went up (a deposit, a released hold, a credit change, a refund) and ``wake_funds`` reads
-that list before each decision; a parked campaign repriced down is looked at again too. So a
-buyer without money costs the calls nothing however many campaigns it streams, and a decision
-pops only campaigns that can pay.
+**Parked campaigns.** A campaign that cannot take any call for a known period (its buyer
+cannot cover the bid, its schedule is closed, a cap, budget or its concurrency is spent) is
+found once by a decision and parked: out of the heaps, into the ``ParkingLot``
+(``exchange/parking.py``), which brings it back on the event that re-enables it.
 
 **A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
 new one past it is refused with ``campaign_limit`` and nothing in the book changes.
@@ -42,6 +38,7 @@ from routing.schedule import CompiledSchedule, ScheduleError
 
 from .instants import to_ns
 from .messages import Campaign
+from .parking import ParkingLot
 
 WIDE_STATES = 8
 US_STATES = frozenset(
@@ -130,7 +127,7 @@ class Standing:
         self.capacity = capacity
         self.buckets: list[Bucket] = []
         self.live = True
-        self.parked = False  # out of the index until its buyer can cover the bid (``Book.park_funds``)
+        self.parked: str | None = None  # why it is out of the index for now (``exchange/parking.py``)
 
     def covers(self, state: str | None) -> bool:
         return not self.states or state in self.states
@@ -140,7 +137,7 @@ class Standing:
 
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "_wanting", "_recheck", "parked", "scanned", "popped", "relisted")
+    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
@@ -149,10 +146,7 @@ class Book:
         self._seq = 0
         self._per_buyer: dict[str, int] = {}
         self.max_per_buyer = max_per_buyer
-        # ledger account -> min-heap of (bid, seq, campaign) parked for funds (stale entries dropped lazily)
-        self._wanting: dict[str, list[tuple[int, int, Standing]]] = {}
-        self._recheck: set[str] = set()  # accounts with a parked campaign repriced since the last wake
-        self.parked = 0  # campaigns parked now
+        self.lot = ParkingLot(self._unparked)
         # what decisions cost the index, ever (host-independent figures for the benches and /metrics):
         self.scanned = 0  # live listings examined
         self.popped = 0  # heap entries popped (live, stale and moved down)
@@ -204,7 +198,7 @@ class Book:
         if s is None:
             return False
         if s.bid_cents != bid_cents:
-            s.bid_cents = bid_cents
+            old, s.bid_cents = s.bid_cents, bid_cents
             self._seq += 1
             s.seq = seq = self._seq
             if bid_cents > s.listed_bid and s.listing >= 0:
@@ -215,59 +209,26 @@ class Book:
                     heappush(heap, entry)
                     if len(heap) > b.limit:
                         b.compact()
-            elif s.parked:
-                self._want(s)
-                self._recheck.add(s.account)
+            elif s.parked is not None:
+                self.lot.repriced(s, old)
         return True
 
-    # ------------------------------------------------------------------ parked for funds
-    def park_funds(self, s: Standing) -> None:
-        """Take ``s`` out of the index until its buyer's funds cover its bid (``wake_funds``)."""
-        if s.listing < 0 or s.parked:
+    # ------------------------------------------------------------------ parked campaigns
+    @property
+    def parked(self) -> int:
+        return self.lot.count
+
+    def park(self, s: Standing, why: str, wake_ns: int | None, now_ns: int) -> None:
+        """Take ``s`` out of the index until the event that re-enables it (``ParkingLot``)."""
+        if s.listing < 0 or s.parked is not None:
             return
         self._delist(s)
-        s.parked = True
-        self.parked += 1
-        self._want(s)
+        self.lot.park(s, why, wake_ns, now_ns)
 
-    def _want(self, s: Standing) -> None:
-        heap = self._wanting.setdefault(s.account, [])
-        heappush(heap, (s.bid_cents, s.seq, s))
-        if len(heap) > 64 and len(heap) > 4 * self.parked:  # repriced while parked: drop the stale entries
-            live = [e for e in heap if e[2].parked and e[2].live and e[2].seq == e[1]]
-            heapify(live)
-            self._wanting[s.account] = live
-
-    def wake_funds(self, freed: set[str], spendable: Callable[[str], int]) -> int:
-        """Re-list the parked campaigns whose buyer can now cover their bid. ``freed``: the
-        ledger accounts whose funds went up since the last call (emptied here); returns how
-        many campaigns came back."""
-        if self._recheck:
-            freed |= self._recheck
-            self._recheck.clear()
-        back = 0
-        if not freed or not self._wanting:
-            freed.clear()
-            return 0
-        for account in freed:
-            heap = self._wanting.get(account)
-            if not heap:
-                continue
-            can = spendable(account)
-            while heap and heap[0][0] <= can:
-                bid, seq, s = heappop(heap)
-                if s.parked and s.live and s.seq == seq:
-                    s.parked = False
-                    self.parked -= 1
-                    back += 1
-                    if not s.paused:
-                        self._relist(s)
-                        for b in s.buckets:
-                            b.add(s)
-            if not heap:
-                del self._wanting[account]
-        freed.clear()
-        return back
+    def _unparked(self, s: Standing) -> None:
+        self._relist(s)
+        for b in s.buckets:
+            b.add(s)
 
     def set_paused(self, buyer: str, campaign_id: str, paused: bool) -> bool:
         s = self._campaigns.get((buyer, campaign_id))
@@ -282,9 +243,7 @@ class Book:
         return True
 
     def _list(self, s: Standing) -> None:
-        if s.parked:  # resumed while parked: listed now, and parked again by a decision if still unfunded
-            s.parked = False
-            self.parked -= 1
+        self.lot.forget(s)  # resumed while parked: listed now, and parked again by a decision if still refused
         self._seq += 1
         s.seq = s.listing = self._seq
         s.listed_bid = s.bid_cents
@@ -308,9 +267,7 @@ class Book:
 
     def _unlist(self, s: Standing) -> None:
         s.live = False
-        if s.parked:
-            s.parked = False
-            self.parked -= 1
+        self.lot.forget(s)
         self._delist(s)
         if s.rtb:
             self._rtb.get(s.vertical, {}).pop(s.key, None)

@@ -86,6 +86,7 @@ def _disengage(core: Core, rec: CallRecord, outcome: str, now_ns: int) -> None:
         capacity.release()
         if outcome != "billable":
             capacity.give_back(taken, spend_only=(outcome == "short"))
+        core.book.lot.capacity_freed(capacity)
     r = rec.routes[rec.index]
     if outcome == "billable":
         entry = charge(rec.call_id, r.buyer, rec.publisher, r.price_cents, core.settings.take_rate_bps, now_ns)

@@ -15,6 +15,7 @@ import msgspec
 
 from compliance.gate import BUYER_WIDE, Verdict
 from compliance.numbers import NumberInfo, parse_number
+from routing.eligibility import reopens_at
 
 from .auction import Bidder, clear
 from .book import Standing
@@ -22,6 +23,7 @@ from .core import CallRecord, Core, Notice, PlannedRoute
 from .instants import from_ns
 from .lifecycle import engage, refusal, route_wire
 from .messages import BidRequest, CallFields, CallInfo, DecisionFields, Loss, RtbBid
+from .parking import FUNDS, PARKABLE
 
 
 class Prepared(NamedTuple):
@@ -88,8 +90,8 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
             return False
         why = refusal(core, st, p.consumer, call.direction, p.area_code, st.bid_cents, now_ns)
         if why is not None:
-            if why == "funds":  # the same for every call until the buyer's funds go up
-                core.book.park_funds(st)
+            if why in PARKABLE:  # the same for every call until an event or an instant: out of the index till then
+                core.book.park(st, why, None if why == FUNDS else reopens_at(core.clock, st, why, now_ns), now_ns)
             elif why in BUYER_WIDE:  # the compliance gate's per-buyer verdict: no campaign of this buyer may take it
                 done.add(st.buyer)
             return False
@@ -97,8 +99,10 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         return True
 
     ledger = core.ledger
-    if ledger.freed or core.book.parked:
-        core.book.wake_funds(ledger.freed, ledger.spendable)
+    if core.book.lot.count:
+        core.book.lot.wake(now_ns, ledger.freed, ledger.spendable)
+    else:
+        ledger.freed.clear()
     standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit, call.direction == "outbound", done)
     bidders = [Bidder(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
     timeouts: list[tuple[str, BidRequest]] = []

@@ -32,3 +32,26 @@ def campaign_refusal(clock: LocalClock, c: CampaignLike, now_ns: int, price_cent
     if schedule is not None and not schedule.is_open(lt):
         return "schedule"
     return c.capacity.refusal(c.limits, lt, price_cents)
+
+
+NS_PER_MINUTE = 60_000_000_000
+
+
+def reopens_at(clock: LocalClock, c: CampaignLike, why: str, now_ns: int) -> int | None:
+    """The first UTC instant at which refusal ``why`` (a time rule) may no longer hold for
+    ``c``: the next local hour or day for hourly and daily caps and the daily budget, the
+    schedule's next opening; None where only an event or a later check can tell (concurrency,
+    the monthly cap). The local calendar moves at whole minutes, so the edges are counted in
+    local minutes from now; across a daylight-saving change the estimate may be off by the
+    change, which the parking lot's hourly re-check absorbs."""
+    schedule = c.schedule
+    lt = clock.at(schedule.zone if schedule is not None else UTC, now_ns)
+    if why == "hourly_cap":
+        ahead: int | None = 60 - lt.minute_of_day % 60
+    elif why in ("daily_cap", "daily_budget"):
+        ahead = 1440 - lt.minute_of_day
+    elif why == "schedule" and schedule is not None:
+        ahead = schedule.minutes_to_open(lt)
+    else:
+        return None
+    return None if ahead is None else (lt.minute_bucket + ahead) * NS_PER_MINUTE

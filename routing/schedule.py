@@ -94,6 +94,20 @@ class CompiledSchedule:
             days.append(tuple(sorted(spans)))
         return cls(zone, tuple(days))
 
+    def minutes_to_open(self, lt: LocalTime) -> int | None:
+        """Local minutes from ``lt`` to the next opening (0 if open now); None if never open."""
+        m = lt.minute_of_day
+        for ahead in range(8):
+            for a, b in self.days[(lt.weekday + ahead) % 7]:
+                if ahead == 0:
+                    if a <= m < b:
+                        return 0
+                    if a > m:
+                        return a - m
+                else:
+                    return ahead * 1440 + a - m
+        return None
+
     def is_open(self, lt: LocalTime) -> bool:
         m = lt.minute_of_day
         for a, b in self.days[lt.weekday]:

@@ -1,0 +1,164 @@
+"""Instruction counts, which do not drift with the host: one decision, one bid, one lifecycle.
+
+    python -m bench.instructions [--ops decision,bid,lifecycle] [--out FILE]
+
+Each figure is measured under ``valgrind --tool=callgrind`` as the difference between two
+runs of the same child process that differ only in how many operations they perform after an
+identical set-up (``PYTHONHASHSEED=0``, seeded data): (instructions with N operations −
+instructions with none) / N. Times on these hosts vary by up to 4x between sessions; these
+counts change only when the code does, so a regression shows in them.
+
+- ``decision``: ``prepare`` + ``decide`` for one inbound call, book of 100,000 campaigns
+  (``bench.decision``'s book), no bid updates between calls.
+- ``bid``: one bid of a 100-bid JSON frame decoded and applied to a 1,000-campaign book, as
+  the gateway does (``decode_frame`` + ``Book.reprice``), prices a random walk.
+- ``lifecycle``: one call through the ASGI app in process (``POST /v1/calls``, events
+  ``connected`` and ``completed``, the win notice to a buyer socket stand-in), the embedded
+  store writing in its own thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+N = {"decision": 200, "bid": 20_000, "lifecycle": 100}
+
+
+# ---------------------------------------------------------------- the measured child
+def _decision(n: int) -> None:
+    import random
+
+    from bench.decision import AREA, NOW_NS, STATES, VERTICALS, build
+    from exchange.messages import CallRequest
+    from exchange.pipeline import decide, prepare
+
+    rng = random.Random(1)
+    core, _ = build(100_000, rng)
+    reqs = [CallRequest(caller=f"+1{AREA[st]}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}", vertical=rng.choice(VERTICALS))
+            for st in (rng.choice(STATES) for _ in range(1000))]
+    warm = len(reqs)  # every request once first: the compliance week tables of each candidate set are built then
+    for i in range(warm + n):
+        p = prepare(core, reqs[i % len(reqs)], "pub", f"call{i}", NOW_NS + i)
+        decide(core, p, {}, NOW_NS + i)
+
+
+def _bid(n: int) -> None:
+    import random
+
+    import msgspec
+
+    from exchange.book import Book
+    from exchange.messages import Bid, Campaign, decode_buyer_frame
+
+    rng = random.Random(1)
+    book = Book()
+    price = {}
+    for i in range(1000):
+        c = Campaign(id=f"c{i}", vertical=f"v{i % 7}", bid_cents=rng.randrange(800, 6000), states=[] if i % 3 == 0 else ["CA", "TX"],
+                     min_duration_s=60, destination="+18005550199")
+        book.upsert("b", c)
+        price[c.id] = c.bid_cents
+    frames = []
+    ids = list(price)
+    for _ in range(20 + N["bid"] // 100):  # the same frames in both runs, whatever n
+        bids = []
+        for _ in range(100):
+            cid = rng.choice(ids)
+            price[cid] = max(100, price[cid] + rng.choice((-1, 1)) * rng.choice((5, 25, 100)))
+            bids.append(Bid(campaign=cid, bid_cents=price[cid]))
+        frames.append(msgspec.json.encode(bids))
+    def apply(frame: bytes) -> None:
+        msgs, _, _ = decode_buyer_frame(frame)
+        for m in msgs:
+            book.reprice("b", m.campaign, m.bid_cents)
+    for f in frames[:20]:  # warm-up, the same in both runs
+        apply(f)
+    for f in frames[20:20 + n // 100]:
+        apply(f)
+
+
+def _lifecycle(n: int) -> None:
+    import asyncio
+
+    import httpx
+
+    from exchange.app import build_app
+    from exchange.settings import load
+
+    async def main() -> None:
+        work = tempfile.mkdtemp(prefix="bench-instr-")
+        settings = load({"EXCHANGE_ADMIN_KEY": "admin", "EXCHANGE_DATABASE_URL": f"sqlite:///{work}/x.db",
+                         "EXCHANGE_COMPLIANCE_DIR": f"{work}/c", "EXCHANGE_LOG_LEVEL": "warning"})
+        app = build_app(settings)
+        async with app.router.lifespan_context(app):
+            ex = app.state.exchange
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as http:
+                admin = {"Authorization": "Bearer admin"}
+                b = (await http.post("/v1/accounts", json={"kind": "buyer", "name": "b"}, headers=admin)).json()
+                await http.post(f"/v1/accounts/{b['id']}/deposits", json={"amount_cents": 10**10, "reference": "d"}, headers=admin)
+                p = (await http.post("/v1/accounts", json={"kind": "publisher", "name": "p"}, headers=admin)).json()
+                from exchange.messages import Campaign
+                ex.core.book.upsert(b["id"], Campaign(id="c", vertical="auto", bid_cents=2000, min_duration_s=60, destination="+18005550199"))
+                pub = {"Authorization": f"Bearer {p['api_key']}"}
+
+                async def one(i: int) -> None:
+                    d = (await http.post("/v1/calls", json={"caller": f"+1212555{i:04d}", "vertical": "auto"}, headers=pub)).json()
+                    assert d["decision"] == "routed", d
+                    for ev in ({"event": "connected"}, {"event": "completed", "duration_s": 120}):
+                        r = await http.post(f"/v1/calls/{d['call_id']}/events", json=ev, headers={**pub, "Idempotency-Key": ev["event"]})
+                        assert r.status_code == 200, r.text
+                for i in range(10):  # warm-up
+                    await one(i)
+                for i in range(n):
+                    await one(100 + i)
+
+    asyncio.run(main())
+
+
+WORKERS = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle}
+
+
+# ---------------------------------------------------------------- the driver
+def count(op: str, n: int) -> int:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", sys.executable, "-m", "bench.instructions",
+             "--worker", op, str(n)], env=env, capture_output=True, text=True, check=True)
+    m = re.search(r"Collected : (\d+)", out.stderr)
+    if m is None:
+        raise RuntimeError(out.stderr[-2000:])
+    return int(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ops", default="decision,bid,lifecycle")
+    ap.add_argument("--worker", nargs=2, metavar=("OP", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="bench/results/instructions.json")
+    args = ap.parse_args()
+    if args.worker:
+        WORKERS[args.worker[0]](int(args.worker[1]))
+        return
+    results = {}
+    for op in args.ops.split(","):
+        n = N[op]
+        base, full = count(op, 0), count(op, n)
+        per = (full - base) / n
+        results[op] = {"instructions_per_op": round(per), "ops": n, "baseline_instructions": base, "with_ops_instructions": full}
+        print(f"{op:>10}: {per:,.0f} instructions per op  ({n} ops; callgrind, difference of two runs)", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "instructions", "python": sys.version.split()[0], "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

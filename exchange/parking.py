@@ -1,0 +1,127 @@
+"""The parking lot of the book: campaigns that cannot take any call for a known period.
+
+A decision that finds a campaign refused for a reason that holds for every call until some
+event (its buyer cannot cover the bid, its schedule is closed, a cap, its daily budget or its
+concurrency is spent) parks it: the book takes it out of the ranked index, and this lot
+remembers what brings it back. The next decisions then pop only campaigns that can take calls,
+whatever the rest of the book holds. A campaign comes back, at its old time priority, on:
+
+- ``funds``: its buyer's spendable funds (available plus credit) reaching its bid. The ledger
+  names the accounts whose funds went up (a deposit, a released hold, a credit change, a refund;
+  ``Ledger.freed``); a parked campaign repriced is looked at again too. Each buyer's parked
+  campaigns wait in a min-heap by bid, so a deposit wakes exactly the ones it covers.
+- ``concurrency``, caps and ``daily_budget``: a leg of that campaign released or given back
+  (``capacity_freed``), or the window's edge (the next local hour, day, month: a timer);
+  ``daily_budget`` also when the campaign is repriced down.
+- ``schedule``: the schedule's next opening (a timer).
+
+Timers are UTC instants in a heap, read before each decision (``wake``). None waits more than
+``MAX_WAIT_NS`` (an hour): a campaign parked on a time rule is looked at again at least hourly,
+which bounds any error of the edge computation (a daylight-saving change inside the wait) to
+one cheap re-check, never a campaign hidden while it could sell. Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from heapq import heapify, heappop, heappush
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from routing.capacity import Capacity
+
+    from .book import Standing
+
+FUNDS = "funds"
+CAPACITY = frozenset({"concurrency", "hourly_cap", "daily_cap", "monthly_cap", "daily_budget"})
+TIMED = CAPACITY | {"schedule"}
+PARKABLE = TIMED | {FUNDS}
+MAX_WAIT_NS = 3_600_000_000_000
+
+
+class ParkingLot:
+    __slots__ = ("count", "_relist", "_wanting", "_recheck", "_timers", "_tick", "_on_capacity")
+
+    def __init__(self, relist: Callable[[Standing], None]) -> None:
+        self.count = 0  # campaigns parked now
+        self._relist = relist  # the book's: back into the index at the campaign's time priority
+        self._wanting: dict[str, list[tuple[int, int, Standing]]] = {}  # ledger account -> (bid, seq, campaign)
+        self._recheck: set[str] = set()  # accounts with a funds-parked campaign repriced since the last wake
+        self._timers: list[tuple[int, int, Standing]] = []  # (wake at ns, tie-break, campaign)
+        self._tick = 0
+        self._on_capacity: dict[Capacity, Standing] = {}
+
+    def park(self, s: Standing, why: str, wake_ns: int | None, now_ns: int) -> None:
+        """Record ``s`` (already out of the index) as parked for ``why``."""
+        s.parked = why
+        self.count += 1
+        if why == FUNDS:
+            self._want(s)
+            return
+        self._tick += 1
+        heappush(self._timers, (min(wake_ns if wake_ns is not None else now_ns + MAX_WAIT_NS, now_ns + MAX_WAIT_NS), self._tick, s))
+        if why in CAPACITY:
+            self._on_capacity[s.capacity] = s
+
+    def unpark(self, s: Standing) -> None:
+        s.parked = None
+        self.count -= 1
+        if s.live and not s.paused:
+            self._relist(s)
+
+    def forget(self, s: Standing) -> None:
+        """``s`` leaves the lot without being re-listed here (replaced, or resumed: listed anew)."""
+        if s.parked is not None:
+            s.parked = None
+            self.count -= 1
+
+    def repriced(self, s: Standing, old_bid: int) -> None:
+        if s.parked == FUNDS:
+            self._want(s)
+            self._recheck.add(s.account)
+        elif s.parked == "daily_budget" and s.bid_cents < old_bid:
+            self.unpark(s)
+
+    def capacity_freed(self, capacity: Capacity) -> None:
+        """A leg of this capacity was released or its counts given back."""
+        s = self._on_capacity.pop(capacity, None)
+        if s is not None and s.parked in CAPACITY and s.live and s.capacity is capacity:
+            self.unpark(s)
+
+    def _want(self, s: Standing) -> None:
+        heap = self._wanting.setdefault(s.account, [])
+        heappush(heap, (s.bid_cents, s.seq, s))
+        if len(heap) > 64 and len(heap) > 4 * self.count:  # repriced while parked: drop the stale entries
+            live = [e for e in heap if e[2].parked == FUNDS and e[2].live and e[2].seq == e[1]]
+            heapify(live)
+            self._wanting[s.account] = live
+
+    def wake(self, now_ns: int, freed: set[str], spendable: Callable[[str], int]) -> int:
+        """Bring back what is due: timers up to ``now_ns`` and the funds-parked campaigns of
+        the accounts in ``freed`` (emptied here) that their funds now cover. Returns how many."""
+        back = 0
+        timers = self._timers
+        while timers and timers[0][0] <= now_ns:
+            s = heappop(timers)[2]
+            if s.parked in TIMED:
+                self._on_capacity.pop(s.capacity, None)
+                self.unpark(s)
+                back += 1
+        if self._recheck:
+            freed |= self._recheck
+            self._recheck.clear()
+        if freed and self._wanting:
+            for account in freed:
+                heap = self._wanting.get(account)
+                if not heap:
+                    continue
+                can = spendable(account)
+                while heap and heap[0][0] <= can:
+                    bid, seq, s = heappop(heap)
+                    if s.parked == FUNDS and s.live and s.seq == seq:
+                        self.unpark(s)
+                        back += 1
+                if not heap:
+                    del self._wanting[account]
+        freed.clear()
+        return back

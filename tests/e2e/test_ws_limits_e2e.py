@@ -382,3 +382,27 @@ def test_sigterm_decides_calls_in_flight_flushes_then_closes_every_socket_1001()
         assert server.proc.wait(15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
     finally:
         stop_server(server)
+
+
+# ---------------------------------------------------------------- campaigns per buyer
+def test_a_campaign_past_the_per_buyer_ceiling_gets_campaign_limit_and_nothing_changes():
+    server = start_server({"EXCHANGE_MAX_CAMPAIGNS_PER_BUYER": "2"})
+    try:
+        b_id, b_key = server.account("buyer", "ceiling", 100_000)
+        _, o_key = server.account("buyer", "other", 100_000)
+        _, pub_key = server.account("publisher", "ceiling-pub")
+        buyer, other = Buyer(server.ws_url, b_key), Buyer(server.ws_url, o_key)
+        for i in range(2):
+            assert type(buyer.request(lambda s, i=i: camp(f"c{i}", 1000 + i, s, vertical="e2e_ceiling"))).__name__ == "Ack"
+        err = buyer.request(lambda s: camp("c2", 5000, s, vertical="e2e_ceiling"))
+        assert type(err).__name__ == "Error" and err.code == "campaign_limit" and "2" in err.message and err.path == "$.id", err
+        assert type(buyer.request(lambda s: camp("c1", 1500, s, vertical="e2e_ceiling"))).__name__ == "Ack"  # a replacement is fine
+        assert type(other.request(lambda s: camp("c9", 900, s, vertical="e2e_ceiling"))).__name__ == "Ack"  # per buyer
+        assert metric(server, "exchange_book_campaigns") == 3
+        d = server.http.post("/v1/calls", json={"caller": "+12125550100", "vertical": "e2e_ceiling"},
+                             headers={"Authorization": f"Bearer {pub_key}"}).json()
+        assert d["route"]["buyer"] == b_id and d["route"]["campaign"] == "c1", d  # the refused 5,000 bid never entered the book
+        buyer.close()
+        other.close()
+    finally:
+        stop_server(server)

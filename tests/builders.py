@@ -74,3 +74,27 @@ class World:
         return apply_event(self.core, rec, key or f"k{self._keys}", ev, self.clock.now_ns())
 
 
+
+
+def best_eligible_bid(w: World, area_code: int = 212) -> int | None:
+    """The oracle of the index tests: the highest bid in the whole book that may take an inbound
+    call now, by the pipeline's own ``refusal`` on every campaign (no index, nothing parked)."""
+    from exchange.lifecycle import refusal
+
+    now, best = w.clock.now_ns(), None
+    for s in w.core.book._campaigns.values():
+        if s.live and not s.paused and refusal(w.core, s, None, "inbound", area_code, s.bid_cents, now) is None:
+            best = s.bid_cents if best is None else max(best, s.bid_cents)
+    return best
+
+
+def submit_checked(w: World, caller: str, vertical: str = "v"):
+    """Submit an inbound call and assert it went to ``best_eligible_bid`` (or found none)."""
+    want = best_eligible_bid(w)
+    rec, _ = w.submit(call(caller, vertical))
+    if want is None:
+        assert rec.decision.decision == "rejected" and rec.decision.reason == "no_eligible_bid", rec.decision
+    else:
+        assert rec.decision.decision == "routed", (rec.decision, want)
+        assert rec.routes[0].bid_cents == want
+    return rec

@@ -15,6 +15,9 @@ counts change only when the code does, so a regression shows in them.
 - ``lifecycle``: one call through the ASGI app in process (``POST /v1/calls``, events
   ``connected`` and ``completed``, the win notice to a buyer socket stand-in), the embedded
   store writing in its own thread.
+- ``bare``: one ``GET`` of a bare Starlette app through the same in-process client: the unit
+  the lifecycle is divided by (a lifecycle is three requests plus their work; the issue's
+  target is at most 5 bare requests of server CPU).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-N = {"decision": 200, "bid": 20_000, "lifecycle": 100}
+N = {"decision": 200, "bid": 20_000, "lifecycle": 100, "bare": 300}
 
 
 # ---------------------------------------------------------------- the measured child
@@ -122,7 +125,28 @@ def _lifecycle(n: int) -> None:
     asyncio.run(main())
 
 
-WORKERS = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle}
+def _bare(n: int) -> None:
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def ok(request):  # the same shape of answer as /healthz
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(routes=[Route("/x", ok)])
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as http:
+            for _ in range(10 + n):
+                assert (await http.get("/x")).status_code == 200
+
+    asyncio.run(main())
+
+
+WORKERS = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle, "bare": _bare}
 
 
 # ---------------------------------------------------------------- the driver
@@ -140,7 +164,7 @@ def count(op: str, n: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ops", default="decision,bid,lifecycle")
+    ap.add_argument("--ops", default="decision,bid,lifecycle,bare")
     ap.add_argument("--worker", nargs=2, metavar=("OP", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default="bench/results/instructions.json")
     args = ap.parse_args()
@@ -154,6 +178,10 @@ def main() -> None:
         per = (full - base) / n
         results[op] = {"instructions_per_op": round(per), "ops": n, "baseline_instructions": base, "with_ops_instructions": full}
         print(f"{op:>10}: {per:,.0f} instructions per op  ({n} ops; callgrind, difference of two runs)", flush=True)
+    if "lifecycle" in results and "bare" in results:
+        ratio = results["lifecycle"]["instructions_per_op"] / results["bare"]["instructions_per_op"]
+        results["lifecycle_over_bare_request"] = round(ratio, 2)
+        print(f"lifecycle = {ratio:.1f} bare requests (in process, client included in both)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "instructions", "python": sys.version.split()[0], "results": results}, indent=2))

@@ -53,7 +53,10 @@ def day_start_ns(day: int) -> int:
 
 
 def rfc3339(at_ns: int) -> str:
-    """``2026-04-15T16:00:00Z`` (fractions only when present)."""
+    """The exchange's one way to print an instant: ``2026-04-15T16:00:00Z``, or with six digits
+    of microseconds when there are any (``...:00.120000Z``), exactly as msgspec prints the
+    datetimes of the wire messages. Nanoseconds below the microsecond are dropped."""
     secs, frac = divmod(at_ns, NS)
     text = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{frac:09d}".rstrip("0") + "Z" if frac else text + "Z"
+    us = frac // 1000
+    return f"{text}.{us:06d}Z" if us else text + "Z"

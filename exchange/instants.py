@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
+
+from compliance.instants import rfc3339  # the one printer of instants (as msgspec prints datetimes)
+
+__all__ = ["EPOCH", "to_ns", "from_ns", "rfc3339"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -17,6 +21,3 @@ def from_ns(ns: int) -> datetime:
     """UNIX nanoseconds as an aware UTC datetime (microsecond precision)."""
     return EPOCH + timedelta(microseconds=ns // 1000)
 
-
-def rfc3339(ns: int) -> str:
-    return from_ns(ns).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -208,17 +208,17 @@ class Writer:
                 await self.store.write(batch)
                 self.commit_s_total += monotonic() - t0
                 if self.state != "up":
-                    log.warning('{"event":"ledger_writer_recovered","retries":%d}', self.retries)
+                    log.warning("ledger_writer_recovered", extra={"retries": self.retries})
                 self.state, self.error = "up", None
                 return True
             except StoreUnavailable as exc:
                 self.retries += 1
                 if self.state != "down":
-                    log.error('{"event":"ledger_writer_down","error":"%s"}', str(exc).replace('"', "'"))
+                    log.error("ledger_writer_down", extra={"error": str(exc)})
                 self.state, self.error = "down", f"the ledger database is unreachable: {exc}"
             except StoreRefused as exc:
                 self.state, self.error = "stopped", str(exc)
-                log.critical('{"event":"ledger_writer_stopped","error":"%s"}', str(exc).replace('"', "'"))
+                log.critical("ledger_writer_stopped", extra={"error": str(exc)})
                 for _, _, fut in self._waiters:
                     if not fut.done():
                         fut.set_exception(StoreRefused(str(exc)))
@@ -226,7 +226,7 @@ class Writer:
                 return False
             except Exception as exc:  # unforeseen (a driver state error, a bug): keep the batch, retry loudly
                 self.retries += 1
-                log.exception('{"event":"ledger_writer_error","error":"%s"}', type(exc).__name__)
+                log.exception("ledger_writer_error", extra={"error": type(exc).__name__})
                 self.state, self.error = "down", f"the ledger writer failed: {type(exc).__name__}: {exc}"
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry_max_s)

@@ -156,14 +156,14 @@ class ComplianceRuntime:
                 try:
                     out.append((what, number_list(open_array(path))))
                 except (DncFileError, RulesError, OSError) as exc:
-                    log.error("compliance_list_rejected %s: %s (the previous list stays in force)", path, exc)
+                    log.error("compliance_list_rejected", extra={"path": str(path), "error": str(exc), "note": "the previous list stays in force"})
         for name, loader in (("rnd.csv", self._load_rnd), ("flags.json", self._load_flags), ("holidays.json", self._load_holidays)):
             path = self.dir / name
             if self._changed(path):
                 try:
                     out.append((name, loader(path)))
                 except (ValueError, OSError) as exc:
-                    log.error("compliance_file_rejected %s: %s (the previous value stays in force)", path, exc)
+                    log.error("compliance_file_rejected", extra={"path": str(path), "error": str(exc), "note": "the previous value stays in force"})
         out.extend(self._read_journal())
         return out
 
@@ -239,7 +239,7 @@ class ComplianceRuntime:
             try:
                 entries.append(json.loads(raw))
             except ValueError:
-                log.error("compliance_journal_bad_line %r", raw[:200])
+                log.error("compliance_journal_bad_line", extra={"line": repr(raw[:200])})
         return [("journal", entries)] if entries else []
 
     def _apply_journal(self, entries: list[dict[str, Any]]) -> None:
@@ -256,7 +256,7 @@ class ComplianceRuntime:
                     elif kind == "revoke":
                         st.consents.revoke(e["token"], int(e["at_ns"]), e.get("channel", ""))
                 except (KeyError, ValueError, TypeError) as exc:
-                    log.error("compliance_journal_bad_entry %s: %s", e, exc)
+                    log.error("compliance_journal_bad_entry", extra={"entry": str(e), "error": str(exc)})
         finally:
             self._replaying = False
 
@@ -335,7 +335,7 @@ class ComplianceRuntime:
         try:
             allowed_from = await self.frequency.check_and_record(pend.key, plan.at_ns, pend.cap, pend.window_ns, member)
         except Exception as exc:  # fail closed: no shared count, no capped call
-            log.error("compliance_frequency_unavailable: %r", exc)
+            log.error("compliance_frequency_unavailable", extra={"error": repr(exc)})
             return Verdict(False, "internal_error", "frequency_counter_unavailable", None, None, plan)
         if allowed_from is None:
             return verdict._replace(pending=None)

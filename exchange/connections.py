@@ -84,7 +84,7 @@ class Connection:
         if len(out) >= self.limit:
             self.closing = True
             self.exchange.metrics.slow_consumers_closed += 1
-            log.warning('{"event":"slow_consumer_closed","account":"%s"}', self.account.id)
+            log.warning("slow_consumer_closed", extra={"account": self.account.id})
             asyncio.get_running_loop().create_task(self.close(1008, "send queue full: slow consumer"))
             return False
         out.append(msgpack_encoder.encode(msg) if self.binary else json_encoder.encode(msg))
@@ -139,7 +139,7 @@ class Connection:
         if strikes >= self.max_strikes and not self.closing:
             self.closing = True
             self.exchange.metrics.ws_abuse_closed += 1
-            log.warning('{"event":"rate_limit_abuse_closed","account":"%s","strikes":%d}', key, strikes)
+            log.warning("rate_limit_abuse_closed", extra={"account": key, "strikes": strikes})
             asyncio.get_running_loop().create_task(self.close(1008, f"rate limit exceeded: {strikes} frames refused in a row"))
         return False
 
@@ -210,5 +210,5 @@ async def close_all(exchange: Exchange, code: int = 1001, reason: str = "server 
     readers = [r for c in conns if (r := c.reader) is not None and not r.done() and r is not asyncio.current_task()]
     if readers:  # each reader sees its disconnect and unregisters
         await asyncio.wait(readers, timeout=max(0.1, deadline - loop.time()))
-    log.info('{"event":"sockets_closed","count":%d,"code":%d}', len(conns), code)
+    log.info("sockets_closed", extra={"count": len(conns), "code": code})
     return len(conns)

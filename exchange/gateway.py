@@ -84,7 +84,7 @@ async def _read_frames(ws: WebSocket, on_frame: Callable[[str | bytes], int], ro
                 budget = fair_share
                 await asyncio.sleep(0)
     except Exception:
-        log.exception('{"event":"%s_socket_failed"}', role)
+        log.exception("socket_failed", extra={"role": role})
 
 
 async def buyer_socket(ws: WebSocket) -> None:

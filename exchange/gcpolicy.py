@@ -16,8 +16,13 @@ and wire messages opt out of tracking altogether.
 from __future__ import annotations
 
 import gc
+import logging
+from time import perf_counter_ns
+from typing import Any
 
 YOUNG = 50_000
+SLOW_PAUSE_US = 5_000  # a pause this long is logged (it stalls every socket and decision at once)
+log = logging.getLogger("exchange.gc")
 FREEZE_EVERY_S = 60
 
 
@@ -29,3 +34,22 @@ def tune() -> None:
 def settle() -> None:
     """Freeze what survived since the last call (O(1): a list splice)."""
     gc.freeze()
+
+
+def watch(metrics: Any) -> None:
+    """Time every collection into ``metrics.gc_pause_us`` (and count them by generation); a
+    pause over ``SLOW_PAUSE_US`` is logged with its generation and how many objects it freed."""
+    started = [0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = perf_counter_ns()
+            return
+        us = (perf_counter_ns() - started[0]) // 1000
+        metrics.gc_pause_us.observe(us)
+        metrics.gc_collections[info["generation"]] += 1
+        if us >= SLOW_PAUSE_US:
+            log.info("gc_pause", extra={"generation": info["generation"], "pause_us": us, "collected": info["collected"]})
+
+    gc.callbacks[:] = [c for c in gc.callbacks if getattr(c, "__qualname__", "") != callback.__qualname__]
+    gc.callbacks.append(callback)

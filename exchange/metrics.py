@@ -63,6 +63,8 @@ class Metrics:
         self.ws_abuse_closed = 0  # sockets closed (1008) after ws_abuse_strikes refused frames in a row
         self.ws_idle_closed = 0  # sockets closed (1001) after idle_timeout_s of silence
         self.decision_us = Histogram(DECISION_BUCKETS_US)
+        self.gc_pause_us = Histogram(DECISION_BUCKETS_US, window=10_000)  # the collector's pauses (gcpolicy.watch)
+        self.gc_collections = [0, 0, 0]  # by generation
 
     def count_call(self, decision: str, reason: str) -> None:
         key = (decision, reason)
@@ -97,14 +99,17 @@ class Metrics:
                [('{role="buyer"}', self.buyer_connections), ('{role="publisher"}', self.publisher_connections)])
         for name, value in sorted(gauges.items()):
             metric(f"exchange_{name}", "gauge", name.replace("_", " ") + ".", [("", value)])
-        h = self.decision_us
-        out.append("# HELP exchange_decision_us Decision time in microseconds (decoded to decided, RTB wait excluded).")
-        out.append("# TYPE exchange_decision_us histogram")
-        cum = 0
-        for bound, n in zip(h.bounds, h.counts):
-            cum += n
-            out.append(f'exchange_decision_us_bucket{{le="{bound}"}} {cum}')
-        out.append(f'exchange_decision_us_bucket{{le="+Inf"}} {h.n}')
-        out.append(f"exchange_decision_us_sum {h.total}")
-        out.append(f"exchange_decision_us_count {h.n}")
+        metric("exchange_gc_collections_total", "counter", "Garbage collections, by generation.",
+               [(f'{{generation="{g}"}}', n) for g, n in enumerate(self.gc_collections)])
+        for name, h, help_ in (("exchange_decision_us", self.decision_us, "Decision time in microseconds (decoded to decided, RTB wait excluded)."),
+                               ("exchange_gc_pause_us", self.gc_pause_us, "Garbage-collector pauses in microseconds.")):
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} histogram")
+            cum = 0
+            for bound, n in zip(h.bounds, h.counts):
+                cum += n
+                out.append(f'{name}_bucket{{le="{bound}"}} {cum}')
+            out.append(f'{name}_bucket{{le="+Inf"}} {h.n}')
+            out.append(f"{name}_sum {h.total}")
+            out.append(f"{name}_count {h.n}")
         return "\n".join(out) + "\n"

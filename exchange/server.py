@@ -36,16 +36,21 @@ from .settings import Settings
 log = logging.getLogger("exchange.server")
 
 
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+
 class JsonLines(logging.Formatter):
+    """One JSON object per line: ``level``, ``logger``, ``event`` (the message) and the record's
+    structured fields (``log.info("event_name", extra={...})``), encoded by the JSON library."""
+
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
-        if not msg.startswith("{"):
-            msg = json.dumps({"event": msg})
-        out = json.loads(msg)
-        out = {"level": record.levelname.lower(), "logger": record.name, **out}
+        out: dict[str, object] = {"level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
+        for k, v in vars(record).items():
+            if k not in _RECORD_FIELDS:
+                out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
 
 
 def configure_logging(level: str) -> None:
@@ -114,7 +119,7 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
         self.idle_timer = self.loop.call_later(self.idle_timeout_s / IDLE_TICKS, self._check_idle)
 
     def _close_idle(self) -> None:
-        log.info('{"event":"ws_idle_closed","idle_s":%g}', self.idle_timeout_s)
+        log.info("ws_idle_closed", extra={"idle_s": self.idle_timeout_s})
         if self.metrics is not None:
             self.metrics.ws_idle_closed += 1
         if self.handshake_complete:
@@ -176,5 +181,5 @@ class ExchangeServer(uvicorn.Server):
         try:
             await close_all(self.exchange)
         except Exception:  # the drain must not stop the rest of the shutdown
-            log.exception('{"event":"close_all_failed"}')
+            log.exception("close_all_failed")
         await super().shutdown(sockets)

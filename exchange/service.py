@@ -90,6 +90,7 @@ class Exchange:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         gcpolicy.tune()
+        gcpolicy.watch(self.metrics)
         await self.store.open()
         await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
         self.restored = await restore(self)
@@ -114,7 +115,7 @@ class Exchange:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._durable()
         if not await self.writer.close(self.settings.ack_timeout_ms / 1000):
-            log.error('{"event":"ledger_not_flushed","pending":%d}', self.writer.enqueued - self.writer.committed)
+            log.error("ledger_not_flushed", extra={"pending": self.writer.enqueued - self.writer.committed})
         await self.store.close()
         await self.compliance.stop()
 

@@ -85,3 +85,19 @@ def test_invalid_campaign_changes_nothing():
         book.upsert("b1", campaign("a", bid_cents=5000, schedule=Schedule(tz="Mars/Olympus", hours={})))
     assert err.value.path == "$.schedule.tz"
     assert book.get("b1", "a").bid_cents == 1000
+
+
+def test_heap_entries_are_invisible_to_the_garbage_collector():
+    """Entries hold integers only, so the collector untracks them on its first pass: a young
+    collection never walks the heaps (entries that held the campaign object made gen-0 pauses
+    of 6-77 ms at 100K campaigns under the load test's bid stream)."""
+    import gc
+
+    book = Book()
+    for i in range(200):
+        book.upsert("b1", campaign(f"c{i}", bid_cents=1000 + i, states=["CA"] if i % 2 else []))
+    for n in range(2_000):
+        book.reprice("b1", f"c{n % 200}", 1000 + (n * 7919) % 5000)
+    gc.collect()
+    entries = [e for b in book._buckets.values() for e in b.heap]
+    assert entries and not any(gc.is_tracked(e) for e in entries)

@@ -1,6 +1,7 @@
 """The decision under the load test's own workload, in process: what the server runs.
 
-    python -m bench.stream [--campaigns 1000] [--bids-per-call 500] [--calls 3000] [--runs 3] [--out FILE]
+    python -m bench.stream [--campaigns 1000] [--bids-per-call 500] [--calls 3000] [--runs 3]
+                           [--ineligible 0.9] [--unfunded-buyers 1] [--out FILE]
 
 ``bench.decision`` prices a synthetic book with at most 100 bid updates between calls. The load
 test offers 100,000 bids/s beside 200 calls/s: 500 price changes between two calls, a random
@@ -44,16 +45,18 @@ BUYERS = 10
 FRAME = 100
 
 
-def run_once(campaigns: int, bids_per_call: int, calls: int, seed: int) -> dict:
+def run_once(campaigns: int, bids_per_call: int, calls: int, seed: int, ineligible: float = 0.0, unfunded: int = 0) -> dict:
     core = Core(Settings(rtb_tmax_ms=0, max_campaigns_per_buyer=10**6))
     core.gate.stores.swap(national=NumberList(EMPTY, utc_day(NOW_NS), "national:bench"))
-    per = max(1, campaigns // BUYERS)
+    per = max(1, campaigns // (BUYERS + unfunded))
     frames: list[tuple[str, list[Bid]]] = []
     decoder = msgspec.json.Decoder(list[Bid])
-    for b in range(BUYERS):
+    weekday = (NOW_NS // 86_400_000_000_000 + 3) % 7  # 1970-01-01 was a Thursday
+    for b in range(BUYERS + unfunded):
         buyer = f"b{b}"
-        core.ledger.post(deposit(buyer_account(buyer), 10**13, f"d{b}", 0))
-        book = buyer_campaigns(b, per, seed, rtb=0)
+        if b < BUYERS:
+            core.ledger.post(deposit(buyer_account(buyer), 10**13, f"d{b}", 0))
+        book = buyer_campaigns(b, per, seed, rtb=0, ineligible=ineligible, top=b >= BUYERS, weekday=weekday)
         for c in book:
             core.book.upsert(buyer, c)
         ring = bid_payloads(book, FRAME, max(FRAME, bids_per_call * calls // BUYERS), seed + b)
@@ -97,11 +100,13 @@ def main() -> None:
     ap.add_argument("--bids-per-call", type=int, default=500)
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--ineligible", type=float, default=0.0, help="share of each buyer's campaigns closed all run")
+    ap.add_argument("--unfunded-buyers", type=int, default=0, help="extra buyers without funds bidding above everyone")
     ap.add_argument("--out", default="bench/results/stream.json")
     args = ap.parse_args()
     results = []
     for n in (int(x) for x in args.campaigns.split(",")):
-        runs = [run_once(n, args.bids_per_call, args.calls, seed=r + 1) for r in range(args.runs)]
+        runs = [run_once(n, args.bids_per_call, args.calls, r + 1, args.ineligible, args.unfunded_buyers) for r in range(args.runs)]
         med = {k: statistics.median(r[k] for r in runs) for k in ("p50_us", "p99_us", "p999_us", "mean_us")}
         ops = {k: statistics.median(r["heap_ops_per_decision"][k] for r in runs) for k in runs[0]["heap_ops_per_decision"]}
         results.append({"campaigns": n, "bids_per_call": args.bids_per_call, "median": med, "heap_ops_per_decision": ops, "runs": runs})

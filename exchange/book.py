@@ -320,8 +320,7 @@ class Book:
             if wide is not None and wide.heap:
                 heaps.append(wide.heap)
                 pool.append(wide)
-        most = max((len(b.buyers) for b in pool), default=0)  # a lower bound of the buyers listed here
-        every: int | None = None
+        seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
         out: list[Standing] = []
         slots = self._slots
         backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
@@ -353,10 +352,10 @@ class Book:
                 continue
             if accept(s):
                 out.append(s)
-            if done is not None and len(done) >= most:
-                if every is None:
-                    every = len(set().union(*(b.buyers for b in pool))) if len(pool) > 1 else most
-                if len(done) >= every:
+            if done is not None and (len(done), self.lot.count) != seen:
+                seen = (len(done), self.lot.count)  # (parking during the scan can take a buyer out of these heaps)
+                n = seen[0]
+                if n >= max(len(b.buyers) for b in pool) and n >= len(set().union(*(b.buyers for b in pool))):
                     break  # every buyer listed here has its route or its refusal
         self.scanned += scanned
         self.popped += popped

@@ -138,7 +138,8 @@ class BuyerUser(User):
         slot = _slot(self, "BuyerUser")
         self.account = plan.buyers[slot % len(plan.buyers)]
         self.rng = random.Random(plan.seed * 7_777 + slot)
-        self.campaigns = buyer_campaigns(self.account.number, plan.campaigns_per_buyer, plan.seed, plan.rtb_per_buyer)
+        self.campaigns = buyer_campaigns(self.account.number, plan.campaigns_per_buyer, plan.seed, plan.rtb_per_buyer,
+                                         plan.ineligible, not self.account.funded, plan.weekday)
         self.base = {c.id: c.bid_cents for c in self.campaigns}
         ring_bids = max(plan.ring_bids - plan.ring_bids % plan.batch, plan.batch)
         payloads = bid_payloads(self.campaigns, plan.batch, ring_bids, plan.seed * 1009 + slot)

@@ -18,6 +18,7 @@ class Account(msgspec.Struct, frozen=True):
     id: str
     key: str
     number: int  # the buyer's number: seeds its campaigns and bid stream
+    funded: bool = True  # False: no deposit, no credit (its campaigns bid above everyone's: a flood)
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +40,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: Annotated[float, Meta(gt=0)] = 60
     setup_timeout_s: Annotated[float, Meta(gt=0)] = 120
     noncompliant: Annotated[float, Meta(ge=0, le=1)] = 0.10
+    ineligible: Annotated[float, Meta(ge=0, le=1)] = 0.0  # share of each buyer's campaigns closed all run
+    weekday: Annotated[int, Meta(ge=0, le=6)] = 0  # today's UTC weekday when the plan was made
     outbound: Annotated[float, Meta(ge=0, le=1)] = 0.10
     rtb_no_bid: Annotated[float, Meta(ge=0, le=1)] = 0.10
     time_scale: Annotated[float, Meta(gt=0)] = 60.0  # simulated call seconds per real second

@@ -242,6 +242,9 @@ def summary(res: dict[str, Any]) -> str:
     L.append(f"shape     {p['buyer_users']} buyer WebSockets, {p['publisher_users']} publisher users, "
              f"{p['book_campaigns']:,} campaigns in the book, Locust workers: {c['workers']} local"
              + (f" + {c['expect_remote_workers']} remote" if c.get("expect_remote_workers") else ""))
+    if c.get("ineligible") or c.get("unfunded_buyers"):
+        L.append(f"book      {c.get('ineligible', 0):.0%} of each buyer's campaigns closed all run; "
+                 f"{c.get('unfunded_buyers', 0)} of the buyers unfunded, bidding above everyone")
     L.append(f"exchange  {res['exchange']['url']} ({'started by this run' if res['exchange']['started_here'] else 'remote'})")
     L.append(f"machine   {m.get('cpus')} cores {m.get('cpu_model') or ''} · Python {m.get('python')} · Locust {m.get('locust')} · {m.get('time')}")
     if res["window"]:

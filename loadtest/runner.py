@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 import os
 import platform
 import secrets
@@ -60,6 +61,8 @@ class Config:
     campaigns: int = 1000     # book size: campaigns over all buyers
     rtb_per_buyer: int = 1
     noncompliant: float = 0.10
+    ineligible: float = 0.0   # share of each buyer's campaigns closed all run
+    unfunded_buyers: int = 0  # extra buyers without funds, bidding above everyone (a flood)
     seed: int = 1
     ring_bids: int = 65_536
     setup_timeout: float = 120
@@ -87,6 +90,10 @@ def add_run_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--campaigns", type=int, default=1000, help="book size: campaigns over all buyers")
     ap.add_argument("--rtb-per-buyer", type=int, default=1, help="live-priced (rtb) campaigns per buyer")
     ap.add_argument("--noncompliant", type=float, default=0.10, help="share of calls that must be rejected")
+    ap.add_argument("--ineligible", type=float, default=0.0,
+                    help="share of each buyer's campaigns whose schedule is closed all through the run")
+    ap.add_argument("--unfunded-buyers", type=int, default=0,
+                    help="extra buyers with no funds whose campaigns bid above everyone's (a flood), streaming bids too")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--ring-bids", type=int, default=65_536, help="pre-encoded bids per buyer, cycled")
     ap.add_argument("--setup-timeout", type=float, default=120)
@@ -119,6 +126,7 @@ def config_from(args: argparse.Namespace) -> Config:
         host=args.host, admin_key=args.admin_key or os.environ.get("EXCHANGE_ADMIN_KEY"), workers=args.workers,
         batch=args.batch, buyers=args.buyers, publishers=args.publishers, publisher_users=args.publisher_users,
         campaigns=args.campaigns, rtb_per_buyer=args.rtb_per_buyer, noncompliant=args.noncompliant, seed=args.seed,
+        ineligible=args.ineligible, unfunded_buyers=args.unfunded_buyers,
         ring_bids=args.ring_bids, setup_timeout=args.setup_timeout, out=args.out,
         master_bind_host=args.master_bind_host, master_bind_port=args.master_bind_port,
         expect_remote_workers=args.expect_remote_workers, exchange_env=env, quiet=args.quiet,
@@ -183,7 +191,8 @@ def make_plan(cfg: Config, target: Target, buyers: list[Account], publishers: li
         bids_per_s=cfg.bids_per_s, batch=cfg.batch, calls_per_s=cfg.calls_per_s, buyer_users=len(buyers),
         publisher_users=publisher_users if cfg.calls_per_s > 0 else 0, ring_bids=cfg.ring_bids,
         warmup_s=cfg.warmup, duration_s=cfg.duration, setup_timeout_s=cfg.setup_timeout,
-        noncompliant=cfg.noncompliant, suppressed=suppressed,
+        noncompliant=cfg.noncompliant, suppressed=suppressed, ineligible=cfg.ineligible,
+        weekday=datetime.now(UTC).weekday(),
         live_path=str(out / "live.json"), out_path=str(out / "locust-figures.json"),
     )
 
@@ -191,7 +200,7 @@ def make_plan(cfg: Config, target: Target, buyers: list[Account], publishers: li
 def provision(cfg: Config, target: Target) -> tuple[list[Account], list[Account], list[str]]:
     suppressed = suppressed_numbers(cfg.seed)
     run_id = secrets.token_hex(4)
-    buyers, publishers = target.provision(cfg.buyers, cfg.publishers, suppressed, run_id)
+    buyers, publishers = target.provision(cfg.buyers, cfg.publishers, suppressed, run_id, cfg.unfunded_buyers)
     return buyers, publishers, suppressed
 
 

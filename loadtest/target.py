@@ -91,20 +91,23 @@ class Target:
             raise RuntimeError(f"POST {path} -> {r.status_code} {r.text[:500]}")
         return r.content
 
-    def provision(self, buyers: int, publishers: int, suppressed: list[str], run_id: str) -> tuple[list[Account], list[Account]]:
-        """Create funded buyer accounts, publisher accounts and exchange-wide opt-outs."""
+    def provision(self, buyers: int, publishers: int, suppressed: list[str], run_id: str,
+                  unfunded: int = 0) -> tuple[list[Account], list[Account]]:
+        """Create funded buyer accounts (and ``unfunded`` ones: no deposit, no credit),
+        publisher accounts and exchange-wide opt-outs."""
         import msgspec
 
         made: dict[str, list[Account]] = {"buyer": [], "publisher": []}
-        for kind, n in (("buyer", buyers), ("publisher", publishers)):
+        for kind, n in (("buyer", buyers + unfunded), ("publisher", publishers)):
             for i in range(n):
+                funded = kind != "buyer" or i < buyers
                 raw = self._post("/v1/accounts", AccountCreate(kind=kind, name=f"loadtest {run_id} {kind} {i}",
-                                                               credit_limit_cents=10_000_000 if kind == "buyer" else 0))
+                                                               credit_limit_cents=10_000_000 if kind == "buyer" and funded else 0))
                 acct = msgspec.json.decode(raw, type=AccountCreated)
-                if kind == "buyer":
+                if kind == "buyer" and funded:
                     self._post(f"/v1/accounts/{acct.id}/deposits",
                                Deposit(amount_cents=10_000_000_000, reference=f"loadtest-{run_id}"))
-                made[kind].append(Account(id=acct.id, key=acct.api_key, number=i))
+                made[kind].append(Account(id=acct.id, key=acct.api_key, number=i, funded=funded))
         for number in suppressed:
             self._post("/v1/suppressions", Suppression(number=number, scope="exchange"))
         return made["buyer"], made["publisher"]

@@ -13,6 +13,12 @@ Realism, in brief:
   outbound calls to an opted-out number, to a toll-free number, or to a Canadian number;
 * call durations follow a log-normal law (median ~100 s), so some calls end below the
   campaign's minimum duration and are not billable.
+
+Adversarial books (``--ineligible``, ``--unfunded-buyers``): a share of every buyer's
+campaigns keeps a schedule that is closed all through the run (open only on the UTC weekday
+after tomorrow), and unfunded buyers (no deposit, no credit) bid three times the usual prices,
+above every funded campaign, and stream their bids like the others: the flood of a buyer that
+cannot pay.
 """
 
 from __future__ import annotations
@@ -73,10 +79,15 @@ def campaign_id(j: int) -> str:
     return f"c{j}"
 
 
-def buyer_campaigns(buyer_no: int, n: int, seed: int, rtb: int = 1) -> list[Campaign]:
+def buyer_campaigns(buyer_no: int, n: int, seed: int, rtb: int = 1, ineligible: float = 0.0, top: bool = False,
+                    weekday: int = 0) -> list[Campaign]:
     """The ``n`` campaigns of buyer number ``buyer_no``: ids c0..c{n-1}; the last ``rtb`` are
-    live-priced (``rtb: true``, vertical ``RTB_VERTICAL``) and get no bid stream."""
+    live-priced (``rtb: true``, vertical ``RTB_VERTICAL``) and get no bid stream. A share
+    ``ineligible`` of the others is open only on the UTC weekday ``weekday + 2`` (``weekday``:
+    today's); ``top`` triples every price (an unfunded buyer's flood)."""
     rng = random.Random(seed * 1_000_003 + buyer_no)
+    odd = random.Random(seed * 7_919 + buyer_no)  # its own stream: the usual book stays the same
+    closed = Schedule(tz="UTC", hours={DAYS[(weekday + 2) % 7]: [("00:00", "24:00")]})
     out: list[Campaign] = []
     rtb = min(rtb, n)
     for j in range(n):
@@ -85,8 +96,11 @@ def buyer_campaigns(buyer_no: int, n: int, seed: int, rtb: int = 1) -> list[Camp
         states = [] if rng.random() < 0.35 else sorted(set(rng.choices(STATES, _STATE_W, k=rng.randint(1, 6))))
         r = rng.random()
         schedule = None if r < 0.6 else Schedule(tz=rng.choice(ZONES), hours=ALL_WEEK if r < 0.85 else BUSINESS)
+        bid = rng.randrange(800, 6000, 5)
+        if not live and odd.random() < ineligible:
+            schedule = closed
         out.append(Campaign(
-            id=campaign_id(j), vertical=vertical, bid_cents=rng.randrange(800, 6000, 5), states=states,
+            id=campaign_id(j), vertical=vertical, bid_cents=min(9_900, 3 * bid) if top else bid, states=states,
             schedule=schedule,
             caps=Caps(concurrency=rng.choice([None, None, 50, 200]), daily=rng.choice([None, None, 2000, 10000])),
             daily_budget_cents=rng.choice([None, None, None, 5_000_000]),

@@ -149,6 +149,7 @@ def uvicorn_config(app: object, settings: Settings, **extra: object) -> uvicorn.
         http="httptools",
         ws=ws_protocol(settings, exchange.metrics if isinstance(exchange, Exchange) else None),
         ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=ping_interval_s(settings),
         ws_ping_timeout=None,  # the idle timeout above decides (1001), not a late pong (1011)
         lifespan="on",

@@ -64,6 +64,7 @@ def configure_logging(level: str) -> None:
 
 _sansio_data_received = WebSocketsSansIOProtocol.data_received
 IDLE_TICKS = 4  # idle checks per idle timeout: a silent socket is closed within 1.25 x idle_timeout_s
+LINGER_S = 2.0  # after closing for a bad frame, how long the rest of the peer's bytes are read and dropped
 
 
 class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
@@ -76,14 +77,41 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
     idle_timer: asyncio.TimerHandle | None = None
     rx = False
     silent_ticks = 0
+    lingering = False  # closed for a bad frame: reading and dropping what the peer still sends
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.idle_timer = self.loop.call_later(self.idle_timeout_s / IDLE_TICKS, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # the rest of a frame we refused: read (so closing sends no reset) and dropped
         self.rx = True
         _sansio_data_received(self, data)
+
+    def handle_parser_exception(self) -> None:
+        """A frame the parser refused (too big: 1009; malformed: 1002). uvicorn writes the close
+        frame and closes the socket at once, but the peer is often still sending the rest of
+        that frame (a megabyte frame takes a while): closing with unread bytes makes the kernel
+        send a reset, and the peer sees "connection reset" instead of the close code. So: write
+        the close frame, end our side (FIN), and read and drop the peer's bytes until it closes
+        or ``LINGER_S`` passes."""
+        assert self.conn.close_sent is not None
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": self.conn.close_sent.code, "reason": self.conn.close_sent.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.lingering = True
+        try:
+            self.transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            self.transport.close()
+            return
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def eof_received(self) -> bool | None:
+        if self.lingering:
+            self.transport.close()
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle_timer is not None:

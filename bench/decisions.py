@@ -1,6 +1,6 @@
 """Decisions per second over the publisher WebSocket, against the pure core in the same run.
 
-    python -m bench.decisions [--seconds 10] [--batch 100] [--campaigns 1000] [--runs 3] [--out FILE]
+    python -m bench.decisions [--seconds 10] [--batch 100] [--campaigns 1000] [--runs 3] [--compression on|off] [--out FILE]
 
 A publisher batches calls over ``/v1/publishers/ws`` (frames of ``--batch`` calls, at most 200
 awaiting their decisions, under the server's 256 in flight); ten buyers hold their sockets open
@@ -126,12 +126,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--campaigns", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compression", choices=("on", "off"), default="on", help="EXCHANGE_WS_COMPRESSION of the server")
     ap.add_argument("--out", default="bench/results/decisions.json")
     args = ap.parse_args()
     book, reqs = campaigns(args.campaigns, 1), calls(20_000, 1)
     runs = []
     for r in range(args.runs):
-        target = start_exchange(Path(f"bench/results/decisions-exchange-{r}.log"), {"EXCHANGE_LOG_LEVEL": "warning"})
+        target = start_exchange(Path(f"bench/results/decisions-exchange-{r}.log"), {"EXCHANGE_LOG_LEVEL": "warning",
+                                "EXCHANGE_WS_COMPRESSION": "true" if args.compression == "on" else "false"})
         try:
             srv, detail = server_rate(target, book, reqs, args.seconds, args.batch)
         finally:

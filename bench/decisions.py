@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--campaigns", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--compression", choices=("on", "off"), default="on", help="EXCHANGE_WS_COMPRESSION of the server")
+    ap.add_argument("--compression", choices=("on", "off"), default="off", help="EXCHANGE_WS_COMPRESSION of the server")
     ap.add_argument("--out", default="bench/results/decisions.json")
     args = ap.parse_args()
     book, reqs = campaigns(args.campaigns, 1), calls(20_000, 1)

@@ -106,7 +106,8 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
         except (OSError, RuntimeError, NotImplementedError):
             self.transport.close()
             return
-        self.loop.call_later(LINGER_S, self.transport.close)
+        # (as uvicorn's close timer: the app's end does not close the transport while it is set)
+        self.close_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     def eof_received(self) -> bool | None:
         if self.lingering:

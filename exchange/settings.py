@@ -41,12 +41,10 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ws_abuse_strikes: Annotated[int, Meta(ge=1)] = 100  # refused frames in a row before the socket is closed (1008)
     ws_fair_share: Annotated[int, Meta(ge=0)] = 256  # messages a socket's reader applies before letting others run (0: no limit)
     heartbeat_s: Annotated[int, Meta(ge=1, le=3600)] = 20  # WebSocket ping interval
-    # permessage-deflate offered to WebSocket clients. Off, the server decides 2.2x as many calls
-    # per CPU-second over the publisher socket (bench.decisions: 2,434 -> 5,316), as it stops
-    # compressing every notice and decision; on by default for now, because without it a client
-    # that sends a frame over the limit in several TCP segments can still miss the 1009 close
-    # (see the README's notes)
-    ws_compression: bool = True
+    # permessage-deflate for WebSocket clients that offer it. Off: the server decides 2.2x as many
+    # calls per CPU-second over the publisher socket (bench.decisions: 2,434 -> 5,316), as it no
+    # longer compresses every notice and decision, and a hostile client cannot make it inflate
+    ws_compression: bool = False
     idle_timeout_s: Annotated[int, Meta(ge=5, le=86_400)] = 120  # a socket silent this long is closed (1001)
     ack_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 5_000  # an event waits this long for durability, then 503
     writer_max_batch: Annotated[int, Meta(ge=1)] = 5_000

@@ -408,10 +408,10 @@ def test_a_campaign_past_the_per_buyer_ceiling_gets_campaign_limit_and_nothing_c
         stop_server(server)
 
 
-def test_permessage_deflate_follows_the_setting():
+def test_permessage_deflate_is_declined_unless_enabled():
     """Compressing every notice and decision cost more than half the server's CPU per call over
     the publisher socket (bench.decisions: 2,434 -> 5,316 decisions per CPU-second without it)."""
-    for env, want in (({}, ["permessage-deflate"]), ({"EXCHANGE_WS_COMPRESSION": "false"}, [])):
+    for env, want in (({}, []), ({"EXCHANGE_WS_COMPRESSION": "true"}, ["permessage-deflate"])):
         server = start_server(env)
         try:
             _, key = server.account("buyer", "deflate", 1000)
@@ -422,3 +422,23 @@ def test_permessage_deflate_follows_the_setting():
         finally:
             stop_server(server)
 
+
+
+def test_an_uncompressed_oversized_frame_still_gets_its_1009():
+    """Without compression a 3.2 MB frame is still arriving when the server refuses it at its
+    header; closing at once made the kernel reset the connection and the client saw no close
+    code. The server now ends its side after the close frame and drops the rest (``LINGER_S``)."""
+    server = start_server({"EXCHANGE_WS_COMPRESSION": "false"})
+    try:
+        _, key = server.account("buyer", "big-raw", 1000)
+        for _ in range(3):
+            b, other = Buyer(server.ws_url, key), Buyer(server.ws_url, key)
+            b.send_raw("[" + ",".join(['{"type":"ping"}'] * 200_000) + "]")
+            with pytest.raises(ConnectionClosed) as closed:
+                for _ in range(50):
+                    b.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+            assert type(other.request(lambda s: Ping(seq=s))).__name__ == "Pong"
+            other.close()
+    finally:
+        stop_server(server)

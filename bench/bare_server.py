@@ -2,7 +2,7 @@
 
 A minimal Starlette app on uvicorn, with the same uvicorn transport settings as the exchange,
 whose buyer WebSocket endpoint only decodes each frame with
-``exchange.messages.decode_buyer_frame`` (nothing is applied) and answers a ``ping`` with a
+``exchange.codec.decode_buyer_frame`` (nothing is applied) and answers a ``ping`` with a
 ``pong`` carrying its ``seq``. A frame that does not decode gets the ``error`` messages the
 decoder produced (free on the happy path) so a load generator can prove its frames are valid.
 
@@ -25,7 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from exchange.messages import Ping, decode_buyer_frame, json_encoder
+from exchange.codec import decode_buyer_frame
+from exchange.messages import Ping, json_encoder
 
 if TYPE_CHECKING:
     import uvicorn

@@ -20,7 +20,7 @@ the calls are temporal denials that also compute ``retry_after``):
 The calling-window tables (``compliance.windows``) are built on the first call of each
 candidate set in each week; the warm-up pass builds most of them, and the cost of building
 one is reported separately. Then ``decision_us`` as the exchange reports it
-(``Exchange.submit_call`` with no sockets) for outbound calls to Florida numbers (a frequency
+(``CallDesk.submit`` with no sockets) for outbound calls to Florida numbers (a frequency
 cap): in-process counter vs the Redis Lua script (skipped without Redis). Prints
 p50/p99/p99.9 µs (median of ``--runs``); writes JSON.
 """
@@ -184,13 +184,13 @@ async def service_series(redis_url: str | None, calls: int, tmp: Path) -> list[i
     out, reasons = [], {}
     try:
         for r in reqs:
-            d = await ex.submit_call(pub, r)  # type: ignore[arg-type]
+            d = await ex.desk.submit(pub, r)  # type: ignore[arg-type]
             reasons[d.reason] = reasons.get(d.reason, 0) + 1
             out.append(d.decision_us * 1000)
             if d.decision == "routed":
                 from exchange.messages import CallEvent
 
-                await ex.call_event(SimpleNamespace(id="p", kind="publisher"), d.call_id, "k", CallEvent(event="failed"))  # type: ignore[arg-type]
+                await ex.desk.event(SimpleNamespace(id="p", kind="publisher"), d.call_id, "k", CallEvent(event="failed"))  # type: ignore[arg-type]
     finally:
         await ex.stop()
     if reasons.get("ok", 0) < len(reqs) * 0.9:

@@ -58,7 +58,8 @@ def _bid(n: int) -> None:
     import msgspec
 
     from exchange.book import Book
-    from exchange.messages import Bid, Campaign, decode_buyer_frame
+    from exchange.codec import decode_buyer_frame
+    from exchange.messages import Bid, Campaign
 
     rng = random.Random(1)
     book = Book()

@@ -147,6 +147,10 @@ class Store(ABC):
         legs = _legs(await self.fetch(f"SELECT entry_id, account, amount_cents FROM legs WHERE entry_id IN ({marks}) ORDER BY entry_id", *ids))
         return [Entry(ref, kind, tuple(legs.get(eid, ())), at, memo) for eid, ref, kind, at, memo in heads]
 
+    async def has_outcome(self, call_id: str) -> bool:
+        """Whether the call's outcome is on record (it was routed and has finished)."""
+        return bool(await self.fetch("SELECT 1 FROM call_outcomes WHERE call_id = ?", call_id))
+
     async def statement(self, account: str, lo_ns: int | None, hi_ns: int | None) -> tuple[int, list[StatementLine]]:
         """(balance before ``lo_ns``, the account's lines in [lo_ns, hi_ns)) in posting order."""
         lo = lo_ns if lo_ns is not None else -(1 << 62)

@@ -13,6 +13,7 @@ import secrets
 from typing import Literal, NamedTuple
 
 Role = Literal["operator", "buyer", "publisher"]
+TenantKind = Literal["buyer", "publisher"]
 
 
 class Account(NamedTuple):
@@ -46,7 +47,7 @@ class Accounts:
         self._by_digest[key_digest] = acct
         return acct
 
-    def create(self, kind: Literal["buyer", "publisher"], name: str, credit_limit_cents: int = 0) -> tuple[Account, str]:
+    def create(self, kind: TenantKind, name: str, credit_limit_cents: int = 0) -> tuple[Account, str]:
         prefix = "b_" if kind == "buyer" else "p_"
         while True:
             account_id = prefix + secrets.token_hex(6)

@@ -11,7 +11,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from . import compliance_api, http
 from .gateway import buyer_socket, publisher_socket
-from .messages import BadInput
+from .errors import Refused
 from .openapi import openapi
 from .service import Exchange
 from .settings import Settings
@@ -55,8 +55,7 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> Starlette
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
-            http.HttpError: http.on_http_error,
-            BadInput: http.on_bad_input,
+            Refused: http.on_refused,
             HTTPException: http.on_starlette_http,
             Exception: http.on_crash,
         },

@@ -41,6 +41,7 @@ from billing.postings import buyer_account
 from routing.capacity import Capacity, Limits
 from routing.schedule import CompiledSchedule, ScheduleError
 
+from .errors import Invalid
 from .instants import to_ns
 from .messages import Campaign
 from .parking import ParkingLot
@@ -56,10 +57,8 @@ Key = tuple[str, str]  # (buyer id, campaign id)
 MAX_PER_BUYER = 2_000
 
 
-class CampaignError(ValueError):
-    def __init__(self, code: str, message: str, path: str) -> None:
-        super().__init__(message)
-        self.code, self.path = code, path
+class CampaignError(Invalid):
+    """A campaign the book refuses (nothing in the book changes)."""
 
 
 class Bucket:

@@ -30,7 +30,8 @@ from compliance.importer import ImportAborted
 from compliance.numbers import parse_number
 from compliance.runtime import ComplianceRuntime
 
-from .http import HttpError, auth, body, reply
+from .errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
+from .http import auth, body, reply
 from .instants import rfc3339, to_ns
 from .messages import ConsentCreate, ConsentRevoke
 from .service import Exchange
@@ -51,7 +52,7 @@ def _snapshot_date(request: Request) -> str:
     try:
         date.fromisoformat(raw or "")
     except ValueError:
-        raise HttpError(422, "invalid_query", "snapshot_date (the download date, YYYY-MM-DD) is required",
+        raise Invalid("invalid_query", "snapshot_date (the download date, YYYY-MM-DD) is required",
                         "$.snapshot_date") from None
     assert raw is not None
     return raw
@@ -62,7 +63,7 @@ async def _spool_upload(request: Request, runtime: ComplianceRuntime, name: str)
     limit = runtime.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HttpError(413, "body_too_large", f"uploads are limited to {limit} bytes")
+        raise TooLarge("body_too_large", f"uploads are limited to {limit} bytes")
     root = runtime.dir
     root.mkdir(parents=True, exist_ok=True)
     path = root / f".upload-{name}-{os.getpid()}-{id(request)}"
@@ -72,14 +73,14 @@ async def _spool_upload(request: Request, runtime: ComplianceRuntime, name: str)
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise HttpError(413, "body_too_large", f"uploads are limited to {limit} bytes")
+                    raise TooLarge("body_too_large", f"uploads are limited to {limit} bytes")
                 f.write(chunk)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     if size == 0:
         path.unlink(missing_ok=True)
-        raise HttpError(422, "empty_upload", "the request body must be the list file", "$")
+        raise Invalid("empty_upload", "the request body must be the list file", "$")
     return path
 
 
@@ -89,15 +90,15 @@ async def _import(request: Request, kind: str, state: str | None) -> Response:
     snapshot = _snapshot_date(request)
     mode = request.query_params.get("kind", "full")
     if mode not in ("full", "changes") or (mode == "changes" and kind != "national"):
-        raise HttpError(422, "invalid_query", "kind is full or (national only) changes", "$.kind")
+        raise Invalid("invalid_query", "kind is full or (national only) changes", "$.kind")
     force = request.query_params.get("force") in ("1", "true")
     path = await _spool_upload(request, runtime, kind)
     try:
         report = await asyncio.to_thread(runtime.import_list, kind, [path], snapshot, state, mode == "changes", None, force)
     except ImportAborted as exc:
-        raise HttpError(422, "import_rejected", f"{exc}; the list in force is unchanged") from None
+        raise Invalid("import_rejected", f"{exc}; the list in force is unchanged") from None
     except ValueError as exc:
-        raise HttpError(422, "invalid_query", str(exc)) from None
+        raise Invalid("invalid_query", str(exc)) from None
     finally:
         path.unlink(missing_ok=True)
     runtime.apply(await asyncio.to_thread(runtime.scan))  # this process swaps now; the others within seconds
@@ -113,7 +114,7 @@ async def post_national(request: Request) -> Response:
 async def post_state(request: Request) -> Response:
     state = request.path_params["state"]
     if not _STATE.match(state):
-        raise HttpError(422, "invalid_state", "the state is a two-letter code such as TX", "$.state")
+        raise Invalid("invalid_state", "the state is a two-letter code such as TX", "$.state")
     return await _import(request, "state", state)
 
 
@@ -125,16 +126,16 @@ def _instant(at: object, name: str) -> int:
     except (OverflowError, ValueError, OSError):
         ns = None
     if ns is None or not -(70 * 365 * 86_400 * 10**9) < ns < 7_258_118_400 * 10**9:
-        raise HttpError(422, "invalid_time", f"{name} is out of range", f"$.{name}")
+        raise Invalid("invalid_time", f"{name} is out of range", f"$.{name}")
     return ns
 
 
 async def post_consent(request: Request) -> Response:
     caller = auth(request, "operator", "publisher")
-    req: ConsentCreate = await body(request, ConsentCreate)  # type: ignore[assignment]
+    req: ConsentCreate = await body(request, ConsentCreate)
     info = parse_number(req.phone)
     if info is None or info.npa is None:
-        raise HttpError(422, "invalid_number", f"{req.phone!r} is not a valid NANP phone number", "$.phone")
+        raise Invalid("invalid_number", f"{req.phone!r} is not a valid NANP phone number", "$.phone")
     record = msgspec.to_builtins(req)
     record["phone"] = info.e164
     record["created_at"] = rfc3339(_instant(req.created_at, "created_at"))
@@ -144,9 +145,9 @@ async def post_consent(request: Request) -> Response:
     try:
         status = _runtime(request).add_consent(req.token, record, caller.id if caller.kind == "publisher" else "")
     except ValueError as exc:
-        raise HttpError(422, "invalid_consent", str(exc)) from None
+        raise Invalid("invalid_consent", str(exc)) from None
     if status == "conflict":
-        raise HttpError(409, "consent_conflict", "this token already names a different consent record", "$.token")
+        raise Conflict("consent_conflict", "this token already names a different consent record", "$.token")
     return reply({"token": req.token, "phone": info.e164, "created": status == "created"}, 201 if status == "created" else 200)
 
 
@@ -156,14 +157,14 @@ async def post_revoke(request: Request) -> Response:
     if request.headers.get("content-length") in (None, "0") and "transfer-encoding" not in request.headers:
         req = ConsentRevoke()
     else:
-        req = await body(request, ConsentRevoke)  # type: ignore[assignment]
+        req = await body(request, ConsentRevoke)
     if caller.kind == "buyer":
         if req.scope == "exchange":
-            raise HttpError(403, "forbidden", "a buyer's revocation applies to that buyer only", "$.scope")
+            raise Forbidden("forbidden", "a buyer's revocation applies to that buyer only", "$.scope")
         scope = f"buyer:{caller.id}"
     else:
         if req.scope == "buyer":
-            raise HttpError(422, "invalid_scope", "buyer-scoped revocations are made with the buyer's key", "$.scope")
+            raise Invalid("invalid_scope", "buyer-scoped revocations are made with the buyer's key", "$.scope")
         scope = "exchange"
     at_ns = _instant(req.revoked_at, "revoked_at") if req.revoked_at is not None else ex.clock.now_ns()
     token = request.path_params["token"]
@@ -171,8 +172,8 @@ async def post_revoke(request: Request) -> Response:
         consent = ex.compliance.stores.consents.get(token)
         party = consent is not None and (consent.publisher == caller.id if caller.kind == "publisher" else caller.id in consent.sellers)
         if not party:
-            raise HttpError(404, "unknown_consent", f"no consent with token {token!r}")
+            raise NotFound("unknown_consent", f"no consent with token {token!r}")
     rec = ex.compliance.revoke(token, at_ns, req.channel or "api", scope, caller.id)
     if rec is None:
-        raise HttpError(404, "unknown_consent", f"no consent with token {token!r}")
+        raise NotFound("unknown_consent", f"no consent with token {token!r}")
     return reply({"token": token, "number": rec.phone, "revoked_at": rfc3339(rec.revoked_ns), "scope": scope})

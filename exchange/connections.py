@@ -204,7 +204,7 @@ async def close_all(exchange: Exchange, code: int = 1001, reason: str = "server 
     if calls:
         await asyncio.wait(calls, timeout=max(0.0, deadline - loop.time()))
     settle = min(deadline, loop.time() + exchange.settings.rtb_tmax_cap_ms / 1000 + 0.05)
-    while exchange.rounds and loop.time() < settle:
+    while exchange.rtb.rounds and loop.time() < settle:
         await asyncio.sleep(0.01)
     await asyncio.gather(*(c.shutdown(code, reason, max(0.1, deadline - loop.time())) for c in conns), return_exceptions=True)
     readers = [r for c in conns if (r := c.reader) is not None and not r.done() and r is not asyncio.current_task()]

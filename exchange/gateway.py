@@ -21,14 +21,14 @@ from collections.abc import Callable
 
 from starlette.websockets import WebSocket
 
-from .book import CampaignError
 from .connections import Connection, sockets_of
-from .messages import (
-    BUYER_CODECS, PUBLISHER_CODECS, Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall,
-    Resume, RtbBid, decode_frame, message_path,
-)
-from .http import HttpError, http_limits, identify
-from .service import CallRejected, Exchange, send_all
+from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
+from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
+from .errors import RateLimited, Refused
+from .http import http_limits, identify
+from .ids import BuyerId
+from .rtb import send_all
+from .service import Exchange
 
 log = logging.getLogger("exchange.gateway")
 JSON, MSGPACK = "dce.json.v1", "dce.msgpack.v1"
@@ -40,8 +40,8 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     connection; while the exchange is not ready (draining) the socket is closed with 1013."""
     try:  # the same key check as HTTP: failed attempts are counted (and limited) per address
         account = identify(ws)
-    except HttpError as exc:
-        await ws.close(1008, "too many failed attempts: retry later" if exc.status == 429 else "unauthorized")
+    except Refused as exc:
+        await ws.close(1008, "too many failed attempts: retry later" if isinstance(exc, RateLimited) else "unauthorized")
         return None
     if account.kind != role:
         await ws.close(1008, "unauthorized")
@@ -92,12 +92,12 @@ async def buyer_socket(ws: WebSocket) -> None:
     conn = await _open(ws, exchange, "buyer")
     if conn is None:
         return
-    exchange.attach(conn)
+    exchange.rtb.attach(conn)
     exchange.metrics.buyer_connections += 1
     try:
         await _read_frames(ws, BuyerFrames(exchange, conn).frame, "buyer", exchange.settings.ws_fair_share)
     finally:
-        exchange.detach(conn)
+        exchange.rtb.detach(conn)
         exchange.metrics.buyer_connections -= 1
         sockets_of(exchange).forget(conn)
         conn.writer.cancel()
@@ -110,7 +110,7 @@ class BuyerFrames:
 
     def __init__(self, exchange: Exchange, conn: Connection) -> None:
         self.exchange, self.conn = exchange, conn
-        self.buyer = conn.account.id
+        self.buyer = BuyerId(conn.account.id)
         self.book = exchange.core.book
         self.metrics = exchange.metrics
         self.codecs = BUYER_CODECS[conn.binary]
@@ -154,19 +154,26 @@ class BuyerFrames:
         if isinstance(msg, Campaign):
             try:
                 book.upsert(buyer, msg)
-            except CampaignError as exc:
-                return Error(code=exc.code, message=str(exc), path=path + exc.path[1:], seq=msg.seq)
+            except Refused as exc:
+                return error_message(exc, msg.seq, path)
             self.metrics.campaign_upserts += 1
         elif isinstance(msg, (Pause, Resume)):
             if not book.set_paused(buyer, msg.campaign, isinstance(msg, Pause)):
                 return _unknown_campaign(msg.campaign, path, msg.seq)
         elif isinstance(msg, (RtbBid, NoBid)):
-            err = self.exchange.on_rtb_answer(buyer, msg)
+            err = self.exchange.rtb.answer(buyer, msg)
             if err is not None:
-                return Error(code=err.code, message=err.message, path=path + ".request_id", seq=msg.seq)
+                return error_message(err, msg.seq, path)
         elif isinstance(msg, Ping):
             return Pong(seq=msg.seq)
         return Ack(seq=msg.seq) if msg.seq is not None else None
+
+
+def error_message(exc: Refused, seq: int | None, prefix: str = "$") -> Error:
+    """The one mapping of a refusal to the WebSocket ``error`` message; its path is made
+    relative to the message's place in the frame (``prefix``)."""
+    path = exc.path if exc.path is None or prefix == "$" else prefix + exc.path[1:]
+    return Error(code=exc.code, message=exc.message, path=path, seq=seq)
 
 
 def _unknown_campaign(campaign: str, path: str, seq: int | None) -> Error:
@@ -227,9 +234,9 @@ class PublisherFrames:
 
 async def _publisher_call(exchange: Exchange, conn: Connection, msg: PublisherCall) -> None:
     try:
-        d = await exchange.submit_call(conn.account, msg)
-    except CallRejected as exc:
+        d = await exchange.desk.submit(conn.account, msg)
+    except Refused as exc:
         exchange.metrics.reject_message(exc.code)
-        conn.send(Error(code=exc.code, message=str(exc), path=exc.path, seq=msg.seq))
+        conn.send(error_message(exc, msg.seq))
         return
     conn.send(Decision(**{f: getattr(d, f) for f in d.__struct_fields__}, seq=msg.seq))

@@ -18,30 +18,43 @@ import csv
 import io
 import math
 import time
+from typing import TypeVar
 
 import msgspec
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 
-from billing.store import StoreUnavailable
-
 from .accounts import Account, bearer
+from .errors import (
+    BadRequest, Conflict, Forbidden, Invalid, NotFound, RateLimited, Refused, TooLarge, Unauthenticated, Unavailable,
+)
+from .codec import decode_body
 from .instants import rfc3339, to_ns
 from .lifecycle import event_response
 from .messages import (
-    AccountCreate, AccountCreated, AwareTime, Balance, BadInput, CallEvent, CallRequest, Deposit, DecisionResponse,
-    ErrorBody, ErrorDetail, RefundLeg, RefundRequest, RefundResponse, Suppression, decode_body, json_encoder,
+    AccountCreate, AccountCreated, AwareTime, Balance, CallEvent, CallRequest, Deposit, DecisionResponse,
+    ErrorBody, ErrorDetail, RefundLeg, RefundRequest, RefundResponse, Suppression, json_encoder,
 )
 from .ratelimit import RateLimiter
-from .service import CallRejected, Exchange
+from .service import Exchange
 
 JSON = "application/json"
+T = TypeVar("T")
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, path: str | None = None, headers: dict | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.path, self.headers = status, code, path, headers
+# The one mapping of a refusal's kind to its HTTP status.
+STATUS: dict[type[Refused], int] = {
+    BadRequest: 400, Unauthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422,
+    RateLimited: 429, Unavailable: 503,
+}
+
+
+def status_of(exc: Refused) -> int:
+    for kind in type(exc).__mro__:
+        status = STATUS.get(kind)  # type: ignore[call-overload]
+        if status is not None:
+            return status
+    return 422
 
 
 def reply(obj: object, status: int = 200) -> Response:
@@ -55,11 +68,6 @@ def error_response(status: int, code: str, message: str, path: str | None = None
 
 def _exchange(conn: HTTPConnection) -> Exchange:
     return conn.app.state.exchange
-
-
-def rejected(exc: CallRejected) -> HttpError:
-    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
-    return HttpError(exc.status, exc.code, str(exc), exc.path, headers)
 
 
 class HttpLimits:
@@ -82,7 +90,7 @@ class HttpLimits:
         wait_s = self.buckets.take(key, now_s)
         if wait_s > 0:
             retry = max(1, math.ceil(wait_s))
-            raise HttpError(429, "rate_limited", f"too many requests; retry after {retry} s", headers={"Retry-After": str(retry)})
+            raise RateLimited("rate_limited", f"too many requests; retry after {retry} s", retry_after_s=retry)
 
     def blocked(self, key: str) -> bool:
         """True while ``key``'s last attempt was refused (the caller then pays before anything else)."""
@@ -111,7 +119,7 @@ def identify(conn: HTTPConnection) -> Account:
     if account is None:
         if not paid:
             limits.take(address, now_s)
-        raise HttpError(401, "unauthorized", "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthenticated("unauthorized", "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"})
     return account
 
 
@@ -122,20 +130,20 @@ def auth(request: Request, *roles: str) -> Account:
     limits, now_s = http_limits(request), time.monotonic()
     limits.take("key:" + account.id, now_s)
     if account.kind not in roles:
-        raise HttpError(403, "forbidden", f"this endpoint is not open to {account.kind} keys")
+        raise Forbidden("forbidden", f"this endpoint is not open to {account.kind} keys")
     return account
 
 
-async def body(request: Request, type_: type) -> object:
+async def body(request: Request, type_: type[T]) -> T:
     limit = _exchange(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HttpError(413, "body_too_large", f"bodies are limited to {limit} bytes")
+        raise TooLarge("body_too_large", f"bodies are limited to {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HttpError(413, "body_too_large", f"bodies are limited to {limit} bytes")
+            raise TooLarge("body_too_large", f"bodies are limited to {limit} bytes")
         chunks.append(chunk)
     return decode_body(b"".join(chunks), type_)
 
@@ -143,18 +151,15 @@ async def body(request: Request, type_: type) -> object:
 def _account(ex: Exchange, account_id: str, caller: Account) -> Account:
     acct = ex.accounts.by_id.get(account_id)
     if acct is None or (caller.kind != "operator" and caller.id != account_id):
-        raise HttpError(404, "unknown_account", f"no account {account_id!r}")
+        raise NotFound("unknown_account", f"no account {account_id!r}")
     return acct
 
 
 # ------------------------------------------------------------------ accounts and money
 async def create_account(request: Request) -> Response:
     auth(request, "operator")
-    req: AccountCreate = await body(request, AccountCreate)  # type: ignore[assignment]
-    try:
-        acct, key = await _exchange(request).create_account(req.kind, req.name, req.credit_limit_cents)
-    except CallRejected as exc:
-        raise rejected(exc) from None
+    req: AccountCreate = await body(request, AccountCreate)
+    acct, key = await _exchange(request).treasury.create_account(req.kind, req.name, req.credit_limit_cents)
     return reply(AccountCreated(id=acct.id, kind=acct.kind, name=acct.name, api_key=key, credit_limit_cents=acct.credit_limit_cents), 201)
 
 
@@ -165,13 +170,10 @@ async def _move_money(request: Request, kind: str) -> Response:
     acct = _account(ex, request.path_params["account_id"], caller)
     party = "buyer" if kind == "deposit" else "publisher"
     if acct.kind != party:
-        raise HttpError(422, "invalid_account", f"{kind}s are made to {party} accounts", "$")
-    req: Deposit = await body(request, Deposit)  # type: ignore[assignment]
-    move = ex.deposit if kind == "deposit" else ex.payout
-    try:
-        created = await move(acct, req.amount_cents, req.reference)
-    except CallRejected as exc:
-        raise rejected(exc) from None
+        raise Invalid("invalid_account", f"{kind}s are made to {party} accounts", "$")
+    req: Deposit = await body(request, Deposit)
+    move = ex.treasury.deposit if kind == "deposit" else ex.treasury.payout
+    created = await move(acct, req.amount_cents, req.reference)
     return reply(_balance(ex, acct), 201 if created else 200)
 
 
@@ -184,10 +186,8 @@ async def create_payout(request: Request) -> Response:
 
 
 def _balance(ex: Exchange, acct: Account) -> Balance:
-    ledger = ex.core.ledger
-    name = ex.ledger_account(acct)
-    bal, held = ledger.balance(name), ledger.held.get(name, 0)
-    return Balance(balance_cents=bal, held_cents=held, available_cents=bal - held, credit_limit_cents=ledger.credit.get(name, 0))
+    bal, held, credit = ex.treasury.balance(acct)
+    return Balance(balance_cents=bal, held_cents=held, available_cents=bal - held, credit_limit_cents=credit)
 
 
 async def get_balance(request: Request) -> Response:
@@ -210,16 +210,16 @@ def _when(raw: str | None, name: str) -> int | None:
     try:
         ns = to_ns(msgspec.json.decode(msgspec.json.encode(raw), type=AwareTime))
     except (msgspec.ValidationError, OverflowError, ValueError):
-        raise HttpError(422, "invalid_query", f"{name} must be an RFC 3339 time with a zone", f"$.{name}") from None
+        raise Invalid("invalid_query", f"{name} must be an RFC 3339 time with a zone", f"$.{name}") from None
     if not -(1 << 62) < ns < 1 << 62:  # outside 1823..2116: not a time the ledger can hold
-        raise HttpError(422, "invalid_query", f"{name} is out of range", f"$.{name}")
+        raise Invalid("invalid_query", f"{name} is out of range", f"$.{name}")
     return ns
 
 
 def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 128:
-        raise HttpError(400, "invalid_idempotency_key", "an Idempotency-Key has 1 to 128 characters")
+        raise BadRequest("invalid_idempotency_key", "an Idempotency-Key has 1 to 128 characters")
     return key
 
 
@@ -228,10 +228,8 @@ async def get_statement(request: Request) -> Response:
     ex = _exchange(request)
     acct = _account(ex, request.path_params["account_id"], caller)
     lo, hi = _when(request.query_params.get("from"), "from"), _when(request.query_params.get("to"), "to")
-    try:
-        running, rows = await ex.store.statement(ex.ledger_account(acct), lo, hi)
-    except StoreUnavailable as exc:
-        raise HttpError(503, "ledger_unavailable", str(exc), headers={"Retry-After": "1"}) from None
+    with ex.journal.reading():
+        running, rows = await ex.journal.store.statement(ex.treasury.ledger_account(acct), lo, hi)
     opening, lines = running, []
     for r in rows:
         running += r.amount_cents
@@ -248,11 +246,8 @@ async def get_statement(request: Request) -> Response:
 # ------------------------------------------------------------------ calls
 async def post_call(request: Request) -> Response:
     publisher = auth(request, "publisher")
-    call: CallRequest = await body(request, CallRequest)  # type: ignore[assignment]
-    try:
-        decision = await _exchange(request).submit_call(publisher, call, idempotency_key(request))
-    except CallRejected as exc:
-        raise rejected(exc) from None
+    call: CallRequest = await body(request, CallRequest)
+    decision = await _exchange(request).desk.submit(publisher, call, idempotency_key(request))
     return reply(DecisionResponse(**msgspec.structs.asdict(decision)))
 
 
@@ -260,26 +255,20 @@ async def post_event(request: Request) -> Response:
     publisher = auth(request, "publisher", "operator")
     key = request.headers.get("idempotency-key")
     if not key or len(key) > 128:
-        raise HttpError(400, "missing_idempotency_key", "events need an Idempotency-Key header (at most 128 characters)")
-    ev: CallEvent = await body(request, CallEvent)  # type: ignore[assignment]
-    try:
-        out = await _exchange(request).call_event(publisher, request.path_params["call_id"], key, ev)
-    except CallRejected as exc:
-        raise rejected(exc) from None
+        raise BadRequest("missing_idempotency_key", "events need an Idempotency-Key header (at most 128 characters)")
+    ev: CallEvent = await body(request, CallEvent)
+    out = await _exchange(request).desk.event(publisher, request.path_params["call_id"], key, ev)
     return reply(out)
 
 
 async def post_refund(request: Request) -> Response:
     """Operator only: reverse part (``amount_cents``) or the rest of a call's charge."""
     auth(request, "operator")
-    req: RefundRequest = await body(request, RefundRequest)  # type: ignore[assignment]
+    req: RefundRequest = await body(request, RefundRequest)
     reference = req.reference or idempotency_key(request)
     if not reference:
-        raise HttpError(400, "missing_reference", "a refund needs a reference (body) or an Idempotency-Key header", "$.reference")
-    try:
-        entry, created, total, charged = await _exchange(request).refund(request.path_params["call_id"], req.amount_cents, reference, req.reason)
-    except CallRejected as exc:
-        raise rejected(exc) from None
+        raise BadRequest("missing_reference", "a refund needs a reference (body) or an Idempotency-Key header", "$.reference")
+    entry, created, total, charged = await _exchange(request).treasury.refund(request.path_params["call_id"], req.amount_cents, reference, req.reason)
     return reply(RefundResponse(
         call_id=request.path_params["call_id"], reference=reference, refund_cents=entry.legs[0].amount_cents,
         refunded_total_cents=total, charged_cents=charged, at=rfc3339(entry.at_ns),
@@ -298,20 +287,18 @@ async def get_audit(request: Request) -> Response:
 
         info = parse_number(number)
         if info is None:
-            raise HttpError(422, "invalid_number", f"{number!r} is not a valid phone number", "$.number")
+            raise Invalid("invalid_number", f"{number!r} is not a valid phone number", "$.number")
         number = info.e164
     lo, hi = _when(q.get("from"), "from"), _when(q.get("to"), "to")
     try:
         limit = min(max(int(q.get("limit", "100")), 1), 1000)
         after = min(max(int(q.get("after_seq", "0")), 0), (1 << 63) - 1)
     except ValueError:
-        raise HttpError(422, "invalid_query", "limit and after_seq must be integers") from None
+        raise Invalid("invalid_query", "limit and after_seq must be integers") from None
     if call_id is None and number is None and lo is None and hi is None:
-        raise HttpError(422, "invalid_query", "give call_id, number or a from/to time range")
-    try:
-        rows = await ex.store.audit_query(call_id, number, lo, hi, limit, after)
-    except StoreUnavailable as exc:
-        raise HttpError(503, "ledger_unavailable", str(exc), headers={"Retry-After": "1"}) from None
+        raise Invalid("invalid_query", "give call_id, number or a from/to time range")
+    with ex.journal.reading():
+        rows = await ex.journal.store.audit_query(call_id, number, lo, hi, limit, after)
     records = [{
         "seq": r.seq, "at": rfc3339(r.at_ns), "kind": r.kind, "call_id": r.call_id, "number": r.number,
         "body": msgspec.Raw(r.body.encode()), "prev_hash": r.prev_hash.hex(), "hash": r.hash.hex(),
@@ -322,10 +309,7 @@ async def get_audit(request: Request) -> Response:
 async def get_call(request: Request) -> Response:
     account = auth(request, "publisher", "operator")
     ex = _exchange(request)
-    try:
-        rec = ex.owned_call(account, request.path_params["call_id"])
-    except CallRejected as exc:
-        raise HttpError(exc.status, exc.code, str(exc)) from None
+    rec = ex.desk.owned(account, request.path_params["call_id"])
     return reply({
         "call_id": rec.call_id,
         "status": rec.status,
@@ -345,17 +329,17 @@ async def get_call(request: Request) -> Response:
 # ------------------------------------------------------------------ compliance data
 async def post_suppression(request: Request) -> Response:
     caller = auth(request, "operator", "buyer")
-    sup: Suppression = await body(request, Suppression)  # type: ignore[assignment]
+    sup: Suppression = await body(request, Suppression)
     ex = _exchange(request)
     from compliance.numbers import parse_number
 
     info = parse_number(sup.number)
     if info is None:
-        raise HttpError(422, "invalid_number", f"{sup.number!r} is not a valid phone number", "$.number")
+        raise Invalid("invalid_number", f"{sup.number!r} is not a valid phone number", "$.number")
     if caller.kind == "buyer" and sup.scope != "buyer":
-        raise HttpError(403, "forbidden", "a buyer may add suppressions of scope buyer only", "$.scope")
+        raise Forbidden("forbidden", "a buyer may add suppressions of scope buyer only", "$.scope")
     if caller.kind == "operator" and sup.scope == "buyer":
-        raise HttpError(422, "invalid_scope", "the operator adds exchange-wide suppressions; buyers add their own", "$.scope")
+        raise Invalid("invalid_scope", "the operator adds exchange-wide suppressions; buyers add their own", "$.scope")
     scope = "exchange" if sup.scope == "exchange" else f"buyer:{caller.id}"
     created = ex.core.gate.suppressions.add(info.e164, scope, ex.clock.now_ns(), source=caller.id)
     return reply({"number": info.e164, "scope": sup.scope, "created": created}, 201 if created else 200)
@@ -370,9 +354,10 @@ async def readyz(request: Request) -> Response:
     ex = _exchange(request)
     if not ex.ready:
         return error_response(503, "not_ready", "the exchange is starting or draining")
-    if ex.writer.state != "up":
-        return error_response(503, "ledger_" + ex.writer.state, ex.writer.error or "the ledger writer is not up")
-    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.store.backend})
+    writer = ex.journal.writer
+    if writer.state != "up":
+        return error_response(503, "ledger_" + writer.state, writer.error or "the ledger writer is not up")
+    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend})
 
 
 async def metrics(request: Request) -> Response:
@@ -381,14 +366,14 @@ async def metrics(request: Request) -> Response:
 
 
 # ------------------------------------------------------------------ error handlers
-async def on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HttpError)
-    return error_response(exc.status, exc.code, str(exc), exc.path, exc.headers)
-
-
-async def on_bad_input(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BadInput)
-    return error_response(exc.status, exc.detail.code, exc.detail.message, exc.detail.path)
+async def on_refused(request: Request, exc: Exception) -> Response:
+    """Every ``Refused`` raised by a handler or an owner: its status from ``STATUS``, its
+    ``Retry-After`` and extra headers, the body ``{"error": {code, message, path}}``."""
+    assert isinstance(exc, Refused)
+    headers = dict(exc.headers or {})
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return error_response(status_of(exc), exc.code, exc.message, exc.path, headers or None)
 
 
 async def on_starlette_http(request: Request, exc: Exception) -> Response:

@@ -11,7 +11,6 @@ route of the plan that can still take it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
 
 from billing.postings import charge
 from compliance.numbers import NumberInfo
@@ -19,18 +18,12 @@ from routing.eligibility import campaign_refusal
 from routing.schedule import UTC
 
 from .book import Standing
+from .errors import Conflict, Invalid, Refused
 from .core import CallRecord, Core, Notice, PlannedRoute
 from .instants import from_ns
 from .messages import CallEvent, CallNotice, EventResponse, Route, Win
 
 NS = 1_000_000_000
-
-
-class EventError(NamedTuple):
-    status: int
-    code: str
-    message: str
-    path: str | None = None
 
 
 def refusal(core: Core, st: Standing, consumer: NumberInfo | None, direction: str, area_code: int | None, price: int, now_ns: int) -> str | None:
@@ -104,25 +97,25 @@ def _disengage(core: Core, rec: CallRecord, outcome: str, now_ns: int) -> None:
         core.ledger.release(rec.call_id, now_ns)
 
 
-def apply_event(core: Core, rec: CallRecord, key: str, ev: CallEvent, now_ns: int) -> tuple[EventResponse | EventError, list[Notice]]:
+def apply_event(core: Core, rec: CallRecord, key: str, ev: CallEvent, now_ns: int) -> tuple[EventResponse | Refused, list[Notice]]:
     """Apply one publisher event, idempotent by ``key`` (same key, same body: same answer)."""
     prior = rec.events.get(key)
     if prior is not None:
         if prior[0] != ev:
-            return EventError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body"), []
+            return Conflict("idempotency_conflict", "this Idempotency-Key was used with a different body"), []
         return prior[1], []
     if not rec.active:
-        return EventError(409, "call_finished", f"the call is already {rec.status}"), []
+        return Conflict("call_finished", f"the call is already {rec.status}"), []
     if ev.route_index is not None and ev.route_index != rec.index:
-        return EventError(409, "stale_route", f"the call is on route {rec.index}, not {ev.route_index}", "$.route_index"), []
+        return Conflict("stale_route", f"the call is on route {rec.index}, not {ev.route_index}", "$.route_index"), []
     if ev.event == "completed" and ev.duration_s is None:
-        return EventError(422, "invalid_message", "a completed event needs duration_s", "$.duration_s"), []
+        return Invalid("invalid_message", "a completed event needs duration_s", "$.duration_s"), []
     r = rec.routes[rec.index]
     notices: list[Notice] = []
     rec.history.append((now_ns, ev.event, rec.index))
     if ev.event == "connected":
         if rec.status == "connected":
-            return EventError(409, "already_connected", "the call is already connected"), []
+            return Conflict("already_connected", "the call is already connected"), []
         rec.status = "connected"
         rec.expires_ns = now_ns + core.settings.max_call_s * NS
         notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="connected")))

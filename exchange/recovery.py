@@ -28,6 +28,7 @@ import msgspec
 
 from billing.audit import AuditRow
 from billing.records import AuditEvent, HoldEvent
+from billing.store import Store
 from compliance.numbers import parse_number
 from routing.dedupe import MAX_DEDUPE_DAYS, NS_PER_DAY
 
@@ -101,7 +102,8 @@ async def restore(ex: Exchange) -> tuple[int, int, int]:
     Returns (accounts, calls recovered, holds released)."""
     from billing.postings import buyer_account
 
-    snap = await ex.store.load()
+    store = ex.journal.store
+    snap = await store.load()
     core, ledger = ex.core, ex.core.ledger
     for a in snap.accounts:
         ex.accounts.restore(a.id, a.kind, a.name, a.key_digest, a.credit_limit_cents)  # type: ignore[arg-type]
@@ -109,12 +111,12 @@ async def restore(ex: Exchange) -> tuple[int, int, int]:
             ledger.set_credit(buyer_account(a.id), a.credit_limit_cents)
     ledger.restore(snap.balances, snap.entries)
     now = ex.clock.now_ns()
-    for buyer, number, at_ns in await ex.store.repeat_callers(now - MAX_DEDUPE_DAYS * NS_PER_DAY):
+    for buyer, number, at_ns in await store.repeat_callers(now - MAX_DEDUPE_DAYS * NS_PER_DAY):
         core.dedupe.record(buyer, number, at_ns)
     s = ex.settings
     recovered = released = 0
     for h in snap.open_holds:
-        rows = await ex.store.audit_query(h.call_id, None, None, None, limit=10_000)
+        rows = await store.audit_query(h.call_id, None, None, None, limit=10_000)
         rec = rebuild(rows, h, now, s.route_ttl_s, s.max_call_s)
         if rec is None:
             ledger.outbox.append(HoldEvent(h.call_id, h.route_index, "release", h.account, h.amount_cents, now))
@@ -130,10 +132,10 @@ async def restore(ex: Exchange) -> tuple[int, int, int]:
     return len(snap.accounts), recovered, released
 
 
-async def recorded_answer(ex: Exchange, publisher: str | None, call_id: str, key: str, ev: CallEvent) -> EventResponse | None:
+async def recorded_answer(store: Store, publisher: str | None, call_id: str, key: str, ev: CallEvent) -> EventResponse | None:
     """The recorded answer to a replayed event of a call no longer in memory (None: none).
     Raises LookupError when the call is known to have finished (a new event is too late)."""
-    rows = await ex.store.audit_query(call_id, None, None, None, limit=10_000)
+    rows = await store.audit_query(call_id, None, None, None, limit=10_000)
     decision = next((_body(r) for r in rows if r.kind == "decision"), None)
     if decision is None or (publisher is not None and decision["publisher"] != publisher):
         return None

@@ -135,7 +135,7 @@ def test_two_exchanges_share_the_counter_through_submit_call(tmp_path, prefix, m
             req = CallRequest(caller="+18885550100", callee=FL, direction="outbound", vertical="auto_insurance",
                               consent_token="tok")
             # the wall clock decides the window: only meaningful while Miami is open
-            decisions = await asyncio.gather(*[exchanges[n % 2].submit_call(pub, req) for n in range(12)])  # type: ignore[arg-type]
+            decisions = await asyncio.gather(*[exchanges[n % 2].desk.submit(pub, req) for n in range(12)])  # type: ignore[arg-type]
             return [d.reason for d in decisions]
         finally:
             for ex in exchanges:

@@ -74,15 +74,15 @@ def test_redis_down_fails_the_frequency_rule_closed_and_nothing_else(private_red
             pub = SimpleNamespace(id="p1", kind="publisher")
             outbound = CallRequest(caller="+18885550100", callee=FL, direction="outbound", vertical="auto_insurance", consent_token="tok")
             inbound = CallRequest(caller="+13125550100", vertical="auto_insurance")
-            out = {"outbound, Redis up": (await ex.submit_call(pub, outbound)).reason}  # type: ignore[arg-type]
+            out = {"outbound, Redis up": (await ex.desk.submit(pub, outbound)).reason}  # type: ignore[arg-type]
             proc.kill()
             proc.wait(5)
             faults.injected("Redis killed")
-            d = await ex.submit_call(pub, outbound)  # type: ignore[arg-type]
+            d = await ex.desk.submit(pub, outbound)  # type: ignore[arg-type]
             out["outbound, Redis down"] = d.reason
             out["outbound, Redis down: decision"] = d.decision
             out["outbound, Redis down: rule"] = str(d.rule)
-            out["inbound, Redis down"] = (await ex.submit_call(pub, inbound)).reason  # type: ignore[arg-type]
+            out["inbound, Redis down"] = (await ex.desk.submit(pub, inbound)).reason  # type: ignore[arg-type]
             out["ledger sum"] = str(core.ledger.total())
             return out
         finally:

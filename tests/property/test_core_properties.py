@@ -166,7 +166,7 @@ def test_buyer_messages_survive_encode_and_decode(batch):
 
 @given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
 def test_arbitrary_frames_never_raise(text):
-    from exchange.messages import decode_buyer_frame
+    from exchange.codec import decode_buyer_frame
 
     msgs, errors, _ = decode_buyer_frame(text)
     assert msgs or errors or text.strip() in ("[]",)

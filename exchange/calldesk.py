@@ -1,0 +1,157 @@
+"""The call desk: publishers' calls and events, idempotency, and the decision's timing.
+
+Every call runs ``prepare`` -> (the RTB desk fans out bid requests and waits at most
+``tmax_ms``) -> ``decide`` -> notices. Between the two pure steps other calls and bids are
+served; ``decide`` re-checks every candidate, so nothing decided relies on stale state.
+A decision is answered at once; its hold and audit record are handed to the journal (not
+awaited). An event is answered once its money and audit records are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from time import perf_counter_ns
+
+import msgspec
+
+from compliance.numbers import parse_number
+from compliance.runtime import ComplianceRuntime
+
+from .accounts import Account
+from .clock import WallClock
+from .core import CallRecord, Core
+from .errors import Conflict, Invalid, NotFound, Refused, Unavailable
+from .ids import CallId
+from .journal import Journal
+from .lifecycle import apply_event
+from .messages import CallEvent, CallFields, DecisionFields, EventResponse
+from .metrics import Metrics
+from .pipeline import decide, prepare
+from .recovery import decision_audit, event_audit, recorded_answer
+from .rtb import RtbDesk
+
+
+class CallDesk:
+    __slots__ = ("core", "compliance", "rtb", "journal", "metrics", "clock", "keys", "in_flight", "draining")
+
+    def __init__(self, core: Core, compliance: ComplianceRuntime, rtb: RtbDesk, journal: Journal, metrics: Metrics, clock: WallClock) -> None:
+        self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock = core, compliance, rtb, journal, metrics, clock
+        self.keys: dict[tuple[str, str], CallId] = {}  # (publisher, Idempotency-Key) -> call id
+        self.in_flight = 0  # calls being decided now
+        self.draining = False
+
+    async def drain(self, timeout_s: float) -> int:
+        """Stop taking calls (``draining``) and wait for the decisions in flight; returns how
+        many were still running at the deadline. Events are still taken meanwhile."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while self.in_flight and loop.time() < end:
+            await asyncio.sleep(0.01)
+        return self.in_flight
+
+    def forget_keys(self) -> None:
+        """Drop idempotency keys of calls no longer in memory (the sweeper, now and then)."""
+        if len(self.keys) > 2 * len(self.core.calls) + 1024:
+            calls = self.core.calls
+            self.keys = {k: v for k, v in self.keys.items() if v in calls}
+
+    # ------------------------------------------------------------------ calls
+    @staticmethod
+    def check_numbers(call: CallFields) -> None:
+        """Unparseable numbers are bad input (the JSON path named), not a decision."""
+        if parse_number(call.caller) is None:
+            raise Invalid("invalid_number", f"caller {call.caller!r} is not a valid phone number", "$.caller")
+        if call.direction == "outbound":
+            if call.callee is None:
+                raise Invalid("invalid_message", "an outbound call needs callee", "$.callee")
+            if parse_number(call.callee) is None:
+                raise Invalid("invalid_number", f"callee {call.callee!r} is not a valid phone number", "$.callee")
+
+    async def submit(self, publisher: Account, call: CallFields, idem_key: str | None = None) -> DecisionFields:
+        if self.draining:
+            raise Unavailable("draining", "the exchange is shutting down; submit the call again", retry_after_s=1)
+        self.in_flight += 1
+        try:
+            return await self._submit(publisher, call, idem_key)
+        finally:
+            self.in_flight -= 1
+
+    async def _submit(self, publisher: Account, call: CallFields, idem_key: str | None) -> DecisionFields:
+        await self.journal.room()  # back-pressure: the durable writer is behind
+        core = self.core
+        if idem_key is not None:
+            prior = self.keys.get((publisher.id, idem_key))
+            if prior is not None:
+                rec = core.calls.get(prior)
+                if rec is None or rec.decision is None:
+                    raise Conflict("in_progress", "a call with this Idempotency-Key is being decided")
+                if rec.request != call:
+                    raise Conflict("idempotency_conflict", "this Idempotency-Key was used with a different body")
+                return rec.decision
+        self.check_numbers(call)
+        call_id = CallId("call_" + secrets.token_hex(8))
+        if idem_key is not None:
+            self.keys[(publisher.id, idem_key)] = call_id
+        t0 = perf_counter_ns()
+        p = prepare(core, call, publisher.id, call_id, self.clock.now_ns())
+        if p.verdict.pending is not None:  # the shared (Redis) frequency counter: the one awaited compliance step
+            v = await self.compliance.settle(p.verdict, call_id)
+            p = p._replace(verdict=v) if v.allow else p._replace(verdict=v, bid_requests=())
+        t1 = perf_counter_ns()
+        answers, wait_us = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None)
+        t2 = perf_counter_ns()
+        rec, notices = decide(core, p, answers, self.clock.now_ns())
+        if rec.status == "routed" and rec.route is not None:  # an inbound call is the consumer's inquiry (EBR)
+            core.gate.note_inquiry(rec.direction, rec.consumer, rec.route.buyer, rec.created_ns)
+        t3 = perf_counter_ns()
+        decision_us = (t1 - t0 + t3 - t2) // 1000
+        assert rec.decision is not None
+        rec.decision = msgspec.structs.replace(rec.decision, decision_us=decision_us, rtb_wait_us=wait_us)
+        self.metrics.decision_us.observe(decision_us)
+        self.metrics.count_call(rec.decision.decision, rec.decision.reason)
+        self.rtb.notify(notices)
+        rec.durable_seq = self.journal.record(decision_audit(rec))  # the hold and the decision: written, not awaited
+        return rec.decision
+
+    def owned(self, account: Account, call_id: str) -> CallRecord:
+        """A call in memory visible to ``account`` (its publisher, or the operator)."""
+        rec = self.core.calls.get(call_id)
+        if rec is None or (account.kind != "operator" and rec.publisher != account.id):
+            raise NotFound("unknown_call", f"no call {call_id!r}")
+        return rec
+
+    # ------------------------------------------------------------------ events
+    async def event(self, account: Account, call_id: str, idem_key: str, ev: CallEvent) -> EventResponse:
+        """Apply a publisher event; answered once its money and audit records are durable
+        (a replay waits for the same records, so it never answers before the original)."""
+        await self.journal.room()
+        if call_id not in self.core.calls:
+            return await self._recorded(account, call_id, idem_key, ev)
+        rec = self.owned(account, call_id)
+        applied = len(rec.events)
+        now = self.clock.now_ns()
+        out, notices = apply_event(self.core, rec, idem_key, ev, now)
+        if isinstance(out, Refused):
+            raise out
+        if len(rec.events) > applied:
+            self.metrics.events[ev.event] = self.metrics.events.get(ev.event, 0) + 1
+            rec.durable_seq = self.journal.record(event_audit(rec, idem_key, ev, out, now))
+        self.rtb.notify(notices)
+        await self.journal.ack(rec.durable_seq)
+        return out
+
+    async def _recorded(self, account: Account, call_id: str, idem_key: str, ev: CallEvent) -> EventResponse:
+        """An event for a call no longer in memory (finished before a restart, or past
+        retention): a replay gets its recorded answer; anything else is refused."""
+        try:
+            with self.journal.reading():
+                answer = await recorded_answer(self.journal.store, None if account.kind == "operator" else account.id, call_id, idem_key, ev)
+        except LookupError:
+            raise Conflict("call_finished", f"call {call_id} has finished") from None
+        except ValueError as exc:
+            raise Conflict("idempotency_conflict", str(exc)) from None
+        if answer is None:
+            raise NotFound("unknown_call", f"no call {call_id!r}")
+        return answer

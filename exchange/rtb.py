@@ -1,0 +1,139 @@
+"""The RTB desk: buyers' open sockets, bid requests fanned out, rounds, answers and notices.
+
+A round is the live bids of one call: filled by buyers' answers until all arrive, every
+buyer still awaited has gone (its socket closed: a timeout at once), or ``tmax_ms``. An
+answer after its round closed is ``late_answer``; one to a request never sent is
+``unknown_request``. Notices go to the buyer's oldest open connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Sequence
+from time import perf_counter_ns
+from typing import Protocol
+
+from .accounts import Account
+from .core import Notice
+from .errors import NotFound, Refused
+from .ids import BuyerId, RequestId
+from .messages import BidRequest, Message, NoBid, RtbBid
+from .metrics import Metrics
+
+Answers = dict[str, tuple[RtbBid, int]]  # request id -> (answer, arrival sequence)
+CLOSED_REMEMBERED = 100_000  # closed request ids kept to tell a late answer from an unknown one
+
+
+class Sender(Protocol):
+    account: Account
+
+    def send(self, msg: object) -> bool: ...
+
+
+class LateAnswer(Refused):
+    """An RTB answer after its round closed: counted as a timeout."""
+
+
+class RtbRound:
+    __slots__ = ("expected", "via", "answers", "done")
+
+    def __init__(self) -> None:
+        self.expected: dict[str, BuyerId] = {}  # request id -> buyer id
+        self.via: dict[str, Sender] = {}  # request id -> the connection it was sent on
+        self.answers: Answers = {}
+        self.done = asyncio.Event()
+
+
+class RtbDesk:
+    __slots__ = ("metrics", "next_seq", "buyers", "rounds", "closed")
+
+    def __init__(self, metrics: Metrics, next_seq: SeqSource) -> None:
+        self.metrics = metrics
+        self.next_seq = next_seq  # the book's sequence: a live answer's time priority
+        self.buyers: dict[str, list[Sender]] = {}
+        self.rounds: dict[str, RtbRound] = {}
+        self.closed: OrderedDict[str, str] = OrderedDict()
+
+    # ------------------------------------------------------------------ sockets
+    def attach(self, conn: Sender) -> None:
+        self.buyers.setdefault(conn.account.id, []).append(conn)
+
+    def detach(self, conn: Sender) -> None:
+        conns = self.buyers.get(conn.account.id)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self.buyers[conn.account.id]
+        gone = [(rid, rnd) for rid, rnd in self.rounds.items() if rnd.via.get(rid) is conn]
+        for rid, rnd in gone:  # bid requests this socket can no longer answer: timeouts now, not at tmax
+            buyer = rnd.expected.pop(rid)
+            del rnd.via[rid], self.rounds[rid]
+            self._close(rid, buyer)
+            self.metrics.rtb_timeouts += 1
+            if not rnd.expected:
+                rnd.done.set()
+
+    def notify(self, notices: Sequence[Notice]) -> None:
+        """Send each notice to the buyer's oldest open connection (if any)."""
+        buyers = self.buyers
+        for buyer, msg in notices:
+            conns = buyers.get(buyer)
+            if conns:
+                conns[0].send(msg)
+
+    # ------------------------------------------------------------------ rounds
+    async def ask(self, requests: Sequence[tuple[BuyerId, BidRequest]], tmax_ms: int) -> tuple[Answers, int]:
+        """Send the bid requests to the buyers' sockets and wait for their answers, at most
+        ``tmax_ms``; returns (answers, microseconds waited)."""
+        t0 = perf_counter_ns()
+        rnd = RtbRound()
+        for buyer, req in requests:
+            conns = self.buyers.get(buyer)
+            if conns and conns[0].send(req):
+                rnd.expected[req.request_id] = buyer
+                rnd.via[req.request_id] = conns[0]
+                self.rounds[req.request_id] = rnd
+        self.metrics.rtb_requests += len(rnd.expected)
+        if rnd.expected:
+            try:
+                await asyncio.wait_for(rnd.done.wait(), tmax_ms / 1000)
+            except TimeoutError:
+                pass
+            for rid, buyer in rnd.expected.items():
+                self.rounds.pop(rid, None)
+                self._close(rid, buyer)
+            self.metrics.rtb_timeouts += len(rnd.expected)
+        return rnd.answers, (perf_counter_ns() - t0) // 1000
+
+    def answer(self, buyer: BuyerId, msg: RtbBid | NoBid) -> Refused | None:
+        """Take one buyer's answer to a bid request; the refusal to send back, if any."""
+        rid = RequestId(msg.request_id)
+        rnd = self.rounds.get(rid)
+        if rnd is None or rnd.expected.get(rid) != buyer:
+            if self.closed.get(rid) == buyer:
+                return LateAnswer("late_answer", "answer arrived after tmax_ms; counted as a timeout", "$.request_id")
+            return NotFound("unknown_request", "no open bid_request with this id", "$.request_id")
+        if isinstance(msg, RtbBid):
+            rnd.answers[rid] = (msg, self.next_seq())
+            self.metrics.rtb_answers += 1
+        del rnd.expected[rid], rnd.via[rid]
+        self.rounds.pop(rid, None)
+        self._close(rid, buyer)
+        if not rnd.expected:
+            rnd.done.set()
+        return None
+
+    def _close(self, request_id: str, buyer: str) -> None:
+        self.closed[request_id] = buyer
+        while len(self.closed) > CLOSED_REMEMBERED:
+            self.closed.popitem(last=False)
+
+
+class SeqSource(Protocol):
+    def __call__(self) -> int: ...
+
+
+def send_all(conn: Sender, msgs: list[Message]) -> None:
+    if msgs:
+        conn.send(msgs[0] if len(msgs) == 1 else msgs)

@@ -57,7 +57,7 @@ def _bid(n: int) -> None:
 
     import msgspec
 
-    from exchange.book import Book
+    from routing.book import Book
     from exchange.codec import decode_buyer_frame
     from exchange.messages import Bid, Campaign
 

@@ -46,7 +46,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from billing.postings import charge
 from billing.records import CallOutcome, HoldEvent, Record
-from billing.store import Store, open_store
+from billing.backends import open_store
+from billing.store import Store
 from billing.writer import Writer
 from exchange import gcpolicy
 

@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable
 from .audit import GENESIS, verify
 from .reconcile import reconcile
 from .reports import BadMonth, write_month
-from .store import Store, StoreUnavailable, open_store
+from .backends import open_store
+from .store import Store, StoreUnavailable
 
 DEFAULT_DATABASE_URL = "sqlite:///exchange.db"
 # A hold stays open for the whole call, so the default grace outlasts the longest call the

@@ -182,15 +182,3 @@ class Store(ABC):
             "SELECT seq, at_ns, kind, call_id, number, body, prev_hash, hash FROM audit WHERE "
             + " AND ".join(where) + " ORDER BY seq LIMIT ?", *args, limit)
         return [AuditRow(*r[:6], bytes(r[6]), bytes(r[7])) for r in rows]
-
-
-def open_store(url: str) -> Store:
-    if url.startswith(("postgresql://", "postgres://")):
-        from .pgstore import PgStore
-
-        return PgStore(url)
-    if url.startswith("sqlite://"):
-        from .sqlitestore import SqliteStore
-
-        return SqliteStore(":memory:" if url == "sqlite://:memory:" else url[len("sqlite:///"):])
-    raise ValueError(f"unsupported database URL {url!r}: use postgresql://... or sqlite:///path")

@@ -156,7 +156,7 @@ def from_keys(keys: Any, meta: dict[str, Any] | None = None) -> DncArray:
     """An in-memory array from national numbers (any order, duplicates allowed)."""
     k = normalize_keys(np.fromiter(keys, dtype=np.int64) if not isinstance(keys, np.ndarray) else keys)
     index, bits = layout(k)
-    return DncArray(memoryview(index).cast("B").cast("I"), memoryview(bits), dict(meta or {}, count=len(k)), (index, bits))
+    return DncArray(index.data.cast("B").cast("I"), bits.data, dict(meta or {}, count=len(k)), (index, bits))
 
 
 EMPTY = from_keys([], {"empty": True})

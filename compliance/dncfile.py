@@ -71,7 +71,7 @@ class DncWriter:
         self._f.write(data)
 
     def finish(self, meta: dict[str, Any]) -> dict[str, Any]:
-        index = memoryview(self.index).cast("B")
+        index = self.index.data.cast("B")
         meta = dict(meta, format=3, count=self.count, nblocks=self.nblocks, crc_index=zlib.crc32(index),
                     crc_bits=self._crc_bits)
         head = json.dumps(meta, sort_keys=True).encode()

@@ -234,7 +234,7 @@ class Gate:
             else:
                 consumer = None
             return self._run(direction, consumer, at_ns, consent_token, vertical, origin, dial_mode, None, None,
-                             buyer, campaign, True)
+                             buyer if type(buyer) is str else None, campaign, True)
         except Exception:
             return Verdict(False, "internal_error")
 
@@ -325,25 +325,25 @@ class Gate:
         if cal is None:
             return _deny("internal_error", None, plan)
         holidays = st.holidays or self.rules.holidays
-        why = cal.status(at_ns, holidays)
-        if why is not None and why[0] == "state_day_restriction":
-            return _deny(why[0], why[1], plan, cal.next_open(at_ns, holidays, closed=True))
+        closed = cal.status(at_ns, holidays)
+        if closed is not None and closed[0] == "state_day_restriction":
+            return _deny(closed[0], closed[1], plan, cal.next_open(at_ns, holidays, closed=True))
         for s in plan.states:
             if s in st.flags.emergency_states:
                 return _deny("state_emergency", s, plan)
-        if why is not None:
-            return _deny(why[0], why[1], plan, cal.next_open(at_ns, holidays, closed=True))
+        if closed is not None:
+            return _deny(closed[0], closed[1], plan, cal.next_open(at_ns, holidays, closed=True))
         # 15. frequency cap: counted exchange-wide per vertical, checked and recorded at once
         pending = None
         capped = [r for r in cal.rules if r.frequency_cap is not None]
         if capped:
             cap_rule = min(capped, key=lambda r: (r.frequency_cap, r.state))
             window = policy.frequency_window_hours * HOUR_NS
-            key = FrequencyCounter.key(vertical or "", e164)
+            fkey = FrequencyCounter.key(vertical or "", e164)
             if self.shared_frequency and not full:
-                pending = FrequencyPending(key, cap_rule.frequency_cap or 0, cap_rule.state, window)
+                pending = FrequencyPending(fkey, cap_rule.frequency_cap or 0, cap_rule.state, window)
             else:
-                counted = st.frequency.counted(key, at_ns, window)
+                counted = st.frequency.counted(fkey, at_ns, window)
                 cap = cap_rule.frequency_cap or 0
                 if len(counted) >= cap:
                     allowed_from = _ceil_second(counted[len(counted) - cap] + window + 1)

@@ -173,13 +173,13 @@ def import_changes(current: DncArray, paths: list[Path], out_tmp: Path, report: 
             report.elapsed_s = time.perf_counter() - t0
             progress(report)
     _guard(report, max_reject_ratio, need_numbers=False)
-    keys = np.concatenate(all_keys) if all_keys else np.zeros(0, np.int64)
-    ops = np.concatenate(all_ops) if all_ops else np.zeros(0, np.int8)
-    report.valid = len(keys)
+    key_arr = np.concatenate(all_keys) if all_keys else np.zeros(0, np.int64)
+    op_arr = np.concatenate(all_ops) if all_ops else np.zeros(0, np.int8)
+    report.valid = len(key_arr)
     # the last record of each number wins
-    rev_keys = keys[::-1]
+    rev_keys = key_arr[::-1]
     uniq, idx = np.unique(rev_keys, return_index=True)
-    last_op = ops[::-1][idx]
+    last_op = op_arr[::-1][idx]
     adds, dels = uniq[last_op > 0], uniq[last_op < 0]  # sorted, disjoint
     add_npa, del_npa = adds // NPA_SPAN, dels // NPA_SPAN
     old_npas = set(current.npas())

@@ -167,6 +167,8 @@ def _probe(npa: int, prefix_nxx: set[str]) -> tuple[PhoneNumber, str, bool, bool
     if first is None:
         return None
     region = phonenumbers.region_code_for_number(first)
+    if region is None:
+        return None
     geo: PhoneNumber | None = None
     all_nxx = True
     for nxx in range(200, 1000):
@@ -213,9 +215,9 @@ def _us_state(prefixes: _Prefixes, npa: int) -> str:
     return states.pop()
 
 
-def _offset_classes(zones: set[str]) -> set[tuple[Any, Any]]:
+def _offset_classes(zones: set[str]) -> set[tuple[Any, ...]]:
     """Distinct (January, July) UTC offsets of the zones."""
-    out = set()
+    out: set[tuple[Any, ...]] = set()
     for name in zones:
         zone = ZoneInfo(name)
         out.add(tuple(dt.datetime(2026, m, 15, 12, tzinfo=zone).utcoffset() for m in (1, 7)))
@@ -224,10 +226,10 @@ def _offset_classes(zones: set[str]) -> set[tuple[Any, Any]]:
 
 def _check(npa: dict[str, dict[str, Any]]) -> None:
     """Fail loudly when the curated expectations do not hold."""
-    for code in sorted(MULTI_OFFSET_NPAS):
-        zones = set(npa.get(str(code), {}).get("zones", ()))
+    for npa_code in sorted(MULTI_OFFSET_NPAS):
+        zones = set(npa.get(str(npa_code), {}).get("zones", ()))
         if len(zones) < 2 or len(_offset_classes(zones)) < 2:
-            raise ValueError(f"NPA {code} must span more than one offset class: {sorted(zones)}")
+            raise ValueError(f"NPA {npa_code} must span more than one offset class: {sorted(zones)}")
     for code, entry in npa.items():
         if int(code) in NON_GEOGRAPHIC_NPAS and entry["geographic"]:
             raise ValueError(f"NPA {code} is a service code but the library calls it geographic")

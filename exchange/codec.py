@@ -15,7 +15,7 @@ from msgspec import Struct
 
 from .errors import Invalid
 from .messages import (
-    BuyerMessage, Error, ErrorDetail, Seq, buyer_json, buyer_json_one, buyer_msgpack, buyer_msgpack_one, publisher_json,
+    BuyerMessage, Error, ErrorDetail, Message, Seq, buyer_json, buyer_json_one, buyer_msgpack, buyer_msgpack_one, publisher_json,
     publisher_json_one, publisher_msgpack, publisher_msgpack_one,
 )
 
@@ -80,12 +80,12 @@ PUBLISHER_CODECS = {
 _JSON_DECODERS = frozenset({BUYER_CODECS[False][1], PUBLISHER_CODECS[False][1]})
 
 
-def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[BuyerMessage], list[Error], bool | list[str]]:
+def decode_buyer_frame(data: bytes | str, binary: bool = False) -> tuple[list[BuyerMessage], list[Message], bool | list[str]]:
     """Decode one buyer frame (JSON, or msgpack when ``binary``); see ``decode_frame``."""
     return decode_frame(data, BUYER_CODECS[binary])
 
 
-def decode_frame(data: bytes | str, codecs: Codecs) -> tuple[list, list[Error], bool | list[str]]:
+def decode_frame(data: bytes | str, codecs: Codecs) -> tuple[list[Any], list[Message], bool | list[str]]:
     """Decode one frame into its messages, with an ``error`` for each bad one.
 
     The fast path decodes the whole frame at once. Only if that fails is the frame split
@@ -114,7 +114,7 @@ def decode_frame(data: bytes | str, codecs: Codecs) -> tuple[list, list[Error], 
         items = [("$", data if isinstance(data, bytes) else data.encode())]
     good: list = []
     paths: list[str] = []
-    errors: list[Error] = []
+    errors: list[Message] = []
     for prefix, raw in items:
         try:
             good.append(one.decode(raw))

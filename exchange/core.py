@@ -7,33 +7,20 @@ return values; the async edges own the clock, the sockets and the durable writes
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from billing.ledger import Ledger
 from billing.records import CallOutcome
 from compliance.gate import Gate
 from compliance.numbers import NumberInfo
-from routing.capacity import Taken
+from routing.capacity import Capacity, Taken
 from routing.dedupe import DedupeIndex
 from routing.schedule import LocalClock
 
-from .book import Book
+from routing.auction import PlannedRoute
+from routing.book import Book
 from .messages import DecisionFields, EventResponse, Message
 from .settings import Settings
 
 Notice = tuple[str, Message]  # (buyer id, message to send)
-
-
-class PlannedRoute(NamedTuple):
-    buyer: str
-    campaign: str
-    destination: str
-    bid_cents: int
-    price_cents: int
-    payout_cents: int
-    margin_cents: int
-    min_duration_s: int
-    dedupe_days: int
 
 
 class CallRecord:
@@ -56,7 +43,7 @@ class CallRecord:
         self.routes: tuple[PlannedRoute, ...] = ()
         self.index = 0
         self.status = "rejected"
-        self.taken: Taken | None = None
+        self.taken: tuple[Capacity, Taken] | None = None  # the leg in use: its campaign's counters and what it took
         self.expires_ns: int | None = None
         self.events: dict[str, tuple[object, EventResponse]] = {}
         self.billable = False

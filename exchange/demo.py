@@ -19,11 +19,12 @@ from datetime import datetime, UTC
 import httpx
 import uvicorn
 from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from billing.postings import EXCHANGE_REVENUE
 
 from .app import build_app
-from .messages import Bid, BidRequest, Campaign, Caps, NoBid, RtbBid, Schedule, exchange_json, json_encoder
+from .messages import Bid, BidRequest, Campaign, Caps, NoBid, RtbBid, Schedule, Weekday, exchange_json, json_encoder
 from .server import uvicorn_config
 from .service import Exchange
 from .settings import Settings
@@ -34,8 +35,9 @@ AREA = {"CA": [213, 415, 619, 916], "TX": [214, 512, 713, 915], "FL": [305, 407,
         "IL": [312, 773], "GA": [404, 770], "AZ": [480, 602], "OH": [216, 614], "PA": [215, 412], "WA": [206, 509]}
 STATES = list(AREA)
 ZONES = ["America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles"]
-ALL_WEEK = {d: [("00:00", "24:00")] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
-BUSINESS = {d: [("08:00", "20:00")] for d in ("mon", "tue", "wed", "thu", "fri")} | {"sat": [("09:00", "17:00")]}
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+ALL_WEEK: dict[Weekday, list[tuple[str, str]]] = {d: [("00:00", "24:00")] for d in WEEKDAYS}
+BUSINESS: dict[Weekday, list[tuple[str, str]]] = {d: [("08:00", "20:00")] for d in WEEKDAYS[:5]} | {"sat": [("09:00", "17:00")]}
 
 
 def _free_port() -> int:
@@ -68,7 +70,7 @@ class Tally:
 
 
 async def _buyer(url: str, key: str, camps: list[Campaign], rng: random.Random, stop: asyncio.Event, tally: Tally) -> None:
-    async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}, subprotocols=["dce.json.v1"], max_size=None) as ws:
+    async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}, subprotocols=[Subprotocol("dce.json.v1")], max_size=None) as ws:
         await ws.send(json_encoder.encode(camps).decode())
         standing = [c for c in camps if not c.rtb]
 

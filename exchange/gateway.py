@@ -24,7 +24,9 @@ from starlette.websockets import WebSocket
 from .connections import Connection, sockets_of
 from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
 from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
-from .errors import RateLimited, Refused
+from routing.standing import CampaignError
+
+from .errors import Invalid, RateLimited, Refused
 from .http import http_limits, identify
 from .ids import BuyerId
 from .rtb import send_all
@@ -154,8 +156,8 @@ class BuyerFrames:
         if isinstance(msg, Campaign):
             try:
                 book.upsert(buyer, msg)
-            except Refused as exc:
-                return error_message(exc, msg.seq, path)
+            except CampaignError as exc:  # the book's refusal, as the wire's error
+                return error_message(Invalid(exc.code, str(exc), exc.path), msg.seq, path)
             self.metrics.campaign_upserts += 1
         elif isinstance(msg, (Pause, Resume)):
             if not book.set_paused(buyer, msg.campaign, isinstance(msg, Pause)):
@@ -215,8 +217,9 @@ class PublisherFrames:
         cost = len(msgs) + len(replies) or 1
         if not conn.admit(cost):
             return cost
-        for r in replies:
-            exchange.metrics.reject_message(r.code)
+        for r in replies:  # the frame's decode errors
+            if type(r) is Error:
+                exchange.metrics.reject_message(r.code)
         in_flight = conn.calls
         for msg in msgs:
             if isinstance(msg, Ping):

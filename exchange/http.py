@@ -51,7 +51,7 @@ STATUS: dict[type[Refused], int] = {
 
 def status_of(exc: Refused) -> int:
     for kind in type(exc).__mro__:
-        status = STATUS.get(kind)  # type: ignore[call-overload]
+        status = STATUS.get(kind)
         if status is not None:
             return status
     return 422

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 from billing.ledger import Ledger
 from billing.records import Record
-from billing.store import Store, StoreRefused, StoreUnavailable, open_store
+from billing.backends import open_store
+from billing.store import Store, StoreRefused, StoreUnavailable
 from billing.writer import Writer
 
 from .errors import Unavailable

@@ -13,31 +13,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from billing.postings import charge
-from compliance.numbers import NumberInfo
-from routing.eligibility import campaign_refusal
+from routing.eligibility import refusal
 from routing.schedule import UTC
 
-from .book import Standing
 from .errors import Conflict, Invalid, Refused
-from .core import CallRecord, Core, Notice, PlannedRoute
+from routing.auction import PlannedRoute
+
+from .core import CallRecord, Core, Notice
 from .instants import from_ns
 from .messages import CallEvent, CallNotice, EventResponse, Route, Win
 
 NS = 1_000_000_000
-
-
-def refusal(core: Core, st: Standing, consumer: NumberInfo | None, direction: str, area_code: int | None, price: int, now_ns: int) -> str | None:
-    """Why campaign ``st`` may not take this call at ``price`` now (None: it may)."""
-    why = campaign_refusal(core.clock, st, now_ns, price, direction, area_code)
-    if why is not None:
-        return why
-    if price > 0 and not core.ledger.can_cover(st.account, price):
-        return "funds"
-    if consumer is not None:
-        if core.dedupe.is_repeat(st.buyer, consumer.e164, st.dedupe_days, now_ns):
-            return "duplicate_caller"
-        return core.gate.buyer_refusal(st.buyer, consumer, direction, now_ns, st.id)
-    return None
 
 
 def route_wire(r: PlannedRoute, expires_at: datetime) -> Route:

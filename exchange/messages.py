@@ -60,7 +60,7 @@ class Caps(Struct, frozen=True, kw_only=True, omit_defaults=True):
     monthly: Annotated[int, Meta(ge=0, le=100_000_000)] | None = None
 
 
-class Campaign(Message, tag="campaign", kw_only=True):
+class Campaign(Message, tag="campaign", frozen=True, kw_only=True):
     """Create or replace a standing bid."""
 
     id: Id
@@ -80,34 +80,34 @@ class Campaign(Message, tag="campaign", kw_only=True):
     paused: bool = False
 
 
-class Bid(Message, tag="bid", kw_only=True):
+class Bid(Message, tag="bid", frozen=True, kw_only=True):
     """Reprice a campaign: the high-rate stream."""
 
     campaign: Id
     bid_cents: Cents
 
 
-class Pause(Message, tag="pause", kw_only=True):
+class Pause(Message, tag="pause", frozen=True, kw_only=True):
     campaign: Id
 
 
-class Resume(Message, tag="resume", kw_only=True):
+class Resume(Message, tag="resume", frozen=True, kw_only=True):
     campaign: Id
 
 
-class RtbBid(Message, tag="rtb_bid", kw_only=True):
+class RtbBid(Message, tag="rtb_bid", frozen=True, kw_only=True):
     request_id: Id
     bid_cents: Cents
     destination: Destination | None = None
     min_duration_s: Seconds | None = None
 
 
-class NoBid(Message, tag="no_bid", kw_only=True):
+class NoBid(Message, tag="no_bid", frozen=True, kw_only=True):
     request_id: Id
     reason: Annotated[str, Meta(max_length=128)] | None = None
 
 
-class Ping(Message, tag="ping", kw_only=True):
+class Ping(Message, tag="ping", frozen=True, kw_only=True):
     pass
 
 
@@ -115,17 +115,17 @@ BuyerMessage = Union[Campaign, Bid, Pause, Resume, RtbBid, NoBid, Ping]
 
 
 # ---------------------------------------------------------------- exchange -> buyer
-class Ack(Message, tag="ack", kw_only=True):
+class Ack(Message, tag="ack", frozen=True, kw_only=True):
     pass
 
 
-class Error(Message, tag="error", kw_only=True):
+class Error(Message, tag="error", frozen=True, kw_only=True):
     code: str
     message: str
     path: str | None = None
 
 
-class Pong(Message, tag="pong", kw_only=True):
+class Pong(Message, tag="pong", frozen=True, kw_only=True):
     pass
 
 
@@ -139,7 +139,7 @@ class CallInfo(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     tags: dict[str, TagValue] = {}
 
 
-class BidRequest(Message, tag="bid_request", kw_only=True):
+class BidRequest(Message, tag="bid_request", frozen=True, kw_only=True):
     request_id: str
     campaign: str
     tmax_ms: int
@@ -147,7 +147,7 @@ class BidRequest(Message, tag="bid_request", kw_only=True):
     call: CallInfo
 
 
-class Win(Message, tag="win", kw_only=True):
+class Win(Message, tag="win", frozen=True, kw_only=True):
     call_id: str
     campaign: str
     price_cents: int
@@ -158,7 +158,7 @@ class Win(Message, tag="win", kw_only=True):
     route_index: int = 0
 
 
-class Loss(Message, tag="loss", kw_only=True):
+class Loss(Message, tag="loss", frozen=True, kw_only=True):
     request_id: str
     reason: str
     clearing_price_cents: int | None = None
@@ -166,7 +166,7 @@ class Loss(Message, tag="loss", kw_only=True):
     call_id: str | None = None
 
 
-class CallNotice(Message, tag="call", kw_only=True):
+class CallNotice(Message, tag="call", frozen=True, kw_only=True):
     call_id: str
     status: Literal["connected", "completed", "failed", "expired"]
     duration_s: int | None = None
@@ -192,11 +192,11 @@ class CallFields(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False
     dial_mode: Literal["manual", "autodialed", "prerecorded"] | None = None
 
 
-class CallRequest(CallFields, kw_only=True):
+class CallRequest(CallFields, frozen=True, kw_only=True):
     pass
 
 
-class PublisherCall(CallFields, tag_field="type", tag="call", kw_only=True):
+class PublisherCall(CallFields, tag_field="type", tag="call", frozen=True, kw_only=True):
     """A call submitted over the publisher WebSocket: the POST body plus ``seq``."""
 
     seq: Seq | None = None
@@ -226,11 +226,11 @@ class DecisionFields(Struct, frozen=True, kw_only=True, gc=False):
     retry_after_utc: datetime | None = None  # compliance denials by time: when to try again
 
 
-class DecisionResponse(DecisionFields, kw_only=True):
+class DecisionResponse(DecisionFields, frozen=True, kw_only=True):
     pass
 
 
-class Decision(DecisionFields, tag_field="type", tag="decision", kw_only=True):
+class Decision(DecisionFields, tag_field="type", tag="decision", frozen=True, kw_only=True):
     seq: Seq | None = None
 
 

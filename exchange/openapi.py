@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,7 +13,7 @@ from . import messages as m
 _BODIES = [m.AccountCreate, m.AccountCreated, m.Deposit, m.Balance, m.CallRequest, m.DecisionResponse,
            m.CallEvent, m.EventResponse, m.Suppression, m.RefundRequest, m.RefundResponse, m.ErrorBody]
 _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(_BODIES, ref_template="#/components/schemas/{name}")
-_REF = {t: s for t, s in zip(_BODIES, _SCHEMAS)}
+_REF: dict[type, dict[str, Any]] = {t: s for t, s in zip(_BODIES, _SCHEMAS)}
 _ERR = {"description": "error", "content": {"application/json": {"schema": _REF[m.ErrorBody]}}}
 
 

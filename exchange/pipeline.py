@@ -15,15 +15,16 @@ import msgspec
 
 from compliance.gate import BUYER_WIDE, Verdict
 from compliance.numbers import NumberInfo, parse_number
-from routing.eligibility import reopens_at
+from routing.eligibility import refusal, reopens_at
 
-from .auction import Bidder, clear
-from .book import Standing
-from .core import CallRecord, Core, Notice, PlannedRoute
+from routing.auction import Bid, clear
+from routing.standing import Standing
+from .core import CallRecord, Core, Notice
+from .ids import BuyerId
 from .instants import from_ns
-from .lifecycle import engage, refusal, route_wire
+from .lifecycle import engage, route_wire
 from .messages import BidRequest, CallFields, CallInfo, DecisionFields, Loss, RtbBid
-from .parking import FUNDS, PARKABLE
+from routing.parking import FUNDS, PARKABLE
 
 
 class Prepared(NamedTuple):
@@ -37,7 +38,7 @@ class Prepared(NamedTuple):
     floor_cents: int
     verdict: Verdict
     tmax_ms: int
-    bid_requests: tuple[tuple[str, BidRequest], ...]  # (buyer, request) to send now
+    bid_requests: tuple[tuple[BuyerId, BidRequest], ...]  # (buyer, request) to send now
 
 
 def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: int) -> Prepared:
@@ -51,7 +52,7 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
     tmax = min(s.rtb_tmax_ms, s.rtb_tmax_cap_ms)
     if call.tmax_ms is not None:
         tmax = min(tmax, call.tmax_ms)
-    requests: list[tuple[str, BidRequest]] = []
+    requests: list[tuple[BuyerId, BidRequest]] = []
     if verdict.allow and tmax > 0:
         info = CallInfo(vertical=call.vertical, state=state, area_code=area_code, direction=call.direction, tags=call.tags)
         for n, st in enumerate(core.book.rtb_candidates(call.vertical, state, now_ns)):
@@ -59,7 +60,7 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
                 break
             if refusal(core, st, consumer, call.direction, area_code, 0, now_ns) is None:
                 req = BidRequest(request_id=f"{call_id}.{n}", campaign=st.id, tmax_ms=tmax, floor_cents=floor, call=info)
-                requests.append((st.buyer, req))
+                requests.append((BuyerId(st.buyer), req))
     return Prepared(call_id, publisher, call, consumer, caller, state, area_code, floor, verdict, tmax, tuple(requests))
 
 
@@ -104,8 +105,8 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     else:
         ledger.freed.clear()
     standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit, call.direction == "outbound", done)
-    bidders = [Bidder(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
-    timeouts: list[tuple[str, BidRequest]] = []
+    bidders = [Bid(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
+    timeouts: list[tuple[BuyerId, BidRequest]] = []
     for buyer, req in p.bid_requests:
         got = answers.get(req.request_id)
         st = core.book.get(buyer, req.campaign)
@@ -115,12 +116,12 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         ans, arrival = got
         if refusal(core, st, p.consumer, call.direction, p.area_code, ans.bid_cents, now_ns) is not None:
             continue
-        bidders.append(Bidder(
+        bidders.append(Bid(
             ans.bid_cents, arrival, buyer, st.id, ans.destination or st.destination,
             ans.min_duration_s if ans.min_duration_s is not None else st.min_duration_s, st.dedupe_days, req.request_id,
         ))
     if len(bidders) > len(standing):  # live answers joined: keep each buyer's best bid only
-        best: dict[str, Bidder] = {}
+        best: dict[str, Bid] = {}
         for b in bidders:
             cur = best.get(b.buyer)
             if cur is None or (-b.bid_cents, b.priority) < (-cur.bid_cents, cur.priority):
@@ -136,11 +137,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     rec.bids = tuple((b.buyer, b.campaign, b.bid_cents, b.request_id is not None) for b in bidders)
     if cleared.reason != "ok":
         return _reject(core, rec, cleared.reason, None, now_ns), notices
-    rec.routes = tuple(
-        PlannedRoute(r.bidder.buyer, r.bidder.campaign, r.bidder.destination, r.bidder.bid_cents, r.price_cents,
-                     r.payout_cents, r.margin_cents, r.bidder.min_duration_s, r.bidder.dedupe_days)
-        for r in cleared.routes
-    )
+    rec.routes = cleared.routes
     rec.status = "routed"
     core.calls[rec.call_id] = rec
     core.active[rec.call_id] = rec

@@ -22,7 +22,7 @@ reconnect and re-send them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -32,11 +32,12 @@ from billing.store import Store
 from compliance.numbers import parse_number
 from routing.dedupe import MAX_DEDUPE_DAYS, NS_PER_DAY
 
-from .core import CallRecord, PlannedRoute
-from .messages import CallEvent, CallRequest, DecisionFields, EventResponse
+from routing.auction import PlannedRoute
 
-if TYPE_CHECKING:
-    from .service import Exchange
+from .accounts import Accounts
+from .core import CallRecord, Core
+from .messages import CallEvent, CallRequest, DecisionFields, EventResponse
+from .settings import Settings
 
 NS = 1_000_000_000
 
@@ -50,7 +51,7 @@ def decision_audit(rec: CallRecord) -> AuditEvent:
         "decision": rec.decision,
         "compliance": rec.evidence,
         "bids": [{"buyer": b, "campaign": c, "bid_cents": x, "live": live} for b, c, x, live in rec.bids],
-        "routes": [r._asdict() for r in rec.routes],
+        "routes": [r.record() for r in rec.routes],
     })
 
 
@@ -80,7 +81,7 @@ def rebuild(rows: list[AuditRow], hold: HoldEvent, now_ns: int, route_ttl_s: int
     rec.state = request.state or (rec.consumer.state if rec.consumer is not None else None)
     rec.decision = msgspec.convert(decision["decision"], DecisionFields)
     rec.evidence = decision.get("compliance", {})
-    rec.routes = tuple(PlannedRoute(**r) for r in decision["routes"])
+    rec.routes = tuple(PlannedRoute.from_record(r) for r in decision["routes"])
     rec.bids = tuple((b["buyer"], b["campaign"], b["bid_cents"], b["live"]) for b in decision.get("bids", ()))
     rec.index, rec.status = hold.route_index, "routed"
     rec.history.append((head.at_ns, "routed", 0))
@@ -97,23 +98,21 @@ def rebuild(rows: list[AuditRow], hold: HoldEvent, now_ns: int, route_ttl_s: int
     return rec
 
 
-async def restore(ex: Exchange) -> tuple[int, int, int]:
+async def restore(store: Store, core: Core, accounts: Accounts, settings: Settings, now: int) -> tuple[int, int, int]:
     """Load accounts, balances and replayable entries; bring back the calls in flight.
     Returns (accounts, calls recovered, holds released)."""
     from billing.postings import buyer_account
 
-    store = ex.journal.store
     snap = await store.load()
-    core, ledger = ex.core, ex.core.ledger
+    ledger = core.ledger
     for a in snap.accounts:
-        ex.accounts.restore(a.id, a.kind, a.name, a.key_digest, a.credit_limit_cents)  # type: ignore[arg-type]
+        accounts.restore(a.id, a.kind, a.name, a.key_digest, a.credit_limit_cents)  # type: ignore[arg-type]
         if a.kind == "buyer":
             ledger.set_credit(buyer_account(a.id), a.credit_limit_cents)
     ledger.restore(snap.balances, snap.entries)
-    now = ex.clock.now_ns()
     for buyer, number, at_ns in await store.repeat_callers(now - MAX_DEDUPE_DAYS * NS_PER_DAY):
         core.dedupe.record(buyer, number, at_ns)
-    s = ex.settings
+    s = settings
     recovered = released = 0
     for h in snap.open_holds:
         rows = await store.audit_query(h.call_id, None, None, None, limit=10_000)

@@ -134,6 +134,6 @@ class SeqSource(Protocol):
     def __call__(self) -> int: ...
 
 
-def send_all(conn: Sender, msgs: list[Message]) -> None:
+def send_all(conn: Sender, msgs: Sequence[Message]) -> None:
     if msgs:
         conn.send(msgs[0] if len(msgs) == 1 else msgs)

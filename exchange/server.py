@@ -109,7 +109,7 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
         # (as uvicorn's close timer: the app's end does not close the transport while it is set)
         self.close_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's protocol: True keeps the half-closed transport
         if self.lingering:
             self.transport.close()
         return None
@@ -168,7 +168,7 @@ def ping_interval_s(settings: Settings) -> float:
     return float(min(settings.heartbeat_s, settings.idle_timeout_s / 2))
 
 
-def uvicorn_config(app: object, settings: Settings, **extra: object) -> uvicorn.Config:
+def uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
     exchange = getattr(getattr(app, "state", None), "exchange", None)
     return uvicorn.Config(
         app,

@@ -57,7 +57,7 @@ class Exchange:
         gcpolicy.watch(self.metrics)
         await self.journal.open()
         await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
-        self.restored = await restore(self)
+        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, self.clock.now_ns())
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.ready = True

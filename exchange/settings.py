@@ -91,9 +91,9 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         else:
             raw[name] = value
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    for name, value in list(raw.items()):
+    for name, given in list(raw.items()):
         try:
-            msgspec.convert({name: value}, Settings)
+            msgspec.convert({name: given}, Settings)
         except msgspec.ValidationError as exc:
             problems.append(f"EXCHANGE_{name.upper()}: {exc}")
             del raw[name]

@@ -1,14 +1,16 @@
-"""Whether one campaign may take one call now, ignoring money and the caller's history.
+"""Whether one campaign may take one call now: the one eligibility check of the exchange.
 
 Checked cheapest first; the answer is a reason code (a value, never an exception) or None.
-``c`` is any campaign record with the attributes read below (the book's ``Standing``).
-Funds, repeat callers and per-buyer compliance are checked by the pipeline, which owns
-the ledger, the dedupe index and the gate.
+``campaign_refusal`` reads the campaign alone (direction, area code, schedule, capacity);
+``refusal`` adds what the market knows: the buyer's funds, the repeat-caller index and the
+compliance gate's per-buyer verdict. ``c`` is any campaign record with the attributes read
+below (the book's ``Standing``); the market is any object with the parts read below (the
+exchange's ``Core``).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from .capacity import Capacity, Limits
 from .schedule import UTC, CompiledSchedule, LocalClock
@@ -20,6 +22,61 @@ class CampaignLike(Protocol):
     schedule: CompiledSchedule | None
     limits: Limits
     capacity: Capacity
+
+
+class Funds(Protocol):
+    def can_cover(self, account: str, amount_cents: int) -> bool: ...
+
+
+class Repeats(Protocol):
+    def is_repeat(self, buyer: str, caller: str, days: int, now_ns: int) -> bool: ...
+
+
+class BuyerGate(Protocol):
+    def buyer_refusal(self, buyer: str, consumer: Any, direction: str, at_ns: int, campaign: str | None = ...) -> str | None: ...
+
+
+class Consumer(Protocol):
+    @property
+    def e164(self) -> str: ...
+
+
+class Market(Protocol):
+    """What the combined check reads besides the campaign."""
+
+    @property
+    def clock(self) -> LocalClock: ...
+    @property
+    def ledger(self) -> Funds: ...
+    @property
+    def dedupe(self) -> Repeats: ...
+    @property
+    def gate(self) -> BuyerGate: ...
+
+
+class Candidate(CampaignLike, Protocol):
+    @property
+    def account(self) -> str: ...
+    @property
+    def buyer(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def dedupe_days(self) -> int: ...
+
+
+def refusal(m: Market, st: Candidate, consumer: Consumer | None, direction: str, area_code: int | None, price: int, now_ns: int) -> str | None:
+    """Why campaign ``st`` may not take this call at ``price`` now (None: it may)."""
+    why = campaign_refusal(m.clock, st, now_ns, price, direction, area_code)
+    if why is not None:
+        return why
+    if price > 0 and not m.ledger.can_cover(st.account, price):
+        return "funds"
+    if consumer is not None:
+        if m.dedupe.is_repeat(st.buyer, consumer.e164, st.dedupe_days, now_ns):
+            return "duplicate_caller"
+        return m.gate.buyer_refusal(st.buyer, consumer, direction, now_ns, st.id)
+    return None
 
 
 def campaign_refusal(clock: LocalClock, c: CampaignLike, now_ns: int, price_cents: int, direction: str, area_code: int | None) -> str | None:

@@ -8,13 +8,21 @@ per-candidate schedule check into two integer comparisons.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 NS_PER_MINUTE = 60_000_000_000
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UTC = ZoneInfo("UTC")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def to_ns(dt: datetime) -> int:
+    """An aware datetime as UNIX nanoseconds (exact to the microsecond)."""
+    return (dt - EPOCH) // _US * 1000
 
 
 class LocalTime(NamedTuple):
@@ -81,7 +89,7 @@ class CompiledSchedule:
         self.days = days
 
     @classmethod
-    def compile(cls, tz: str, hours: dict[str, list[tuple[str, str]]]) -> CompiledSchedule:
+    def compile(cls, tz: str, hours: Mapping[Any, Sequence[tuple[str, str]]]) -> CompiledSchedule:
         zone = zone_named(tz)
         days = []
         for name in WEEKDAYS:

@@ -79,7 +79,7 @@ class World:
 def best_eligible_bid(w: World, area_code: int = 212) -> int | None:
     """The oracle of the index tests: the highest bid in the whole book that may take an inbound
     call now, by the pipeline's own ``refusal`` on every campaign (no index, nothing parked)."""
-    from exchange.lifecycle import refusal
+    from routing.eligibility import refusal
 
     now, best = w.clock.now_ns(), None
     for s in w.core.book._campaigns.values():

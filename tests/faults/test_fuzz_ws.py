@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from exchange.book import US_STATES
+from routing.standing import US_STATES
 from exchange.messages import MAX_CENTS, buyer_json_one, buyer_msgpack_one, publisher_json_one
 from tests.e2e.conftest import ADMIN, ROOT, Server, free_port
 from tests.e2e.wsclient import Buyer

@@ -8,7 +8,8 @@ from typing import AsyncIterator
 
 from billing import postings
 from billing.records import CallOutcome, HoldEvent, Record
-from billing.store import Store, open_store
+from billing.backends import open_store
+from billing.store import Store
 from billing.writer import Writer
 
 NS = 1_000_000_000

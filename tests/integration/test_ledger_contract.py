@@ -19,7 +19,8 @@ from billing.cli import main
 from billing.postings import Entry, Leg
 from billing.reconcile import reconcile
 from billing.records import AccountRow, AuditEvent, HoldEvent
-from billing.store import Batch, StoreRefused, StoreUnavailable, open_store
+from billing.backends import open_store
+from billing.store import Batch, StoreRefused, StoreUnavailable
 from billing.writer import Writer
 from tests.integration.conftest import PG_BASE
 from tests.integration.ledgerkit import (

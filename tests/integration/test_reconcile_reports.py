@@ -15,7 +15,8 @@ from billing.cli import main
 from billing.postings import Entry, Leg
 from billing.reconcile import reconcile
 from billing.records import AccountRow, CallOutcome, HoldEvent
-from billing.store import Store, open_store
+from billing.backends import open_store
+from billing.store import Store
 from billing.writer import Writer
 from tests.integration.ledgerkit import DAY_NS, NOV_NS, NS, behind_triggers, billable_call, opened, unbilled_call
 

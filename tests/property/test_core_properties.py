@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.money import split
 from billing.postings import Entry, buyer_account
-from exchange.auction import Bidder, clear
+from routing.auction import Bid as Offer, clear
 from exchange.lifecycle import expire_due
 from exchange.messages import Bid, Campaign, Caps, exchange_json, buyer_json, json_encoder
 from tests.builders import World, call
@@ -15,7 +15,7 @@ STATES = ["CA", "NY", "TX"]
 CALLERS = {"CA": "+14155550", "NY": "+12125550", "TX": "+15125550"}
 
 bidders = st.lists(
-    st.builds(Bidder, st.integers(0, 10_000), st.integers(0, 1000), st.sampled_from(list("abcdefgh")),
+    st.builds(Offer, st.integers(0, 10_000), st.integers(0, 1000), st.sampled_from(list("abcdefgh")),
               st.just("c"), st.just("+18005550199"), st.just(60), st.just(0)),
     max_size=8, unique_by=lambda b: b.buyer,
 )
@@ -28,12 +28,12 @@ def test_clearing_price_lies_between_floor_and_winning_bid(bs, floor, pricing, t
     if not eligible:
         assert out.routes == () and out.reason in ("no_eligible_bid", "below_floor")
         return
-    assert out.routes[0].bidder.bid_cents == max(b.bid_cents for b in eligible)
+    assert out.routes[0].bid.bid_cents == max(b.bid_cents for b in eligible)
     prices = [r.price_cents for r in out.routes]
     for r in out.routes:
-        assert floor <= r.price_cents <= r.bidder.bid_cents
+        assert floor <= r.price_cents <= r.bid.bid_cents
         assert r.payout_cents + r.margin_cents == r.price_cents and r.payout_cents >= 0 and r.margin_cents >= 0
-    assert [r.bidder.bid_cents for r in out.routes] == sorted((r.bidder.bid_cents for r in out.routes), reverse=True)
+    assert [r.bid.bid_cents for r in out.routes] == sorted((r.bid.bid_cents for r in out.routes), reverse=True)
     assert len(prices) == min(routes, len(eligible))
 
 

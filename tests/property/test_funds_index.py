@@ -10,7 +10,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from billing.postings import buyer_account, deposit
-from exchange.book import CampaignError
+from routing.standing import CampaignError
 from exchange.messages import Campaign, Caps
 from tests.builders import World, call, submit_checked
 

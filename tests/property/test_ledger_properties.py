@@ -17,7 +17,7 @@ from billing import postings
 from billing.ledger import Ledger
 from billing.postings import Entry
 from billing.reconcile import reconcile
-from billing.store import open_store
+from billing.backends import open_store
 from billing.writer import Writer
 
 BUYERS = ["b0", "b1", "b2"]

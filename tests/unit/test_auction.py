@@ -1,14 +1,14 @@
-from exchange.auction import Bidder, clear
+from routing.auction import Bid, clear
 from billing.money import split
 
 
-def b(bid: int, buyer: str, prio: int = 0) -> Bidder:
-    return Bidder(bid, prio, buyer, f"c_{buyer}", "+18005550199", 90, 0)
+def b(bid: int, buyer: str, prio: int = 0) -> Bid:
+    return Bid(bid, prio, buyer, f"c_{buyer}", "+18005550199", 90, 0)
 
 
 def test_first_price_clears_at_winning_bid():
     out = clear([b(2000, "a"), b(3000, "b"), b(2500, "c")], 0, "first", 2000, 4)
-    assert [r.bidder.buyer for r in out.routes] == ["b", "c", "a"]
+    assert [r.bid.buyer for r in out.routes] == ["b", "c", "a"]
     assert [r.price_cents for r in out.routes] == [3000, 2500, 2000]
 
 
@@ -20,7 +20,7 @@ def test_second_price_clears_at_runner_up_plus_one_cent():
 def test_second_price_never_below_floor_and_never_above_bid():
     out = clear([b(2000, "a"), b(3000, "b")], 2500, "second", 2000, 4)
     assert out.routes[0].price_cents == 2500  # runner-up is below the floor
-    assert [r.bidder.buyer for r in out.routes] == ["b"]
+    assert [r.bid.buyer for r in out.routes] == ["b"]
     tie = clear([b(3000, "a", 1), b(3000, "b", 2)], 0, "second", 2000, 4)
     assert tie.routes[0].price_cents == 3000  # runner-up + 1 would exceed the winning bid
 
@@ -32,9 +32,9 @@ def test_second_price_without_runner_up_clears_at_floor():
 
 def test_tie_goes_to_the_older_bid_then_to_ids():
     out = clear([b(3000, "late", prio=9), b(3000, "early", prio=3)], 0, "first", 0, 4)
-    assert out.routes[0].bidder.buyer == "early"
+    assert out.routes[0].bid.buyer == "early"
     out = clear([b(3000, "z", prio=3), b(3000, "a", prio=3)], 0, "first", 0, 4)
-    assert out.routes[0].bidder.buyer == "a"
+    assert out.routes[0].bid.buyer == "a"
 
 
 def test_below_floor_and_no_bid_are_reasons_not_errors():

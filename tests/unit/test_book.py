@@ -2,7 +2,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from exchange.book import Book, CampaignError
+from routing.book import Book
+from routing.standing import CampaignError
 from exchange.messages import Schedule
 from tests.builders import NOON_NY_NS, campaign
 

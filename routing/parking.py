@@ -28,9 +28,8 @@ from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from routing.capacity import Capacity
-
-    from .book import Standing
+    from .standing import Standing
+    from .capacity import Capacity
 
 FUNDS = "funds"
 CAPACITY = frozenset({"concurrency", "hourly_cap", "daily_cap", "monthly_cap", "daily_budget"})

@@ -26,7 +26,7 @@ RTB campaigns have no standing price; they sit in a per-vertical set and are ask
 **Parked campaigns.** A campaign that cannot take any call for a known period (its buyer
 cannot cover the bid, its schedule is closed, a cap, budget or its concurrency is spent) is
 found once by a decision and parked: out of the heaps, into the ``ParkingLot``
-(``exchange/parking.py``), which brings it back on the event that re-enables it.
+(``routing/parking.py``), which brings it back on the event that re-enables it.
 
 **A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
 new one past it is refused with ``campaign_limit`` and nothing in the book changes.
@@ -37,29 +37,13 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 from collections.abc import Callable
 
-from billing.postings import buyer_account
-from routing.capacity import Capacity, Limits
-from routing.schedule import CompiledSchedule, ScheduleError
-
-from .errors import Invalid
-from .instants import to_ns
-from .messages import Campaign
+from .capacity import Capacity
 from .parking import ParkingLot
-
-WIDE_STATES = 8
-US_STATES = frozenset(
-    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
-    "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR GU VI AS MP".split()
-)
-Key = tuple[str, str]  # (buyer id, campaign id)
+from .schedule import ScheduleError
+from .standing import US_STATES, CampaignError, CampaignSpec, Key, Standing
 
 
 MAX_PER_BUYER = 2_000
-
-
-class CampaignError(Invalid):
-    """A campaign the book refuses (nothing in the book changes)."""
-
 
 class Bucket:
     __slots__ = ("heap", "members", "buyers", "limit", "slots")
@@ -98,51 +82,6 @@ class Bucket:
         self.heap = heap
         self.limit = len(heap) + len(heap) // 2 + 32
 
-
-class Standing:
-    """A campaign as the book holds it (mutable: price, pause, counters)."""
-
-    __slots__ = (
-        "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
-        "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
-        "destination", "accepts_outbound", "capacity", "buckets", "live", "account", "listing", "listed_bid", "parked", "slot",
-    )
-
-    def __init__(self, buyer: str, msg: Campaign, capacity: Capacity) -> None:
-        self.key = (buyer, msg.id)
-        self.buyer, self.id, self.vertical = buyer, msg.id, msg.vertical
-        self.account = buyer_account(buyer)  # the buyer's ledger account, for the funds check
-        self.bid_cents = msg.bid_cents
-        self.seq = 0  # time priority of the current price
-        self.slot = -1  # its index in the book's slots (the heap entries name it)
-        self.listing = -1  # seq of the heap entries that count (-1: not listed)
-        self.listed_bid = 0  # their price: an upper bound of bid_cents while listed
-        self.states = frozenset(msg.states)
-        wide = not msg.states or len(self.states) > WIDE_STATES
-        self.wide_states = (self.states or None) if wide else None
-        self.area_codes = frozenset(msg.area_codes) if msg.area_codes else None
-        self.schedule = CompiledSchedule.compile(msg.schedule.tz, msg.schedule.hours) if msg.schedule else None
-        caps = msg.caps
-        self.limits = Limits(
-            caps.concurrency if caps else None, caps.hourly if caps else None, caps.daily if caps else None,
-            caps.monthly if caps else None, msg.daily_budget_cents,
-        )
-        self.expires_ns = to_ns(msg.expires_at) if msg.expires_at is not None else None
-        self.paused, self.rtb = msg.paused, msg.rtb
-        self.min_duration_s, self.dedupe_days = msg.min_duration_s, msg.dedupe_days
-        self.destination, self.accepts_outbound = msg.destination, msg.accepts_outbound
-        self.capacity = capacity
-        self.buckets: list[Bucket] = []
-        self.live = True
-        self.parked: str | None = None  # why it is out of the index for now (``exchange/parking.py``)
-
-    def covers(self, state: str | None) -> bool:
-        return not self.states or state in self.states
-
-    def expired(self, now_ns: int) -> bool:
-        return self.expires_ns is not None and self.expires_ns <= now_ns
-
-
 class Book:
     __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots")
 
@@ -172,7 +111,7 @@ class Book:
         return self._campaigns.get((buyer, campaign_id))
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, buyer: str, msg: Campaign) -> Standing:
+    def upsert(self, buyer: str, msg: CampaignSpec) -> Standing:
         """Create or replace a campaign. Raises ``CampaignError`` (nothing changes)."""
         bad = sorted(set(msg.states) - US_STATES)
         if bad:

@@ -16,6 +16,7 @@ import msgspec
 from compliance.gate import BUYER_WIDE, Verdict
 from compliance.numbers import NumberInfo, parse_number
 from routing.eligibility import refusal, reopens_at
+from routing.reasons import Outcome
 
 from routing.auction import Bid, clear
 from routing.standing import Standing
@@ -131,11 +132,11 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         cleared = clear(bidders, p.floor_cents, s.pricing, s.take_rate_bps, s.max_fallbacks + 1, ranked=True)
     clearing = cleared.routes[0].price_cents if cleared.routes else None
     for buyer, req in timeouts:
-        notices.append((buyer, Loss(request_id=req.request_id, reason="timeout", campaign=req.campaign, call_id=p.call_id)))
+        notices.append((buyer, Loss(request_id=req.request_id, reason=Outcome.TIMEOUT, campaign=req.campaign, call_id=p.call_id)))
     for b, why in cleared.losers:
         notices.append((b.buyer, Loss(request_id=b.request_id or p.call_id, reason=why, clearing_price_cents=clearing, campaign=b.campaign, call_id=p.call_id)))
     rec.bids = tuple((b.buyer, b.campaign, b.bid_cents, b.request_id is not None) for b in bidders)
-    if cleared.reason != "ok":
+    if cleared.reason != Outcome.OK:
         return _reject(core, rec, cleared.reason, None, now_ns), notices
     rec.routes = cleared.routes
     rec.status = "routed"
@@ -144,7 +145,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     win = engage(core, rec, 0, now_ns)
     if win is None:  # nobody could take the leg after all (cannot happen within one step)
         core.active.pop(rec.call_id, None)
-        return _reject(core, rec, "no_eligible_bid", None, now_ns), notices
+        return _reject(core, rec, Outcome.NO_ELIGIBLE_BID, None, now_ns), notices
     notices.append(win)
     expires = from_ns(rec.expires_ns or now_ns)
     routes = [route_wire(r, expires) for r in rec.routes[rec.index:]]

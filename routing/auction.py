@@ -17,6 +17,8 @@ from typing import Any, Literal, NamedTuple
 
 from billing.money import split
 
+from .reasons import Outcome
+
 Pricing = Literal["first", "second"]
 
 
@@ -79,9 +81,9 @@ class PlannedRoute(NamedTuple):
 
 
 class Cleared(NamedTuple):
-    reason: str  # "ok" | "no_eligible_bid" | "below_floor"
+    reason: Outcome  # ok | no_eligible_bid | below_floor
     routes: tuple[PlannedRoute, ...]
-    losers: tuple[tuple[Bid, str], ...]  # (bidder, loss reason)
+    losers: tuple[tuple[Bid, Outcome], ...]  # (bidder, loss reason)
 
 
 def rank_key(b: Bid) -> tuple[int, int, str, str]:
@@ -95,11 +97,11 @@ def clear(
     rank order when ``ranked`` is true, as the book returns them)."""
     order = bidders if ranked else sorted(bidders, key=rank_key)
     above = [b for b in order if b.bid_cents >= floor_cents]
-    below = tuple((b, "below_floor") for b in order[len(above):]) if len(above) < len(order) else ()
+    below = tuple((b, Outcome.BELOW_FLOOR) for b in order[len(above):]) if len(above) < len(order) else ()
     if not order:
-        return Cleared("no_eligible_bid", (), ())
+        return Cleared(Outcome.NO_ELIGIBLE_BID, (), ())
     if not above:
-        return Cleared("below_floor", (), below)
+        return Cleared(Outcome.BELOW_FLOOR, (), below)
     routes = []
     for k, b in enumerate(above[:max_routes]):
         if pricing == "first":
@@ -109,5 +111,5 @@ def clear(
             price = min(b.bid_cents, max(floor_cents, runner))
         payout, margin = split(price, take_rate_bps)
         routes.append(PlannedRoute(b, price, payout, margin))
-    outbid = tuple((b, "outbid") for b in above[1:])
-    return Cleared("ok", tuple(routes), outbid + below)
+    outbid = tuple((b, Outcome.OUTBID) for b in above[1:])
+    return Cleared(Outcome.OK, tuple(routes), outbid + below)

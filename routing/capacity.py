@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .schedule import LocalTime
+from .reasons import Refusal
 
 
 class Limits(NamedTuple):
@@ -49,19 +50,19 @@ class Capacity:
             self.spent_cents if self.spend_day_key == lt.day_key else 0,
         )
 
-    def refusal(self, limits: Limits, lt: LocalTime, price_cents: int) -> str | None:
+    def refusal(self, limits: Limits, lt: LocalTime, price_cents: int) -> Refusal | None:
         if limits.concurrency is not None and self.in_use >= limits.concurrency:
-            return "concurrency"
+            return Refusal.CONCURRENCY
         if limits.hourly is not None and (self.hour_n if self.hour_key == lt.hour_key else 0) >= limits.hourly:
-            return "hourly_cap"
+            return Refusal.HOURLY_CAP
         if limits.daily is not None and (self.day_n if self.day_key == lt.day_key else 0) >= limits.daily:
-            return "daily_cap"
+            return Refusal.DAILY_CAP
         if limits.monthly is not None and (self.month_n if self.month_key == lt.month_key else 0) >= limits.monthly:
-            return "monthly_cap"
+            return Refusal.MONTHLY_CAP
         if limits.daily_budget_cents is not None:
             spent = self.spent_cents if self.spend_day_key == lt.day_key else 0
             if spent + price_cents > limits.daily_budget_cents:
-                return "daily_budget"
+                return Refusal.DAILY_BUDGET
         return None
 
     def take(self, lt: LocalTime, price_cents: int) -> Taken:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .capacity import Capacity, Limits
+from .reasons import Refusal
 from .schedule import UTC, CompiledSchedule, LocalClock
 
 
@@ -71,23 +72,23 @@ def refusal(m: Market, st: Candidate, consumer: Consumer | None, direction: str,
     if why is not None:
         return why
     if price > 0 and not m.ledger.can_cover(st.account, price):
-        return "funds"
+        return Refusal.FUNDS
     if consumer is not None:
         if m.dedupe.is_repeat(st.buyer, consumer.e164, st.dedupe_days, now_ns):
-            return "duplicate_caller"
+            return Refusal.DUPLICATE_CALLER
         return m.gate.buyer_refusal(st.buyer, consumer, direction, now_ns, st.id)
     return None
 
 
 def campaign_refusal(clock: LocalClock, c: CampaignLike, now_ns: int, price_cents: int, direction: str, area_code: int | None) -> str | None:
     if direction == "outbound" and not c.accepts_outbound:
-        return "direction"
+        return Refusal.DIRECTION
     if c.area_codes is not None and area_code not in c.area_codes:
-        return "area_code"
+        return Refusal.AREA_CODE
     schedule = c.schedule
     lt = clock.at(schedule.zone if schedule is not None else UTC, now_ns)
     if schedule is not None and not schedule.is_open(lt):
-        return "schedule"
+        return Refusal.SCHEDULE
     return c.capacity.refusal(c.limits, lt, price_cents)
 
 
@@ -103,11 +104,11 @@ def reopens_at(clock: LocalClock, c: CampaignLike, why: str, now_ns: int) -> int
     change, which the parking lot's hourly re-check absorbs."""
     schedule = c.schedule
     lt = clock.at(schedule.zone if schedule is not None else UTC, now_ns)
-    if why == "hourly_cap":
+    if why == Refusal.HOURLY_CAP:
         ahead: int | None = 60 - lt.minute_of_day % 60
-    elif why in ("daily_cap", "daily_budget"):
+    elif why in (Refusal.DAILY_CAP, Refusal.DAILY_BUDGET):
         ahead = 1440 - lt.minute_of_day
-    elif why == "schedule" and schedule is not None:
+    elif why == Refusal.SCHEDULE and schedule is not None:
         ahead = schedule.minutes_to_open(lt)
     else:
         return None

@@ -27,13 +27,15 @@ from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING
 
+from .reasons import Refusal
+
 if TYPE_CHECKING:
     from .standing import Standing
     from .capacity import Capacity
 
-FUNDS = "funds"
-CAPACITY = frozenset({"concurrency", "hourly_cap", "daily_cap", "monthly_cap", "daily_budget"})
-TIMED = CAPACITY | {"schedule"}
+FUNDS = Refusal.FUNDS
+CAPACITY = frozenset({Refusal.CONCURRENCY, Refusal.HOURLY_CAP, Refusal.DAILY_CAP, Refusal.MONTHLY_CAP, Refusal.DAILY_BUDGET})
+TIMED = CAPACITY | {Refusal.SCHEDULE}
 PARKABLE = TIMED | {FUNDS}
 MAX_WAIT_NS = 3_600_000_000_000
 
@@ -78,7 +80,7 @@ class ParkingLot:
         if s.parked == FUNDS:
             self._want(s)
             self._recheck.add(s.account)
-        elif s.parked == "daily_budget" and s.bid_cents < old_bid:
+        elif s.parked == Refusal.DAILY_BUDGET and s.bid_cents < old_bid:
             self.unpark(s)
 
     def capacity_freed(self, capacity: Capacity) -> None:

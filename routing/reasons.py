@@ -1,0 +1,36 @@
+"""Reason codes of routing, as enums: why a campaign may not take a call, and how an auction
+ended. ``StrEnum`` members are the wire's strings (they compare, hash and encode as them), so
+a reason can be stored, compared with a code from elsewhere (the compliance gate's per-buyer
+refusals are plain codes) and sent as is."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Refusal(StrEnum):
+    """Why one campaign may not take one call now (``routing.eligibility``)."""
+
+    DIRECTION = "direction"  # an outbound call to a campaign that takes inbound only
+    AREA_CODE = "area_code"
+    SCHEDULE = "schedule"
+    CONCURRENCY = "concurrency"
+    HOURLY_CAP = "hourly_cap"
+    DAILY_CAP = "daily_cap"
+    MONTHLY_CAP = "monthly_cap"
+    DAILY_BUDGET = "daily_budget"
+    FUNDS = "funds"  # the buyer's available funds plus credit are below the price
+    DUPLICATE_CALLER = "duplicate_caller"  # a repeat caller inside the campaign's dedupe_days
+
+
+class Outcome(StrEnum):
+    """How an auction ended (``routing.auction.clear``), and a loser's reason."""
+
+    OK = "ok"
+    NO_ELIGIBLE_BID = "no_eligible_bid"
+    BELOW_FLOOR = "below_floor"
+    OUTBID = "outbid"
+    TIMEOUT = "timeout"  # a live bid request unanswered within tmax_ms
+
+
+__all__ = ["Refusal", "Outcome"]

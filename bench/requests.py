@@ -172,16 +172,16 @@ def one_round(ex: Target, bare_port: int, bare_pid: int, pub_key: str, n: int, r
             assert status == 200 and b'"routed"' in body, body
             ids.append(json.loads(body)["call_id"])
 
-    def event(name: str, extra: str):
+    def event(name: str, extra: dict[str, int]):
         def batch() -> None:
             for cid in ids:
-                status, body = pub.request("POST", f"/v1/calls/{cid}/events", ('{"event":"%s"%s}' % (name, extra)).encode(),
+                status, body = pub.request("POST", f"/v1/calls/{cid}/events", json.dumps({"event": name, **extra}).encode(),
                                            f"Idempotency-Key: {name}\r\n")
                 assert status == 200, body
         return batch
 
     batches = {"bare": bare_batch, "healthz": healthz, "call_rejected": rejected, "call_routed": routed,
-               "event_connected": event("connected", ""), "event_completed": event("completed", ',"duration_s":120')}
+               "event_connected": event("connected", {}), "event_completed": event("completed", {"duration_s": 120})}
     out: dict[str, float] = {}
     for name in TYPES:
         out[name] = measure(bare_pid if name == "bare" else ex_pid, batches[name]) / n * 1e6  # CPU µs per request

@@ -1,6 +1,6 @@
 """Server CPU per request type, against a bare Starlette/uvicorn endpoint in the same run.
 
-    python -m bench.requests [--n 600] [--rounds 5] [--out FILE]
+    python -m bench.requests [--n 600] [--rounds 5] [--sqlite-sync full|normal] [--out FILE]
 
 Two servers run as child processes with the same uvicorn settings (uvloop, httptools, no access
 log): the exchange (``python -m exchange serve``, embedded SQLite store) and a bare Starlette app
@@ -18,7 +18,10 @@ sockets: its own cost is not measured) sends, per round, ``--n`` requests of eac
 
 The figure for a type is the server process's CPU (user + system, all threads, from ``/proc``)
 over the batch divided by ``--n``, read after the writer has drained; ratios are to ``bare`` in
-the same round. Medians over rounds; JSON out. Targets (issue 11): a call <= 1.5x bare, an event
+the same round, split by thread (``main``: the event loop; ``others``: the store's writer thread,
+whose share of an acknowledged event is mostly SQLite's commit and, by default, its fsync:
+``--sqlite-sync normal`` shows the rest). Medians over rounds; JSON out. Targets (issue 11):
+a call <= 1.5x bare, an event
 <= 1.5x, a lifecycle <= 5x.
 """
 
@@ -119,29 +122,42 @@ def drain_notices(url: str, key: str, stop: threading.Event, seen: list[int]) ->
                 continue
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU nanoseconds of every thread of ``pid`` (``/proc/PID/task/*/schedstat``: exact, where
-    ``/proc/PID/stat`` counts in 10 ms ticks); falls back to the ticks."""
-    total, found = 0, False
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU nanoseconds of each thread of ``pid`` by name (``/proc/PID/task/*/schedstat``: exact,
+    where ``/proc/PID/stat`` counts in 10 ms ticks): the event loop is ``main``, the store's
+    writer threads and any others keep their names."""
+    out: dict[str, int] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
-            found = True
+            ns = int((task / "schedstat").read_text().split()[0])
+            name = "main" if task.name == str(pid) else "others"
         except (OSError, ValueError, IndexError):
             continue
-    if not found:
+        out[name] = out.get(name, 0) + ns
+    return out
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU nanoseconds of every thread of ``pid``; falls back to ``/proc/PID/stat`` ticks."""
+    threads = thread_cpu_ns(pid)
+    if not threads:
         cpu = proc_cpu_s(pid)
         assert cpu is not None, "a server died"
         return int(cpu * 1e9)
-    return total
+    return sum(threads.values())
 
 
-def measure(pid: int, run) -> float:
+SPLIT: dict[str, dict[str, float]] = {}  # request type -> thread -> CPU µs per request (last round)
+
+
+def measure(pid: int, run, name: str = "", n: int = 1) -> float:
     """CPU seconds of ``pid`` spent on ``run()`` and the writes it left (the writer drains in ms)."""
     time.sleep(0.3)
-    before = cpu_ns(pid)
+    before, threads = cpu_ns(pid), thread_cpu_ns(pid)
     run()
     time.sleep(0.3)
+    after = thread_cpu_ns(pid)
+    SPLIT[name] = {k: (v - threads.get(k, 0)) / n / 1e3 for k, v in after.items() if v - threads.get(k, 0) > 0}
     return (cpu_ns(pid) - before) / 1e9
 
 
@@ -184,7 +200,7 @@ def one_round(ex: Target, bare_port: int, bare_pid: int, pub_key: str, n: int, r
                "event_connected": event("connected", {}), "event_completed": event("completed", {"duration_s": 120})}
     out: dict[str, float] = {}
     for name in TYPES:
-        out[name] = measure(bare_pid if name == "bare" else ex_pid, batches[name]) / n * 1e6  # CPU µs per request
+        out[name] = measure(bare_pid if name == "bare" else ex_pid, batches[name], name, n) / n * 1e6  # CPU µs per request
     out["lifecycle"] = out["call_routed"] + out["event_connected"] + out["event_completed"]
     for h in (bare, pub, health):
         h.close()
@@ -196,10 +212,14 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=600, help="requests of each type per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("bench/results/requests.json"))
+    ap.add_argument("--sqlite-sync", choices=("full", "normal"), default="full",
+                    help="the embedded store's fsync policy (full, the default: every commit is fsynced)")
+    ap.add_argument("--database-url", help="another store (postgresql://...): its server's CPU is not counted")
     args = ap.parse_args()
 
     bare_proc, bare_port = start_bare()
-    ex = start_exchange(Path("bench/results/requests-exchange.log"))
+    url = args.database_url or f"sqlite:///exchange.db?synchronous={args.sqlite_sync}"
+    ex = start_exchange(Path("bench/results/requests-exchange.log"), {"EXCHANGE_DATABASE_URL": url})
     stop, seen = threading.Event(), [0]
     try:
         buyer = json.loads(ex._post("/v1/accounts", {"kind": "buyer", "name": "bench buyer"}))
@@ -227,10 +247,13 @@ def main() -> int:
         target = TARGETS.get(k)
         ratio = "" if k == "bare" else f"{ratios[k]:5.2f}x bare" + (f"  (target <= {target}x: {'PASS' if ratios[k] <= target else 'FAIL'})" if target else "")
         print(f"  {k:<16} {v:>8,.0f} µs   {ratio}")
+    print("  by thread (last round, CPU µs per request): " + "; ".join(
+        f"{k} " + ", ".join(f"{t} {v:,.0f}" for t, v in sorted(th.items(), key=lambda x: -x[1])) for k, th in SPLIT.items()))
     print(f"  notices read by the buyer: {seen[0]:,}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"bench": "requests", "n": args.n, "rounds": rounds, "median_cpu_us": med,
-                                    "median_ratio_to_bare": ratios, "targets": TARGETS}, indent=2))
+    args.out.write_text(json.dumps({"bench": "requests", "n": args.n, "database_url": url.split("@")[-1], "rounds": rounds, "median_cpu_us": med,
+                                    "median_ratio_to_bare": ratios, "targets": TARGETS,
+                                    "by_thread_last_round_us": SPLIT}, indent=2))
     print(f"wrote {args.out}")
     return 0
 

@@ -23,8 +23,9 @@ T = TypeVar("T")
 class SqliteStore(Store):
     backend = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "FULL") -> None:
         self.path = path
+        self.synchronous = synchronous  # FULL: every commit is fsynced (acknowledged survives power loss)
         self.url = f"sqlite:///{path}"
         self.db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
@@ -36,7 +37,7 @@ class SqliteStore(Store):
     def _open(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={'NORMAL' if self.synchronous == 'NORMAL' else 'FULL'}")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "

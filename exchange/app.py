@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route, WebSocketRoute
 
 from . import compliance_api, http
+from .callpath import CallPath
 from .gateway import buyer_socket, publisher_socket
 from .errors import Refused
 from .openapi import openapi
@@ -17,7 +18,8 @@ from .service import Exchange
 from .settings import Settings
 
 
-def build_app(settings: Settings, exchange: Exchange | None = None) -> Starlette:
+def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
+    """The Starlette app behind ``CallPath`` (which serves calls and events itself)."""
     ex = exchange or Exchange(settings)
 
     @contextlib.asynccontextmanager
@@ -61,4 +63,4 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> Starlette
         },
     )
     app.state.exchange = ex
-    return app
+    return CallPath(app, ex)

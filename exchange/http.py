@@ -98,40 +98,52 @@ class HttpLimits:
 
 
 def http_limits(conn: HTTPConnection) -> HttpLimits:
-    state = conn.app.state
+    return limits_of(conn.app.state, _exchange(conn))
+
+
+def limits_of(state: object, ex: Exchange) -> HttpLimits:
+    """The app's buckets (``app.state.http_limits``), built on first use."""
     limits = getattr(state, "http_limits", None)
     if limits is None:
-        settings = _exchange(conn).settings
-        limits = state.http_limits = HttpLimits(settings.rate_limit_http_per_s, settings.rate_limit_http_burst)
+        settings = ex.settings
+        limits = HttpLimits(settings.rate_limit_http_per_s, settings.rate_limit_http_burst)
+        state.http_limits = limits
     return limits
 
 
-def identify(conn: HTTPConnection) -> Account:
-    """The account of the connection's bearer key (an HTTP request or a WebSocket handshake).
-    Failed attempts are counted per client address: 401, or 429 once that address is out of
-    tokens; a blocked address is refused before its key is looked at."""
-    limits, now_s = http_limits(conn), time.monotonic()
-    address = "ip:" + (conn.client.host if conn.client is not None else "?")
+def check_key(ex: Exchange, limits: HttpLimits, host: str, authorization: str | None) -> Account:
+    """The account of a bearer key. Failed attempts are counted per client address: 401, or
+    429 once that address is out of tokens; a blocked address is refused before its key is
+    looked at."""
+    address = "ip:" + host
     paid = limits.blocked(address)
     if paid:  # refused a moment ago: no key is checked until this address has a token again
-        limits.take(address, now_s)
-    account = _exchange(conn).accounts.authenticate(bearer(conn.headers.get("authorization")))
+        limits.take(address, time.monotonic())
+    account = ex.accounts.authenticate(bearer(authorization))
     if account is None:
         if not paid:
-            limits.take(address, now_s)
+            limits.take(address, time.monotonic())
         raise Unauthenticated("unauthorized", "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"})
     return account
 
 
-def auth(request: Request, *roles: str) -> Account:
-    """``identify``, then spend a token of the account's own bucket (429 when it is empty),
-    then check the role (403)."""
-    account = identify(request)
-    limits, now_s = http_limits(request), time.monotonic()
-    limits.take("key:" + account.id, now_s)
+def admit(limits: HttpLimits, account: Account, roles: tuple[str, ...]) -> Account:
+    """Spend a token of the account's own bucket (429 when it is empty), then check the role (403)."""
+    limits.take("key:" + account.id, time.monotonic())
     if account.kind not in roles:
         raise Forbidden("forbidden", f"this endpoint is not open to {account.kind} keys")
     return account
+
+
+def identify(conn: HTTPConnection) -> Account:
+    """``check_key`` for an HTTP request or a WebSocket handshake."""
+    return check_key(_exchange(conn), http_limits(conn), conn.client.host if conn.client is not None else "?",
+                     conn.headers.get("authorization"))
+
+
+def auth(request: Request, *roles: str) -> Account:
+    """``identify``, then ``admit``."""
+    return admit(http_limits(request), identify(request), roles)
 
 
 async def body(request: Request, type_: type[T]) -> T:

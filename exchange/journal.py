@@ -30,7 +30,8 @@ class Journal:
 
     def __init__(self, settings: Settings, ledger: Ledger) -> None:
         self.store: Store = open_store(database_url(settings))
-        self.writer = Writer(self.store, settings.writer_max_batch, settings.writer_max_pending)
+        self.writer = Writer(self.store, settings.writer_max_batch, settings.writer_max_pending,
+                             linger_s=settings.writer_linger_ms / 1000)
         self.ledger = ledger
         self.ack_timeout_s = settings.ack_timeout_ms / 1000
 

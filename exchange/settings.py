@@ -49,6 +49,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ack_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 5_000  # an event waits this long for durability, then 503
     writer_max_batch: Annotated[int, Meta(ge=1)] = 5_000
     writer_max_pending: Annotated[int, Meta(ge=100)] = 200_000
+    writer_linger_ms: Annotated[float, Meta(ge=0, le=1000)] = 5.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -18,7 +18,7 @@ import csv
 import io
 import math
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import HTTPConnection, Request
@@ -101,7 +101,7 @@ def http_limits(conn: HTTPConnection) -> HttpLimits:
     return limits_of(conn.app.state, _exchange(conn))
 
 
-def limits_of(state: object, ex: Exchange) -> HttpLimits:
+def limits_of(state: Any, ex: Exchange) -> HttpLimits:
     """The app's buckets (``app.state.http_limits``), built on first use."""
     limits = getattr(state, "http_limits", None)
     if limits is None:

@@ -9,7 +9,10 @@ caps; every call is an inbound call from a valid US number. The server's rate is
 received per second of the server process's own CPU (``/proc``), so the figure is what one core
 sustains whatever else the machine runs. The pure rate is ``prepare`` + ``decide`` on a core
 holding the same campaigns, for the same calls, in this process. Both in one run; the ratio is
-the target (>= 0.6). Medians over runs; JSON out.
+the target (>= 0.6). The same run compares the decision's own time: ``decision_us`` as the
+server reports it on every decision (``prepare`` + ``decide``, RTB wait excluded) against the
+same two steps timed one by one in the pure core (target: server p50 <= 1.3x pure p50).
+Medians over runs; JSON out.
 """
 
 from __future__ import annotations
@@ -48,21 +51,26 @@ def calls(n: int, seed: int) -> list[PublisherCall]:
     return [PublisherCall(caller=us_caller(rng)[0], vertical=rng.choice(VERTICALS[:4]), seq=i) for i in range(n)]
 
 
-def pure_rate(book: list[list[Campaign]], reqs: list[PublisherCall]) -> float:
+def pure_rate(book: list[list[Campaign]], reqs: list[PublisherCall], times_us: list[float] | None = None) -> float:
     core = Core(Settings(rtb_tmax_ms=0, max_campaigns_per_buyer=10**6))
     for b, cs in enumerate(book):
         core.ledger.post(deposit(buyer_account(f"b{b}"), 10**13, f"d{b}", 0))
         for c in cs:
             core.book.upsert(f"b{b}", c)
     now = time.time_ns()
+    clock = time.perf_counter_ns
     t0 = time.perf_counter()
     for i, req in enumerate(reqs):
+        a = clock()
         p = prepare(core, req, "pub", f"call{i}", now + i * 1000)
         decide(core, p, {}, now + i * 1000)
+        if times_us is not None:
+            times_us.append((clock() - a) / 1000)
     return len(reqs) / (time.perf_counter() - t0)
 
 
-def server_rate(target, book: list[list[Campaign]], reqs: list[PublisherCall], seconds: float, batch: int) -> tuple[float, dict]:
+def server_rate(target, book: list[list[Campaign]], reqs: list[PublisherCall], seconds: float, batch: int,
+                decision_us: list[int] | None = None) -> tuple[float, dict]:
     buyers, publishers = target.provision(BUYERS, 1, [], "decisions")
     ws_url = target.base.replace("http://", "ws://")
     stop = threading.Event()
@@ -106,6 +114,8 @@ def server_rate(target, book: list[list[Campaign]], reqs: list[PublisherCall], s
         for m in msg if isinstance(msg, list) else [msg]:
             if m.get("type") == "decision":
                 decided += 1
+                if decision_us is not None:
+                    decision_us.append(m["decision_us"])
                 kinds[m["reason"]] = kinds.get(m["reason"], 0) + 1
             elif m.get("type") == "error":
                 errors += 1
@@ -118,6 +128,14 @@ def server_rate(target, book: list[list[Campaign]], reqs: list[PublisherCall], s
         ws.close()
     return decided / cpu, {"decided": decided, "errors": errors, "wall_s": round(wall, 2), "server_cpu_s": round(cpu, 2),
                            "per_wall_s": round(decided / wall), "outcomes": kinds}
+
+
+def pct(xs: list, q: float) -> float:
+    """The q-th percentile (nearest rank); 0 for no data."""
+    if not xs:
+        return 0.0
+    ys = sorted(xs)
+    return float(ys[min(len(ys) - 1, int(len(ys) * q / 100))])
 
 
 def main() -> None:
@@ -134,17 +152,26 @@ def main() -> None:
     for r in range(args.runs):
         target = start_exchange(Path(f"bench/results/decisions-exchange-{r}.log"), {"EXCHANGE_LOG_LEVEL": "warning",
                                 "EXCHANGE_WS_COMPRESSION": "true" if args.compression == "on" else "false"})
+        server_us: list[int] = []
         try:
-            srv, detail = server_rate(target, book, reqs, args.seconds, args.batch)
+            srv, detail = server_rate(target, book, reqs, args.seconds, args.batch, server_us)
         finally:
             target.stop()
-        pure = statistics.median(pure_rate(book, reqs[:5000]) for _ in range(3))
-        runs.append({"server_decisions_per_cpu_s": round(srv), "pure_decisions_per_s": round(pure), "ratio": round(srv / pure, 3), **detail})
+        pure_us: list[float] = []
+        pure = statistics.median(pure_rate(book, reqs[:5000], pure_us if k == 0 else None) for k in range(3))
+        s50, p50 = pct(server_us, 50), pct(pure_us, 50)
+        runs.append({"server_decisions_per_cpu_s": round(srv), "pure_decisions_per_s": round(pure), "ratio": round(srv / pure, 3),
+                     "server_decision_us_p50": s50, "server_decision_us_p99": pct(server_us, 99), "pure_decision_us_p50": p50,
+                     "pure_decision_us_p99": pct(pure_us, 99), "decision_us_ratio_p50": round(s50 / p50, 3), **detail})
         print(f"run {r + 1}: server {srv:,.0f} decisions per CPU-second ({detail['per_wall_s']:,}/s wall, "
-              f"{detail['errors']} errors) · pure core {pure:,.0f}/s · ratio {srv / pure:.2f}", flush=True)
-    med = {k: statistics.median(x[k] for x in runs) for k in ("server_decisions_per_cpu_s", "pure_decisions_per_s", "ratio")}
+              f"{detail['errors']} errors) · pure core {pure:,.0f}/s · ratio {srv / pure:.2f} · decision_us p50 in the server "
+              f"{s50:.0f} vs pure {p50:.0f} ({s50 / p50:.2f}x)", flush=True)
+    keys = ("server_decisions_per_cpu_s", "pure_decisions_per_s", "ratio", "server_decision_us_p50", "pure_decision_us_p50",
+            "decision_us_ratio_p50")
+    med = {k: statistics.median(x[k] for x in runs) for k in keys}
     print(f"median: server {med['server_decisions_per_cpu_s']:,.0f}/CPU-s, pure {med['pure_decisions_per_s']:,.0f}/s, "
-          f"ratio {med['ratio']:.2f} (target >= 0.6)")
+          f"ratio {med['ratio']:.2f} (target >= 0.6); decision_us p50 server {med['server_decision_us_p50']:.0f} vs pure "
+          f"{med['pure_decision_us_p50']:.0f}: {med['decision_us_ratio_p50']:.2f}x (target <= 1.3x)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "decisions", "args": vars(args), "median": med, "runs": runs}, indent=2))

@@ -159,7 +159,8 @@ def test_a_publisher_has_one_limit_over_http_and_websocket(limited):
     with connect(f"{server.ws_url}/v1/publishers/ws", additional_headers=auth) as ws:
         ws.send(json_encoder.encode([Ping(seq=i) for i in range(PUB_BURST - 1)]).decode())  # all but one token
         got = exchange_json.decode(ws.recv(timeout=5))
-        assert type(got).__name__ == "Pong", got
+        first = got[0] if isinstance(got, list) else got  # answers queued together arrive as one frame's array
+        assert type(first).__name__ == "Pong", got
         statuses = [server.http.get("/v1/calls/call_nope", headers=auth).status_code for _ in range(10)]
         assert statuses.count(429) >= 5, statuses  # the bucket the socket drained is the HTTP one (100/s refill)
 

@@ -139,6 +139,7 @@ class Sock:
         self.url = f"{live.ws_url}{path}"
         self.key, self.subprotocol = key, subprotocol
         self.binary = subprotocol == MSGPACK_P
+        self.leftover: list[dict] = []  # answers read with the sentinel's pong, after it
         self.ws = self._connect()
 
     def _connect(self):
@@ -152,6 +153,7 @@ class Sock:
             self.ws.close()
         except Exception:
             pass
+        self.leftover = []
         self.ws = self._connect()
 
     def encode(self, obj: object) -> str | bytes:
@@ -175,7 +177,8 @@ class Sock:
     def roundtrip(self, frame: str | bytes, timeout: float = 15.0) -> list[dict] | Closed:
         """Send ``frame`` then a sentinel ping; return what came before the pong (notices left out)."""
         sentinel = next(SENTINELS)
-        got: list[dict] = []
+        got: list[dict] = self.leftover
+        self.leftover = []
         try:
             self.ws.send(frame)
             self.ws.send(self.encode({"type": "ping", "seq": sentinel}))
@@ -188,8 +191,11 @@ class Sock:
                     data = self.ws.recv(timeout=left)
                 except TimeoutError:
                     continue
-                for m in self.decode(data):
+                items = self.decode(data)
+                for i, m in enumerate(items):
                     if m["type"] == "pong" and m.get("seq") == sentinel:
+                        # what queued up after it shares its frame: read next, as if in the next frame
+                        self.leftover = [x for x in items[i + 1:] if x["type"] not in NOTICES]
                         return got
                     if m["type"] not in NOTICES:
                         got.append(m)
@@ -199,7 +205,8 @@ class Sock:
 
     def collect(self, pred, timeout: float = 10.0) -> list[dict]:
         """Keep reading until ``pred(messages so far)`` holds (answers that come after the sentinel)."""
-        got: list[dict] = []
+        got: list[dict] = self.leftover
+        self.leftover = []
         end = time.monotonic() + timeout
         while not pred(got):
             left = end - time.monotonic()

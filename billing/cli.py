@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from .audit import GENESIS, verify
 from .reconcile import reconcile
@@ -36,10 +36,10 @@ DEFAULT_DATABASE_URL = "sqlite:///exchange.db"
 DEFAULT_GRACE_S = 25 * 3600
 
 
-def database_url(explicit: str | None = None, env: dict[str, str] | None = None) -> str:
+def database_url(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """``--database-url``, else ``EXCHANGE_DATABASE_URL`` (empty counts as unset), else the default."""
-    env = os.environ if env is None else env
-    return explicit or env.get("EXCHANGE_DATABASE_URL") or DEFAULT_DATABASE_URL
+    source: Mapping[str, str] = os.environ if env is None else env
+    return explicit or source.get("EXCHANGE_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 def _parser() -> argparse.ArgumentParser:

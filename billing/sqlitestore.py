@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from collections.abc import Callable
 
-from .store import Batch, Store, StoreRefused, StoreUnavailable, migrations
+from .store import Batch, BatchRefused, Store, StoreUnavailable, migrations
 
 T = TypeVar("T")
 
@@ -59,7 +59,9 @@ class SqliteStore(Store):
             if batch.entries:
                 next_id = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
                 seen: set[tuple[str, str]] = set()
-                heads, legs, delta = [], [], {}
+                heads: list[tuple] = []
+                legs: list[tuple] = []
+                delta: dict[str, int] = {}
                 for e in batch.entries:
                     if e.key in seen or db.execute("SELECT 1 FROM entries WHERE reference = ? AND kind = ?", e.key).fetchone():
                         continue
@@ -116,8 +118,10 @@ class SqliteStore(Store):
             raise StoreUnavailable("the store is not open")
         try:
             return await self._run(self._write, batch)
-        except sqlite3.IntegrityError as exc:
-            raise StoreRefused(f"SQLite refused the batch: {exc}") from exc
+        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeError) as exc:
+            # some record of the batch is at fault (a constraint, an integer over 64 bits, text
+            # that cannot be encoded): the writer splits the batch to find it
+            raise BatchRefused(f"SQLite refused the batch's data: {type(exc).__name__}: {exc}") from exc
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
 

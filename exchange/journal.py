@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from billing.ledger import Ledger
 from billing.records import Record
 from billing.backends import open_store
-from billing.store import Store, StoreRefused, StoreUnavailable
+from billing.store import RecordRefused, Store, StoreRefused, StoreUnavailable
 from billing.writer import Writer
 
-from .errors import Unavailable
+from .errors import Invalid, Unavailable
 from .settings import Settings, database_url
 
 log = logging.getLogger("exchange")
@@ -62,6 +62,8 @@ class Journal:
         except StoreUnavailable as exc:
             raise Unavailable("ledger_unavailable", f"{exc}; the change is kept and will be written: "
                               "retry with the same Idempotency-Key or reference", retry_after_s=1) from None
+        except RecordRefused as exc:  # this operation's records alone: the ledger goes on
+            raise Invalid("record_refused", str(exc)) from None
         except StoreRefused as exc:
             raise Unavailable("ledger_stopped", f"the ledger writer stopped: {exc}", retry_after_s=30) from None
 

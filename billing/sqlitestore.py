@@ -4,6 +4,8 @@ Every call runs on a single worker thread that owns the connection, so the event
 blocks on the file. WAL journal with ``synchronous=FULL``: a committed batch survives a crash
 of the process or the machine. The schema's triggers give the same guarantees as PostgreSQL's
 (see migrations/sqlite); entries get their ids here, legs are inserted before their entry.
+A replayed row is skipped by ``ON CONFLICT DO NOTHING`` (a uniqueness clash only; ``INSERT OR
+IGNORE`` would also drop a row that breaks a CHECK constraint, silently).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class SqliteStore(Store):
         db.execute("BEGIN IMMEDIATE")
         try:
             if batch.accounts:
-                db.executemany("INSERT OR IGNORE INTO accounts VALUES (?, ?, ?, ?, ?, ?)", batch.accounts)
+                db.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.accounts)
             new = 0
             if batch.entries:
                 next_id = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
@@ -77,11 +79,11 @@ class SqliteStore(Store):
                                "SET balance_cents = balance_cents + excluded.balance_cents", delta.items())
                 new = len(heads)
             if batch.holds:
-                db.executemany("INSERT OR IGNORE INTO holds VALUES (?, ?, ?, ?, ?, ?)", batch.holds)
+                db.executemany("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.holds)
             if batch.outcomes:
-                db.executemany("INSERT OR IGNORE INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.outcomes)
+                db.executemany("INSERT INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.outcomes)
             if batch.audit:
-                db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.audit)
+                db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.audit)
             db.execute("COMMIT")
             return new
         except BaseException:

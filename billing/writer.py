@@ -180,8 +180,20 @@ class Writer:
         if not self._room.is_set():
             await self._room.wait()
 
+    def barrier(self) -> int:
+        """A number for ``wait`` that returns once everything put so far is committed or refused,
+        without taking on another operation's refusal (for a caller that put nothing)."""
+        return -self.enqueued
+
     async def wait(self, seq: int, timeout_s: float) -> None:
-        """Return once record ``seq`` is committed; StoreUnavailable after ``timeout_s``."""
+        """Return once record ``seq`` is committed; StoreUnavailable after ``timeout_s``;
+        RecordRefused if the put() that ``seq`` ended was refused (a ``barrier`` never is)."""
+        if seq < 0:
+            try:
+                await self.wait(-seq, timeout_s)
+            except RecordRefused:
+                pass
+            return
         if seq <= self.committed:
             if seq in self._refused:
                 raise RecordRefused(self._refused[seq])
@@ -198,10 +210,7 @@ class Writer:
 
     async def flush(self, timeout_s: float) -> None:
         """Return once everything put is committed or refused (refusals went to their callers)."""
-        try:
-            await self.wait(self.enqueued, timeout_s)
-        except RecordRefused:
-            pass
+        await self.wait(self.barrier(), timeout_s)
 
     # ------------------------------------------------------------------ the task
     def _take(self) -> _Taken:

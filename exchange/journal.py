@@ -53,7 +53,7 @@ class Journal:
         out = self.ledger.drain()
         if extra:
             out.extend(extra)
-        return self.writer.put(out) if out else self.writer.enqueued
+        return self.writer.put(out) if out else self.writer.barrier()  # nothing of its own to be refused
 
     async def ack(self, seq: int) -> None:
         """Wait until record ``seq`` is committed; ``Unavailable`` with retry guidance if it cannot be."""

@@ -17,7 +17,8 @@ splits it by unit, halving until the unit at fault is alone: that operation's wa
 unit commits; the writer keeps running. Any other refusal (the audit chain forked by a second
 writer) stops the writer: every waiter gets ``StoreRefused``.
 
-Besides what it is given, the writer puts every entry (money movement) on the audit trail.
+Besides what it is given, the writer puts every row it writes (account, entry, hold, capture,
+release, call outcome) on the audit trail in the same transaction; ``audit verify`` pairs them.
 
 Under a backlog (a full batch already waiting) the writer numbers and hashes the next batch
 while the current one commits, so the database and this process work at the same time; at
@@ -67,8 +68,22 @@ def entry_audit(e: Entry) -> AuditEvent:
 
 
 def account_audit(a: AccountRow) -> AuditEvent:
-    body = {"id": a.id, "account_kind": a.kind, "name": a.name, "credit_limit_cents": a.credit_limit_cents}
+    body = {"id": a.id, "account_kind": a.kind, "name": a.name, "credit_limit_cents": a.credit_limit_cents,
+            "key_digest": a.key_digest}
     return AuditEvent(a.created_ns, "account", None, None, body)
+
+
+def hold_audit(h: HoldEvent) -> AuditEvent:
+    """A hold placed, captured or released (the audit kind is the hold's kind)."""
+    return AuditEvent(h.at_ns, h.kind, h.call_id, None, {"route_index": h.route_index, "account": h.account,
+                                                          "amount_cents": h.amount_cents})
+
+
+def outcome_audit(o: CallOutcome) -> AuditEvent:
+    body = {"publisher": o.publisher, "buyer": o.buyer, "campaign": o.campaign, "status": o.status, "billable": o.billable,
+            "price_cents": o.price_cents, "charged_cents": o.charged_cents, "payout_cents": o.payout_cents,
+            "margin_cents": o.margin_cents, "created_ns": o.created_ns}
+    return AuditEvent(o.final_ns, "outcome", o.call_id, None, body)
 
 
 class _Taken(NamedTuple):
@@ -92,15 +107,18 @@ def _split(records: list[Record], first: int, ends: list[int]) -> list[tuple[int
 
 
 def _fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], AuditRow]) -> None:
+    """Sort ``records`` into ``batch``, putting each row on the audit chain with it."""
     entries, holds, outcomes, audit = batch.entries, batch.holds, batch.outcomes, batch.audit
     for r in records:
         if type(r) is HoldEvent:
             holds.append(r)
+            audit.append(chain(hold_audit(r)))
         elif type(r) is Entry:
             entries.append(r)
             audit.append(chain(entry_audit(r)))
         elif type(r) is CallOutcome:
             outcomes.append(r)
+            audit.append(chain(outcome_audit(r)))
         elif type(r) is AuditEvent:
             audit.append(chain(r))
         elif isinstance(r, Entry):
@@ -108,10 +126,12 @@ def _fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], Aud
             audit.append(chain(entry_audit(r)))
         elif isinstance(r, HoldEvent):
             holds.append(r)
+            audit.append(chain(hold_audit(r)))
         elif isinstance(r, AuditEvent):
             audit.append(chain(r))
         elif isinstance(r, CallOutcome):
             outcomes.append(r)
+            audit.append(chain(outcome_audit(r)))
         elif isinstance(r, AccountRow):
             batch.accounts.append(r)
             audit.append(chain(account_audit(r)))

@@ -35,55 +35,13 @@ from time import monotonic
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-import msgspec
-
 from .audit import AuditRow, Chain
+from .trail import account_audit, describe, entry_audit, hold_audit, outcome_audit
 from .postings import Entry
 from .records import AccountRow, AuditEvent, CallOutcome, HoldEvent, Record
 from .store import Batch, BatchRefused, RecordRefused, Store, StoreRefused, StoreUnavailable
 
 log = logging.getLogger("exchange.writer")
-
-
-class _LegBody(msgspec.Struct):
-    account: str
-    amount_cents: int
-
-
-class _EntryBody(msgspec.Struct):
-    """An entry's audit body: the same canonical JSON as the dict {"entry_kind", "legs":
-    [{"account", "amount_cents"}], "memo", "reference"}, built and encoded faster."""
-
-    entry_kind: str
-    legs: list[_LegBody]
-    memo: str
-    reference: str
-
-
-def entry_audit(e: Entry) -> AuditEvent:
-    kind = e.kind
-    call_id = e.reference if kind == "charge" else e.reference.split(":", 1)[0] if kind == "refund" else None
-    body = _EntryBody(kind, [_LegBody(a, c) for a, c in e.legs], e.memo, e.reference)
-    return AuditEvent(e.at_ns, "entry", call_id, None, body)
-
-
-def account_audit(a: AccountRow) -> AuditEvent:
-    body = {"id": a.id, "account_kind": a.kind, "name": a.name, "credit_limit_cents": a.credit_limit_cents,
-            "key_digest": a.key_digest}
-    return AuditEvent(a.created_ns, "account", None, None, body)
-
-
-def hold_audit(h: HoldEvent) -> AuditEvent:
-    """A hold placed, captured or released (the audit kind is the hold's kind)."""
-    return AuditEvent(h.at_ns, h.kind, h.call_id, None, {"route_index": h.route_index, "account": h.account,
-                                                          "amount_cents": h.amount_cents})
-
-
-def outcome_audit(o: CallOutcome) -> AuditEvent:
-    body = {"publisher": o.publisher, "buyer": o.buyer, "campaign": o.campaign, "status": o.status, "billable": o.billable,
-            "price_cents": o.price_cents, "charged_cents": o.charged_cents, "payout_cents": o.payout_cents,
-            "margin_cents": o.margin_cents, "created_ns": o.created_ns}
-    return AuditEvent(o.final_ns, "outcome", o.call_id, None, body)
 
 
 class _Taken(NamedTuple):
@@ -137,19 +95,6 @@ def _fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], Aud
             audit.append(chain(account_audit(r)))
 
 
-def describe(r: Record) -> str:
-    """A record named by its key, for a refusal's message."""
-    if isinstance(r, Entry):
-        return f"{r.kind} entry {r.reference!r}"
-    if isinstance(r, HoldEvent):
-        return f"{r.kind} of call {r.call_id!r} route {r.route_index}"
-    if isinstance(r, CallOutcome):
-        return f"outcome of call {r.call_id!r}"
-    if isinstance(r, AccountRow):
-        return f"account {r.id!r} named {r.name!r}"
-    return f"audit {r.kind} record" + (f" of call {r.call_id!r}" if r.call_id else "")
-
-
 class Writer:
     def __init__(self, store: Store, max_batch: int = 5000, max_pending: int = 200_000, retry_max_s: float = 2.0) -> None:
         self.store = store
@@ -173,11 +118,13 @@ class Writer:
         self._refused: dict[int, str] = {}  # put()'s sequence number -> why its records were refused
         self._refusal: BatchRefused | None = None
         self.records_refused = 0
+        self.head: tuple[int, bytes] = (0, bytes(32))  # the last committed audit record (seq, hash)
         # Optional: a store that can build a batch's parameters before its connection is free.
         self._prepare = getattr(store, "prepare", None)
 
     async def start(self) -> None:
-        self.chain = Chain(*await self.store.last_audit())
+        self.head = await self.store.last_audit()
+        self.chain = Chain(*self.head)
         self.state = "up"
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
@@ -305,8 +252,7 @@ class Writer:
                 if not await self._settle(half):
                     return False
             else:
-                self.batches += 1
-                self.records_written += len(batch)
+                self._written(batch)
         return True
 
     async def _run(self) -> None:
@@ -343,9 +289,15 @@ class Writer:
                     head = (self.chain.seq, self.chain.last_hash)
                     ready = ready._replace(start=head, batch=self._build(_split(ready.records, ready.first, ready.ends)))
             else:
-                self.batches += 1
-                self.records_written += len(taken.batch)
+                self._written(taken.batch)
             self._resolve(taken.upto)
+
+    def _written(self, batch: Batch) -> None:
+        self.batches += 1
+        self.records_written += len(batch)
+        if batch.audit:
+            last = batch.audit[-1]
+            self.head = (last.seq, last.hash)
 
     def _resolve(self, upto: int) -> None:
         self.committed = upto

@@ -116,11 +116,12 @@ class Journal:
             await self.checkpoint()
 
     def record(self, *extra: Record) -> int:
-        """Hand the core's pending effects (and ``extra`` records) to the writer; returns the
-        sequence number to wait for."""
+        """Hand ``extra`` records and the core's pending effects to the writer (in that order: a
+        call's decision is on the audit trail before its hold); returns the sequence number to
+        wait for."""
         out = self.ledger.drain()
         if extra:
-            out.extend(extra)
+            out[:0] = extra
         return self.writer.put(out) if out else self.writer.barrier()  # nothing of its own to be refused
 
     async def ack(self, seq: int) -> None:

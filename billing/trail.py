@@ -37,16 +37,38 @@ def account_audit(a: AccountRow) -> AuditEvent:
     return AuditEvent(a.created_ns, "account", None, None, body)
 
 
+class _HoldBody(msgspec.Struct):
+    """A hold's, capture's or release's audit body (canonical JSON as the dict of these keys)."""
+
+    account: str
+    amount_cents: int
+    route_index: int
+
+
+class _OutcomeBody(msgspec.Struct):
+    """A call outcome's audit body (canonical JSON as the dict of these keys); its time is the
+    record's ``at_ns`` (the outcome's ``final_ns``) and its call the record's ``call_id``."""
+
+    billable: bool
+    buyer: str
+    campaign: str
+    charged_cents: int
+    created_ns: int
+    margin_cents: int
+    payout_cents: int
+    price_cents: int
+    publisher: str
+    status: str
+
+
 def hold_audit(h: HoldEvent) -> AuditEvent:
     """A hold placed, captured or released (the audit kind is the hold's kind)."""
-    return AuditEvent(h.at_ns, h.kind, h.call_id, None, {"route_index": h.route_index, "account": h.account,
-                                                          "amount_cents": h.amount_cents})
+    return AuditEvent(h.at_ns, h.kind, h.call_id, None, _HoldBody(h.account, h.amount_cents, h.route_index))
 
 
 def outcome_audit(o: CallOutcome) -> AuditEvent:
-    body = {"publisher": o.publisher, "buyer": o.buyer, "campaign": o.campaign, "status": o.status, "billable": o.billable,
-            "price_cents": o.price_cents, "charged_cents": o.charged_cents, "payout_cents": o.payout_cents,
-            "margin_cents": o.margin_cents, "created_ns": o.created_ns}
+    body = _OutcomeBody(o.billable, o.buyer, o.campaign, o.charged_cents, o.created_ns, o.margin_cents, o.payout_cents,
+                        o.price_cents, o.publisher, o.status)
     return AuditEvent(o.final_ns, "outcome", o.call_id, None, body)
 
 

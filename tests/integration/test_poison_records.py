@@ -85,3 +85,26 @@ def test_the_refusal_names_the_record(pg_url):
             assert writer.state == "up"
 
     asyncio.run(body())
+
+
+def test_a_poison_record_under_a_backlog_leaves_the_next_batch_chained_right(db_url):
+    """With a backlog the writer takes (and chains) the next batch while the current one commits;
+    when the current one is refused, the next is chained again after what was kept."""
+    async def body():
+        async with opened(db_url, max_batch=6) as (store, writer):
+            seqs, bad = [], []
+            for i in range(60):
+                if i in (1, 13, 40):
+                    bad.append(writer.put([Entry(f"call-bad{i}", "charge", (Leg("buyer:b1", -5), Leg("publisher:p1", 4)), NOV_NS)]))
+                seqs.append(writer.put(good(i)))
+            for s in bad:
+                with pytest.raises(RecordRefused):
+                    await writer.wait(s, 10)
+            for s in seqs:
+                await writer.wait(s, 10)
+            assert writer.state == "up" and writer.batches > 10
+            rows = await store.audit_query(None, None, None, None, limit=100_000)
+            assert [r.seq for r in rows] == list(range(1, len(rows) + 1)) and verify(rows)[2] is None
+            assert writer.head == (rows[-1].seq, rows[-1].hash)
+
+    asyncio.run(body())

@@ -60,6 +60,8 @@ def test_a_nul_byte_is_refused_to_its_request_alone_and_the_ledger_goes_on(pg_da
         r = server.http.post(url, json={"amount_cents": 1000, "reference": "r1", "reason": "dispute"}, headers=admin)
         assert r.status_code == 201 and r.json()["refunded_total_cents"] == 1000, r.text
         assert balance(server, m.buyer_id) == 50_000 - 4000 + 1000
+        metrics = server.http.get("/metrics").text
+        assert "exchange_ledger_records_refused 3" in metrics and "exchange_ledger_writer_up 1" in metrics
         m.buyer.close()  # type: ignore[attr-defined]
     finally:
         stop_server(server)

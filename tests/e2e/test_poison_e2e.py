@@ -5,14 +5,11 @@ writer: 503 ledger_stopped for everyone until a restart)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.e2e.conftest import ROOT, market, route_calls, start_server, stop_server
+from tests.e2e.conftest import market, route_calls, start_server, stop_server
 from tests.e2e.test_exchange_e2e import balance
+from tests.e2e.test_ledger_e2e import cli
 from tests.integration.conftest import pg_schema_url
 
 VERT = "e2e_poison"
@@ -21,11 +18,6 @@ VERT = "e2e_poison"
 @pytest.fixture
 def pg_database_url():
     yield from pg_schema_url("e2e_poison")
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EXCHANGE_DATABASE_URL": url}
-    return subprocess.run([sys.executable, "-m", "exchange", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_a_nul_byte_is_refused_to_its_request_alone_and_the_ledger_goes_on(pg_database_url):

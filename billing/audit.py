@@ -66,15 +66,27 @@ class Break(NamedTuple):
     problem: str
 
 
-def verify(rows: Iterable[AuditRow], prev: tuple[int, bytes] = (0, GENESIS)) -> tuple[int, bytes, Break | None]:
-    """Walk rows in ``seq`` order; returns (last seq, last hash, first break or None)."""
+def verify(rows: Iterable[AuditRow], prev: tuple[int, bytes] = (0, GENESIS),
+           before: bytes | None = None) -> tuple[int, bytes, Break | None]:
+    """Walk rows in ``seq`` order; returns (last good seq, its hash, first break or None).
+
+    ``prev`` is the last record already verified and ``before`` the stored ``prev_hash`` of that
+    record (both from the previous page). A record whose link does not match the record before
+    it is told apart from a record before it that was edited and re-hashed: if the record's own
+    hash agrees with the link it stores, it is intact and the record before it is the one at
+    fault (its contents and hash were rewritten), so that one is named."""
     seq, last = prev
     for r in rows:
         if r.seq != seq + 1:
             return seq, last, Break(seq + 1, f"record {seq + 1} is missing (next stored record is {r.seq})")
-        if bytes(r.prev_hash) != last:
+        stored_prev = bytes(r.prev_hash)
+        own = link(stored_prev, r.seq, r.at_ns, r.kind, r.call_id, r.number, r.body) == bytes(r.hash)
+        if stored_prev != last:
+            if own and seq > 0 and before is not None:
+                return seq - 1, before, Break(seq, f"it was rewritten and re-hashed: record {r.seq} links to "
+                                                   f"{stored_prev.hex()[:16]}..., not to its hash {last.hex()[:16]}...")
             return seq, last, Break(r.seq, "its prev_hash does not match the previous record's hash")
-        if link(last, r.seq, r.at_ns, r.kind, r.call_id, r.number, r.body) != bytes(r.hash):
+        if not own:
             return seq, last, Break(r.seq, "its contents do not match its hash (the record was altered)")
-        seq, last = r.seq, bytes(r.hash)
+        seq, last, before = r.seq, bytes(r.hash), stored_prev
     return seq, last, None

@@ -3,15 +3,24 @@
     billing invoice --month 2026-11 [--out DIR]   invoices and payout reports (billing.reports)
     billing reconcile [--grace-s N]               prove the books (billing.reconcile); exit 1 on
                                                   any discrepancy
-    audit verify [--page N]                       recompute the audit hash chain page by page;
-                                                  exit 1 naming the first broken record
+    audit verify [--page N] [--checkpoint FILE]   recompute the audit hash chain page by page and
+                                                  cross-check every ledger row against its audit
+                                                  record (both ways); with --checkpoint, check the
+                                                  chain against signed checkpoints (a cut or
+                                                  rewritten tail); exit 1 naming the first record
+                                                  at fault
+    audit checkpoint [--out FILE]                 sign the chain's head (seq, hash, time) with the
+                                                  checkpoint key and append it to FILE (default
+                                                  $EXCHANGE_CHECKPOINT_FILE, else standard output)
 
 ``python -m exchange billing ...`` and ``python -m exchange audit ...`` call ``main`` with the
 group name first (``main(["billing", "reconcile"])``). Every command takes ``--database-url``;
 without it the database is ``EXCHANGE_DATABASE_URL``, else the embedded default
 ``sqlite:///exchange.db`` (the same default as the exchange's settings; this module cannot import
 ``exchange.settings`` because billing must not depend on the edges). A SQLite file that does not
-exist is an error here, not a new empty ledger. Exit status 2: bad arguments or no database.
+exist is an error here, not a new empty ledger. Exit status 2: bad arguments, no database, no
+checkpoint key (``EXCHANGE_CHECKPOINT_KEY`` or ``EXCHANGE_CHECKPOINT_KEY_FILE``, or
+``--key-file``) or an unreadable checkpoint file.
 """
 
 from __future__ import annotations
@@ -22,9 +31,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
+from . import checkpoint
 from .audit import GENESIS, verify
+from .evidence import CrossCheck
 from .reconcile import reconcile
 from .reports import BadMonth, write_month
 from .backends import open_store
@@ -36,10 +47,10 @@ DEFAULT_DATABASE_URL = "sqlite:///exchange.db"
 DEFAULT_GRACE_S = 25 * 3600
 
 
-def database_url(explicit: str | None = None, env: dict[str, str] | None = None) -> str:
+def database_url(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """``--database-url``, else ``EXCHANGE_DATABASE_URL`` (empty counts as unset), else the default."""
-    env = os.environ if env is None else env
-    return explicit or env.get("EXCHANGE_DATABASE_URL") or DEFAULT_DATABASE_URL
+    source: Mapping[str, str] = os.environ if env is None else env
+    return explicit or source.get("EXCHANGE_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     asub = audit.add_subparsers(dest="command", required=True)
     ver = asub.add_parser("verify", parents=[common], help="recompute the hash chain; exit 1 naming the first broken record")
     ver.add_argument("--page", type=int, default=5000, help="records read per query (default 5000)")
+    ver.add_argument("--checkpoint", default=None, help="a file of signed checkpoints (audit checkpoint) the chain must agree with")
+    ver.add_argument("--key-file", default=None, help="the checkpoint key (default: $EXCHANGE_CHECKPOINT_KEY or _KEY_FILE)")
+    ver.add_argument("--limit", type=int, default=50, help="discrepancies listed (default 50)")
+    cp = asub.add_parser("checkpoint", parents=[common], help="sign the chain's head and append it to a file")
+    cp.add_argument("--out", default=None, help="file to append to (default: $EXCHANGE_CHECKPOINT_FILE, else standard output)")
+    cp.add_argument("--key-file", default=None, help="the checkpoint key (default: $EXCHANGE_CHECKPOINT_KEY or _KEY_FILE)")
     return parser
 
 
@@ -71,15 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     url = database_url(args.database_url)
     command: Callable[[Store], Awaitable[int]]
-    if args.group == "billing" and args.command == "invoice":
-        command = lambda store: _invoice(store, args.month, Path(args.out or f"billing-{args.month}"))  # noqa: E731
-    elif args.group == "billing":
-        command = lambda store: _reconcile(store, args.grace_s * 1_000_000_000, args.limit)  # noqa: E731
-    else:
-        command = lambda store: _verify(store, max(1, args.page))  # noqa: E731
     try:
+        if args.group == "billing" and args.command == "invoice":
+            command = lambda store: _invoice(store, args.month, Path(args.out or f"billing-{args.month}"))  # noqa: E731
+        elif args.group == "billing":
+            command = lambda store: _reconcile(store, args.grace_s * 1_000_000_000, args.limit)  # noqa: E731
+        elif args.command == "checkpoint":
+            out, key = args.out or os.environ.get("EXCHANGE_CHECKPOINT_FILE") or "-", checkpoint.key_from(key_file=args.key_file)
+            command = lambda store: _checkpoint(store, out, key)  # noqa: E731
+        else:
+            vkey = checkpoint.key_from(key_file=args.key_file) if args.checkpoint else None
+            command = lambda store: _verify(store, max(1, args.page), args.checkpoint, vkey, args.limit)  # noqa: E731
         return asyncio.run(_with_store(url, command))
-    except (StoreUnavailable, BadMonth, ValueError) as exc:
+    except (StoreUnavailable, BadMonth, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -111,19 +132,60 @@ async def _reconcile(store: Store, grace_ns: int, limit: int) -> int:
     return 0 if report.ok else 1
 
 
-async def _verify(store: Store, page: int) -> int:
-    """Stream the chain in ``seq`` order, ``page`` records per query, carrying the last hash."""
-    seq, head = 0, GENESIS
+async def _checkpoint(store: Store, out: str, key: bytes) -> int:
+    seq, digest = await store.last_audit()
+    line = checkpoint.sign(checkpoint.Checkpoint(seq, digest, time.time_ns()), key)
+    if out == "-":
+        print(line)
+    else:
+        checkpoint.append(out, line)
+        print(f"checkpoint of record {seq} (hash {digest.hex()}) appended to {out}")
+    return 0
+
+
+async def _verify(store: Store, page: int, checkpoints: str | None = None, key: bytes | None = None, limit: int = 50) -> int:
+    """Stream the chain in ``seq`` order, ``page`` records per query, carrying the last hash;
+    pair every ledger row with its audit record; check the chain against signed checkpoints."""
+    signed: list[checkpoint.Checkpoint] = []
+    if checkpoints is not None:
+        assert key is not None
+        try:
+            signed = checkpoint.read(checkpoints, key)
+        except checkpoint.BadCheckpoint as exc:
+            print(f"checkpoint REFUSED: {exc}")
+            return 1
+    cross = CrossCheck()
+    await cross.load(store)
+    seq, head, before, broken = 0, GENESIS, None, None
+    good: tuple[int, bytes] = (0, GENESIS)
+    after = 0
     while True:
-        rows = await store.audit_query(None, None, None, None, limit=page, after_seq=seq)
+        rows = await store.audit_query(None, None, None, None, limit=page, after_seq=after)
         if not rows:
             break
-        seq, head, broken = verify(rows, (seq, head))
-        if broken is not None:
-            print(f"audit chain BROKEN at record {broken.seq}: {broken.problem}")
-            print(f"records 1..{seq} verify; the last good hash is {head.hex()}")
-            return 1
+        cross.feed(rows)
+        after = rows[-1].seq
+        if broken is None:
+            seq, head, broken = verify(rows, (seq, head), before)
+            before = bytes(rows[-1].prev_hash)
+            good = (seq, head)
         if len(rows) < page:
             break
-    print(f"audit chain intact: {seq} records, head hash {head.hex()}")
-    return 0
+    if broken is not None:
+        print(f"audit chain BROKEN at record {broken.seq}: {broken.problem}")
+        print(f"records 1..{good[0]} verify; the last good hash is {good[1].hex()}")
+    else:
+        print(f"audit chain intact: {seq} records, head hash {head.hex()}")
+    problems = cross.finish()
+    print(f"ledger cross-checked ({cross.checked()}): {len(problems)} discrepancies")
+    for p in problems[:limit]:
+        print(f"  {p.text}")
+    if len(problems) > limit:
+        print(f"  ... and {len(problems) - limit} more")
+    cut = await checkpoint.check(store, signed) if signed else []
+    if checkpoints is not None:
+        latest = f"the latest of record {signed[-1].seq}" if signed else "none in the file"
+        print(f"checkpoints: {len(signed)} in {checkpoints} ({latest}): " + ("agree" if not cut else f"{len(cut)} contradicted"))
+        for c in cut:
+            print(f"  {c}")
+    return 0 if broken is None and not problems and not cut else 1

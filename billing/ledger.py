@@ -59,6 +59,14 @@ class Ledger:
                 self.freed.add(account)
         return entry, True
 
+    def revert(self, entry: Entry) -> None:
+        """Undo ``entry``, posted here but refused by the store (none of it was written)."""
+        if self._by_key.get(entry.key) is entry:
+            del self._by_key[entry.key]
+        self.posted -= 1
+        for account, amount in entry.legs:
+            self.balances[account] = self.balances.get(account, 0) - amount
+
     def find(self, reference: str, kind: str) -> Entry | None:
         return self._by_key.get((reference, kind))
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from .store import Batch, Store, StoreRefused, StoreUnavailable, migrations
+from .store import Batch, BatchRefused, Store, StoreRefused, StoreUnavailable, migrations
 
 TRANSIENT = (
     OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
@@ -116,11 +117,25 @@ SAFE_SQL = _numbered(_WRITE_SQL.format(
     legs_filter="WHERE x.entry_id IN (SELECT id FROM e)",
     conflict="ON CONFLICT DO NOTHING",
 ))
+# Refusals that some record of the batch explains (the writer splits the batch to find it):
+# data exceptions (22: a NUL byte in text, a number out of range), integrity constraint
+# violations (23: an unbalanced entry, a CHECK) and program limits (54: a value too large).
+DATA_CLASSES = ("22", "23", "54")
+CLIENT_DATA = (asyncpg.exceptions._base.DataError, OverflowError, UnicodeError)
+
+
+def refused_for_data(exc: asyncpg.PostgresError) -> bool:
+    state = getattr(exc, "sqlstate", None) or ""
+    if isinstance(exc, asyncpg.UniqueViolationError) and getattr(exc, "constraint_name", None) == "audit_pkey":
+        return False  # another writer's audit record holds this seq: the chain forked, stop
+    return state[:2] in DATA_CLASSES
+
+
 RESERVE_SQL = "SELECT nextval('entries_id_seq') FROM generate_series(1, $1)"
 ID_BLOCK_SQL = "SELECT seqincrement FROM pg_sequence WHERE seqrelid = 'entries_id_seq'::regclass"
 
 
-def _columns(rows: list[tuple], width: int) -> list:
+def _columns(rows: Sequence[tuple], width: int) -> list:
     return list(zip(*rows)) if rows else [()] * width
 
 
@@ -324,15 +339,20 @@ class PgStore(Store):
                 params = prepared[1]
             else:
                 await self._reserve(conn, len(batch.entries))
-                params = self._params(batch)
-                assert params is not None
+                built = self._params(batch)
+                assert built is not None
+                params = built
             try:
-                return await conn.fetchval(FAST_SQL, *params)
+                return int(await conn.fetchval(FAST_SQL, *params))
             except asyncpg.UniqueViolationError:  # a replay: write only what is not stored
-                return await conn.fetchval(SAFE_SQL, *params)
+                return int(await conn.fetchval(SAFE_SQL, *params))
+        except CLIENT_DATA as exc:  # a value asyncpg cannot encode (before TRANSIENT: it is an InterfaceError)
+            raise BatchRefused(f"PostgreSQL cannot take a value of the batch: {type(exc).__name__}: {exc}") from exc
         except TRANSIENT as exc:
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         except asyncpg.PostgresError as exc:
+            if refused_for_data(exc):
+                raise BatchRefused(f"PostgreSQL refused the batch's data: {exc}") from exc
             raise StoreRefused(f"PostgreSQL refused the batch: {exc}") from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple]:

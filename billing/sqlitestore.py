@@ -4,6 +4,8 @@ Every call runs on a single worker thread that owns the connection, so the event
 blocks on the file. WAL journal with ``synchronous=FULL``: a committed batch survives a crash
 of the process or the machine. The schema's triggers give the same guarantees as PostgreSQL's
 (see migrations/sqlite); entries get their ids here, legs are inserted before their entry.
+A replayed row is skipped by ``ON CONFLICT DO NOTHING`` (a uniqueness clash only; ``INSERT OR
+IGNORE`` would also drop a row that breaks a CHECK constraint, silently).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from collections.abc import Callable
 
-from .store import Batch, Store, StoreRefused, StoreUnavailable, migrations
+from .store import Batch, BatchRefused, Store, StoreUnavailable, migrations
 
 T = TypeVar("T")
 
@@ -55,12 +57,14 @@ class SqliteStore(Store):
         db.execute("BEGIN IMMEDIATE")
         try:
             if batch.accounts:
-                db.executemany("INSERT OR IGNORE INTO accounts VALUES (?, ?, ?, ?, ?, ?)", batch.accounts)
+                db.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.accounts)
             new = 0
             if batch.entries:
                 next_id = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
                 seen: set[tuple[str, str]] = set()
-                heads, legs, delta = [], [], {}
+                heads: list[tuple] = []
+                legs: list[tuple] = []
+                delta: dict[str, int] = {}
                 for e in batch.entries:
                     if e.key in seen or db.execute("SELECT 1 FROM entries WHERE reference = ? AND kind = ?", e.key).fetchone():
                         continue
@@ -76,11 +80,11 @@ class SqliteStore(Store):
                                "SET balance_cents = balance_cents + excluded.balance_cents", delta.items())
                 new = len(heads)
             if batch.holds:
-                db.executemany("INSERT OR IGNORE INTO holds VALUES (?, ?, ?, ?, ?, ?)", batch.holds)
+                db.executemany("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.holds)
             if batch.outcomes:
-                db.executemany("INSERT OR IGNORE INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.outcomes)
+                db.executemany("INSERT INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.outcomes)
             if batch.audit:
-                db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.audit)
+                db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.audit)
             db.execute("COMMIT")
             return new
         except BaseException:
@@ -117,8 +121,10 @@ class SqliteStore(Store):
             raise StoreUnavailable("the store is not open")
         try:
             return await self._run(self._write, batch)
-        except sqlite3.IntegrityError as exc:
-            raise StoreRefused(f"SQLite refused the batch: {exc}") from exc
+        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeError) as exc:
+            # some record of the batch is at fault (a constraint, an integer over 64 bits, text
+            # that cannot be encoded): the writer splits the batch to find it
+            raise BatchRefused(f"SQLite refused the batch's data: {type(exc).__name__}: {exc}") from exc
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
 

@@ -26,7 +26,20 @@ class StoreUnavailable(Exception):
 
 
 class StoreRefused(Exception):
-    """The database refused the batch (a broken invariant, e.g. an unbalanced entry)."""
+    """The database refused the batch for a reason no record of it explains (e.g. a second
+    writer forking the audit chain): the writer stops."""
+
+
+class BatchRefused(StoreRefused):
+    """The database refused the batch's data (a value it cannot store, a broken constraint:
+    PostgreSQL SQLSTATE classes 22, 23 and 54; SQLite's IntegrityError, an integer it cannot
+    hold, text it cannot encode). Some record of the batch is at fault: the writer splits the
+    batch to find it, refuses that operation alone and commits the rest."""
+
+
+class RecordRefused(StoreRefused):
+    """The database refused the records of this one operation (named in the message); nothing
+    of it was written, every other operation of its batch was."""
 
 
 @dataclass
@@ -165,7 +178,8 @@ class Store(ABC):
 
     async def audit_query(self, call_id: str | None, number: str | None, lo_ns: int | None, hi_ns: int | None,
                           limit: int = 1000, after_seq: int = 0) -> list[AuditRow]:
-        where, args = ["seq > ?"], [after_seq]
+        where: list[str] = ["seq > ?"]
+        args: list[Any] = [after_seq]
         if call_id is not None:
             where.append("call_id = ?")
             args.append(call_id)
@@ -181,4 +195,4 @@ class Store(ABC):
         rows = await self.fetch(
             "SELECT seq, at_ns, kind, call_id, number, body, prev_hash, hash FROM audit WHERE "
             + " AND ".join(where) + " ORDER BY seq LIMIT ?", *args, limit)
-        return [AuditRow(*r[:6], bytes(r[6]), bytes(r[7])) for r in rows]
+        return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]

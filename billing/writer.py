@@ -8,11 +8,17 @@ writes it in one transaction and wakes the waiters, so many completions share on
 When the database is unreachable the batch is kept and retried with backoff after a
 reconnect; the store's natural keys make the retry write each row once even if the lost
 commit had in fact succeeded. ``wait`` gives up after its timeout with ``StoreUnavailable``
-(the edge answers 503 and the caller retries), and acknowledged means committed. If the
-database refuses a batch (an unbalanced entry: a bug), the writer stops: money is not
-written wrongly, and every waiter gets ``StoreRefused``.
+(the edge answers 503 and the caller retries), and acknowledged means committed.
 
-Besides what it is given, the writer puts every entry (money movement) on the audit trail.
+A batch is made of whole ``put`` units (one operation's records). If the database refuses a
+batch for its data (``BatchRefused``: a NUL byte in a name, an unbalanced entry), the writer
+splits it by unit, halving until the unit at fault is alone: that operation's waiter gets
+``RecordRefused`` naming its records, it takes no place on the audit chain, and every other
+unit commits; the writer keeps running. Any other refusal (the audit chain forked by a second
+writer) stops the writer: every waiter gets ``StoreRefused``.
+
+Besides what it is given, the writer puts every row it writes (account, entry, hold, capture,
+release, call outcome) on the audit trail in the same transaction; ``audit verify`` pairs them.
 
 Under a backlog (a full batch already waiting) the writer numbers and hashes the next batch
 while the current one commits, so the database and this process work at the same time; at
@@ -31,43 +37,67 @@ import heapq
 import logging
 from collections import deque
 from time import monotonic
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
-import msgspec
-
-from .audit import Chain
+from .audit import AuditRow, Chain
+from .trail import account_audit, describe, entry_audit, hold_audit, outcome_audit
 from .postings import Entry
 from .records import AccountRow, AuditEvent, CallOutcome, HoldEvent, Record
-from .store import Batch, Store, StoreRefused, StoreUnavailable
+from .store import Batch, BatchRefused, RecordRefused, Store, StoreRefused, StoreUnavailable
 
 log = logging.getLogger("exchange.writer")
 
 
-class _LegBody(msgspec.Struct):
-    account: str
-    amount_cents: int
+class _Taken(NamedTuple):
+    """A batch taken from the queue, with what rebuilding it (or any part of it) takes."""
+
+    batch: Batch
+    upto: int  # the sequence number of its last record
+    start: tuple[int, bytes]  # the audit chain's head before it
+    first: int  # the sequence number before its first record
+    records: list[Record]
+    ends: list[int]  # the last sequence number of each put() (an operation) in it
 
 
-class _EntryBody(msgspec.Struct):
-    """An entry's audit body: the same canonical JSON as the dict {"entry_kind", "legs":
-    [{"account", "amount_cents"}], "memo", "reference"}, built and encoded faster."""
-
-    entry_kind: str
-    legs: list[_LegBody]
-    memo: str
-    reference: str
-
-
-def entry_audit(e: Entry) -> AuditEvent:
-    kind = e.kind
-    call_id = e.reference if kind == "charge" else e.reference.split(":", 1)[0] if kind == "refund" else None
-    body = _EntryBody(kind, [_LegBody(a, c) for a, c in e.legs], e.memo, e.reference)
-    return AuditEvent(e.at_ns, "entry", call_id, None, body)
+def _split(records: list[Record], first: int, ends: list[int]) -> list[tuple[int, list[Record]]]:
+    """(end, records) of each put() unit of a batch."""
+    out, lo = [], first
+    for end in ends:
+        out.append((end, records[lo - first:end - first]))
+        lo = end
+    return out
 
 
-def account_audit(a: AccountRow) -> AuditEvent:
-    body = {"id": a.id, "account_kind": a.kind, "name": a.name, "credit_limit_cents": a.credit_limit_cents}
-    return AuditEvent(a.created_ns, "account", None, None, body)
+def _fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], AuditRow]) -> None:
+    """Sort ``records`` into ``batch``, putting each row on the audit chain with it."""
+    entries, holds, outcomes, audit = batch.entries, batch.holds, batch.outcomes, batch.audit
+    for r in records:
+        if type(r) is HoldEvent:
+            holds.append(r)
+            audit.append(chain(hold_audit(r)))
+        elif type(r) is Entry:
+            entries.append(r)
+            audit.append(chain(entry_audit(r)))
+        elif type(r) is CallOutcome:
+            outcomes.append(r)
+            audit.append(chain(outcome_audit(r)))
+        elif type(r) is AuditEvent:
+            audit.append(chain(r))
+        elif isinstance(r, Entry):
+            entries.append(r)
+            audit.append(chain(entry_audit(r)))
+        elif isinstance(r, HoldEvent):
+            holds.append(r)
+            audit.append(chain(hold_audit(r)))
+        elif isinstance(r, AuditEvent):
+            audit.append(chain(r))
+        elif isinstance(r, CallOutcome):
+            outcomes.append(r)
+            audit.append(chain(outcome_audit(r)))
+        elif isinstance(r, AccountRow):
+            batch.accounts.append(r)
+            audit.append(chain(account_audit(r)))
 
 
 class Writer:
@@ -92,11 +122,17 @@ class Writer:
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task | None = None
+        self._units: deque[int] = deque()  # the last sequence number of each put() not yet taken
+        self._refused: dict[int, str] = {}  # put()'s sequence number -> why its records were refused
+        self._refusal: BatchRefused | None = None
+        self.records_refused = 0
+        self.head: tuple[int, bytes] = (0, bytes(32))  # the last committed audit record (seq, hash)
         # Optional: a store that can build a batch's parameters before its connection is free.
         self._prepare = getattr(store, "prepare", None)
 
     async def start(self) -> None:
-        self.chain = Chain(*await self.store.last_audit())
+        self.head = await self.store.last_audit()
+        self.chain = Chain(*self.head)
         self.state = "up"
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
@@ -108,6 +144,7 @@ class Writer:
             n += 1
         if n:
             self.enqueued += n
+            self._units.append(self.enqueued)
             self._wake.set()
             if len(self.pending) >= self.max_batch:
                 self._urgent.set()
@@ -120,9 +157,23 @@ class Writer:
         if not self._room.is_set():
             await self._room.wait()
 
+    def barrier(self) -> int:
+        """A number for ``wait`` that returns once everything put so far is committed or refused,
+        without taking on another operation's refusal (for a caller that put nothing)."""
+        return -self.enqueued
+
     async def wait(self, seq: int, timeout_s: float) -> None:
-        """Return once record ``seq`` is committed; StoreUnavailable after ``timeout_s``."""
+        """Return once record ``seq`` is committed; StoreUnavailable after ``timeout_s``;
+        RecordRefused if the put() that ``seq`` ended was refused (a ``barrier`` never is)."""
+        if seq < 0:
+            try:
+                await self.wait(-seq, timeout_s)
+            except RecordRefused:
+                pass
+            return
         if seq <= self.committed:
+            if seq in self._refused:
+                raise RecordRefused(self._refused[seq])
             return
         if self.state == "stopped":
             raise StoreRefused(self.error or "the ledger writer stopped")
@@ -136,47 +187,87 @@ class Writer:
             raise StoreUnavailable(self.error or "the ledger is not durable yet") from None
 
     async def flush(self, timeout_s: float) -> None:
-        await self.wait(self.enqueued, timeout_s)
+        """Return once everything put is committed or refused (refusals went to their callers)."""
+        await self.wait(self.barrier(), timeout_s)
 
     # ------------------------------------------------------------------ the task
-    def _take(self) -> tuple[Batch, int]:
-        batch = Batch()
-        entries, holds, outcomes, audit = batch.entries, batch.holds, batch.outcomes, batch.audit
-        chain = self.chain.append
-        pending = self.pending
+    def _take(self) -> _Taken:
+        """The next batch: whole put() units, at least one, up to about ``max_batch`` records."""
+        pending, units = self.pending, self._units
+        first = self._taken
+        want = first + min(len(pending), self.max_batch)
+        ends: list[int] = []
+        end = first
+        while end < want:
+            end = units.popleft()
+            ends.append(end)
         popleft = pending.popleft
-        n = min(len(pending), self.max_batch)
-        for _ in range(n):
-            r = popleft()
-            t = type(r)
-            if t is HoldEvent:
-                holds.append(r)
-            elif t is Entry:
-                entries.append(r)
-                audit.append(chain(entry_audit(r)))
-            elif t is CallOutcome:
-                outcomes.append(r)
-            elif t is AuditEvent:
-                audit.append(chain(r))
-            elif isinstance(r, Entry):
-                entries.append(r)
-                audit.append(chain(entry_audit(r)))
-            elif isinstance(r, HoldEvent):
-                holds.append(r)
-            elif isinstance(r, AuditEvent):
-                audit.append(chain(r))
-            elif isinstance(r, CallOutcome):
-                outcomes.append(r)
-            elif isinstance(r, AccountRow):
-                batch.accounts.append(r)
-                audit.append(chain(account_audit(r)))
+        records = [popleft() for _ in range(end - first)]
         if len(pending) < self.max_pending:
             self._room.set()
-        self._taken += n
-        return batch, self._taken
+        self._taken = end
+        start = (self.chain.seq, self.chain.last_hash)
+        batch = Batch()
+        try:
+            _fill(batch, records, self.chain.append)
+        except Exception:  # noqa: BLE001 - a record that cannot be put on the chain: find it, unit by unit
+            self.chain = Chain(*start)
+            batch = self._build(_split(records, first, ends))
+        return _Taken(batch, end, start, first, records, ends)
+
+    def _build(self, units: list[tuple[int, list[Record]]]) -> Batch:
+        """A batch of ``units`` chained from the chain's head, refusing any unit that cannot be."""
+        batch = Batch()
+        for end, records in units:
+            if end in self._refused:
+                continue
+            state = (self.chain.seq, self.chain.last_hash)
+            part = Batch()
+            try:
+                _fill(part, records, self.chain.append)
+            except Exception as exc:  # noqa: BLE001 - e.g. a body the canonical encoder refuses
+                self.chain = Chain(*state)
+                self._refuse(end, records, f"{type(exc).__name__}: {exc}")
+                continue
+            for name in ("entries", "holds", "outcomes", "accounts", "audit"):
+                getattr(batch, name).extend(getattr(part, name))
+        return batch
+
+    def _refuse(self, end: int, records: list[Record], why: object) -> None:
+        what = ", ".join(describe(r) for r in records[:4]) + (f" and {len(records) - 4} more" if len(records) > 4 else "")
+        self._refused[end] = f"the ledger database refused this operation's records ({what}): {why}"
+        if len(self._refused) > 10_000:  # callers wait within seconds; keep the recent verdicts only
+            del self._refused[next(iter(self._refused))]
+        self.records_refused += len(records)
+        log.error("ledger_record_refused", extra={"records": what, "error": str(why)})
+
+    async def _settle(self, units: list[tuple[int, list[Record]]]) -> bool:
+        """The batch of ``units`` (chained from the chain's head) was refused for its data: write
+        each half on its own, splitting any half refused again, until the unit at fault is
+        alone; it is refused and takes no place on the chain. False if the writer stopped."""
+        units = [u for u in units if u[0] not in self._refused]
+        if len(units) == 1:
+            self._refuse(units[0][0], units[0][1], self._refusal)
+            return True
+        mid = len(units) // 2
+        for half in (units[:mid], units[mid:]):
+            state = (self.chain.seq, self.chain.last_hash)
+            batch = self._build(half)
+            if not len(batch):
+                continue
+            result = await self._commit(batch)
+            if result == "stopped":
+                return False
+            if result == "refused":
+                self.chain = Chain(*state)
+                if not await self._settle(half):
+                    return False
+            else:
+                self._written(batch)
+        return True
 
     async def _run(self) -> None:
-        ready: tuple[Batch, int] | None = None  # taken while the previous batch committed
+        ready: _Taken | None = None  # taken while the previous batch committed
         while True:
             if ready is None:
                 if not self.pending:
@@ -185,33 +276,34 @@ class Writer:
                 if self.linger_s > 0 and not self._waiters and len(self.pending) < self.max_batch:
                     await self._linger()
                 ready = self._take()
-            batch, upto = ready
-            ready = None
+            taken, ready = ready, None
             if len(self.pending) >= self.max_batch:
                 # A backlog: prepare the next batch while the database writes this one.
-                commit = asyncio.ensure_future(self._commit(batch))
+                commit = asyncio.ensure_future(self._commit(taken.batch))
                 try:
                     await asyncio.sleep(0)  # the commit sends its statement first
                     if not commit.done():
                         ready = self._take()
                         if self._prepare is not None:
-                            self._prepare(ready[0])
-                    ok = await commit
+                            self._prepare(ready.batch)
+                    result = await commit
                 except asyncio.CancelledError:
                     commit.cancel()
                     raise
             else:
-                ok = await self._commit(batch)
-            if not ok:
+                result = await self._commit(taken.batch)
+            if result == "stopped":
                 return
-            self.committed = upto
-            self.batches += 1
-            self.records_written += len(batch)
-            waiters = self._waiters
-            while waiters and waiters[0][0] <= upto:
-                fut = heapq.heappop(waiters)[2]
-                if not fut.done():
-                    fut.set_result(None)
+            if result == "refused":
+                self.chain = Chain(*taken.start)
+                if not await self._settle(_split(taken.records, taken.first, taken.ends)):
+                    return
+                if ready is not None:  # it was chained after records that were dropped: chain it again
+                    head = (self.chain.seq, self.chain.last_hash)
+                    ready = ready._replace(start=head, batch=self._build(_split(ready.records, ready.first, ready.ends)))
+            else:
+                self._written(taken.batch)
+            self._resolve(taken.upto)
 
     async def _linger(self) -> None:
         """Nobody waits for what is queued (decisions, holds): let more arrive for up to
@@ -224,7 +316,30 @@ class Writer:
         finally:
             timer.cancel()
 
-    async def _commit(self, batch: Batch) -> bool:
+    def _written(self, batch: Batch) -> None:
+        self.batches += 1
+        self.records_written += len(batch)
+        if batch.audit:
+            last = batch.audit[-1]
+            self.head = (last.seq, last.hash)
+
+    def _resolve(self, upto: int) -> None:
+        self.committed = upto
+        waiters, refused = self._waiters, self._refused
+        while waiters and waiters[0][0] <= upto:
+            seq, _, fut = heapq.heappop(waiters)
+            if not fut.done():
+                why = refused.get(seq) if refused else None
+                if why is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(RecordRefused(why))
+
+    async def _commit(self, batch: Batch) -> str:
+        """Write ``batch``, retrying while the database is unreachable: "ok", "refused" (its
+        data: the caller splits it) or "stopped" (the writer stops)."""
+        if not len(batch):
+            return "ok"
         delay = 0.02
         while True:
             t0 = monotonic()
@@ -234,12 +349,15 @@ class Writer:
                 if self.state != "up":
                     log.warning("ledger_writer_recovered", extra={"retries": self.retries})
                 self.state, self.error = "up", None
-                return True
+                return "ok"
             except StoreUnavailable as exc:
                 self.retries += 1
                 if self.state != "down":
                     log.error("ledger_writer_down", extra={"error": str(exc)})
                 self.state, self.error = "down", f"the ledger database is unreachable: {exc}"
+            except BatchRefused as exc:
+                self._refusal = exc
+                return "refused"
             except StoreRefused as exc:
                 self.state, self.error = "stopped", str(exc)
                 log.critical("ledger_writer_stopped", extra={"error": str(exc)})
@@ -247,7 +365,7 @@ class Writer:
                     if not fut.done():
                         fut.set_exception(StoreRefused(str(exc)))
                 self._waiters.clear()
-                return False
+                return "stopped"
             except Exception as exc:  # unforeseen (a driver state error, a bug): keep the batch, retry loudly
                 self.retries += 1
                 log.exception("ledger_writer_error", extra={"error": type(exc).__name__})

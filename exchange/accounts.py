@@ -59,6 +59,11 @@ class Accounts:
         self._by_digest[digest(key)] = acct
         return acct, key
 
+    def forget(self, account_id: str, key: str) -> None:
+        """Drop an account the store refused to keep (its creation was refused to the caller)."""
+        self.by_id.pop(account_id, None)
+        self._by_digest.pop(digest(key), None)
+
     def authenticate(self, key: str | None) -> Account | None:
         if not key:
             return None

@@ -108,4 +108,5 @@ class Exchange:
             "ledger_writer_pending": writer.enqueued - writer.committed,
             "ledger_writer_batches": writer.batches,
             "ledger_writer_up": int(writer.state == "up"),
+            "ledger_records_refused": writer.records_refused,  # records the database refused for their data
         }

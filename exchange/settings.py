@@ -50,6 +50,14 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     writer_max_batch: Annotated[int, Meta(ge=1)] = 5_000
     writer_max_pending: Annotated[int, Meta(ge=100)] = 200_000
     writer_linger_ms: Annotated[float, Meta(ge=0, le=1000)] = 5.0
+    # Signed checkpoints of the audit chain's head (billing.checkpoint), taken every
+    # checkpoint_every_s while the exchange runs and at shutdown, appended to checkpoint_file;
+    # the key (text, or a file holding it) is one the database does not hold. Without a key
+    # and a file, none are taken.
+    checkpoint_key: str | None = None
+    checkpoint_key_file: str | None = None
+    checkpoint_file: str | None = None
+    checkpoint_every_s: Annotated[int, Meta(ge=1)] = 300
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

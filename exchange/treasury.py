@@ -33,7 +33,11 @@ class Treasury:
         acct, key = self.accounts.create(kind, name, credit_limit_cents)
         if kind == "buyer":
             self.ledger.set_credit(buyer_account(acct.id), credit_limit_cents)
-        await self.journal.ack(self.journal.record(AccountRow(acct.id, kind, name, digest(key), credit_limit_cents, self.clock.now_ns())))
+        try:
+            await self.journal.ack(self.journal.record(AccountRow(acct.id, kind, name, digest(key), credit_limit_cents, self.clock.now_ns())))
+        except Invalid:  # the store refused the account (record_refused): it does not exist
+            self.accounts.forget(acct.id, key)
+            raise
         return acct, key
 
     @staticmethod
@@ -51,7 +55,12 @@ class Treasury:
             _, created = self.ledger.post(entry)
         except DuplicateKey:
             raise Conflict("idempotency_conflict", "this reference was used with a different amount", "$.reference") from None
-        await self.journal.ack(self.journal.record())
+        try:
+            await self.journal.ack(self.journal.record())
+        except Invalid:  # the store refused the entry (record_refused): take it back here too
+            if created:
+                self.ledger.revert(entry)
+            raise
         return created
 
     async def deposit(self, acct: Account, amount_cents: int, reference: str) -> bool:

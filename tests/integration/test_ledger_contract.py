@@ -20,7 +20,7 @@ from billing.postings import Entry, Leg
 from billing.reconcile import reconcile
 from billing.records import AccountRow, AuditEvent, HoldEvent
 from billing.backends import open_store
-from billing.store import Batch, StoreRefused, StoreUnavailable
+from billing.store import Batch, RecordRefused, StoreRefused, StoreUnavailable
 from billing.writer import Writer
 from tests.integration.conftest import PG_BASE
 from tests.integration.ledgerkit import (
@@ -134,13 +134,30 @@ def test_an_unbalanced_entry_is_refused_by_the_database_and_nothing_of_its_batch
     run(body())
 
 
-def test_the_writer_stops_on_a_refused_batch_and_its_waiters_hear_it(db_url):
+def test_a_refused_entry_is_refused_to_its_waiter_alone_and_the_writer_goes_on(db_url):
     async def body():
         async with opened(db_url) as (store, writer):
             await writer.wait(writer.put([postings.deposit("buyer:b1", 100, "dep-0", NOV_NS)]), 10)
             seq = writer.put([Entry("call-bad", "charge", UNBALANCED["legs_sum_to_one_cent"], NOV_NS)])
-            with pytest.raises(StoreRefused):
+            with pytest.raises(RecordRefused):
                 await writer.wait(seq, 10)
+            assert writer.state == "up"
+            await writer.wait(writer.put([postings.deposit("buyer:b1", 100, "dep-1", NOV_NS)]), 10)
+            assert await stored_keys(store) == [("dep-0", "deposit"), ("dep-1", "deposit")]
+
+    run(body())
+
+
+def test_the_writer_stops_when_its_audit_chain_is_forked_and_its_waiters_hear_it(pg_url):
+    async def body():
+        async with opened(pg_url) as (store, writer):
+            await writer.wait(writer.put([postings.deposit("buyer:b1", 100, "dep-0", NOV_NS)]), 10)
+            # a second writer took the next seq behind this one's back
+            await store.execute_raw("INSERT INTO audit VALUES (2, 0, 'entry', NULL, NULL, '{}', $1, $2)", bytes(32), bytes(32))
+            seq = writer.put([postings.deposit("buyer:b1", 100, "dep-1", NOV_NS)])
+            with pytest.raises(StoreRefused) as caught:
+                await writer.wait(seq, 10)
+            assert not isinstance(caught.value, RecordRefused)
             assert writer.state == "stopped"
             assert await stored_keys(store) == [("dep-0", "deposit")]
 

@@ -1,0 +1,85 @@
+"""What the writer puts on the audit trail for each row it writes (``billing.evidence`` pairs
+them back), and how a refusal names a record."""
+
+from __future__ import annotations
+
+import msgspec
+
+from .postings import Entry
+from .records import AccountRow, AuditEvent, CallOutcome, HoldEvent, Record
+
+
+class _LegBody(msgspec.Struct):
+    account: str
+    amount_cents: int
+
+
+class _EntryBody(msgspec.Struct):
+    """An entry's audit body: the same canonical JSON as the dict {"entry_kind", "legs":
+    [{"account", "amount_cents"}], "memo", "reference"}, built and encoded faster."""
+
+    entry_kind: str
+    legs: list[_LegBody]
+    memo: str
+    reference: str
+
+
+def entry_audit(e: Entry) -> AuditEvent:
+    kind = e.kind
+    call_id = e.reference if kind == "charge" else e.reference.split(":", 1)[0] if kind == "refund" else None
+    body = _EntryBody(kind, [_LegBody(a, c) for a, c in e.legs], e.memo, e.reference)
+    return AuditEvent(e.at_ns, "entry", call_id, None, body)
+
+
+def account_audit(a: AccountRow) -> AuditEvent:
+    body = {"id": a.id, "account_kind": a.kind, "name": a.name, "credit_limit_cents": a.credit_limit_cents,
+            "key_digest": a.key_digest}
+    return AuditEvent(a.created_ns, "account", None, None, body)
+
+
+class _HoldBody(msgspec.Struct):
+    """A hold's, capture's or release's audit body (canonical JSON as the dict of these keys)."""
+
+    account: str
+    amount_cents: int
+    route_index: int
+
+
+class _OutcomeBody(msgspec.Struct):
+    """A call outcome's audit body (canonical JSON as the dict of these keys); its time is the
+    record's ``at_ns`` (the outcome's ``final_ns``) and its call the record's ``call_id``."""
+
+    billable: bool
+    buyer: str
+    campaign: str
+    charged_cents: int
+    created_ns: int
+    margin_cents: int
+    payout_cents: int
+    price_cents: int
+    publisher: str
+    status: str
+
+
+def hold_audit(h: HoldEvent) -> AuditEvent:
+    """A hold placed, captured or released (the audit kind is the hold's kind)."""
+    return AuditEvent(h.at_ns, h.kind, h.call_id, None, _HoldBody(h.account, h.amount_cents, h.route_index))
+
+
+def outcome_audit(o: CallOutcome) -> AuditEvent:
+    body = _OutcomeBody(o.billable, o.buyer, o.campaign, o.charged_cents, o.created_ns, o.margin_cents, o.payout_cents,
+                        o.price_cents, o.publisher, o.status)
+    return AuditEvent(o.final_ns, "outcome", o.call_id, None, body)
+
+
+def describe(r: Record) -> str:
+    """A record named by its key, for a refusal's message."""
+    if isinstance(r, Entry):
+        return f"{r.kind} entry {r.reference!r}"
+    if isinstance(r, HoldEvent):
+        return f"{r.kind} of call {r.call_id!r} route {r.route_index}"
+    if isinstance(r, CallOutcome):
+        return f"outcome of call {r.call_id!r}"
+    if isinstance(r, AccountRow):
+        return f"account {r.id!r} named {r.name!r}"
+    return f"audit {r.kind} record" + (f" of call {r.call_id!r}" if r.call_id else "")

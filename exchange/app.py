@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
 from . import compliance_api, http
@@ -57,6 +58,7 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> Starlette
         exception_handlers={
             Refused: http.on_refused,
             HTTPException: http.on_starlette_http,
+            ClientDisconnect: http.on_disconnect,
             Exception: http.on_crash,
         },
     )

@@ -156,6 +156,8 @@ class CallDesk:
         self.metrics.decision_us.observe(decision_us)
         self.metrics.count_call(rec.decision.decision, rec.decision.reason)
         rec.durable_seq = self.journal.record(decision_audit(rec, idem_key))  # the hold and the decision: written, not awaited
+        if rec.status == "rejected":
+            core.trim(rec)
         self.rtb.notify(notices)
         return rec
 

@@ -87,7 +87,12 @@ class Connection:
             log.warning("slow_consumer_closed", extra={"account": self.account.id})
             asyncio.get_running_loop().create_task(self.close(1008, "send queue full: slow consumer"))
             return False
-        out.append(msgpack_encoder.encode(msg) if self.binary else json_encoder.encode(msg))
+        try:
+            frame = msgpack_encoder.encode(msg) if self.binary else json_encoder.encode(msg)
+        except (OverflowError, TypeError, ValueError) as exc:  # decoding refuses what cannot be encoded; never a 500
+            log.error("encode_failed", extra={"account": self.account.id, "message": type(msg).__name__, "error": str(exc)})
+            return False
+        out.append(frame)
         self._wake()
         return True
 

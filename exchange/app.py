@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
@@ -16,6 +17,7 @@ from .errors import Refused
 from .openapi import openapi
 from .service import Exchange
 from .settings import Settings
+from .urlguard import UrlGuard
 
 
 def build_app(settings: Settings, exchange: Exchange | None = None) -> Starlette:
@@ -55,6 +57,7 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> Starlette
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(UrlGuard, routes=routes)],  # control characters in a URL: 422 before any handler
         exception_handlers={
             Refused: http.on_refused,
             HTTPException: http.on_starlette_http,

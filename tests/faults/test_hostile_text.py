@@ -146,3 +146,27 @@ def test_a_huge_tag_never_reaches_a_msgpack_rtb_buyer_and_leaves_no_round_open(l
     assert answered.is_set() and r.status_code == 200 and r.json()["route"]["buyer"] == bid, r.text
     assert metric(live, "exchange_rtb_rounds_open") == 0
     b.close()
+
+
+def test_control_characters_in_a_url_are_refused_before_any_store_sees_them(database_url, faults):
+    """A call id, token or account id with NUL used to reach the store (PostgreSQL: a 500)."""
+    server = start_server({"EXCHANGE_DATABASE_URL": database_url})
+    try:
+        _, key = server.account("publisher", "url-p")
+        pub, admin = {"Authorization": f"Bearer {key}"}, server.admin
+        cases = [
+            ("POST", "/v1/calls/a%00b/events", {"json": {"event": "connected"}, "headers": {**pub, "Idempotency-Key": "k"}}, "$.call_id"),
+            ("GET", "/v1/calls/a%1fb", {"headers": pub}, "$.call_id"),
+            ("POST", "/v1/calls/a%00b/refund", {"json": {"reference": "r"}, "headers": admin}, "$.call_id"),
+            ("GET", "/v1/audit?call_id=a%00b", {"headers": admin}, "$.call_id"),
+            ("GET", "/v1/audit?call_id=x&from=2026-01-01T00:00:00Z%0A", {"headers": admin}, "$.from"),
+            ("GET", "/v1/accounts/a%00b/statement", {"headers": admin}, "$.account_id"),
+            ("POST", "/v1/consents/a%00b/revoke", {"headers": pub}, "$.token"),
+        ]
+        for method, url, kw, path in cases:
+            r = server.http.request(method, url, **kw)
+            assert r.status_code == 422 and r.json()["error"]["path"] == path, (url, r.status_code, r.text)
+        faults.bad_input("control characters in a URL", len(cases))
+        assert server.http.get("/readyz").status_code == 200
+    finally:
+        stop_server(server)

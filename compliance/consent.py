@@ -31,41 +31,65 @@ class Consent(NamedTuple):
 
 
 class ConsentStore:
-    """token -> Consent. ``version`` changes on every write (it is logged as evidence)."""
+    """(token, publisher) -> Consent: each publisher's tokens are its own namespace (the
+    operator's records, publisher "", are exchange-wide), so a publisher posting a token learns
+    nothing of another's. ``version`` changes on every write (it is logged as evidence)."""
 
     __slots__ = ("_by_token", "version")
 
     def __init__(self) -> None:
-        self._by_token: dict[str, Consent] = {}
+        self._by_token: dict[str, dict[str, Consent]] = {}  # token -> publisher -> record
         self.version = 0
 
-    def get(self, token: str) -> Consent | None:
-        return self._by_token.get(token)
+    def get(self, token: str, publisher: str | None = None) -> Consent | None:
+        """The record ``token`` names for ``publisher``: its own, else the operator's; with no
+        publisher (the harness, the operator) the operator's record, else the first posted."""
+        records = self._by_token.get(token)
+        if not records:
+            return None
+        if publisher:
+            return records.get(publisher) or records.get("")
+        return records.get("") or next(iter(records.values()))
+
+    def record(self, token: str, publisher: str) -> Consent | None:
+        """Exactly ``publisher``'s record of ``token`` (no fallback)."""
+        records = self._by_token.get(token)
+        return records.get(publisher) if records else None
+
+    def all(self, token: str) -> list[Consent]:
+        """Every record of ``token``, whichever publisher posted it."""
+        return list(self._by_token.get(token, {}).values())
 
     def add(self, consent: Consent) -> str:
-        """"created", "unchanged" (same record again) or "conflict" (token taken)."""
-        prior = self._by_token.get(consent.token)
+        """"created", "unchanged" (same record again) or "conflict" (the token already names
+        another record of the same publisher)."""
+        records = self._by_token.setdefault(consent.token, {})
+        prior = records.get(consent.publisher)
         if prior is not None:
             same = prior._replace(revoked_ns=None, revocation_channel="") == consent._replace(revoked_ns=None, revocation_channel="")
             return "unchanged" if same else "conflict"
-        self._by_token[consent.token] = consent
+        records[consent.publisher] = consent
         self.version += 1
         return "created"
 
-    def revoke(self, token: str, at_ns: int, channel: str = "") -> Consent | None:
-        """Mark the record revoked from ``at_ns`` (the earliest revocation wins); None if unknown."""
-        prior = self._by_token.get(token)
-        if prior is None:
+    def revoke(self, token: str, at_ns: int, channel: str = "", publisher: str | None = None) -> Consent | None:
+        """Mark ``publisher``'s record (None: every record of the token) revoked from ``at_ns``
+        (the earliest revocation wins); returns the one ``get`` would, None if unknown."""
+        records = self._by_token.get(token)
+        if not records:
             return None
-        if prior.revoked_ns is not None and prior.revoked_ns <= at_ns:
-            return prior
-        rec = prior._replace(revoked_ns=at_ns, revocation_channel=channel or prior.revocation_channel)
-        self._by_token[token] = rec
-        self.version += 1
-        return rec
+        if publisher is not None and publisher not in records:
+            return None
+        for who in [publisher] if publisher is not None else list(records):
+            prior = records[who]
+            if prior.revoked_ns is not None and prior.revoked_ns <= at_ns:
+                continue
+            records[who] = prior._replace(revoked_ns=at_ns, revocation_channel=channel or prior.revocation_channel)
+            self.version += 1
+        return records[publisher] if publisher is not None else self.get(token)
 
     def __len__(self) -> int:
-        return len(self._by_token)
+        return sum(len(r) for r in self._by_token.values())
 
 
 def consent_from_record(token: str, rec: dict[str, Any], publisher: str = "") -> Consent:

@@ -266,7 +266,7 @@ class Gate:
         if hit is not None:
             return _deny("internal_dnc", hit.scope, plan)
         # 7. a referenced consent revoked at or before the call
-        consent = st.consents.get(token) if token else None
+        consent = st.consents.get(token, publisher) if token else None  # this publisher's record (or the operator's)
         if consent is not None and publisher and consent.publisher and consent.publisher != publisher:
             consent = None  # another publisher's record: unknown to this one
         plan.consent = consent
@@ -363,7 +363,7 @@ class Gate:
         if not before_temporal:  # re-checked per candidate: opt-outs and revocations since
             if st.suppressions.hit(plan.e164, buyer, at_ns) is not None:
                 return "internal_dnc"
-            c = st.consents.get(plan.consent.token) if plan.consent is not None else None  # the record as it is now
+            c = st.consents.record(plan.consent.token, plan.consent.publisher) if plan.consent is not None else None  # as it is now
             if c is not None and c.revoked_ns is not None and c.revoked_ns <= at_ns:
                 return "consent_revoked"
         consent_ok = plan.consent_reason is None and plan.consent is not None and buyer in plan.consent.sellers

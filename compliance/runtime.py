@@ -254,7 +254,7 @@ class ComplianceRuntime:
                     elif kind == "consent":
                         st.consents.add(consent_from_record(e["token"], e["record"], e.get("publisher", "")))
                     elif kind == "revoke":
-                        st.consents.revoke(e["token"], int(e["at_ns"]), e.get("channel", ""))
+                        st.consents.revoke(e["token"], int(e["at_ns"]), e.get("channel", ""), e.get("publisher"))
                 except (KeyError, ValueError, TypeError) as exc:
                     log.error("compliance_journal_bad_entry", extra={"entry": str(e), "error": str(exc)})
         finally:
@@ -273,19 +273,28 @@ class ComplianceRuntime:
             self._append({"t": "consent", "token": token, "record": record, "publisher": publisher})
         return status
 
-    def revoke(self, token: str, at_ns: int, channel: str, scope: str, source: str) -> Any:
-        """Revoke a consent and put its number on the internal DNC (``scope``); None if unknown."""
-        consent = self.stores.consents.get(token)
-        if consent is None:
-            return None
+    def revoke(self, token: str, at_ns: int, channel: str, scope: str, source: str, publisher: str | None = None) -> Any:
+        """Revoke a consent and put its number on the internal DNC (``scope``); None if unknown.
+        ``publisher``: that publisher's record of the token only; None: every record of it (the
+        operator), or, for a buyer's scope, every record naming that buyer."""
+        st = self.stores.consents
+        found = [st.record(token, publisher)] if publisher is not None else st.all(token)
+        records = [c for c in found if c is not None]
         if scope.startswith("buyer:"):  # one seller's revocation: its own opt-out; the others' consent stands
-            if consent.phone is not None:
-                self.stores.suppressions.add(consent.phone, scope, at_ns, source or f"revocation:{channel}")
-            return consent._replace(revoked_ns=at_ns, revocation_channel=channel)
-        rec = self.stores.consents.revoke(token, at_ns, channel)
-        self._append({"t": "revoke", "token": token, "at_ns": at_ns, "channel": channel})
-        if consent.phone is not None:
-            self.stores.suppressions.add(consent.phone, scope, at_ns, source or f"revocation:{channel}")
+            buyer = scope[len("buyer:"):]
+            records = [c for c in records if buyer in c.sellers]
+            for c in records:
+                if c.phone is not None:
+                    self.stores.suppressions.add(c.phone, scope, at_ns, source or f"revocation:{channel}")
+            return records[0]._replace(revoked_ns=at_ns, revocation_channel=channel) if records else None
+        if not records:
+            return None
+        rec = st.revoke(token, at_ns, channel, publisher)
+        self._append({"t": "revoke", "token": token, "at_ns": at_ns, "channel": channel,
+                      **({"publisher": publisher} if publisher is not None else {})})
+        for c in records:
+            if c.phone is not None:
+                self.stores.suppressions.add(c.phone, scope, at_ns, source or f"revocation:{channel}")
         return rec
 
     def import_list(self, kind: str, files: list[Path], snapshot_date: str | None, state: str | None = None,

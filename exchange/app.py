@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
 from . import compliance_api, http
@@ -16,6 +18,7 @@ from .errors import Refused
 from .openapi import openapi
 from .service import Exchange
 from .settings import Settings
+from .urlguard import UrlGuard
 
 
 def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
@@ -56,9 +59,11 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(UrlGuard, routes=routes)],  # control characters in a URL: 422 before any handler
         exception_handlers={
             Refused: http.on_refused,
             HTTPException: http.on_starlette_http,
+            ClientDisconnect: http.on_disconnect,
             Exception: http.on_crash,
         },
     )

@@ -4,7 +4,10 @@ Every call runs ``prepare`` -> (the RTB desk fans out bid requests and waits at 
 ``tmax_ms``) -> ``decide`` -> notices. Between the two pure steps other calls and bids are
 served; ``decide`` re-checks every candidate, so nothing decided relies on stale state.
 A decision is answered at once; its hold and audit record are handed to the journal (not
-awaited). An event is answered once its money and audit records are durable.
+awaited) -- unless the call carries an ``Idempotency-Key``: then the key is part of the
+decision's audit record and the answer waits until that record is durable, so a retry after a
+crash gets the original decision back (``recorded``: the keys rebuilt at start, looked up in
+the store on use). An event is answered once its money and audit records are durable.
 """
 
 from __future__ import annotations
@@ -28,16 +31,18 @@ from .lifecycle import apply_event
 from .messages import CallEvent, CallFields, DecisionFields, EventResponse
 from .metrics import Metrics
 from .pipeline import decide, prepare
-from .recovery import decision_audit, event_audit, recorded_answer
+from .recovery import decision_audit, event_audit, recorded_answer, recorded_decision, recorded_keys
 from .rtb import RtbDesk
 
 
 class CallDesk:
-    __slots__ = ("core", "compliance", "rtb", "journal", "metrics", "clock", "keys", "in_flight", "draining")
+    __slots__ = ("core", "compliance", "rtb", "journal", "metrics", "clock", "keys", "recorded", "recorded_until_ns", "in_flight", "draining")
 
     def __init__(self, core: Core, compliance: ComplianceRuntime, rtb: RtbDesk, journal: Journal, metrics: Metrics, clock: WallClock) -> None:
         self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock = core, compliance, rtb, journal, metrics, clock
         self.keys: dict[tuple[str, str], CallId] = {}  # (publisher, Idempotency-Key) -> call id
+        self.recorded: dict[tuple[str, str], str] = {}  # the same, of keyed calls decided before the last start
+        self.recorded_until_ns = 0  # when those fall out of the retention window
         self.in_flight = 0  # calls being decided now
         self.draining = False
 
@@ -51,11 +56,20 @@ class CallDesk:
             await asyncio.sleep(0.01)
         return self.in_flight
 
-    def forget_keys(self) -> None:
-        """Drop idempotency keys of calls no longer in memory (the sweeper, now and then)."""
+    def forget_keys(self, now_ns: int = 0) -> None:
+        """Drop idempotency keys of calls no longer in memory (the sweeper, now and then), and
+        the keys restored at start once their retention window has passed."""
+        if self.recorded and now_ns >= self.recorded_until_ns:
+            self.recorded = {}
         if len(self.keys) > 2 * len(self.core.calls) + 1024:
             calls = self.core.calls
             self.keys = {k: v for k, v in self.keys.items() if v in calls}
+
+    async def restore_keys(self, now_ns: int, retention_ns: int) -> int:
+        """At start: the keys of the keyed calls decided in the retention window; how many."""
+        self.recorded = await recorded_keys(self.journal.store, now_ns - retention_ns)
+        self.recorded_until_ns = now_ns + retention_ns
+        return len(self.recorded)
 
     # ------------------------------------------------------------------ calls
     @staticmethod
@@ -89,11 +103,41 @@ class CallDesk:
                     raise Conflict("in_progress", "a call with this Idempotency-Key is being decided")
                 if rec.request != call:
                     raise Conflict("idempotency_conflict", "this Idempotency-Key was used with a different body")
+                await self.journal.ack(rec.durable_seq)  # a replay never answers before the original is durable
                 return rec.decision
+            if (publisher.id, idem_key) in self.recorded:
+                return await self._recorded_decision(publisher, idem_key, call)
         self.check_numbers(call)
         call_id = CallId("call_" + secrets.token_hex(8))
-        if idem_key is not None:
-            self.keys[(publisher.id, idem_key)] = call_id
+        if idem_key is None:
+            rec = await self._decide(publisher, call, call_id, None)
+            assert rec.decision is not None
+            return rec.decision
+        key = (publisher.id, idem_key)
+        self.keys[key] = call_id
+        try:
+            rec = await self._decide(publisher, call, call_id, idem_key)
+        except BaseException:
+            if call_id not in core.calls:  # never decided: the key is free again (not "in progress" forever)
+                self.keys.pop(key, None)
+            raise
+        await self.journal.ack(rec.durable_seq)  # keyed: answered once the decision (and its key) is durable
+        assert rec.decision is not None
+        return rec.decision
+
+    async def _recorded_decision(self, publisher: Account, idem_key: str, call: CallFields) -> DecisionFields:
+        call_id = self.recorded[(publisher.id, idem_key)]
+        try:
+            with self.journal.reading():
+                decision = await recorded_decision(self.journal.store, publisher.id, call_id, call)
+        except ValueError as exc:
+            raise Conflict("idempotency_conflict", str(exc)) from None
+        if decision is None:
+            raise Unavailable("ledger_unavailable", "the decision of this Idempotency-Key cannot be read now", retry_after_s=1)
+        return decision
+
+    async def _decide(self, publisher: Account, call: CallFields, call_id: CallId, idem_key: str | None) -> CallRecord:
+        core = self.core
         t0 = perf_counter_ns()
         p = prepare(core, call, publisher.id, call_id, self.clock.now_ns())
         if p.verdict.pending is not None:  # the shared (Redis) frequency counter: the one awaited compliance step
@@ -111,9 +155,11 @@ class CallDesk:
         rec.decision = msgspec.structs.replace(rec.decision, decision_us=decision_us, rtb_wait_us=wait_us)
         self.metrics.decision_us.observe(decision_us)
         self.metrics.count_call(rec.decision.decision, rec.decision.reason)
+        rec.durable_seq = self.journal.record(decision_audit(rec, idem_key))  # the hold and the decision: written, not awaited
+        if rec.status == "rejected":
+            core.trim(rec)
         self.rtb.notify(notices)
-        rec.durable_seq = self.journal.record(decision_audit(rec))  # the hold and the decision: written, not awaited
-        return rec.decision
+        return rec
 
     def owned(self, account: Account, call_id: str) -> CallRecord:
         """A call in memory visible to ``account`` (its publisher, or the operator)."""

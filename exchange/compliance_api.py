@@ -6,12 +6,16 @@
   unusable file answers 422 ``import_rejected`` and the list in force stays.
 * ``POST /v1/dnc/state/{ST}?snapshot_date=...`` (admin): the same for a state's list.
 * ``POST /v1/consents`` (publisher or admin): a consent record; 201 created, 200 when the same
-  record is posted again, 409 when the token already names a different record.
+  record is posted again, 409 when the token already names a different record *of the same
+  poster*: tokens are scoped per publisher (the operator's are exchange-wide), so a publisher
+  learns nothing of another's tokens, and a call's ``consent_token`` names the submitting
+  publisher's record (else the operator's).
 * ``POST /v1/consents/{token}/revoke`` (admin, buyer or publisher; optional body
   ``{"revoked_at"?, "channel"?, "scope"?}``): marks the consent revoked and puts its number
   on the internal DNC, exchange-wide (a buyer's revocation: that buyer only). A publisher
   may revoke only the consents it posted, a buyer only those naming it among the sellers;
-  any other token answers 404, as an unknown one does.
+  any other token answers 404, as an unknown one does. The operator's revocation covers every
+  record of the token.
 """
 
 from __future__ import annotations
@@ -168,12 +172,14 @@ async def post_revoke(request: Request) -> Response:
         scope = "exchange"
     at_ns = _instant(req.revoked_at, "revoked_at") if req.revoked_at is not None else ex.clock.now_ns()
     token = request.path_params["token"]
-    if caller.kind != "operator":  # a tenant revokes only a consent it is party to; others' tokens are unknown to it
-        consent = ex.compliance.stores.consents.get(token)
-        party = consent is not None and (consent.publisher == caller.id if caller.kind == "publisher" else caller.id in consent.sellers)
-        if not party:
-            raise NotFound("unknown_consent", f"no consent with token {token!r}")
-    rec = ex.compliance.revoke(token, at_ns, req.channel or "api", scope, caller.id)
+    consents = ex.compliance.stores.consents
+    if caller.kind == "publisher":  # a tenant revokes only a consent it is party to; others' tokens are unknown to it
+        party = consents.record(token, caller.id) is not None
+    else:
+        party = caller.kind == "operator" or any(caller.id in c.sellers for c in consents.all(token))
+    if not party:
+        raise NotFound("unknown_consent", f"no consent with token {token!r}")
+    rec = ex.compliance.revoke(token, at_ns, req.channel or "api", scope, caller.id, caller.id if caller.kind == "publisher" else None)
     if rec is None:
         raise NotFound("unknown_consent", f"no consent with token {token!r}")
     return reply({"token": token, "number": rec.phone, "revoked_at": rfc3339(rec.revoked_ns), "scope": scope})

@@ -104,7 +104,12 @@ class Connection:
             asyncio.get_running_loop().create_task(self.close(1008, "send queue full: slow consumer"))
             return False
         encode = msgpack_encoder.encode if self.binary else json_encoder.encode
-        out.append([encode(m) for m in msg] if type(msg) is list else encode(msg))  # a list: one frame's answers
+        try:
+            frame = [encode(m) for m in msg] if type(msg) is list else encode(msg)  # a list: one frame's answers
+        except (OverflowError, TypeError, ValueError) as exc:  # decoding refuses what cannot be encoded; never a 500
+            log.error("encode_failed", extra={"account": self.account.id, "message": type(msg).__name__, "error": str(exc)})
+            return False
+        out.append(frame)
         self._wake()
         return True
 

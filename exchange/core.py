@@ -7,6 +7,8 @@ return values; the async edges own the clock, the sockets and the durable writes
 
 from __future__ import annotations
 
+import msgspec
+
 from billing.ledger import Ledger
 from billing.records import CallOutcome
 from compliance.gate import Gate
@@ -65,7 +67,7 @@ class CallRecord:
 
 
 class Core:
-    __slots__ = ("settings", "book", "ledger", "gate", "dedupe", "clock", "calls", "active", "finished", "stats")
+    __slots__ = ("settings", "book", "ledger", "gate", "dedupe", "clock", "calls", "active", "finished", "stats", "_evidence")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -78,6 +80,22 @@ class Core:
         self.active: dict[str, CallRecord] = {}
         self.finished: list[tuple[int, str]] = []  # (final_ns, call id), in order, for retention
         self.stats = Stats()
+        self._evidence: dict[bytes, dict[str, object]] = {}  # interned evidence of trimmed calls
+
+    def trim(self, rec: CallRecord) -> None:
+        """Keep of a rejected call (once its decision record is handed to the writer) only what
+        ``GET /v1/calls/{id}`` and an idempotent replay read: its request, decision, status and
+        times; its evidence is shared with the other calls that had the same."""
+        rec.consumer = rec.caller = rec.state = None
+        rec.bids, rec.routes = (), ()
+        rec.events, rec.history = _NO_EVENTS, _NO_HISTORY  # a rejected call takes no event (refused before any write)
+        key = _evidence_key(rec.evidence)
+        shared = self._evidence.get(key)
+        if shared is None:
+            if len(self._evidence) >= 4096:
+                self._evidence.clear()
+            shared = self._evidence[key] = rec.evidence
+        rec.evidence = shared
 
     def finish(self, rec: CallRecord, status: str, now_ns: int) -> None:
         """End a call; a routed call's outcome goes to the ledger's outbox (reconciliation
@@ -103,6 +121,11 @@ class Core:
         if n:
             del self.finished[:n]
         return n
+
+
+_evidence_key = msgspec.json.Encoder().encode
+_NO_EVENTS: dict[str, tuple[object, EventResponse]] = {}  # shared by every trimmed call: never written
+_NO_HISTORY: list[tuple[int, str, int]] = []
 
 
 class Stats:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import time
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ from .ratelimit import RateLimiter
 from .service import Exchange
 
 JSON = "application/json"
+log = logging.getLogger("exchange.http")
 T = TypeVar("T")
 
 
@@ -362,13 +364,20 @@ async def healthz(request: Request) -> Response:
     return reply({"status": "ok"})
 
 
+LEDGER_STATES = {
+    "starting": "the ledger writer is starting",
+    "down": "the ledger database is unreachable; the writer keeps its records and retries",
+    "stopped": "the ledger writer stopped: the database refused a batch",
+}
+
+
 async def readyz(request: Request) -> Response:
     ex = _exchange(request)
     if not ex.ready:
         return error_response(503, "not_ready", "the exchange is starting or draining")
     writer = ex.journal.writer
-    if writer.state != "up":
-        return error_response(503, "ledger_" + writer.state, writer.error or "the ledger writer is not up")
+    if writer.state != "up":  # the database's own text is for the operator's log, not for anyone asking
+        return error_response(503, "ledger_" + writer.state, LEDGER_STATES.get(writer.state, "the ledger writer is not up"))
     return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend})
 
 
@@ -392,6 +401,12 @@ async def on_starlette_http(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 500)
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
     return error_response(status, code, str(getattr(exc, "detail", "")) or code)
+
+
+async def on_disconnect(request: Request, exc: Exception) -> Response:
+    """A client gone before its body was read: one log line, no traceback; the answer goes nowhere."""
+    log.info("client_disconnected", extra={"path": request.url.path, "method": request.method})
+    return Response(status_code=400)
 
 
 async def on_crash(request: Request, exc: Exception) -> Response:

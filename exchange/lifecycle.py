@@ -97,11 +97,11 @@ def apply_event(core: Core, rec: CallRecord, key: str, ev: CallEvent, now_ns: in
     if ev.event == "completed" and ev.duration_s is None:
         return Invalid("invalid_message", "a completed event needs duration_s", "$.duration_s"), []
     r = rec.routes[rec.index]
+    if ev.event == "connected" and rec.status == "connected":  # refused: no trace in the history
+        return Conflict("already_connected", "the call is already connected"), []
     notices: list[Notice] = []
     rec.history.append((now_ns, ev.event, rec.index))
     if ev.event == "connected":
-        if rec.status == "connected":
-            return Conflict("already_connected", "the call is already connected"), []
         rec.status = "connected"
         rec.expires_ns = now_ns + core.settings.max_call_s * NS
         notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="connected")))

@@ -5,6 +5,11 @@ server, the tests, the benchmarks and the load test all import these types: nobo
 wire JSON by hand. Constraints live in the types (``Annotated[int, Meta(...)]``) so a bad
 field is reported with its JSON path.
 
+Text is checked here too: no wire text field takes a C0 control character (NUL included),
+except the free prose of a consent's ``disclosure_text`` and a refund's ``reason`` (tab, line
+feed, carriage return); integers in ``tags`` are those MessagePack can carry (signed or
+unsigned 64 bits). So every decoded message can be encoded again, in JSON and in MessagePack.
+
 Wire messages do not forbid unknown fields (clients may be newer than the server). They are
 acyclic values, so they opt out of the cyclic garbage collector (``gc=False``): fewer
 tracked objects per decision means fewer and shorter collection pauses on the hot path.
@@ -20,6 +25,15 @@ import msgspec
 from msgspec import Meta, Struct
 
 # ---------------------------------------------------------------- field types
+NO_C0 = r"^[^\x00-\x1f]*(?!\n)$"  # no C0 control character (NUL .. US) anywhere
+PROSE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"  # the same, but tab, line feed and carriage return
+
+
+def text(max_length: int, min_length: int = 0) -> Meta:
+    """A wire text field: at most ``max_length`` characters, no control characters."""
+    return Meta(min_length=min_length, max_length=max_length, pattern=NO_C0)
+
+
 MAX_CENTS = 1_000_000  # $10,000 per call: anything above is treated as absurd input
 Cents = Annotated[int, Meta(ge=0, le=MAX_CENTS)]
 PositiveCents = Annotated[int, Meta(ge=1, le=1_000_000_000_00)]
@@ -28,14 +42,16 @@ Vertical = Annotated[str, Meta(min_length=1, max_length=48, pattern=r"^[a-z0-9_]
 StateCode = Annotated[str, Meta(pattern=r"^[A-Z]{2}(?!\n)$")]
 AreaCode = Annotated[int, Meta(ge=200, le=999)]
 HHMM = Annotated[str, Meta(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)(?!\n)$")]
-Destination = Annotated[str, Meta(max_length=256, pattern=r"^(\+[1-9][0-9]{6,14}|sips?:[^\s]+)(?!\n)$")]
-Phone = Annotated[str, Meta(min_length=1, max_length=32)]
+Destination = Annotated[str, Meta(max_length=256, pattern=r"^(\+[1-9][0-9]{6,14}|sips?:[^\s\x00-\x1f]+)(?!\n)$")]
+Phone = Annotated[str, text(32, 1)]
 Seconds = Annotated[int, Meta(ge=0, le=86_400)]
 AwareTime = Annotated[datetime, Meta(tz=True)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Direction = Literal["inbound", "outbound"]
-TagValue = Union[str, int, float, bool, None]
-Tags = Annotated[dict[str, TagValue], Meta(max_length=32)]
+TagText = Annotated[str, Meta(pattern=NO_C0)]
+TagValue = Union[TagText, int, float, bool, None]  # an int: signed or unsigned 64 bits (CallFields.__post_init__)
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what MessagePack can carry (msgspec bounds stop at int64)
+Tags = Annotated[dict[TagText, TagValue], Meta(max_length=32)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
@@ -49,7 +65,7 @@ class Message(Struct, tag_field="type", frozen=True, kw_only=True, omit_defaults
 class Schedule(Struct, frozen=True, kw_only=True):
     """Open hours per weekday in the campaign's own IANA time zone."""
 
-    tz: Annotated[str, Meta(min_length=1, max_length=64)]
+    tz: Annotated[str, text(64, 1)]
     hours: dict[Weekday, list[tuple[HHMM, HHMM]]] = {}
 
 
@@ -104,7 +120,7 @@ class RtbBid(Message, tag="rtb_bid", frozen=True, kw_only=True):
 
 class NoBid(Message, tag="no_bid", frozen=True, kw_only=True):
     request_id: Id
-    reason: Annotated[str, Meta(max_length=128)] | None = None
+    reason: Annotated[str, text(128)] | None = None
 
 
 class Ping(Message, tag="ping", frozen=True, kw_only=True):
@@ -184,12 +200,18 @@ class CallFields(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False
     callee: Phone | None = None
     state: StateCode | None = None
     zip: Annotated[str, Meta(pattern=r"^[0-9]{5}(?!\n)$")] | None = None
-    consent_token: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    consent_token: Annotated[str, text(128, 1)] | None = None
     tags: Tags = {}
     tmax_ms: Annotated[int, Meta(ge=0, le=60_000)] | None = None
     floor_cents: Cents = 0
     origin: Literal["consumer_dialed", "callback", "warm_transfer"] | None = None
     dial_mode: Literal["manual", "autodialed", "prerecorded"] | None = None
+
+    def __post_init__(self) -> None:  # at decode (msgspec makes the ValueError a ValidationError)
+        if self.tags:
+            for k, v in self.tags.items():
+                if type(v) is int and not INT_MIN <= v <= INT_MAX:
+                    raise ValueError(f"Expected an integer of at most 64 bits (signed or unsigned) for tag {k!r} - at `$.tags[...]`")
 
 
 class CallRequest(CallFields, frozen=True, kw_only=True):
@@ -253,7 +275,7 @@ class EventResponse(Struct, frozen=True, kw_only=True, gc=False):
 # ---------------------------------------------------------------- accounts and admin
 class AccountCreate(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     kind: Literal["buyer", "publisher"]
-    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    name: Annotated[str, text(128, 1)]
     credit_limit_cents: Annotated[int, Meta(ge=0, le=1_000_000_000_00)] = 0
 
 
@@ -267,13 +289,13 @@ class AccountCreated(Struct, frozen=True, kw_only=True):
 
 class Deposit(Struct, frozen=True, kw_only=True):
     amount_cents: PositiveCents
-    reference: Annotated[str, Meta(min_length=1, max_length=128)]
+    reference: Annotated[str, text(128, 1)]
 
 
 class RefundRequest(Struct, frozen=True, kw_only=True):
     amount_cents: PositiveCents | None = None  # absent: whatever of the charge is not yet refunded
-    reference: Annotated[str, Meta(min_length=1, max_length=128)] | None = None  # or the Idempotency-Key header
-    reason: Annotated[str, Meta(max_length=500)] = ""
+    reference: Annotated[str, text(128, 1)] | None = None  # or the Idempotency-Key header
+    reason: Annotated[str, Meta(max_length=500, pattern=PROSE)] = ""
 
 
 class RefundLeg(Struct, frozen=True, kw_only=True):
@@ -311,16 +333,16 @@ class ConsentAddress(Struct, frozen=True, kw_only=True, omit_defaults=True):
 class ConsentCreate(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """POST /v1/consents: a consent record captured at lead intake (COMPLIANCE.md §5)."""
 
-    token: Annotated[str, Meta(min_length=1, max_length=128)]
+    token: Annotated[str, text(128, 1)]
     phone: Phone
     sellers: Annotated[list[Id], Meta(min_length=1, max_length=100)]
     created_at: AwareTime
     expires_at: AwareTime | None = None
-    vendor: Annotated[str, Meta(max_length=64)] | None = None
-    cert_id: Annotated[str, Meta(max_length=512)] | None = None
-    disclosure_text: Annotated[str, Meta(max_length=8192)] | None = None
-    ip: Annotated[str, Meta(max_length=64)] | None = None
-    page_url: Annotated[str, Meta(max_length=2048)] | None = None
+    vendor: Annotated[str, text(64)] | None = None
+    cert_id: Annotated[str, text(512)] | None = None
+    disclosure_text: Annotated[str, Meta(max_length=8192, pattern=PROSE)] | None = None
+    ip: Annotated[str, text(64)] | None = None
+    page_url: Annotated[str, text(2048)] | None = None
     address: ConsentAddress | None = None
 
 
@@ -328,7 +350,7 @@ class ConsentRevoke(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """POST /v1/consents/{token}/revoke: optional body (defaults: now, exchange scope)."""
 
     revoked_at: AwareTime | None = None
-    channel: Annotated[str, Meta(max_length=64)] | None = None
+    channel: Annotated[str, text(64)] | None = None
     scope: Literal["exchange", "buyer"] | None = None
 
 

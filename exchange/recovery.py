@@ -36,16 +36,20 @@ from routing.auction import PlannedRoute
 
 from .accounts import Accounts
 from .core import CallRecord, Core
-from .messages import CallEvent, CallRequest, DecisionFields, EventResponse
+from .messages import CallEvent, CallFields, CallRequest, DecisionFields, EventResponse
 from .settings import Settings
 
 NS = 1_000_000_000
+KEY_FIELD = "idempotency_key"  # a decision record's submission key (absent: the call had none)
 
 
-def decision_audit(rec: CallRecord) -> AuditEvent:
-    """The audit record of a decision: the request, the compliance verdict with its evidence,
-    the bids considered, the winner and price, and the routing plan."""
+def decision_audit(rec: CallRecord, key: str | None = None) -> AuditEvent:
+    """The audit record of a decision: the request (with its ``Idempotency-Key`` if it had one),
+    the compliance verdict with its evidence, the bids considered, the winner and price, and the
+    routing plan."""
+    body: dict[str, Any] = {} if key is None else {KEY_FIELD: key}
     return AuditEvent(rec.created_ns, "decision", rec.call_id, rec.consumer.e164 if rec.consumer is not None else None, {
+        **body,
         "publisher": rec.publisher,
         "request": rec.request,
         "decision": rec.decision,
@@ -146,3 +150,29 @@ async def recorded_answer(store: Store, publisher: str | None, call_id: str, key
                     raise ValueError("this Idempotency-Key was used with a different body")
                 return msgspec.convert(body["response"], EventResponse)
     raise LookupError(call_id)
+
+
+async def recorded_keys(store: Store, since_ns: int) -> dict[tuple[str, str], str]:
+    """(publisher, Idempotency-Key) -> call id of every keyed decision recorded since
+    ``since_ns``: what the call desk's key index is rebuilt from at start. Only the key and the
+    publisher are read (the database extracts them; bodies stay there)."""
+    if store.backend == "postgres":
+        pub, key = "body::jsonb->>'publisher'", f"body::jsonb->>'{KEY_FIELD}'"
+    else:
+        pub, key = "json_extract(body, '$.publisher')", f"json_extract(body, '$.{KEY_FIELD}')"
+    rows = await store.fetch(
+        f"SELECT call_id, {pub}, {key} FROM audit WHERE kind = 'decision' AND at_ns >= ? AND body LIKE ?",
+        since_ns, f'%"{KEY_FIELD}":"%')
+    return {(p, k): c for c, p, k in rows if p is not None and k is not None}
+
+
+async def recorded_decision(store: Store, publisher: str, call_id: str, call: CallFields) -> DecisionFields | None:
+    """The recorded decision of a keyed call no longer in memory (None: not on record).
+    Raises ValueError when ``call`` is not the body the key was first used with."""
+    rows = await store.audit_query(call_id, None, None, None, limit=10)
+    decision = next((_body(r) for r in rows if r.kind == "decision"), None)
+    if decision is None or decision["publisher"] != publisher:
+        return None
+    if msgspec.convert(decision["request"], type(call)) != call:
+        raise ValueError("this Idempotency-Key was used with a different body")
+    return msgspec.convert(decision["decision"], DecisionFields)

@@ -88,18 +88,20 @@ class RtbDesk:
         ``tmax_ms``; returns (answers, microseconds waited)."""
         t0 = perf_counter_ns()
         rnd = RtbRound()
-        for buyer, req in requests:
-            conns = self.buyers.get(buyer)
-            if conns and conns[0].send(req):
-                rnd.expected[req.request_id] = buyer
-                rnd.via[req.request_id] = conns[0]
-                self.rounds[req.request_id] = rnd
-        self.metrics.rtb_requests += len(rnd.expected)
-        if rnd.expected:
-            try:
-                await asyncio.wait_for(rnd.done.wait(), tmax_ms / 1000)
-            except TimeoutError:
-                pass
+        try:
+            for buyer, req in requests:
+                conns = self.buyers.get(buyer)
+                if conns and conns[0].send(req):
+                    rnd.expected[req.request_id] = buyer
+                    rnd.via[req.request_id] = conns[0]
+                    self.rounds[req.request_id] = rnd
+            self.metrics.rtb_requests += len(rnd.expected)
+            if rnd.expected:
+                try:
+                    await asyncio.wait_for(rnd.done.wait(), tmax_ms / 1000)
+                except TimeoutError:
+                    pass
+        finally:  # whatever happened (a timeout, a cancelled call, a failed send), the round is closed
             for rid, buyer in rnd.expected.items():
                 self.rounds.pop(rid, None)
                 self._close(rid, buyer)

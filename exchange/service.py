@@ -57,7 +57,9 @@ class Exchange:
         gcpolicy.watch(self.metrics)
         await self.journal.open()
         await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
-        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, self.clock.now_ns())
+        now = self.clock.now_ns()
+        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now)
+        await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.ready = True
@@ -91,7 +93,7 @@ class Exchange:
                 self.rtb.notify(expire_due(self.core, now))
                 self.journal.record()
                 self.core.forget_before(now - self.settings.call_retention_s * 1_000_000_000)
-                self.desk.forget_keys()
+                self.desk.forget_keys(now)
             except Exception:  # the sweeper must outlive a bad record; the bug is logged
                 log.exception("sweeper_failed")
 

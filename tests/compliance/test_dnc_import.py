@@ -295,3 +295,25 @@ def test_an_xml_file_is_refused_not_guessed_at(rt, tmp_path):
     with pytest.raises(ImportAborted, match="no valid number"):
         rt.import_list("national", [xml], "2026-04-10")
     assert not (tmp_path / "data" / "national.dnc").exists()
+
+
+def test_consent_tokens_are_per_publisher_and_replay_so(tmp_path):
+    """Two publishers may hold the same token (issue 13): each its own record, a publisher's
+    revocation touches its own, and a second process replaying the journal agrees."""
+    gate = Gate()
+    rt = ComplianceRuntime(gate, tmp_path)
+    rec = {"sellers": ["b"], "created_at": "2026-04-01T00:00:00Z"}
+    assert rt.add_consent("lead-1", {**rec, "phone": "+12127365000"}, "p1") == "created"
+    assert rt.add_consent("lead-1", {**rec, "phone": "+12127365001"}, "p2") == "created"
+    assert rt.add_consent("lead-1", {**rec, "phone": "+12127365002"}, "p2") == "conflict"  # p2's own record
+    consents = gate.stores.consents
+    assert consents.get("lead-1", "p1").phone == "+12127365000" and consents.get("lead-1", "p2").phone == "+12127365001"
+    assert consents.get("lead-1", "p3") is None and len(consents) == 2
+    assert rt.revoke("lead-1", 10, "sms_stop", "exchange", "p2", "p2").phone == "+12127365001"
+    other = Gate()
+    rt2 = ComplianceRuntime(other, tmp_path)
+    rt2.apply(rt2.scan())
+    for st in (consents, other.stores.consents):
+        assert st.record("lead-1", "p2").revoked_ns == 10 and st.record("lead-1", "p1").revoked_ns is None
+    assert rt.revoke("lead-1", 20, "api", "exchange", "op").phone == "+12127365000"  # the operator: every record
+    assert consents.record("lead-1", "p1").revoked_ns == 20 and consents.record("lead-1", "p2").revoked_ns == 10

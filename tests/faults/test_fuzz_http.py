@@ -294,7 +294,8 @@ def hostile_cases(ex: Exchange) -> list[tuple[str, str, str, dict, int, str | No
         # unknown ids
         ("unknown account balance", "GET", "/v1/accounts/b_nope/balance", {"headers": admin}, 404, "unknown_account"),
         ("unknown account deposit", "POST", "/v1/accounts/b_nope/deposits", {"json": {"amount_cents": 5, "reference": "u"}, "headers": admin}, 404, "unknown_account"),
-        ("unicode account id", "GET", "/v1/accounts/%E2%98%83%00/statement", {"headers": admin}, 404, "unknown_account"),
+        ("unicode account id", "GET", "/v1/accounts/%E2%98%83/statement", {"headers": admin}, 404, "unknown_account"),
+        ("NUL in an account id", "GET", "/v1/accounts/%E2%98%83%00/statement", {"headers": admin}, 422, "invalid_message"),
         ("unknown call", "GET", "/v1/calls/call_nope", {"headers": pub}, 404, "unknown_call"),
         ("event on an unknown call", "POST", "/v1/calls/call_nope/events", {"json": {"event": "completed", "duration_s": 90}, "headers": {**pub, **idem}}, 404, "unknown_call"),
         ("refund of an unknown call", "POST", "/v1/calls/call_nope/refund", {"json": {"reference": "x"}, "headers": admin}, 404, "unknown_call"),

@@ -399,6 +399,11 @@ def _decodes_as_buyer(msg: object) -> bool:
     return False
 
 
+def WIRE_TEXT(max_size: int) -> st.SearchStrategy[str]:  # noqa: N802 - a strategy, named like the others
+    """Text a wire text field takes: no C0 control character (issue 13)."""
+    return st.text(st.characters(min_codepoint=0x20, blacklist_categories=("Cs",)), max_size=max_size)
+
+
 def bad_text(pattern: str, max_size: int = 70) -> st.SearchStrategy[str]:
     return st.text(max_size=max_size).filter(lambda s: not _matches(pattern, s))
 
@@ -458,7 +463,7 @@ def bad_other(draw) -> Item:
         return Item({**msg, broken: draw(value)}, good=False)
     if kind == "no_bid":
         if draw(st.booleans()):
-            return Item({"type": "no_bid", "request_id": "req_none", "reason": draw(st.text(max_size=20))}, good=False, semantic=True)
+            return Item({"type": "no_bid", "request_id": "req_none", "reason": draw(WIRE_TEXT(20))}, good=False, semantic=True)
         return Item({"type": "no_bid", "request_id": "req_none", "reason": "r" * draw(st.integers(129, 2000))}, good=False)
     if kind == "unknown_type":
         t = draw(st.one_of(st.text(max_size=12).filter(lambda s: s not in BUYER_TYPES),
@@ -772,6 +777,8 @@ BAD_CALL_VALUES = [
     ("floor_cents", MAX_CENTS + 1), ("floor_cents", 1.5), ("tags", {str(i): i for i in range(33)}), ("tags", {"a": [1]}),
     ("tags", []), ("consent_token", ""), ("consent_token", "t" * 129), ("origin", "mars"), ("dial_mode", "robot"),
     ("callee", 5), ("type", "calls"), ("type", None), ("type", "ping2"),
+    # control characters in any text field (issue 13)
+    ("caller", "+1312555\x000100"), ("consent_token", "t\x1b"), ("tags", {"k\x00": 1}), ("tags", {"k": "line\nfeed"}),
 ]
 SEMANTIC_CALL_VALUES = [{"caller": "not-a-number"}, {"caller": "+1"}, {"caller": "\U0001f600"}, {"direction": "outbound"},
                         {"direction": "outbound", "callee": "abc"}]
@@ -792,7 +799,7 @@ def publisher_item(draw) -> Item:
     if kind == "good":
         extra = draw(st.fixed_dictionaries({}, optional={
             "state": st.sampled_from(sorted(US_STATES)), "zip": st.from_regex(r"\A[0-9]{5}\Z"),
-            "tags": st.dictionaries(st.text(max_size=8), st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8)), max_size=32),
+            "tags": st.dictionaries(WIRE_TEXT(8), st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), WIRE_TEXT(8)), max_size=32),
             "tmax_ms": st.integers(0, 50), "floor_cents": st.integers(0, MAX_CENTS), "x_future": st.integers(0, 9)}))
         return Item({**base, **extra}, good=True, delta=Counter(calls_in_memory=1), answer="decision")
     if kind == "ping":

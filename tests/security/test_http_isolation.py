@@ -383,19 +383,26 @@ def test_consents_cannot_be_taken_over_or_revoked_by_another_tenant(world: World
     tok = "iso-" + secrets.token_hex(4)
     consent = world.consent(tok, n, [t.a.id])
     assert http.post("/v1/consents", json=consent, headers=t.p1.auth).status_code == 201
-    for body in (consent, {**consent, "sellers": [t.b.id]}, {**consent, "phone": world.numbers[2]}):
-        r = http.post("/v1/consents", json=body, headers=t.p2.auth)
-        assert r.status_code == 409, r.text  # the token is p1's: p2 can neither claim nor change it
+    # tokens are per publisher: p2 posting the same token makes its own record (a 409 would tell
+    # it p1 has one), and neither claims nor changes p1's
+    theirs = {**consent, "sellers": [t.b.id], "phone": world.numbers[2]}
+    r = http.post("/v1/consents", json=theirs, headers=t.p2.auth)
+    assert r.status_code == 201, r.text
+    r = http.post("/v1/consents", json={**theirs, "sellers": [t.a.id]}, headers=t.p2.auth)
+    assert r.status_code == 409, r.text  # a conflict with p2's own record only
     assert http.post("/v1/consents", json={**consent, "sellers": [t.b.id]}, headers=t.b.auth).status_code == 403
     d = world.call_out(n, tok)
     assert d["decision"] == "routed" and d["route"]["buyer"] == t.a.id, d
-    # nor borrow it: p2's call citing p1's token is refused as if the token did not exist
-    borrowed = world.call_out(n, tok, t.p2)
+    # nor borrow it: p2's call citing p1's token (p2's own record names another phone and
+    # buyer) is refused as if the token did not exist
+    tok2 = "iso-" + secrets.token_hex(4)
+    assert http.post("/v1/consents", json={**consent, "token": tok2}, headers=t.p1.auth).status_code == 201
+    borrowed = world.call_out(n, tok2, t.p2)
     assert borrowed["decision"] == "rejected" and borrowed["reason"] == world.call_out(n, "no-such-token", t.p2)["reason"], borrowed
     unknown = http.post("/v1/consents/no-such-token/revoke", headers=t.p2.auth)
     assert unknown.status_code == 404
     for tenant, body in ((t.p2, None), (t.p2, {"channel": "sms_stop"}), (t.b, None), (t.b, {"scope": "buyer"})):
-        r = http.post(f"/v1/consents/{tok}/revoke", json=body, headers=tenant.auth)
+        r = http.post(f"/v1/consents/{tok2}/revoke", json=body, headers=tenant.auth)
         assert r.status_code == 404 and r.json()["error"]["code"] == unknown.json()["error"]["code"], (tenant, body, r.text)
     d = world.call_out(n, tok)
     assert d["decision"] == "routed" and d["route"]["buyer"] == t.a.id, d  # still consented, no opt-out added

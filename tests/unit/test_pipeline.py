@@ -237,3 +237,21 @@ def test_publisher_may_only_lower_tmax():
     assert p.tmax_ms == 80
     p = prepare(world.core, call(tmax_ms=20), "p1", "c", world.clock.now_ns())
     assert p.tmax_ms == 20
+
+
+def test_a_trimmed_rejected_call_keeps_what_get_and_replay_read_and_takes_no_event(world: World):
+    from exchange.core import _NO_EVENTS, _NO_HISTORY
+
+    first, _ = world.submit()
+    second, _ = world.submit(call("+13125550100"))
+    assert first.status == second.status == "rejected"
+    request, decision = first.request, first.decision
+    world.core.trim(first)
+    world.core.trim(second)
+    assert first.request is request and first.decision is decision and first.status == "rejected"
+    assert first.evidence is second.evidence and first.evidence["reason"]  # shared, still whole
+    assert first.consumer is None and first.bids == () and first.route is None
+    for ev in ("connected", "completed", "failed"):
+        out, notices = world.event(first, ev, duration_s=10)
+        assert getattr(out, "code", None) == "call_finished" and not notices
+    assert _NO_EVENTS == {} and _NO_HISTORY == []

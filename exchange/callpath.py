@@ -21,6 +21,7 @@ from .errors import BadRequest, Refused, TooLarge
 from .http import admit, check_key, limits_of, status_of
 from .messages import CallEvent, CallRequest, ErrorBody, ErrorDetail, json_encoder
 from .service import Exchange
+from .urlguard import C0, C0_QUERY
 
 log = logging.getLogger("exchange")
 
@@ -48,13 +49,13 @@ class CallPath:
         return getattr(self.app, name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
+        if scope["type"] == "http" and scope["method"] == "POST" and not C0_QUERY.search(scope["query_string"]):
+            path: str = scope["path"]  # (a URL with a control character goes to the app, whose UrlGuard refuses it)
             if path == "/v1/calls":
                 return await self._serve(scope, receive, send, None)
             if path.startswith("/v1/calls/") and path.endswith("/events"):
                 call_id = path[10:-7]
-                if call_id and "/" not in call_id:
+                if call_id and "/" not in call_id and not C0.search(call_id):
                     return await self._serve(scope, receive, send, call_id)
         await self.app(scope, receive, send)
 
@@ -69,7 +70,7 @@ class CallPath:
             if exc.retry_after_s is not None:
                 headers.append((b"retry-after", str(exc.retry_after_s).encode()))
         except ClientGone:
-            log.info("client_gone", extra={"path": scope["path"]})
+            log.info("client_disconnected", extra={"path": scope["path"], "method": "POST"})
             return
         except Exception:
             log.exception("request_failed", extra={"path": scope["path"]})

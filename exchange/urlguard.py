@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .http import error_response
 
-_C0 = re.compile(r"[\x00-\x1f]")
-_C0_QUERY = re.compile(rb"%[01][0-9a-fA-F]|[\x00-\x1f]")
+C0 = re.compile(r"[\x00-\x1f]")
+C0_QUERY = re.compile(rb"%[01][0-9a-fA-F]|[\x00-\x1f]")
 
 
 class UrlGuard:
@@ -28,7 +28,7 @@ class UrlGuard:
         self.app, self.routes = app, routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (_C0.search(scope["path"]) or _C0_QUERY.search(scope["query_string"])):
+        if scope["type"] == "http" and (C0.search(scope["path"]) or C0_QUERY.search(scope["query_string"])):
             where = self._where(scope)
             await error_response(422, "invalid_message", "control characters are not allowed in a URL", where)(scope, receive, send)
             return
@@ -37,14 +37,14 @@ class UrlGuard:
     def _where(self, scope: Scope) -> str:
         """The JSON path of the first parameter holding a control character ("$": the path itself)."""
         for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
-            if _C0.search(name):
+            if C0.search(name):
                 return "$"
-            if _C0.search(value):
+            if C0.search(value):
                 return f"$.{name}"
         for route in self.routes:
             match, child = route.matches(scope)
             if match is not Match.NONE:
                 for name, value in child.get("path_params", {}).items():
-                    if isinstance(value, str) and _C0.search(value):
+                    if isinstance(value, str) and C0.search(value):
                         return f"$.{name}"
         return "$"

@@ -25,12 +25,14 @@ def test_a_nul_byte_is_refused_to_its_request_alone_and_the_ledger_goes_on(pg_da
     try:
         admin = server.admin
         bad = server.http.post("/v1/accounts", json={"kind": "publisher", "name": "Acme\u0000Calls"}, headers=admin)
+        # refused at decode now (issue 13 D1), before the store; the writer's own refusal of a record
+        # the database will not take is tested against both stores in test_poison_records
         assert bad.status_code == 422, bad.text
-        assert bad.json()["error"]["code"] == "record_refused" and "p_" in bad.json()["error"]["message"], bad.text
+        assert bad.json()["error"]["code"] in ("invalid_message", "record_refused"), bad.text
         buyer_id, _ = server.account("buyer", "After NUL", deposit=5_000)
         assert balance(server, buyer_id) == 5_000
         dep = server.http.post(f"/v1/accounts/{buyer_id}/deposits", json={"amount_cents": 7, "reference": "r\u0000x"}, headers=admin)
-        assert dep.status_code == 422 and dep.json()["error"]["code"] == "record_refused", dep.text
+        assert dep.status_code == 422 and dep.json()["error"]["code"] in ("invalid_message", "record_refused"), dep.text
         assert balance(server, buyer_id) == 5_000  # the refused deposit moved nothing, here or in the store
         for i in range(5):
             ok = server.http.post(f"/v1/accounts/{buyer_id}/deposits", json={"amount_cents": 10, "reference": f"d{i}"}, headers=admin)
@@ -48,12 +50,12 @@ def test_a_nul_byte_is_refused_to_its_request_alone_and_the_ledger_goes_on(pg_da
         assert done.status_code == 200, done.text
         url = f"/v1/calls/{call}/refund"
         r = server.http.post(url, json={"amount_cents": 1000, "reference": "r1", "reason": "dis\u0000pute"}, headers=admin)
-        assert r.status_code == 422 and r.json()["error"]["code"] == "record_refused", r.text
+        assert r.status_code == 422 and r.json()["error"]["code"] in ("invalid_message", "record_refused"), r.text
         r = server.http.post(url, json={"amount_cents": 1000, "reference": "r1", "reason": "dispute"}, headers=admin)
         assert r.status_code == 201 and r.json()["refunded_total_cents"] == 1000, r.text
         assert balance(server, m.buyer_id) == 50_000 - 4000 + 1000
         metrics = server.http.get("/metrics").text
-        assert "exchange_ledger_records_refused 3" in metrics and "exchange_ledger_writer_up 1" in metrics
+        assert "exchange_ledger_writer_up 1" in metrics
         m.buyer.close()  # type: ignore[attr-defined]
     finally:
         stop_server(server)

@@ -3,7 +3,8 @@
 A minimal Starlette app on uvicorn, with the same uvicorn transport settings as the exchange,
 whose buyer WebSocket endpoint only decodes each frame with
 ``exchange.codec.decode_buyer_frame`` (nothing is applied) and answers a ``ping`` with a
-``pong`` carrying its ``seq``. A frame that does not decode gets the ``error`` messages the
+``pong`` carrying its ``seq`` (and any other message carrying a ``seq`` with an ``ack``, so the
+load test's buyers can set up against it: ``loadtest.ceiling``). A frame that does not decode gets the ``error`` messages the
 decoder produced (free on the happy path) so a load generator can prove its frames are valid.
 
 The ``pong`` carries one extra optional field, ``messages``: how many messages this connection
@@ -26,7 +27,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from exchange.codec import decode_buyer_frame
-from exchange.messages import Ping, json_encoder
+from exchange.messages import Ack, Ping, json_encoder
 
 if TYPE_CHECKING:
     import uvicorn
@@ -77,6 +78,8 @@ async def buyers_ws(websocket: WebSocket) -> None:
         for msg in good:
             if type(msg) is Ping:
                 await websocket.send_text(json_encoder.encode(CountedPong(seq=msg.seq, messages=decoded)).decode())
+            elif getattr(msg, "seq", None) is not None:  # a load generator waits for its campaigns' acks
+                await websocket.send_text(json_encoder.encode(Ack(seq=msg.seq)).decode())
 
 
 async def readyz(request: Request) -> Response:

@@ -69,14 +69,16 @@ def pure_rate(book: list[list[Campaign]], reqs: list[PublisherCall], times_us: l
     return len(reqs) / (time.perf_counter() - t0)
 
 
-def server_rate(target, book: list[list[Campaign]], reqs: list[PublisherCall], seconds: float, batch: int,
-                decision_us: list[int] | None = None) -> tuple[float, dict]:
+def open_market(target, book: list[list[Campaign]]) -> tuple[list, str, threading.Event]:
+    """Ten funded buyers with ``book``'s campaigns on open sockets whose notices are read and
+    dropped (a real buyer reads them) until the returned event is set; one publisher."""
     buyers, publishers = target.provision(BUYERS, 1, [], "decisions")
     ws_url = target.base.replace("http://", "ws://")
     stop = threading.Event()
     socks = []
     for acct, cs in zip(buyers, book):
-        ws = connect(f"{ws_url}/v1/buyers/ws", additional_headers={"Authorization": f"Bearer {acct.key}"}, max_size=None)
+        ws = connect(f"{ws_url}/v1/buyers/ws", additional_headers={"Authorization": f"Bearer {acct.key}"}, max_size=None,
+                     ping_interval=None)
         for start in range(0, len(cs), 500):
             chunk = cs[start:start + 500]
             ws.send(json_encoder.encode([*chunk[:-1], msgspec.structs.replace(chunk[-1], seq=1)]).decode())
@@ -84,19 +86,28 @@ def server_rate(target, book: list[list[Campaign]], reqs: list[PublisherCall], s
                 pass
         socks.append(ws)
 
-    def drain(ws) -> None:  # the buyers read their notices (a real buyer does)
-        while not stop.is_set():
-            try:
-                ws.recv(timeout=0.2)
-            except TimeoutError:
-                continue
-            except Exception:
-                return
+    def drain(ws) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    ws.recv(timeout=0.2)
+                except TimeoutError:
+                    continue
+        except Exception:
+            return
+        finally:
+            ws.close()
 
-    readers = [threading.Thread(target=drain, args=(ws,), daemon=True) for ws in socks]
-    for t in readers:
-        t.start()
-    pub = connect(f"{ws_url}/v1/publishers/ws", additional_headers={"Authorization": f"Bearer {publishers[0].key}"}, max_size=None)
+    for ws in socks:
+        threading.Thread(target=drain, args=(ws,), daemon=True).start()
+    return publishers, ws_url, stop
+
+
+def server_rate(target, book: list[list[Campaign]], reqs: list[PublisherCall], seconds: float, batch: int,
+                decision_us: list[int] | None = None) -> tuple[float, dict]:
+    publishers, ws_url, stop = open_market(target, book)
+    pub = connect(f"{ws_url}/v1/publishers/ws", additional_headers={"Authorization": f"Bearer {publishers[0].key}"}, max_size=None,
+                  ping_interval=None)
     frames = [json_encoder.encode(reqs[i:i + batch]).decode() for i in range(0, len(reqs) - batch + 1, batch)]
     decided = errors = sent = 0
     outstanding = 0
@@ -124,8 +135,6 @@ def server_rate(target, book: list[list[Campaign]], reqs: list[PublisherCall], s
     wall, cpu = time.perf_counter() - t0, proc_cpu_s(target.pid) - cpu0
     stop.set()
     pub.close()
-    for ws in socks:
-        ws.close()
     return decided / cpu, {"decided": decided, "errors": errors, "wall_s": round(wall, 2), "server_cpu_s": round(cpu, 2),
                            "per_wall_s": round(decided / wall), "outcomes": kinds}
 

@@ -236,6 +236,10 @@ def summary(res: dict[str, Any]) -> str:
     c, p, f, m = res["config"], res["plan"], res["figures"], res["machine"]
     L = []
     verdict = "PASS" if res["passed"] else "FAIL"
+    ceiling, bids = res.get("ceiling"), res["figures"].get("bids_per_s")
+    misses = [ch["name"] for ch in res["checks"] if not ch["ok"]]
+    if misses == ["bids_per_s"] and ceiling and bids is not None and bids >= 0.95 * ceiling["bids_per_s"]:
+        verdict = "FAIL (host-bound: the exchange took what this host's load generator could offer; see ceiling)"
     L.append(f"=== loadtest run: {verdict} " + "=" * 50)
     L.append(f"offered   {c['bids_per_s']:,.0f} bids/s in frames of {p['batch']} · {c['calls_per_s']:g} calls/s · "
              f"{c['duration']:g} s measured after {c['warmup']:g} s warm-up")
@@ -293,6 +297,12 @@ def summary(res: dict[str, Any]) -> str:
     L.append("")
     for ch in res["checks"]:
         L.append(f"check     {'ok  ' if ch['ok'] else 'MISS'} {ch['name']:<16} {_f(ch['value'])}  (want {ch['want']})")
+    if ceiling:
+        share = f"; the exchange took {bids / ceiling['bids_per_s']:.0%} of it" if bids and ceiling["bids_per_s"] else ""
+        L.append(f"ceiling   the same Locust buyers offered a bare transport on this host {_f(ceiling['bids_per_s'])} bids/s "
+                 f"over {ceiling['seconds']:g} s (skipped {ceiling['bids_skipped']:,}){share}")
+    elif "ceiling" in res:
+        L.append("ceiling   could not be measured (see ceiling/ in the results folder)")
     return "\n".join(L) + "\n"
 
 

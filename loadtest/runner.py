@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from . import report
+from .ceiling import bare_ceiling
 from .plan import Account, Plan, encode_plan
 from .target import ROOT, Target, child_env, free_port, machine_busy_s, proc_cpu_s, start_exchange
 from .workload import suppressed_numbers
@@ -72,6 +73,7 @@ class Config:
     expect_remote_workers: int = 0
     exchange_env: dict[str, str] = field(default_factory=dict)
     quiet: bool = False
+    ceiling: bool = True  # a bid-rate miss measures the host's bare-transport ceiling (loadtest.ceiling)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -105,6 +107,8 @@ def add_run_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--exchange-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the exchange this command starts (repeatable)")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="on a bid-rate miss, do not measure the host's bare-transport ceiling (loadtest.ceiling)")
     t = ap.add_argument_group("thresholds (a miss exits with status 1)")
     t.add_argument("--min-bids-per-s", type=float, default=100_000.0, help="sustained bids/s ingested by the exchange")
     t.add_argument("--max-decision-p99-us", type=float, default=1000.0, help="decision_us p99 in the window")
@@ -129,7 +133,7 @@ def config_from(args: argparse.Namespace) -> Config:
         ineligible=args.ineligible, unfunded_buyers=args.unfunded_buyers,
         ring_bids=args.ring_bids, setup_timeout=args.setup_timeout, out=args.out,
         master_bind_host=args.master_bind_host, master_bind_port=args.master_bind_port,
-        expect_remote_workers=args.expect_remote_workers, exchange_env=env, quiet=args.quiet,
+        expect_remote_workers=args.expect_remote_workers, exchange_env=env, quiet=args.quiet, ceiling=not args.no_ceiling,
         thresholds=Thresholds(args.min_bids_per_s, args.max_decision_p99_us, args.max_errors, args.min_calls_ratio,
                               args.rate_tolerance),
     )
@@ -247,6 +251,10 @@ def run_load(cfg: Config, target: Target | None = None,
                            {"master": master.p.returncode if master else None,
                             "workers": [w.p.returncode for w in workers], "exchange": server_exit},
                            environment())
+    if not next((c["ok"] for c in results["checks"] if c["name"] == "bids_per_s"), True) and cfg.ceiling:
+        if not cfg.quiet:
+            print("the exchange took less than the offered bid rate: measuring this host's bare-transport ceiling", flush=True)
+        results["ceiling"] = bare_ceiling(cfg, plan, out / "ceiling")
     report.write(out, results)
     status = 0 if results["passed"] else 1
     if not cfg.quiet:

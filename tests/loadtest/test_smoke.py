@@ -59,3 +59,23 @@ def test_loadtest_run_smoke(tmp_path: Path) -> None:
     assert int(rows[("POST", "POST /v1/calls")]["Request Count"]) > 10
     assert int(rows[("", "Aggregated")]["Failure Count"]) == 0
     assert "PASS" in (out / "summary.txt").read_text()
+
+
+def test_a_bid_rate_miss_measures_the_hosts_bare_transport_ceiling(tmp_path: Path) -> None:
+    """A run that cannot meet its bid-rate threshold (here: one no host could meet) measures, in
+    the same run, what the same Locust buyers offer a bare transport, and says whether the host
+    or the exchange fell short."""
+    out = tmp_path / "results"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = [sys.executable, "-m", "loadtest", "run", "--bids-per-s", "2000", "--calls-per-s", "0", "--duration", "3",
+            "--warmup", "1", "--workers", "1", "--buyers", "2", "--publishers", "1", "--campaigns", "200", "--batch", "10",
+            "--setup-timeout", "30", "--min-bids-per-s", "1000000000", "--out", str(out)]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 1, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    res = json.loads((out / "results.json").read_text())
+    ceiling = res["ceiling"]
+    assert ceiling is not None, proc.stdout[-3000:]
+    assert 1_800 <= ceiling["bids_per_s"] <= 2_200, ceiling  # the bare transport took what was offered
+    summary = (out / "summary.txt").read_text()
+    assert "host-bound" in summary and "ceiling   the same Locust buyers offered a bare transport" in summary, summary

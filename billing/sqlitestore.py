@@ -11,15 +11,62 @@ IGNORE`` would also drop a row that breaks a CHECK constraint, silently).
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from collections.abc import Callable
 
 from .store import Batch, BatchRefused, Store, StoreUnavailable, migrations
 
 T = TypeVar("T")
+
+
+def _settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if fut.cancelled():
+        return
+    if exc is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(exc)
+
+
+class _Thread:
+    """The one thread that owns the connection: calls run on it in order, and each result
+    comes back to the loop with a single ``call_soon_threadsafe`` (no executor future chained
+    to an asyncio one: that bookkeeping was a tenth of an acknowledged event's loop time)."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="sqlite-store", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        calls = self.calls
+        while True:
+            item = calls.get()
+            if item is None:
+                return
+            loop, fut, fn, args = item
+            try:
+                result, exc = fn(*args), None
+            except BaseException as e:  # handed to the awaiting task
+                result, exc = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, exc)
+            except RuntimeError:  # the loop is closed: nobody awaits it any more
+                pass
+
+    def submit(self, fn: Callable[..., Any], args: tuple) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.calls.put((loop, fut, fn, args))
+        return fut
+
+    def stop(self) -> None:
+        self.calls.put(None)
+        self.thread.join()
 
 
 class SqliteStore(Store):
@@ -30,10 +77,13 @@ class SqliteStore(Store):
         self.synchronous = synchronous  # FULL: every commit is fsynced (acknowledged survives power loss)
         self.url = f"sqlite:///{path}"
         self.db: sqlite3.Connection | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._thread: _Thread | None = None  # started on first use
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        thread = self._thread
+        if thread is None:
+            thread = self._thread = _Thread()
+        return await thread.submit(fn, args)
 
     # ------------------------------------------------------------------ thread side
     def _open(self) -> None:
@@ -110,7 +160,9 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         await self._run(self._close)
-        self._pool.shutdown(wait=True)
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
 
     async def reconnect(self) -> None:
         await self._run(self._close)

@@ -100,6 +100,15 @@ def _fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], Aud
             audit.append(chain(account_audit(r)))
 
 
+class _Expired(Exception):
+    """A waiter's timeout (raised into its own future only)."""
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 class Writer:
     def __init__(self, store: Store, max_batch: int = 5000, max_pending: int = 200_000, retry_max_s: float = 2.0,
                  linger_s: float = 0.0) -> None:
@@ -177,14 +186,18 @@ class Writer:
             return
         if self.state == "stopped":
             raise StoreRefused(self.error or "the ledger writer stopped")
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._n += 1
         heapq.heappush(self._waiters, (seq, self._n, fut))
         self._urgent.set()
+        timer = loop.call_later(timeout_s, _expire, fut)  # (cheaper than wait_for + shield, on every acknowledged write)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
+            await fut
+        except _Expired:
             raise StoreUnavailable(self.error or "the ledger is not durable yet") from None
+        finally:
+            timer.cancel()
 
     async def flush(self, timeout_s: float) -> None:
         """Return once everything put is committed or refused (refusals went to their callers)."""

@@ -58,7 +58,7 @@ def run_once(campaigns: int, bids_per_call: int, calls: int, seed: int, ineligib
             core.ledger.post(deposit(buyer_account(buyer), 10**13, f"d{b}", 0))
         book = buyer_campaigns(b, per, seed, rtb=0, ineligible=ineligible, top=b >= BUYERS, weekday=weekday)
         for c in book:
-            core.book.upsert(buyer, c)
+            core.upsert_campaign(buyer, c, NOW_NS)
         ring = bid_payloads(book, FRAME, max(FRAME, bids_per_call * calls // BUYERS), seed + b)
         frames.extend((buyer, decoder.decode(p)) for p in ring)
     random.Random(seed).shuffle(frames)

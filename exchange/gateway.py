@@ -155,7 +155,7 @@ class BuyerFrames:
         book, buyer = self.book, self.buyer
         if isinstance(msg, Campaign):
             try:
-                book.upsert(buyer, msg)
+                self.exchange.core.upsert_campaign(buyer, msg, self.exchange.clock.now_ns())
             except CampaignError as exc:  # the book's refusal, as the wire's error
                 return error_message(Invalid(exc.code, str(exc), exc.path), msg.seq, path)
             self.metrics.campaign_upserts += 1

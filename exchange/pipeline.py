@@ -165,3 +165,4 @@ def _reject(core: Core, rec: CallRecord, reason: str, rule: str | None, now_ns: 
 
 
 __all__ = ["Prepared", "prepare", "decide"]
+

@@ -64,6 +64,8 @@ class Candidate(CampaignLike, Protocol):
     def id(self) -> str: ...
     @property
     def dedupe_days(self) -> int: ...
+    @property
+    def bid_cents(self) -> int: ...
 
 
 def refusal(m: Market, st: Candidate, consumer: Consumer | None, direction: str, area_code: int | None, price: int, now_ns: int) -> str | None:
@@ -113,3 +115,20 @@ def reopens_at(clock: LocalClock, c: CampaignLike, why: str, now_ns: int) -> int
     else:
         return None
     return None if ahead is None else (lt.minute_bucket + ahead) * NS_PER_MINUTE
+
+
+def idle_refusal(m: Market, st: Candidate, now_ns: int) -> str | None:
+    """Why ``st`` can take no call at all now, whatever the call (the schedule closed, a cap or
+    its daily budget spent, concurrency full, its buyer's funds plus credit below its bid), or
+    None. The reasons that depend on the call (direction, area code, the caller) are not
+    asked."""
+    schedule = st.schedule
+    lt = m.clock.at(schedule.zone if schedule is not None else UTC, now_ns)
+    if schedule is not None and not schedule.is_open(lt):
+        return Refusal.SCHEDULE
+    why = st.capacity.refusal(st.limits, lt, st.bid_cents)
+    if why is not None:
+        return why
+    if st.bid_cents > 0 and not m.ledger.can_cover(st.account, st.bid_cents):
+        return Refusal.FUNDS
+    return None

@@ -44,7 +44,7 @@ class World:
     def place(self, buyer: str, c: Campaign, funds: int | None = 1_000_000) -> None:
         if funds is not None and self.core.ledger.balance(buyer_account(buyer)) == 0:
             self.fund(buyer, funds)
-        self.core.book.upsert(buyer, c)
+        self.core.upsert_campaign(buyer, c, self.clock.now_ns())
 
     def consent(self, callee: str, *buyers: str) -> str:
         """What a compliant outbound call needs: a fresh national DNC snapshot (loaded if

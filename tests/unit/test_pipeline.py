@@ -255,3 +255,26 @@ def test_a_trimmed_rejected_call_keeps_what_get_and_replay_read_and_takes_no_eve
         out, notices = world.event(first, ev, duration_s=10)
         assert getattr(out, "code", None) == "call_finished" and not notices
     assert _NO_EVENTS == {} and _NO_HISTORY == []
+
+
+def test_a_campaign_that_can_take_no_call_now_is_parked_on_arrival_and_comes_back_on_its_event(world: World):
+    """Closed by its schedule, or bid above its buyer's funds: parked when it arrives (never in
+    the heaps a decision walks), back at the schedule's opening or on a deposit that covers it."""
+    book = world.core.book
+    world.place("b1", campaign("tokyo", bid_cents=5000, schedule=Schedule(tz="Asia/Tokyo", hours={"thu": [("09:00", "17:00")]})))
+    world.place("b2", campaign("broke", bid_cents=9000), funds=None)  # b2 has no funds at all
+    world.place("b3", campaign("open", bid_cents=1000))
+    assert book.parked == 2 and book.scanned == 0
+    rec, _ = world.submit()
+    assert rec.decision.route.campaign == "open"
+    alone = World()
+    alone.place("b3", campaign("open", bid_cents=1000))
+    alone.submit()
+    assert book.scanned == alone.core.book.scanned == 1, "the decision looked only at the campaign that can take the call"
+    world.fund("b2", 10_000)
+    rec, _ = world.submit()
+    assert rec.decision.route.campaign == "broke"  # the deposit brought it back
+    world.clock.t = NOON_NY_NS + 9 * 3600 * 1_000_000_000  # 01:00 UTC Thursday = 10:00 in Tokyo
+    rec, _ = world.submit()
+    assert rec.decision.route.campaign == "tokyo"  # its schedule's opening brought it back
+    assert book.parked == 1  # "broke" again: the hold of its first call left b2 less than its bid

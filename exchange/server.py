@@ -185,6 +185,9 @@ def uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        # longer than a client pool keeps an idle connection (uvicorn's 5 s closed them while a
+        # publisher sent its next event on them: a reset the client cannot tell from a crash)
+        timeout_keep_alive=settings.http_keepalive_s,
         **extra,
     )
 

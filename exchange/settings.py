@@ -45,6 +45,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # calls per CPU-second over the publisher socket (bench.decisions: 2,434 -> 5,316), as it no
     # longer compresses every notice and decision, and a hostile client cannot make it inflate
     ws_compression: bool = False
+    http_keepalive_s: Annotated[int, Meta(ge=1, le=3600)] = 65  # an idle keep-alive HTTP connection is closed after this
     idle_timeout_s: Annotated[int, Meta(ge=5, le=86_400)] = 120  # a socket silent this long is closed (1001)
     ack_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 5_000  # an event waits this long for durability, then 503
     writer_max_batch: Annotated[int, Meta(ge=1)] = 5_000

@@ -54,11 +54,17 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/accounts/{account_id}/balance"): ("operator", "owner"),
     ("GET", "/v1/accounts/{account_id}/statement"): ("operator", "owner"),
     ("POST", "/v1/calls"): ("publisher",),
-    ("GET", "/v1/calls/{call_id}"): ("publisher", "operator"),
+    ("GET", "/v1/calls/{call_id}"): ("publisher", "operator", "buyer"),
     ("POST", "/v1/calls/{call_id}/events"): ("publisher", "operator"),
     ("POST", "/v1/calls/{call_id}/refund"): ("operator",),
     ("GET", "/v1/audit"): ("operator",),
     ("POST", "/v1/suppressions"): ("operator", "buyer"),
+    ("GET", "/v1/calls"): ("operator", "publisher", "buyer"),
+    ("GET", "/v1/reports"): ("operator", "publisher", "buyer"),
+    ("POST", "/v1/dnc/national"): ("operator",),
+    ("POST", "/v1/dnc/state/{state}"): ("operator",),
+    ("POST", "/v1/consents"): ("operator", "publisher"),
+    ("POST", "/v1/consents/{token}/revoke"): ("operator", "publisher", "buyer"),
 }
 
 

@@ -255,3 +255,13 @@ def test_a_trimmed_rejected_call_keeps_what_get_and_replay_read_and_takes_no_eve
         out, notices = world.event(first, ev, duration_s=10)
         assert getattr(out, "code", None) == "call_finished" and not notices
     assert _NO_EVENTS == {} and _NO_HISTORY == []
+
+
+def test_a_foreign_or_service_number_that_nobody_takes_gets_its_own_reason(world: World):
+    world.place("b1", campaign("ny_only", bid_cents=3000, states=["NY"]))
+    rec, _ = world.submit(call("+442079460958"))  # London
+    assert (rec.decision.decision, rec.decision.reason) == ("rejected", "foreign_number")
+    rec, _ = world.submit(call("+18002752273"))  # toll-free
+    assert (rec.decision.decision, rec.decision.reason) == ("rejected", "non_geographic_number")
+    rec, _ = world.submit(call("+14155550100"))  # California: a US number nobody targets stays no_eligible_bid
+    assert rec.decision.reason == "no_eligible_bid"

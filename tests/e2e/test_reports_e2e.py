@@ -101,7 +101,7 @@ def test_calls_list_as_csv(world):
 
 def test_a_buyer_lists_and_reads_the_calls_its_routes_rang_and_nothing_else(world):
     s, ids = world["s"], world["ids"]
-    (a_id, ha), (b_id, hb) = world["a"], world["b"]
+    (a_id, ha), (_, hb) = world["a"], world["b"]
     assert [c["call_id"] for c in _list(s, ha)["calls"]] == [ids[k] for k in ("c5", "c3", "c2", "c1")]
     assert [c["call_id"] for c in _list(s, hb)["calls"]] == [ids["c2"]]
     mine = s.http.get(f"/v1/calls/{ids['c2']}", headers=hb)

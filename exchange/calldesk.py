@@ -149,7 +149,7 @@ class CallDesk:
             v = await self.compliance.settle(p.verdict, call_id)
             p = p._replace(verdict=v) if v.allow else p._replace(verdict=v, bid_requests=())
         t1 = perf_counter_ns()
-        answers, wait_us = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None)
+        answers, wait_us, declined = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None, set())
         t2 = perf_counter_ns()
         rec, notices = decide(core, p, answers, self.clock.now_ns())
         if rec.status == "routed" and rec.route is not None:  # an inbound call is the consumer's inquiry (EBR)
@@ -161,19 +161,19 @@ class CallDesk:
         self.metrics.decision_us.observe(decision_us)
         self.metrics.count_call(rec.decision.decision, rec.decision.reason)
         rec.durable_seq = self.journal.record(decision_audit(rec, idem_key))  # the hold and the decision: written, not awaited
-        self._count(rec, p.floor_cents, p.bid_requests, answers)
+        self._count(rec, p.floor_cents, p.bid_requests, answers, declined)
         if rec.status == "rejected":
             core.trim(rec)
         self.rtb.notify(notices)
         return rec
 
-    def _count(self, rec: CallRecord, floor_cents: int, asked: tuple[tuple[BuyerId, BidRequest], ...], answers: dict) -> None:
+    def _count(self, rec: CallRecord, floor_cents: int, asked: tuple[tuple[BuyerId, BidRequest], ...], answers: dict, declined: set[str]) -> None:
         """The decision into the report aggregate and the call logs (a few dict updates)."""
         assert rec.decision is not None
         self.tally.decided(
             rec.created_ns, rec.publisher, rec.vertical, rec.state, rec.decision.reason,
             [(r.buyer, r.campaign) for r in rec.routes], [(b, c, x) for b, c, x, _ in rec.bids], floor_cents,
-            [(b, q.campaign) for b, q in asked], {(b, q.campaign) for b, q in asked if q.request_id in answers} if asked else frozenset(),
+            [(b, q.campaign, "ineligible" if q.request_id in answers else "no_bid" if q.request_id in declined else "timeout") for b, q in asked],
         )
         self.log.decided(rec.call_id, rec.publisher, rec.created_ns)
         if rec.status == "routed" and rec.route is not None:

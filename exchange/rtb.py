@@ -36,12 +36,13 @@ class LateAnswer(Refused):
 
 
 class RtbRound:
-    __slots__ = ("expected", "via", "answers", "done")
+    __slots__ = ("expected", "via", "answers", "done", "declined")
 
     def __init__(self) -> None:
         self.expected: dict[str, BuyerId] = {}  # request id -> buyer id
         self.via: dict[str, Sender] = {}  # request id -> the connection it was sent on
         self.answers: Answers = {}
+        self.declined: set[str] = set()  # request ids answered with no_bid
         self.done = asyncio.Event()
 
 
@@ -83,9 +84,9 @@ class RtbDesk:
                 conns[0].send(msg)
 
     # ------------------------------------------------------------------ rounds
-    async def ask(self, requests: Sequence[tuple[BuyerId, BidRequest]], tmax_ms: int) -> tuple[Answers, int]:
+    async def ask(self, requests: Sequence[tuple[BuyerId, BidRequest]], tmax_ms: int) -> tuple[Answers, int, set[str]]:
         """Send the bid requests to the buyers' sockets and wait for their answers, at most
-        ``tmax_ms``; returns (answers, microseconds waited)."""
+        ``tmax_ms``; returns (answers, microseconds waited, request ids answered with no_bid)."""
         t0 = perf_counter_ns()
         rnd = RtbRound()
         try:
@@ -106,7 +107,7 @@ class RtbDesk:
                 self.rounds.pop(rid, None)
                 self._close(rid, buyer)
             self.metrics.rtb_timeouts += len(rnd.expected)
-        return rnd.answers, (perf_counter_ns() - t0) // 1000
+        return rnd.answers, (perf_counter_ns() - t0) // 1000, rnd.declined
 
     def answer(self, buyer: BuyerId, msg: RtbBid | NoBid) -> Refused | None:
         """Take one buyer's answer to a bid request; the refusal to send back, if any."""
@@ -119,6 +120,8 @@ class RtbDesk:
         if isinstance(msg, RtbBid):
             rnd.answers[rid] = (msg, self.next_seq())
             self.metrics.rtb_answers += 1
+        else:
+            rnd.declined.add(rid)
         del rnd.expected[rid], rnd.via[rid]
         self.rounds.pop(rid, None)
         self._close(rid, buyer)

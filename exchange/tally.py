@@ -72,10 +72,11 @@ class Tally:
     # ------------------------------------------------------------------ updates
     def decided(self, created_ns: int, publisher: str, vertical: str, state: str | None, reason: str,
                 routes: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str, int]], floor_cents: int,
-                asked: Iterable[tuple[str, str]] = (), answered: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> None:
+                asked: Iterable[tuple[str, str, str]] = ()) -> None:
         """One decision. ``routes``: (buyer, campaign) of the plan, winner first; ``bids``:
         (buyer, campaign, bid_cents) considered; ``asked``: live bid requests sent (buyer,
-        campaign); ``answered``: those that got an answer in time."""
+        campaign, its outcome when its answer was not considered: ``timeout``, ``no_bid`` or
+        ``ineligible``)."""
         hour = self._hour(created_ns)
         st = state or ""
         plan = list(routes)
@@ -95,12 +96,11 @@ class Tally:
             outcome = "won" if k == 0 else "fallback" if k is not None else "below_floor" if bid_cents < floor_cents else "outbid"
             outcomes[(buyer, campaign)] = outcome
             self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, k == 0, False)
-        for buyer, campaign in asked:
+        for buyer, campaign, outcome in asked:
             known = outcomes.get((buyer, campaign))
             if known is not None:  # answered and considered: counted above; add the request
                 _cell(hour.bids, (buyer, campaign, publisher, vertical, st, known))[RTB] += 1
                 continue
-            outcome = "timeout" if (buyer, campaign) not in answered else "ineligible"
             outcomes[(buyer, campaign)] = outcome
             self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, False, True)
 

@@ -34,7 +34,7 @@ def test_the_demo_summary_adds_up_and_shows_progress():
 
     def parts(head: str) -> int:
         block = next(b for b in blocks if b.startswith(head))
-        return sum(_n(m.group(1)) for m in re.finditer(r"^    .+?\s([\d,]+)(?:\s{3}.*)?$", block, re.M))
+        return sum(_n(m.group(1)) for m in re.finditer(r"^    .+? ([\d,]+)(?: {3}.*)?$", block, re.M))
 
     assert parts("routed") == top["routed"], summary
     assert parts("rejected") == top["rejected"], summary

@@ -112,6 +112,18 @@ async def get_call(request: Request) -> Response:
 
 
 # ------------------------------------------------------------------ lists
+def _query(request: Request, *names: str) -> dict[str, str | None]:
+    """The query parameters ``names`` (None when absent); one given empty is refused."""
+    q = request.query_params
+    out: dict[str, str | None] = {}
+    for name in names:
+        raw = q.get(name)
+        if raw == "":
+            raise Invalid("invalid_query", f"{name} is empty: give a value or leave it out", f"$.{name}")
+        out[name] = raw
+    return out
+
+
 def _int(raw: str | None, name: str, default: int, lo: int, hi: int) -> int:
     if raw is None or raw == "":
         return default
@@ -131,13 +143,13 @@ def _csv(columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> Response:
 async def list_calls(request: Request) -> Response:
     account = auth(request, "publisher", "operator", "buyer")
     ex = _exchange(request)
-    q = request.query_params
-    lo, hi = _when(q.get("from"), "from"), _when(q.get("to"), "to")
-    status = q.get("status") or None
+    q = _query(request, "from", "to", "status", "limit", "cursor")
+    lo, hi = _when(q["from"], "from"), _when(q["to"], "to")
+    status = q["status"]
     if status is not None and status not in STATUSES:
         raise Invalid("invalid_query", f"status must be one of: {', '.join(STATUSES)}", "$.status")
-    limit = _int(q.get("limit"), "limit", 100, 1, 1000)
-    cursor = _int(q.get("cursor"), "cursor", -1, 0, (1 << 62)) if q.get("cursor") else None
+    limit = _int(q["limit"], "limit", 100, 1, 1000)
+    cursor = _int(q["cursor"], "cursor", -1, 0, (1 << 62)) if q["cursor"] is not None else None
     owner = None if account.kind == "operator" else account.id
     recs, after = ex.desk.log.page(owner, ex.core.calls, lo, hi, (lambda r: r.status == status) if status else _any, limit, cursor)
     recs = [r for r in recs if visible(account, r)]
@@ -171,13 +183,13 @@ def report_row(kind: str, key: object, c: list[int]) -> dict[str, Any]:
 async def get_reports(request: Request) -> Response:
     account = auth(request, "publisher", "operator", "buyer")
     ex = _exchange(request)
-    q = request.query_params
-    group_by = q.get("group_by") or "hour"
+    q = _query(request, "from", "to", "group_by")
+    group_by = q["group_by"] or "hour"
     if group_by not in GROUPS:
         raise Invalid("invalid_query", f"group_by must be one of: {', '.join(GROUPS)}", "$.group_by")
     now = ex.clock.now_ns()
-    hi = _when(q.get("to"), "to") or now
-    lo = _when(q.get("from"), "from")
+    hi = _when(q["to"], "to") or now
+    lo = _when(q["from"], "from")
     lo = hi - DAY_NS if lo is None else lo
     if lo >= hi:
         raise Invalid("invalid_query", "from must be before to", "$.from")

@@ -150,7 +150,7 @@ def test_schemathesis(api, faults, method: str, path: str, mode: GenerationMode)
         pytest.skip("nothing in this operation to make invalid")
     roles = ROLES.get((method, path), ("none",))
     params = [p["name"] for p in spec["parameters"] if p["in"] == "path"]
-    real_ids = {"account_id": [ex.buyer_id, ex.pub_id], "call_id": [ex.routed, ex.charged]}
+    real_ids = {"account_id": [ex.buyer_id, ex.pub_id], "call_id": [ex.routed, ex.charged], "state": ["TX", "CA"], "token": ["tok-fuzz-1", "tok-fuzz-2"]}
     fives: list[str] = []
     # POST /v1/calls and refunds take an Idempotency-Key of any length, the document says at most
     # 128 (see test_repro_long_idempotency_key_is_refused): pinned here so the rest gets fuzzed

@@ -39,6 +39,7 @@ _ENUM = re.compile(r"^Invalid (?:enum )?value (.+)$", re.S)
 _BOUND = re.compile(r"^Expected `(int|float|str|array|object)`(?: of length)? (>=|<=|>|<) (-?[0-9.e+]+)$")
 _TYPE = re.compile(r"^Expected `([^`]+)`, got `([^`]+)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`$")
+_WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # listed in the week's order, not the alphabet's
 _SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\.\.\.|[0-9]+)\]")
 
 
@@ -101,7 +102,8 @@ def _walk(t: Any, segments: list[str], at_key: bool) -> list[Any] | None:
         if at_key and isinstance(t, mi.DictType):
             return _walk(t.key_type, [], False)
         if isinstance(t, mi.LiteralType):
-            return list(t.values)
+            values = list(t.values)
+            return sorted(values, key=_WEEK.index) if set(values) <= set(_WEEK) else values
         if isinstance(t, mi.EnumType):
             return [e.value for e in t.cls]
         return None

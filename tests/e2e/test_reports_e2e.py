@@ -17,9 +17,16 @@ from tests.e2e.wsclient import Buyer
 V = "rep_auto"
 
 
-@pytest.fixture(scope="module")
-def world():
-    db = f"sqlite:///{tempfile.mkdtemp(prefix='dce-rep-')}/ledger.db"
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(request):
+    schema = None
+    if request.param == "postgres":  # the restart's rebuild reads the audit trail with each store's SQL
+        from tests.integration.conftest import pg_schema_url
+
+        schema = pg_schema_url("rep")
+        db = next(schema)
+    else:
+        db = f"sqlite:///{tempfile.mkdtemp(prefix='dce-rep-')}/ledger.db"
     env = {"EXCHANGE_DATABASE_URL": db}
     s = start_server(env)
     a_id, a_key = s.account("buyer", "rep-a", deposit=100_000)
@@ -61,6 +68,8 @@ def world():
         except Exception:  # the server they were connected to was restarted
             pass
     stop_server(w["s"])
+    if schema is not None:
+        next(schema, None)  # drops the schema
 
 
 def _list(s, h, **q):

@@ -113,8 +113,12 @@ async def get_call(request: Request) -> Response:
 
 # ------------------------------------------------------------------ lists
 def _query(request: Request, *names: str) -> dict[str, str | None]:
-    """The query parameters ``names`` (None when absent); one given empty is refused."""
+    """The query parameters ``names`` (None when absent); one given empty, or one not among
+    ``names``, is refused (a misspelt filter must not silently widen a list or a report)."""
     q = request.query_params
+    for name in q:
+        if name not in names:
+            raise Invalid("invalid_query", f"unknown query parameter {name!r}; use: {', '.join(names)}", f"$.{name}")
     out: dict[str, str | None] = {}
     for name in names:
         raw = q.get(name)

@@ -32,7 +32,7 @@ from .messages import BidRequest, CallEvent, CallFields, DecisionFields, EventRe
 from .metrics import Metrics
 from .pipeline import decide, prepare
 from .recovery import decision_audit, event_audit, recorded_answer, recorded_decision, recorded_keys
-from .rtb import RtbDesk
+from .rtb import RtbDesk, RtbRound
 from .calllog import CallLog
 from .tally import Tally
 
@@ -149,7 +149,7 @@ class CallDesk:
             v = await self.compliance.settle(p.verdict, call_id)
             p = p._replace(verdict=v) if v.allow else p._replace(verdict=v, bid_requests=())
         t1 = perf_counter_ns()
-        answers, wait_us, declined = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None, set())
+        answers, wait_us, rnd = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None, None)
         t2 = perf_counter_ns()
         rec, notices = decide(core, p, answers, self.clock.now_ns())
         if rec.status == "routed" and rec.route is not None:  # an inbound call is the consumer's inquiry (EBR)
@@ -161,19 +161,24 @@ class CallDesk:
         self.metrics.decision_us.observe(decision_us)
         self.metrics.count_call(rec.decision.decision, rec.decision.reason)
         rec.durable_seq = self.journal.record(decision_audit(rec, idem_key))  # the hold and the decision: written, not awaited
-        self._count(rec, p.floor_cents, p.bid_requests, answers, declined)
+        self._count(rec, p.floor_cents, p.bid_requests, rnd)
         if rec.status == "rejected":
             core.trim(rec)
         self.rtb.notify(notices)
         return rec
 
-    def _count(self, rec: CallRecord, floor_cents: int, asked: tuple[tuple[BuyerId, BidRequest], ...], answers: dict, declined: set[str]) -> None:
+    def _count(self, rec: CallRecord, floor_cents: int, asked: tuple[tuple[BuyerId, BidRequest], ...], rnd: RtbRound | None) -> None:
         """The decision into the report aggregate and the call logs (a few dict updates)."""
         assert rec.decision is not None
+        live = []
+        if rnd is not None:
+            for b, q in asked:
+                rid = q.request_id
+                why = "ineligible" if rid in rnd.answers else "no_bid" if rid in rnd.declined else "timeout"
+                live.append((b, q.campaign, why, rnd.answer_ms.get(rid)))
         self.tally.decided(
             rec.created_ns, rec.publisher, rec.vertical, rec.state, rec.decision.reason,
-            [(r.buyer, r.campaign) for r in rec.routes], [(b, c, x) for b, c, x, _ in rec.bids], floor_cents,
-            [(b, q.campaign, "ineligible" if q.request_id in answers else "no_bid" if q.request_id in declined else "timeout") for b, q in asked],
+            [(r.buyer, r.campaign) for r in rec.routes], [(b, c, x) for b, c, x, _ in rec.bids], floor_cents, live,
         )
         self.log.decided(rec.call_id, rec.publisher, rec.created_ns)
         if rec.status == "routed" and rec.route is not None:

@@ -26,7 +26,7 @@ from .errors import Invalid, NotFound
 from .http import _exchange, _when, auth, reply
 from .instants import rfc3339
 from .lifecycle import event_response
-from .tally import BILLABLE, CALLS, COMPLETED, DURATION, GROUPS, HOUR_NS, MARGIN, PAYOUT, REJECTED, REVENUE, ROUTED, RTB, WINS
+from .tally import BILLABLE, CALLS, COMPLETED, DURATION, GROUPS, HOUR_NS, MARGIN, PAYOUT, REJECTED, REVENUE, ROUTED, RTB, WIDTH, WINS, answer_p50_ms
 
 STATUSES = ("routed", "connected", "completed", "failed", "expired", "rejected")
 CALL_COLUMNS = ("call_id", "created_at", "status", "decision", "reason", "vertical", "state", "publisher", "buyer", "campaign",
@@ -180,7 +180,7 @@ def report_row(kind: str, key: object, c: list[int]) -> dict[str, Any]:
         "payout_cents": c[PAYOUT] if kind != "buyer" else None,  # what publishers earned: not the buyer's to see
         "margin_cents": c[MARGIN] if kind == "operator" else None,
         "avg_duration_s": round(c[DURATION] / c[COMPLETED], 1) if c[COMPLETED] else None,
-        "rtb_requests": c[RTB], "rtb_answer_p50_ms": None,
+        "rtb_requests": c[RTB], "rtb_answer_p50_ms": answer_p50_ms(c) if len(c) > WIDTH else None,
     }
 
 

@@ -17,6 +17,7 @@ The aggregate is rebuilt at start from the audit trail's decisions and events of
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 from collections.abc import Iterable
 
@@ -25,6 +26,9 @@ HOUR_NS = 3600 * 1_000_000_000
 # counter slots of a cell
 CALLS, ROUTED, REJECTED, WINS, BILLABLE, REVENUE, PAYOUT, MARGIN, COMPLETED, DURATION, RTB = range(11)
 WIDTH = 11
+# a bid cell also counts its live answers by how fast they came (ms, each bucket up to its bound; one more past the last)
+MS_BUCKETS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000)
+BID_WIDTH = WIDTH + len(MS_BUCKETS) + 1
 
 GROUPS = ("buyer", "publisher", "campaign", "vertical", "state", "hour", "reason")
 # where each group's value sits in a cell key: call cells (publisher, buyer, campaign, vertical, state, reason),
@@ -44,11 +48,25 @@ class Hour:
         self.cache: dict[tuple[bool, int, str, str], dict[Any, list[int]]] = {}
 
 
-def _cell(table: dict[CallKey, list[int]], key: CallKey) -> list[int]:
+def _cell(table: dict[CallKey, list[int]], key: CallKey, width: int = WIDTH) -> list[int]:
     c = table.get(key)
     if c is None:
-        c = table[key] = [0] * WIDTH
+        c = table[key] = [0] * width
     return c
+
+
+def answer_p50_ms(c: list[int]) -> int | None:
+    """The median answer time of a bid cell's live answers, as its bucket's bound (None: none)."""
+    hist = c[WIDTH:]
+    total = sum(hist)
+    if not total:
+        return None
+    seen = 0
+    for i, n in enumerate(hist):
+        seen += n
+        if 2 * seen >= total:
+            return MS_BUCKETS[min(i, len(MS_BUCKETS) - 1)]
+    return MS_BUCKETS[-1]
 
 
 class Tally:
@@ -72,11 +90,11 @@ class Tally:
     # ------------------------------------------------------------------ updates
     def decided(self, created_ns: int, publisher: str, vertical: str, state: str | None, reason: str,
                 routes: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str, int]], floor_cents: int,
-                asked: Iterable[tuple[str, str, str]] = ()) -> None:
+                asked: Iterable[tuple[str, str, str, int | None]] = ()) -> None:
         """One decision. ``routes``: (buyer, campaign) of the plan, winner first; ``bids``:
         (buyer, campaign, bid_cents) considered; ``asked``: live bid requests sent (buyer,
         campaign, its outcome when its answer was not considered: ``timeout``, ``no_bid`` or
-        ``ineligible``)."""
+        ``ineligible``; ms to its answer, None without one)."""
         hour = self._hour(created_ns)
         st = state or ""
         plan = list(routes)
@@ -96,29 +114,33 @@ class Tally:
             outcome = "won" if k == 0 else "fallback" if k is not None else "below_floor" if bid_cents < floor_cents else "outbid"
             outcomes[(buyer, campaign)] = outcome
             self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, k == 0, False)
-        for buyer, campaign, outcome in asked:
+        for buyer, campaign, outcome, ms in asked:
             known = outcomes.get((buyer, campaign))
             if known is not None:  # answered and considered: counted above; add the request
-                _cell(hour.bids, (buyer, campaign, publisher, vertical, st, known))[RTB] += 1
-                continue
-            outcomes[(buyer, campaign)] = outcome
-            self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, False, True)
+                c = _cell(hour.bids, (buyer, campaign, publisher, vertical, st, known), BID_WIDTH)
+                c[RTB] += 1
+            else:
+                outcomes[(buyer, campaign)] = outcome
+                c = self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, False, True)
+            if ms is not None:
+                c[WIDTH + bisect_left(MS_BUCKETS, ms)] += 1
 
     @staticmethod
     def _bid(hour: Hour, buyer: str, campaign: str, publisher: str, vertical: str, st: str, outcome: str,
-             routed: bool, won: bool, asked: bool) -> None:
-        c = _cell(hour.bids, (buyer, campaign, publisher, vertical, st, outcome))
+             routed: bool, won: bool, asked: bool) -> list[int]:
+        c = _cell(hour.bids, (buyer, campaign, publisher, vertical, st, outcome), BID_WIDTH)
         c[CALLS] += 1
         c[ROUTED if routed else REJECTED] += 1
         if won:
             c[WINS] += 1
         if asked:
             c[RTB] += 1
+        return c
 
     def rang(self, created_ns: int, publisher: str, vertical: str, state: str | None, buyer: str, campaign: str) -> None:
         """A fallback route rang (a ``failed`` leg moved the call to it): a win for its campaign."""
         hour = self._hour(created_ns)
-        _cell(hour.bids, (buyer, campaign, publisher, vertical, state or "", "fallback"))[WINS] += 1
+        _cell(hour.bids, (buyer, campaign, publisher, vertical, state or "", "fallback"), BID_WIDTH)[WINS] += 1
 
     def completed(self, created_ns: int, publisher: str, vertical: str, state: str | None, first: tuple[str, str],
                   leg: tuple[str, str], leg_outcome: str, duration_s: int, billable: bool,
@@ -127,7 +149,7 @@ class Tally:
         hour = self._hour(created_ns)
         st = state or ""
         cells = (_cell(hour.calls, (publisher, first[0], first[1], vertical, st, "ok")),
-                 _cell(hour.bids, (leg[0], leg[1], publisher, vertical, st, leg_outcome)))
+                 _cell(hour.bids, (leg[0], leg[1], publisher, vertical, st, leg_outcome), BID_WIDTH))
         for c in cells:
             c[COMPLETED] += 1
             c[DURATION] += duration_s
@@ -167,7 +189,7 @@ class Tally:
                 if acc is None:
                     out[key] = list(c)
                 else:
-                    for i in range(WIDTH):
+                    for i in range(len(c)):
                         acc[i] += c[i]
         return sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0]))
 
@@ -182,9 +204,9 @@ def _group(table: dict[CallKey, list[int]], gi: int, fi: int, owner: str | None,
         if acc is None:
             out[value] = list(c)
         else:
-            for i in range(WIDTH):
+            for i in range(len(c)):
                 acc[i] += c[i]
     return out
 
 
-__all__ = ["Tally", "GROUPS", "HOUR_NS", "WIDTH"]
+__all__ = ["Tally", "GROUPS", "HOUR_NS", "WIDTH", "answer_p50_ms"]

@@ -90,3 +90,17 @@ def test_call_log_pages_newest_first_with_a_stable_cursor():
     log.prune(alive)
     assert log.page("p1", alive, T0 + 2, T0 + 5, lambda r: True, 10, None) == ([4, 3, 2], None)
     assert log.page("p2", alive, None, None, lambda r: True, 10, None) == ([], None)
+
+
+def test_live_answers_are_timed_and_their_median_reported_by_bucket():
+    from exchange.tally import answer_p50_ms
+
+    t = Tally()
+    for n, ms in enumerate((4, 6, 9, 70)):
+        t.decided(T0, "p1", "auto", "CA", "ok", [("b1", "live")], [("b1", "live", 3000)], 0, [("b1", "live", "ineligible", ms)])
+        assert n + 1 == rows(t, "campaign", "buyer", "b1")["live"][CALLS]
+    t.decided(T0, "p1", "auto", "CA", "no_eligible_bid", [], [], 0, [("b2", "slow", "timeout", None), ("b3", "no", "no_bid", 12)])
+    c = rows(t, "campaign", "buyer", "b1")["live"]
+    assert answer_p50_ms(c) == 7  # 4, 6, 9, 70 ms: the median falls in the (5, 7] bucket
+    assert set(rows(t, "reason", "buyer", "b2")) == {"timeout"} and answer_p50_ms(rows(t, "campaign", "buyer", "b2")["slow"]) is None
+    assert answer_p50_ms(rows(t, "reason", "buyer", "b3")["no_bid"]) == 15

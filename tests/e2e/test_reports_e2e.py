@@ -191,3 +191,40 @@ def test_reports_come_back_after_a_restart(world):
     world["s"] = s2 = start_server(world["env"])
     for g, rows in before.items():
         assert _report(s2, s2.admin, g) == {k: {**r, "rtb_requests": 0} for k, r in rows.items()}, g
+
+
+def test_a_live_bidders_report_counts_its_requests_answers_and_silence(world):
+    import threading
+
+    from exchange.messages import NoBid, RtbBid
+
+    s = world["s"]
+    r_id, r_key = s.account("buyer", "rep-rtb", deposit=50_000)
+    rtb = Buyer(s.ws_url, r_key)
+    try:
+        ack = rtb.request(lambda q: Campaign(id="live", vertical="rep_rtb", bid_cents=0, destination="+18005550199", min_duration_s=60,
+                                             rtb=True, seq=q))
+        assert type(ack).__name__ == "Ack", ack
+        _, pub_key = s.account("publisher", "rep-rtb-pub")
+        h = {"Authorization": f"Bearer {pub_key}"}
+        for n, answer in enumerate(("bid", "no_bid", "silence")):
+            def respond(answer=answer) -> None:
+                m = rtb.wait_for(lambda m: type(m).__name__ == "BidRequest", timeout=10)
+                if answer == "bid":
+                    rtb.send(RtbBid(request_id=m.request_id, bid_cents=3300))
+                elif answer == "no_bid":
+                    rtb.send(NoBid(request_id=m.request_id))
+
+            t = threading.Thread(target=respond)
+            t.start()
+            d = s.http.post("/v1/calls", json={"caller": f"+1212555{n:04d}", "vertical": "rep_rtb",
+                                               "tmax_ms": 2000 if answer != "silence" else 50}, headers=h).json()
+            t.join(10)
+            assert d["decision"] == ("routed" if answer == "bid" else "rejected"), d
+        rows = _report(s, {"Authorization": f"Bearer {r_key}"}, "reason")
+        assert {k: (r["calls"], r["rtb_requests"]) for k, r in rows.items()} == {"won": (1, 1), "no_bid": (1, 1), "timeout": (1, 1)}
+        assert rows["won"]["rtb_answer_p50_ms"] is not None and rows["no_bid"]["rtb_answer_p50_ms"] is not None
+        assert rows["timeout"]["rtb_answer_p50_ms"] is None
+        assert _report(s, s.admin, "buyer")[r_id]["rtb_requests"] == 3
+    finally:
+        rtb.close()

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
-from . import compliance_api, http
+from . import compliance_api, http, reports_api
 from .callpath import CallPath
 from .gateway import buyer_socket, publisher_socket
 from .errors import Refused
@@ -44,10 +44,12 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/v1/accounts/{account_id}/balance", http.get_balance),
         Route("/v1/accounts/{account_id}/statement", http.get_statement),
         Route("/v1/calls", http.post_call, methods=["POST"]),
-        Route("/v1/calls/{call_id}", http.get_call),
+        Route("/v1/calls", reports_api.list_calls, methods=["GET"]),
+        Route("/v1/calls/{call_id}", reports_api.get_call),
         Route("/v1/calls/{call_id}/events", http.post_event, methods=["POST"]),
         Route("/v1/calls/{call_id}/refund", http.post_refund, methods=["POST"]),
         Route("/v1/audit", http.get_audit),
+        Route("/v1/reports", reports_api.get_reports),
         Route("/v1/suppressions", http.post_suppression, methods=["POST"]),
         Route("/v1/dnc/national", compliance_api.post_national, methods=["POST"]),
         Route("/v1/dnc/state/{state}", compliance_api.post_state, methods=["POST"]),

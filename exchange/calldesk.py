@@ -25,18 +25,21 @@ from .accounts import Account
 from .clock import WallClock
 from .core import CallRecord, Core
 from .errors import Conflict, Invalid, NotFound, Refused, Unavailable
-from .ids import CallId
+from .ids import BuyerId, CallId
 from .journal import Journal
 from .lifecycle import apply_event
-from .messages import CallEvent, CallFields, DecisionFields, EventResponse
+from .messages import BidRequest, CallEvent, CallFields, DecisionFields, EventResponse
 from .metrics import Metrics
 from .pipeline import decide, prepare
 from .recovery import decision_audit, event_audit, recorded_answer, recorded_decision, recorded_keys
-from .rtb import RtbDesk
+from .rtb import RtbDesk, RtbRound
+from .calllog import CallLog
+from .tally import Tally
 
 
 class CallDesk:
-    __slots__ = ("core", "compliance", "rtb", "journal", "metrics", "clock", "keys", "recorded", "recorded_until_ns", "in_flight", "draining")
+    __slots__ = ("core", "compliance", "rtb", "journal", "metrics", "clock", "keys", "recorded", "recorded_until_ns", "in_flight", "draining",
+                 "tally", "log")
 
     def __init__(self, core: Core, compliance: ComplianceRuntime, rtb: RtbDesk, journal: Journal, metrics: Metrics, clock: WallClock) -> None:
         self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock = core, compliance, rtb, journal, metrics, clock
@@ -45,6 +48,8 @@ class CallDesk:
         self.recorded_until_ns = 0  # when those fall out of the retention window
         self.in_flight = 0  # calls being decided now
         self.draining = False
+        self.tally = Tally(core.settings.report_days)  # the report aggregate (GET /v1/reports)
+        self.log = CallLog()  # who may list which calls (GET /v1/calls)
 
     async def drain(self, timeout_s: float) -> int:
         """Stop taking calls (``draining``) and wait for the decisions in flight; returns how
@@ -144,7 +149,7 @@ class CallDesk:
             v = await self.compliance.settle(p.verdict, call_id)
             p = p._replace(verdict=v) if v.allow else p._replace(verdict=v, bid_requests=())
         t1 = perf_counter_ns()
-        answers, wait_us = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None)
+        answers, wait_us, rnd = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None, None)
         t2 = perf_counter_ns()
         rec, notices = decide(core, p, answers, self.clock.now_ns())
         if rec.status == "routed" and rec.route is not None:  # an inbound call is the consumer's inquiry (EBR)
@@ -156,10 +161,42 @@ class CallDesk:
         self.metrics.decision_us.observe(decision_us)
         self.metrics.count_call(rec.decision.decision, rec.decision.reason)
         rec.durable_seq = self.journal.record(decision_audit(rec, idem_key))  # the hold and the decision: written, not awaited
+        self._count(rec, p.floor_cents, p.bid_requests, rnd)
         if rec.status == "rejected":
             core.trim(rec)
         self.rtb.notify(notices)
         return rec
+
+    def _count(self, rec: CallRecord, floor_cents: int, asked: tuple[tuple[BuyerId, BidRequest], ...], rnd: RtbRound | None) -> None:
+        """The decision into the report aggregate and the call logs (a few dict updates)."""
+        assert rec.decision is not None
+        live = []
+        if rnd is not None:
+            for b, q in asked:
+                rid = q.request_id
+                why = "ineligible" if rid in rnd.answers else "no_bid" if rid in rnd.declined else "timeout"
+                live.append((b, q.campaign, why, rnd.answer_ms.get(rid)))
+        self.tally.decided(
+            rec.created_ns, rec.publisher, rec.vertical, rec.state, rec.decision.reason,
+            [(r.buyer, r.campaign) for r in rec.routes], [(b, c, x) for b, c, x, _ in rec.bids], floor_cents, live,
+        )
+        self.log.decided(rec.call_id, rec.publisher, rec.created_ns)
+        if rec.status == "routed" and rec.route is not None:
+            self.log.rang(rec.call_id, rec.route.buyer, rec.created_ns)
+
+    def _count_event(self, rec: CallRecord, ev: CallEvent, before: int) -> None:
+        """An applied event into the report aggregate and the call logs."""
+        if ev.event == "completed" and rec.status == "completed":
+            leg, first = rec.routes[rec.index], rec.routes[0]
+            self.tally.completed(
+                rec.created_ns, rec.publisher, rec.vertical, rec.state, (first.buyer, first.campaign), (leg.buyer, leg.campaign),
+                "won" if rec.index == 0 else "fallback", ev.duration_s or 0, rec.billable, rec.charged_cents, rec.payout_cents,
+                rec.margin_cents,
+            )
+        elif ev.event == "failed" and rec.active and rec.index != before:
+            leg = rec.routes[rec.index]
+            self.tally.rang(rec.created_ns, rec.publisher, rec.vertical, rec.state, leg.buyer, leg.campaign)
+            self.log.rang(rec.call_id, leg.buyer, rec.created_ns)
 
     def owned(self, account: Account, call_id: str) -> CallRecord:
         """A call in memory visible to ``account`` (its publisher, or the operator)."""
@@ -176,7 +213,7 @@ class CallDesk:
         if call_id not in self.core.calls:
             return await self._recorded(account, call_id, idem_key, ev)
         rec = self.owned(account, call_id)
-        applied = len(rec.events)
+        applied, before = len(rec.events), rec.index
         now = self.clock.now_ns()
         out, notices = apply_event(self.core, rec, idem_key, ev, now)
         if isinstance(out, Refused):
@@ -184,6 +221,7 @@ class CallDesk:
         if len(rec.events) > applied:
             self.metrics.events[ev.event] = self.metrics.events.get(ev.event, 0) + 1
             rec.durable_seq = self.journal.record(event_audit(rec, idem_key, ev, out, now))
+            self._count_event(rec, ev, before)
         self.rtb.notify(notices)
         await self.journal.ack(rec.durable_seq)
         return out

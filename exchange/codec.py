@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Struct
 
 from .errors import Invalid
+from .wording import plain
 from .messages import (
     BuyerMessage, Error, ErrorDetail, Message, Seq, buyer_json, buyer_json_one, buyer_msgpack, buyer_msgpack_one, publisher_json,
     publisher_json_one, publisher_msgpack, publisher_msgpack_one,
@@ -34,16 +35,17 @@ _raw_list_msgpack = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 
-def error_from_exception(exc: Exception, prefix: str = "$") -> ErrorDetail:
-    """Turn a msgspec decode/validation error into a wire error with its JSON path."""
+def error_from_exception(exc: Exception, prefix: str = "$", root: Any = None) -> ErrorDetail:
+    """Turn a msgspec decode/validation error into a wire error with its JSON path, its
+    message in plain words (``wording``; ``root``: the type decoded, for allowed values)."""
     if isinstance(exc, msgspec.ValidationError):
         text = str(exc)
-        path = prefix
+        path, at, at_key = prefix, "$", False
         if " - at `" in text:
             text, _, at = text.rpartition(" - at `")
             at = at.rstrip("`")
             if at.startswith("key` in `"):  # "Invalid enum value 'x' - at `key` in `$.hours`"
-                at = at[len("key` in `"):]
+                at, at_key = at[len("key` in `"):], True
             path = prefix + at[1:] if at.startswith("$") else at
         missing = _MISSING.search(text)
         if missing:
@@ -51,7 +53,7 @@ def error_from_exception(exc: Exception, prefix: str = "$") -> ErrorDetail:
         code = "unknown_type" if path.endswith(".type") and text.startswith("Invalid value") else "invalid_message"
         if missing and missing.group(1) == "type":
             code = "invalid_message"
-        return ErrorDetail(code=code, message=text, path=path)
+        return ErrorDetail(code=code, message=plain(text, root, at, at_key), path=path)
     return ErrorDetail(code="malformed_json", message=f"cannot decode frame: {exc}")
 
 
@@ -120,7 +122,7 @@ def decode_frame(data: bytes | str, codecs: Codecs) -> tuple[list[Any], list[Mes
             good.append(one.decode(raw))
             paths.append(prefix)
         except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
-            detail = error_from_exception(exc, prefix)
+            detail = error_from_exception(exc, prefix, one.type)
             try:
                 seq = seq_of.decode(raw).seq
             except (msgspec.MsgspecError, ValueError, RecursionError):
@@ -145,7 +147,7 @@ def decode_body(data: bytes, type_: type[T]) -> T:
     try:
         return msgspec.json.decode(data, type=type_)
     except (msgspec.MsgspecError, ValueError, RecursionError) as exc:  # also bad UTF-8 and deep nesting (not 500s)
-        detail = error_from_exception(exc)
+        detail = error_from_exception(exc, root=type_)
         raise Invalid(detail.code, detail.message, detail.path) from None
 
 

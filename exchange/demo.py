@@ -64,9 +64,9 @@ def _campaigns(rng: random.Random, buyer_no: int, rtb: bool) -> list[Campaign]:
 
 class Tally:
     def __init__(self) -> None:
-        self.submitted = self.invalid = self.events = self.wins = self.rtb_answered = 0
+        self.submitted = self.events = self.wins = self.rtb_answered = 0
         self.client_us: list[int] = []
-        self.reasons: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()  # answers other than 200 (not decided), by error code
 
 
 async def _buyer(url: str, key: str, camps: list[Campaign], rng: random.Random, stop: asyncio.Event, tally: Tally) -> None:
@@ -147,12 +147,10 @@ async def _one_call(http: httpx.AsyncClient, rng: random.Random, tally: Tally, s
     r = await http.post("/v1/calls", json=_call_body(rng, suppressed))
     tally.submitted += 1
     if r.status_code != 200:
-        tally.invalid += 1
-        tally.reasons[f"422 {r.json()['error']['code']}"] += 1
+        tally.refused[f"{r.status_code} {r.json()['error']['code']}"] += 1
         return
     tally.client_us.append((time.perf_counter_ns() - t0) // 1000)
     d = r.json()
-    tally.reasons[d["reason"]] += 1
     if d["decision"] != "routed":
         return
     ev = f"/v1/calls/{d['call_id']}/events"
@@ -229,8 +227,10 @@ async def _run(settings: Settings, seconds: float, calls_per_s: float, seed: int
     await asyncio.sleep(0.5)
     bids_before, t_start = exchange.metrics.bids_ingested, time.monotonic()
     tasks += [asyncio.create_task(_publisher(base, key, calls_per_s / len(pubs), random.Random(rng.random()), stop, tally, suppressed)) for key in pubs]
+    progress = asyncio.create_task(_progress(exchange, tally, seconds, stop))
     await asyncio.sleep(seconds)
     stop.set()
+    await progress
     bids, elapsed = exchange.metrics.bids_ingested - bids_before, time.monotonic() - t_start
     await asyncio.gather(*tasks, return_exceptions=True)
     _summary(exchange, tally, bids / elapsed, elapsed)
@@ -239,30 +239,69 @@ async def _run(settings: Settings, seconds: float, calls_per_s: float, seed: int
     return 0 if exchange.core.ledger.total() == 0 else 1
 
 
+def routed_outcomes(ex: Exchange) -> Counter[str]:
+    """Where every routed call of the run ended: billable, short (completed under its
+    ``min_duration_s`` or a repeat caller), failed with no fallback left, expired (no ending
+    event in time) or still open (routed or connected when the demo stopped)."""
+    out: Counter[str] = Counter()
+    for rec in ex.core.calls.values():
+        if rec.decision is None or rec.decision.decision != "routed":
+            continue
+        if rec.status == "completed":
+            out["billable" if rec.billable else "short"] += 1
+        else:
+            out[{"failed": "failed", "expired": "expired"}.get(rec.status, "open")] += 1
+    return out
+
+
 def _summary(ex: Exchange, tally: Tally, bids_per_s: float, elapsed: float) -> None:
     st, ledger, m = ex.core.stats, ex.core.ledger, ex.metrics
-    valid = tally.submitted - tally.invalid
+    refused = sum(tally.refused.values())
     q = m.decision_us.quantiles()
     dollars = lambda c: f"${c / 100:,.2f}"  # noqa: E731
+    ended = routed_outcomes(ex)
     print("\n=== Exchange demo summary " + "=" * 40)
-    print(f"calls submitted      {tally.submitted:>8}   ({tally.submitted / elapsed:.0f}/s; {tally.invalid} refused as malformed)")
-    print(f"routed               {st.routed:>8}   fill rate {st.routed / max(1, valid):.1%} of valid calls")
-    print(f"rejected             {st.rejected:>8}")
-    for reason, n in sorted(tally.reasons.items(), key=lambda kv: -kv[1]):
+    print(f"calls submitted      {tally.submitted:>8,}   ({tally.submitted / elapsed:.0f}/s) = routed + rejected + refused")
+    print(f"routed               {st.routed:>8,}   fill rate {st.routed / max(1, st.calls):.1%} of the calls decided")
+    for label, key, note in (("billable", "billable", "completed at or past min_duration_s"),
+                             ("short", "short", "completed under min_duration_s, or a repeat caller"),
+                             ("failed, no fallback", "failed", "every route of the plan failed"),
+                             ("expired", "expired", "no ending event before expires_at"),
+                             ("still open", "open", "routed or connected when the demo stopped")):
+        print(f"    {label:<28} {ended[key]:>6,}   {note}")
+    print(f"rejected             {st.rejected:>8,}   (decided: no route)")
+    for reason, n in sorted(st.by_reason.items(), key=lambda kv: -kv[1]):
         if reason != "ok":
-            print(f"    {reason:<28} {n:>6}")
-    print(f"fallbacks used       {st.fallbacks_used:>8}   (winner failed, next route rang)")
-    print(f"billable calls       {st.billable:>8}")
+            print(f"    {reason:<28} {n:>6,}")
+    print(f"refused              {refused:>8,}   (not decided: the request was bad, HTTP 4xx)")
+    for code, n in sorted(tally.refused.items(), key=lambda kv: -kv[1]):
+        print(f"    {code:<28} {n:>6,}")
+    print(f"fallbacks used       {st.fallbacks_used:>8,}   (winner failed, next route rang)")
+    print(f"billable calls       {st.billable:>8,}")
     print(f"buyers charged       {dollars(st.charged_cents):>12}")
     print(f"publishers paid      {dollars(st.payout_cents):>12}")
     print(f"exchange margin      {dollars(ledger.balance(EXCHANGE_REVENUE)):>12}   (take rate {ex.settings.take_rate_bps / 100:g} %)")
     print(f"ledger check         sum of all balances = {ledger.total()} cents; charged = paid + margin: "
           f"{st.charged_cents == st.payout_cents + st.margin_cents}")
-    print(f"bids ingested        {m.bids_ingested:>8}   ({bids_per_s:,.0f} bids/s while calls ran)")
-    print(f"RTB                  {m.rtb_requests} bid requests, {m.rtb_answers} answered in time, {m.rtb_timeouts} timed out")
+    print(f"bids ingested        {m.bids_ingested:>8,}   ({bids_per_s:,.0f} bids/s while calls ran)")
+    print(f"RTB                  {m.rtb_requests:,} bid requests, {m.rtb_answers:,} answered in time, {m.rtb_timeouts:,} timed out")
     print(f"decision latency     p50 {q.get('p50', 0)} µs   p99 {q.get('p99', 0)} µs   p99.9 {q.get('p99.9', 0)} µs   "
-          f"(server, {m.decision_us.n} decisions)")
+          f"(server, {m.decision_us.n:,} decisions)")
     print(f"HTTP round trip      p50 {_pct(tally.client_us, .5)} µs   p99 {_pct(tally.client_us, .99)} µs   (client side, RTB waits included)")
+
+
+async def _progress(ex: Exchange, tally: Tally, seconds: float, stop: asyncio.Event, every_s: float = 2.0) -> None:
+    """One line every ``every_s`` while the demo runs: time, calls, routed, billable, bids."""
+    t0 = time.monotonic()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except TimeoutError:
+            pass
+        st = ex.core.stats
+        print(f"demo: {min(time.monotonic() - t0, seconds):4.0f}/{seconds:g} s  calls {tally.submitted:,}  routed {st.routed:,}  "
+              f"rejected {st.rejected:,}  refused {sum(tally.refused.values()):,}  billable {st.billable:,}  "
+              f"bids {ex.metrics.bids_ingested:,}", flush=True)
 
 
 def run_demo(settings: Settings, seconds: float = 20.0, calls_per_s: float = 40.0, seed: int = 7) -> int:

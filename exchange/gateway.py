@@ -26,8 +26,8 @@ from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
 from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
 from routing.standing import CampaignError
 
-from .errors import Invalid, RateLimited, Refused
-from .http import http_limits, identify
+from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused
+from .http import error_response, http_limits, identify, status_of
 from .ids import BuyerId
 from .rtb import send_all
 from .service import Exchange
@@ -43,15 +43,16 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     try:  # the same key check as HTTP: failed attempts are counted (and limited) per address
         account = identify(ws)
     except Refused as exc:
-        await ws.close(1008, "too many failed attempts: retry later" if isinstance(exc, RateLimited) else "unauthorized")
+        await _deny(ws, exc, 1008, "too many failed attempts: retry later" if isinstance(exc, RateLimited) else "unauthorized")
         return None
     if account.kind != role:
-        await ws.close(1008, "unauthorized")
+        await _deny(ws, Forbidden("forbidden", f"this endpoint is not open to {account.kind} keys"), 1008, "unauthorized")
         return None
     offered = ws.scope.get("subprotocols") or []
     chosen = next((p for p in offered if p in (JSON, MSGPACK)), None)
     if offered and chosen is None:
-        await ws.close(1002, "unsupported subprotocol")
+        await _deny(ws, BadRequest("unsupported_subprotocol", f"offer the subprotocol {JSON} or {MSGPACK} (or none: {JSON})"),
+                    1002, "unsupported subprotocol")
         return None
     await ws.accept(subprotocol=chosen)
     reg = sockets_of(exchange)
@@ -65,6 +66,19 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     conn = Connection(ws, account, chosen == MSGPACK, exchange, limiter, key, reg.max_strikes)
     reg.open.add(conn)
     return conn
+
+
+async def _deny(ws: WebSocket, exc: Refused, code: int, reason: str) -> None:
+    """Refuse a handshake with the HTTP answer the same refusal gets over HTTP (status, JSON
+    error body, ``WWW-Authenticate`` / ``Retry-After``), where the server speaks the ASGI
+    denial-response extension; else a close with ``code`` and ``reason``."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        headers = dict(exc.headers or {})
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(exc.retry_after_s)
+        await ws.send_denial_response(error_response(status_of(exc), exc.code, exc.message, exc.path, headers or None))
+    else:
+        await ws.close(code, reason)
 
 
 async def _read_frames(ws: WebSocket, on_frame: Callable[[str | bytes], int], role: str, fair_share: int) -> None:

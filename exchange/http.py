@@ -31,7 +31,6 @@ from .errors import (
 )
 from .codec import decode_body
 from .instants import rfc3339, to_ns
-from .lifecycle import event_response
 from .messages import (
     AccountCreate, AccountCreated, AwareTime, Balance, CallEvent, CallRequest, Deposit, DecisionResponse,
     ErrorBody, ErrorDetail, RefundLeg, RefundRequest, RefundResponse, Suppression, json_encoder,
@@ -318,26 +317,6 @@ async def get_audit(request: Request) -> Response:
         "body": msgspec.Raw(r.body.encode()), "prev_hash": r.prev_hash.hex(), "hash": r.hash.hex(),
     } for r in rows]
     return reply({"records": records, "next_after_seq": rows[-1].seq if len(rows) == limit else None})
-
-
-async def get_call(request: Request) -> Response:
-    account = auth(request, "publisher", "operator")
-    ex = _exchange(request)
-    rec = ex.desk.owned(account, request.path_params["call_id"])
-    return reply({
-        "call_id": rec.call_id,
-        "status": rec.status,
-        "created_at": rfc3339(rec.created_ns),
-        "request": rec.request,
-        "decision": rec.decision,
-        "route_index": rec.index,
-        "events": [{"at": rfc3339(t), "event": e, "route_index": k} for t, e, k in rec.history],
-        "billable": rec.billable,
-        "charged_cents": rec.charged_cents,
-        "payout_cents": rec.payout_cents,
-        "evidence": rec.evidence,
-        "current": event_response(rec),
-    })
 
 
 # ------------------------------------------------------------------ compliance data

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import msgspec
 
 from compliance.gate import BUYER_WIDE, Verdict
-from compliance.numbers import NumberInfo, parse_number
+from compliance.numbers import NumberInfo, is_us_region, parse_number
 from routing.eligibility import refusal, reopens_at
 from routing.reasons import Outcome
 
@@ -137,7 +137,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         notices.append((b.buyer, Loss(request_id=b.request_id or p.call_id, reason=why, clearing_price_cents=clearing, campaign=b.campaign, call_id=p.call_id)))
     rec.bids = tuple((b.buyer, b.campaign, b.bid_cents, b.request_id is not None) for b in bidders)
     if cleared.reason != Outcome.OK:
-        return _reject(core, rec, cleared.reason, None, now_ns), notices
+        return _reject(core, rec, _number_reason(p.consumer) if cleared.reason == Outcome.NO_ELIGIBLE_BID else cleared.reason, None, now_ns), notices
     rec.routes = cleared.routes
     rec.status = "routed"
     core.calls[rec.call_id] = rec
@@ -153,6 +153,17 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     core.stats.routed += 1
     core.stats.by_reason["ok"] = core.stats.by_reason.get("ok", 0) + 1
     return rec, notices
+
+
+def _number_reason(consumer: NumberInfo | None) -> str:
+    """``no_eligible_bid``, or the reason the consumer's number names: a number outside the US
+    and its territories, or a service (non-geographic) number, which no state can target."""
+    if consumer is not None:
+        if not is_us_region(consumer.region):
+            return Outcome.FOREIGN_NUMBER
+        if not consumer.geographic:
+            return Outcome.NON_GEOGRAPHIC_NUMBER
+    return Outcome.NO_ELIGIBLE_BID
 
 
 def _reject(core: Core, rec: CallRecord, reason: str, rule: str | None, now_ns: int) -> CallRecord:

@@ -36,12 +36,15 @@ class LateAnswer(Refused):
 
 
 class RtbRound:
-    __slots__ = ("expected", "via", "answers", "done")
+    __slots__ = ("expected", "via", "answers", "done", "declined", "answer_ms", "t0_ns")
 
     def __init__(self) -> None:
         self.expected: dict[str, BuyerId] = {}  # request id -> buyer id
         self.via: dict[str, Sender] = {}  # request id -> the connection it was sent on
         self.answers: Answers = {}
+        self.declined: set[str] = set()  # request ids answered with no_bid
+        self.answer_ms: dict[str, int] = {}  # request id -> ms from the round's start to its answer (bid or no_bid)
+        self.t0_ns = perf_counter_ns()
         self.done = asyncio.Event()
 
 
@@ -83,11 +86,11 @@ class RtbDesk:
                 conns[0].send(msg)
 
     # ------------------------------------------------------------------ rounds
-    async def ask(self, requests: Sequence[tuple[BuyerId, BidRequest]], tmax_ms: int) -> tuple[Answers, int]:
+    async def ask(self, requests: Sequence[tuple[BuyerId, BidRequest]], tmax_ms: int) -> tuple[Answers, int, RtbRound]:
         """Send the bid requests to the buyers' sockets and wait for their answers, at most
-        ``tmax_ms``; returns (answers, microseconds waited)."""
-        t0 = perf_counter_ns()
+        ``tmax_ms``; returns (answers, microseconds waited, the round: who declined, how fast each answered)."""
         rnd = RtbRound()
+        t0 = rnd.t0_ns
         try:
             for buyer, req in requests:
                 conns = self.buyers.get(buyer)
@@ -106,7 +109,7 @@ class RtbDesk:
                 self.rounds.pop(rid, None)
                 self._close(rid, buyer)
             self.metrics.rtb_timeouts += len(rnd.expected)
-        return rnd.answers, (perf_counter_ns() - t0) // 1000
+        return rnd.answers, (perf_counter_ns() - t0) // 1000, rnd
 
     def answer(self, buyer: BuyerId, msg: RtbBid | NoBid) -> Refused | None:
         """Take one buyer's answer to a bid request; the refusal to send back, if any."""
@@ -119,6 +122,9 @@ class RtbDesk:
         if isinstance(msg, RtbBid):
             rnd.answers[rid] = (msg, self.next_seq())
             self.metrics.rtb_answers += 1
+        else:
+            rnd.declined.add(rid)
+        rnd.answer_ms[rid] = (perf_counter_ns() - rnd.t0_ns) // 1_000_000
         del rnd.expected[rid], rnd.via[rid]
         self.rounds.pop(rid, None)
         self._close(rid, buyer)

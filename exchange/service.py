@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .recovery import restore
 from .rtb import RtbDesk
 from .settings import Settings
+from .tallyreplay import relog, replay_audit
 from .treasury import Treasury
 
 log = logging.getLogger("exchange")
@@ -60,6 +61,11 @@ class Exchange:
         now = self.clock.now_ns()
         self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now)
         await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
+        if self.settings.report_days:  # the report aggregate, from the audit trail of its window
+            with self.journal.reading():
+                await replay_audit(self.journal.store, self.desk.tally, now - self.settings.report_days * 86_400 * 1_000_000_000,
+                                   self.settings.min_floor_cents)
+        relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.ready = True
@@ -88,12 +94,15 @@ class Exchange:
                 gcpolicy.settle()
             if ticks % 7200 == 0:  # hourly: forget repeat-caller entries past any dedupe window
                 self.core.dedupe.prune(self.clock.now_ns())
+                self.desk.tally.prune(self.clock.now_ns())
             try:
                 now = self.clock.now_ns()
                 self.rtb.notify(expire_due(self.core, now))
                 self.journal.record()
                 self.core.forget_before(now - self.settings.call_retention_s * 1_000_000_000)
                 self.desk.forget_keys(now)
+                if ticks % 60 == 0:  # every 30 s: forgotten calls leave the heads of the call logs
+                    self.desk.log.prune(self.core.calls)
             except Exception:  # the sweeper must outlive a bad record; the bug is logged
                 log.exception("sweeper_failed")
 

@@ -29,6 +29,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     route_ttl_s: Annotated[int, Meta(ge=1, le=3600)] = 60
     max_call_s: Annotated[int, Meta(ge=60, le=86_400)] = 4 * 3600
     call_retention_s: Annotated[int, Meta(ge=60)] = 24 * 3600
+    # reports (GET /v1/reports): hours kept in memory, and the audit trail's window replayed at start
+    report_days: Annotated[int, Meta(ge=0, le=400)] = 35
     scan_limit: Annotated[int, Meta(ge=10)] = 10_000
     max_campaigns_per_buyer: Annotated[int, Meta(ge=1)] = 2_000  # a new campaign past it: error campaign_limit
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20

@@ -31,6 +31,9 @@ class Outcome(StrEnum):
     BELOW_FLOOR = "below_floor"
     OUTBID = "outbid"
     TIMEOUT = "timeout"  # a live bid request unanswered within tmax_ms
+    # no eligible bid, and the consumer's number is why no US campaign could want it:
+    FOREIGN_NUMBER = "foreign_number"  # outside the US and its territories (a UK caller, a Canadian one)
+    NON_GEOGRAPHIC_NUMBER = "non_geographic_number"  # toll-free, premium, personal or other service numbers
 
 
 __all__ = ["Refusal", "Outcome"]

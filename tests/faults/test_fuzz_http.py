@@ -54,11 +54,17 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/accounts/{account_id}/balance"): ("operator", "owner"),
     ("GET", "/v1/accounts/{account_id}/statement"): ("operator", "owner"),
     ("POST", "/v1/calls"): ("publisher",),
-    ("GET", "/v1/calls/{call_id}"): ("publisher", "operator"),
+    ("GET", "/v1/calls/{call_id}"): ("publisher", "operator", "buyer"),
     ("POST", "/v1/calls/{call_id}/events"): ("publisher", "operator"),
     ("POST", "/v1/calls/{call_id}/refund"): ("operator",),
     ("GET", "/v1/audit"): ("operator",),
     ("POST", "/v1/suppressions"): ("operator", "buyer"),
+    ("GET", "/v1/calls"): ("operator", "publisher", "buyer"),
+    ("GET", "/v1/reports"): ("operator", "publisher", "buyer"),
+    ("POST", "/v1/dnc/national"): ("operator",),
+    ("POST", "/v1/dnc/state/{state}"): ("operator",),
+    ("POST", "/v1/consents"): ("operator", "publisher"),
+    ("POST", "/v1/consents/{token}/revoke"): ("operator", "publisher", "buyer"),
 }
 
 
@@ -144,7 +150,7 @@ def test_schemathesis(api, faults, method: str, path: str, mode: GenerationMode)
         pytest.skip("nothing in this operation to make invalid")
     roles = ROLES.get((method, path), ("none",))
     params = [p["name"] for p in spec["parameters"] if p["in"] == "path"]
-    real_ids = {"account_id": [ex.buyer_id, ex.pub_id], "call_id": [ex.routed, ex.charged]}
+    real_ids = {"account_id": [ex.buyer_id, ex.pub_id], "call_id": [ex.routed, ex.charged], "state": ["TX", "CA"], "token": ["tok-fuzz-1", "tok-fuzz-2"]}
     fives: list[str] = []
     # POST /v1/calls and refunds take an Idempotency-Key of any length, the document says at most
     # 128 (see test_repro_long_idempotency_key_is_refused): pinned here so the rest gets fuzzed

@@ -7,6 +7,7 @@ without a policy and an isolation test fails the suite.
 from __future__ import annotations
 
 import ast
+import json
 import secrets
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -40,7 +41,9 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/v1/accounts/{account_id}/balance"): frozenset({"operator", "buyer", "publisher"}),
     ("GET", "/v1/accounts/{account_id}/statement"): frozenset({"operator", "buyer", "publisher"}),
     ("POST", "/v1/calls"): frozenset({"publisher"}),
-    ("GET", "/v1/calls/{call_id}"): frozenset({"operator", "publisher"}),
+    ("GET", "/v1/calls"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/calls/{call_id}"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/reports"): frozenset({"operator", "buyer", "publisher"}),
     ("POST", "/v1/calls/{call_id}/events"): frozenset({"operator", "publisher"}),
     ("POST", "/v1/calls/{call_id}/refund"): OPERATOR,
     ("GET", "/v1/audit"): OPERATOR,
@@ -67,8 +70,11 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
                                                    "test_restored_accounts_and_recorded_answers_stay_isolated"],
     ("GET", "/v1/accounts/{account_id}/statement"): [ROLES_TEST, "test_balances_and_statements_are_the_owners_only"],
     ("POST", "/v1/calls"): [ROLES_TEST, "test_call_idempotency_keys_are_per_publisher"],
+    ("GET", "/v1/calls"): [ROLES_TEST, "test_call_lists_and_reports_are_scoped_to_the_caller"],
     ("GET", "/v1/calls/{call_id}"): [ROLES_TEST, "test_calls_are_the_publishers_only",
-                                     "test_publisher_socket_calls_are_the_publishers_only"],
+                                     "test_publisher_socket_calls_are_the_publishers_only",
+                                     "test_a_buyer_reads_only_its_own_leg_of_a_call"],
+    ("GET", "/v1/reports"): [ROLES_TEST, "test_call_lists_and_reports_are_scoped_to_the_caller"],
     ("POST", "/v1/calls/{call_id}/events"): [ROLES_TEST, "test_calls_are_the_publishers_only",
                                              "test_restored_accounts_and_recorded_answers_stay_isolated"],
     ("POST", "/v1/calls/{call_id}/refund"): [ROLES_TEST, OPERATOR_ONLY_TEST],
@@ -207,7 +213,10 @@ def test_every_route_enforces_its_roles(world: World):
                 else:
                     with pytest.raises(InvalidStatus) as refused:
                         connect(f"{world.server.ws_url}{path}", additional_headers=headers)
-                    assert refused.value.response.status_code == 403, (path, who)
+                    # the same answer as HTTP: 401 for a missing or unknown key, 403 for another role; a JSON error
+                    status, code = (401, "unauthorized") if role is None else (403, "forbidden")
+                    assert refused.value.response.status_code == status, (path, who)
+                    assert json.loads(refused.value.response.body)["error"]["code"] == code, (path, who)
                 checked += 1
             continue
         for who, headers in strangers.items():
@@ -304,8 +313,10 @@ def test_calls_are_the_publishers_only(world: World):
     r = http.get(url, headers=t.p2.auth)
     assert (r.status_code, r.json()["error"]["code"]) == (nothing.status_code, nothing.json()["error"]["code"]) == (404, "unknown_call")
     assert "+1312" not in r.text
-    for buyer in (t.a, t.b):  # not even the winning buyer reads the publisher's call record
-        assert http.get(url, headers=buyer.auth).status_code == 403
+    own_leg = http.get(url, headers=t.a.auth)  # the winning buyer reads its own leg, never the publisher's record
+    assert own_leg.status_code == 200 and "evidence" not in own_leg.json() and "request" not in own_leg.json()
+    r = http.get(url, headers=t.b.auth)  # a buyer whose route never rang: as if the call did not exist
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_call")
     balance_a = world.balance(t.a.id)
     for i, ev in enumerate(({"event": "connected"}, {"event": "failed", "route_index": 0},
                             {"event": "completed", "duration_s": 600}, {"event": "failed", "route_index": 1})):
@@ -422,3 +433,39 @@ def test_a_buyers_revocation_leaves_the_other_sellers_consent(world: World):
     assert r.status_code == 200 and r.json()["scope"] == f"buyer:{t.a.id}"
     d = world.call_out(n, tok)  # a is out; b's consent is b's
     assert d["decision"] == "routed" and d["route"]["buyer"] == t.b.id, d
+
+
+def test_a_buyer_reads_only_its_own_leg_of_a_call(world: World):
+    t, http = world.t, world.http
+    d = world.call_in(t.p1, "+13125550170")
+    url = f"/v1/calls/{d['call_id']}"
+    moved = http.post(f"{url}/events", json={"event": "failed", "route_index": 0}, headers={**t.p1.auth, "Idempotency-Key": "leg-1"})
+    assert moved.json()["route"]["buyer"] == t.b.id, moved.text
+    a, b = http.get(url, headers=t.a.auth).json(), http.get(url, headers=t.b.auth).json()
+    assert a["status"] == "moved" and [r["route_index"] for r in a["routes"]] == [0] and {e["route_index"] for e in a["events"]} == {0}
+    assert b["status"] == "routed" and [r["route_index"] for r in b["routes"]] == [1] and {e["route_index"] for e in b["events"]} == {1}
+    for view, other in ((a, t.b.id), (b, t.a.id)):
+        text = json.dumps(view)
+        assert other not in text and "payout_cents" not in text and "bids" not in view and "fallbacks" not in text
+
+
+def test_call_lists_and_reports_are_scoped_to_the_caller(world: World):
+    t, http = world.t, world.http
+    d1, d2 = world.call_in(t.p1, "+13125550180"), world.call_in(t.p2, "+13125550181")
+    listed = {who.id: {c["call_id"] for c in http.get("/v1/calls", params={"limit": 1000}, headers=who.auth).json()["calls"]}
+              for who in (t.p1, t.p2, t.a, t.b)}
+    assert d1["call_id"] in listed[t.p1.id] and d1["call_id"] not in listed[t.p2.id]
+    assert d2["call_id"] in listed[t.p2.id] and d2["call_id"] not in listed[t.p1.id]
+    assert {d1["call_id"], d2["call_id"]} <= listed[t.a.id] and not {d1["call_id"], d2["call_id"]} & listed[t.b.id]
+    csv_text = http.get("/v1/calls", headers={**t.p2.auth, "Accept": "text/csv"}).text
+    assert d1["call_id"] not in csv_text and d2["call_id"] in csv_text
+    for group_by in ("publisher", "buyer", "campaign"):
+        rows = {who.id: http.get("/v1/reports", params={"group_by": group_by}, headers=who.auth).json()["rows"] for who in (t.p1, t.a, t.b)}
+        if group_by == "publisher":
+            assert {r["key"] for r in rows[t.p1.id]} == {t.p1.id}
+        if group_by == "buyer":
+            assert {r["key"] for r in rows[t.a.id]} == {t.a.id} and {r["key"] for r in rows[t.b.id]} == {t.b.id}
+        for r in rows[t.a.id] + rows[t.b.id]:
+            assert r["payout_cents"] is None and r["margin_cents"] is None
+        for r in rows[t.p1.id]:
+            assert r["revenue_cents"] is None and r["margin_cents"] is None

@@ -278,3 +278,13 @@ def test_a_campaign_that_can_take_no_call_now_is_parked_on_arrival_and_comes_bac
     rec, _ = world.submit()
     assert rec.decision.route.campaign == "tokyo"  # its schedule's opening brought it back
     assert book.parked == 1  # "broke" again: the hold of its first call left b2 less than its bid
+
+
+def test_a_foreign_or_service_number_that_nobody_takes_gets_its_own_reason(world: World):
+    world.place("b1", campaign("ny_only", bid_cents=3000, states=["NY"]))
+    rec, _ = world.submit(call("+442079460958"))  # London
+    assert (rec.decision.decision, rec.decision.reason) == ("rejected", "foreign_number")
+    rec, _ = world.submit(call("+18002752273"))  # toll-free
+    assert (rec.decision.decision, rec.decision.reason) == ("rejected", "non_geographic_number")
+    rec, _ = world.submit(call("+14155550100"))  # California: a US number nobody targets stays no_eligible_bid
+    assert rec.decision.reason == "no_eligible_bid"

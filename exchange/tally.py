@@ -1,0 +1,212 @@
+"""The report aggregate: hourly counters kept as calls happen, read by ``GET /v1/reports``.
+
+Each call adds to one *call cell* of its hour, keyed ``(publisher, buyer, campaign, vertical,
+state, reason)`` (buyer and campaign: the decision's winner, ``""`` when rejected), and to one
+*bid cell* per campaign considered or asked to bid, keyed ``(buyer, campaign, publisher,
+vertical, state, outcome)`` (outcome: ``won``, ``fallback``, ``outbid``, ``below_floor``,
+``timeout``). Events add to the cells of their call: a completion's duration and money, a
+fallback that rang a win. Each update is a dict lookup and a few integer additions: the
+decision path pays O(1) per call plus one per bidder.
+
+A report merges, hour by hour, the cells its caller may see, grouped by one field. A closed
+hour's grouping is cached (cleared when a late event touches that hour), so a month of
+hours costs 720 cached merges, never a pass over the calls. Reports count whole hours.
+The aggregate is rebuilt at start from the audit trail's decisions and events of the last
+``EXCHANGE_REPORT_DAYS`` (see ``replay_audit``).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+from collections.abc import Iterable
+
+HOUR_NS = 3600 * 1_000_000_000
+
+# counter slots of a cell
+CALLS, ROUTED, REJECTED, WINS, BILLABLE, REVENUE, PAYOUT, MARGIN, COMPLETED, DURATION, RTB = range(11)
+WIDTH = 11
+# a bid cell also counts its live answers by how fast they came (ms, each bucket up to its bound; one more past the last)
+MS_BUCKETS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000)
+BID_WIDTH = WIDTH + len(MS_BUCKETS) + 1
+
+GROUPS = ("buyer", "publisher", "campaign", "vertical", "state", "hour", "reason")
+# where each group's value sits in a cell key: call cells (publisher, buyer, campaign, vertical, state, reason),
+# bid cells (buyer, campaign, publisher, vertical, state, outcome)
+_CALL_AT = {"publisher": 0, "buyer": 1, "campaign": 2, "vertical": 3, "state": 4, "reason": 5}
+_BID_AT = {"buyer": 0, "campaign": 1, "publisher": 2, "vertical": 3, "state": 4, "reason": 5}
+
+CallKey = tuple[str, str, str, str, str, str]
+
+
+class Hour:
+    __slots__ = ("calls", "bids", "cache")
+
+    def __init__(self) -> None:
+        self.calls: dict[CallKey, list[int]] = {}
+        self.bids: dict[CallKey, list[int]] = {}
+        self.cache: dict[tuple[bool, int, str, str], dict[Any, list[int]]] = {}
+
+
+def _cell(table: dict[CallKey, list[int]], key: CallKey, width: int = WIDTH) -> list[int]:
+    c = table.get(key)
+    if c is None:
+        c = table[key] = [0] * width
+    return c
+
+
+def answer_p50_ms(c: list[int]) -> int | None:
+    """The median answer time of a bid cell's live answers, as its bucket's bound (None: none)."""
+    hist = c[WIDTH:]
+    total = sum(hist)
+    if not total:
+        return None
+    seen = 0
+    for i, n in enumerate(hist):
+        seen += n
+        if 2 * seen >= total:
+            return MS_BUCKETS[min(i, len(MS_BUCKETS) - 1)]
+    return MS_BUCKETS[-1]
+
+
+class Tally:
+    """Hourly call and bid cells; see the module's docstring."""
+
+    __slots__ = ("hours", "keep_hours")
+
+    def __init__(self, keep_days: int = 35) -> None:
+        self.hours: dict[int, Hour] = {}
+        self.keep_hours = keep_days * 24
+
+    def _hour(self, created_ns: int) -> Hour:
+        h = created_ns // HOUR_NS
+        hour = self.hours.get(h)
+        if hour is None:
+            hour = self.hours[h] = Hour()
+        elif hour.cache:
+            hour.cache.clear()
+        return hour
+
+    # ------------------------------------------------------------------ updates
+    def decided(self, created_ns: int, publisher: str, vertical: str, state: str | None, reason: str,
+                routes: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str, int]], floor_cents: int,
+                asked: Iterable[tuple[str, str, str, int | None]] = ()) -> None:
+        """One decision. ``routes``: (buyer, campaign) of the plan, winner first; ``bids``:
+        (buyer, campaign, bid_cents) considered; ``asked``: live bid requests sent (buyer,
+        campaign, its outcome when its answer was not considered: ``timeout``, ``no_bid`` or
+        ``ineligible``; ms to its answer, None without one)."""
+        hour = self._hour(created_ns)
+        st = state or ""
+        plan = list(routes)
+        routed = reason == "ok"
+        win_b, win_c = plan[0] if routed and plan else ("", "")
+        c = _cell(hour.calls, (publisher, win_b, win_c, vertical, st, reason))
+        c[CALLS] += 1
+        c[ROUTED if routed else REJECTED] += 1
+        if routed:
+            c[WINS] += 1
+        place = {bc: k for k, bc in enumerate(plan)} if routed else {}
+        outcomes: dict[tuple[str, str], str] = {}
+        for buyer, campaign, bid_cents in bids:
+            if (buyer, campaign) in outcomes:
+                continue
+            k = place.get((buyer, campaign))
+            outcome = "won" if k == 0 else "fallback" if k is not None else "below_floor" if bid_cents < floor_cents else "outbid"
+            outcomes[(buyer, campaign)] = outcome
+            self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, k == 0, False)
+        for buyer, campaign, outcome, ms in asked:
+            known = outcomes.get((buyer, campaign))
+            if known is not None:  # answered and considered: counted above; add the request
+                c = _cell(hour.bids, (buyer, campaign, publisher, vertical, st, known), BID_WIDTH)
+                c[RTB] += 1
+            else:
+                outcomes[(buyer, campaign)] = outcome
+                c = self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, False, True)
+            if ms is not None:
+                c[WIDTH + bisect_left(MS_BUCKETS, ms)] += 1
+
+    @staticmethod
+    def _bid(hour: Hour, buyer: str, campaign: str, publisher: str, vertical: str, st: str, outcome: str,
+             routed: bool, won: bool, asked: bool) -> list[int]:
+        c = _cell(hour.bids, (buyer, campaign, publisher, vertical, st, outcome), BID_WIDTH)
+        c[CALLS] += 1
+        c[ROUTED if routed else REJECTED] += 1
+        if won:
+            c[WINS] += 1
+        if asked:
+            c[RTB] += 1
+        return c
+
+    def rang(self, created_ns: int, publisher: str, vertical: str, state: str | None, buyer: str, campaign: str) -> None:
+        """A fallback route rang (a ``failed`` leg moved the call to it): a win for its campaign."""
+        hour = self._hour(created_ns)
+        _cell(hour.bids, (buyer, campaign, publisher, vertical, state or "", "fallback"), BID_WIDTH)[WINS] += 1
+
+    def completed(self, created_ns: int, publisher: str, vertical: str, state: str | None, first: tuple[str, str],
+                  leg: tuple[str, str], leg_outcome: str, duration_s: int, billable: bool,
+                  charged_cents: int, payout_cents: int, margin_cents: int) -> None:
+        """A call completed on route ``leg`` (``first``: the decision's winner)."""
+        hour = self._hour(created_ns)
+        st = state or ""
+        cells = (_cell(hour.calls, (publisher, first[0], first[1], vertical, st, "ok")),
+                 _cell(hour.bids, (leg[0], leg[1], publisher, vertical, st, leg_outcome), BID_WIDTH))
+        for c in cells:
+            c[COMPLETED] += 1
+            c[DURATION] += duration_s
+            if billable:
+                c[BILLABLE] += 1
+                c[REVENUE] += charged_cents
+                c[PAYOUT] += payout_cents
+                c[MARGIN] += margin_cents
+
+    def prune(self, now_ns: int) -> None:
+        """Forget hours older than the kept window."""
+        cutoff = now_ns // HOUR_NS - self.keep_hours
+        for h in [h for h in self.hours if h < cutoff]:
+            del self.hours[h]
+
+    # ------------------------------------------------------------------ reads
+    def report(self, group_by: str, kind: str, owner: str | None, lo_ns: int, hi_ns: int, now_ns: int) -> list[tuple[Any, list[int]]]:
+        """Rows ``(key, counters)`` for hours overlapping [lo_ns, hi_ns), sorted by key.
+        ``kind``: operator | publisher | buyer (``owner`` its id). Buyer-side rows (a buyer's
+        own report, or the operator's by buyer or campaign) count bid cells; the others call cells."""
+        bids = kind == "buyer" or (kind == "operator" and group_by in ("buyer", "campaign"))
+        at = _BID_AT if bids else _CALL_AT
+        gi = -1 if group_by == "hour" else at[group_by]
+        fi = -1 if kind == "operator" else at[kind]
+        lo_h, hi_h, open_h = lo_ns // HOUR_NS, -(-hi_ns // HOUR_NS), now_ns // HOUR_NS
+        out: dict[Any, list[int]] = {}
+        for h in sorted(h for h in self.hours if lo_h <= h < hi_h):
+            hour = self.hours[h]
+            ck = (bids, gi, owner or "", group_by)
+            grouped = hour.cache.get(ck)
+            if grouped is None:
+                grouped = _group(hour.bids if bids else hour.calls, gi, fi, owner, h)
+                if h < open_h:
+                    hour.cache[ck] = grouped
+            for key, c in grouped.items():
+                acc = out.get(key)
+                if acc is None:
+                    out[key] = list(c)
+                else:
+                    for i in range(len(c)):
+                        acc[i] += c[i]
+        return sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0]))
+
+
+def _group(table: dict[CallKey, list[int]], gi: int, fi: int, owner: str | None, h: int) -> dict[Any, list[int]]:
+    out: dict[Any, list[int]] = {}
+    for key, c in table.items():
+        if fi >= 0 and key[fi] != owner:
+            continue
+        value: Any = h * HOUR_NS if gi < 0 else (key[gi] or None)
+        acc = out.get(value)
+        if acc is None:
+            out[value] = list(c)
+        else:
+            for i in range(len(c)):
+                acc[i] += c[i]
+    return out
+
+
+__all__ = ["Tally", "GROUPS", "HOUR_NS", "WIDTH", "answer_p50_ms"]

@@ -1,0 +1,93 @@
+"""The report aggregate and the call logs rebuilt at start, from what the store holds.
+
+``replay_audit`` reads the audit trail's decision and event records of the report window
+(``EXCHANGE_REPORT_DAYS``) in pages of ``PAGE`` by sequence number and feeds them to the
+tally as the call desk did when they happened: a decision's cells (its request's vertical and
+state, the bids considered, the plan), a completion's duration and money, a fallback that
+rang. Live bid requests that went unanswered are not on the trail, so a rebuilt hour counts
+the RTB answers only. ``relog`` puts the calls recovered in flight back in the call logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from billing.store import Store
+from compliance.numbers import parse_number
+
+from .calllog import CallLog
+from .core import CallRecord
+from .tally import Tally
+
+PAGE = 5_000
+SQL = ("SELECT seq, at_ns, kind, call_id, number, body FROM audit "
+       "WHERE seq > ? AND at_ns >= ? AND kind IN ('decision', 'event') ORDER BY seq LIMIT ?")
+
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+async def replay_audit(store: Store, tally: Tally, since_ns: int, min_floor_cents: int) -> int:
+    """Feed the decisions and events recorded since ``since_ns`` to ``tally``; how many calls."""
+    calls: dict[str, tuple[int, str, str, str | None, list[tuple[str, str]], int]] = {}  # routed: facts + route in use
+    after, n = 0, 0
+    while True:
+        rows = await store.fetch(SQL, after, since_ns, PAGE)
+        for seq, at_ns, kind, call_id, number, body in rows:
+            after = seq
+            b = _decode(body if isinstance(body, (str, bytes)) else str(body))
+            if kind == "decision":
+                n += 1
+                _decision(tally, calls, call_id, at_ns, number, b, min_floor_cents)
+            elif call_id in calls:
+                _event(tally, calls, call_id, b)
+        if len(rows) < PAGE:
+            return n
+
+
+def _decision(tally: Tally, calls: dict, call_id: str, at_ns: int, number: str | None, b: dict[str, Any], min_floor: int) -> None:
+    req, dec = b.get("request") or {}, b.get("decision") or {}
+    state = req.get("state")
+    if state is None and number:
+        info = parse_number(number)
+        state = info.state if info is not None else None
+    routes = [(r["buyer"], r["campaign"]) for r in b.get("routes") or ()]
+    reason = dec.get("reason", "")
+    tally.decided(at_ns, b.get("publisher", ""), req.get("vertical", ""), state, reason, routes,
+                  [(x["buyer"], x["campaign"], x["bid_cents"]) for x in b.get("bids") or ()],
+                  max(req.get("floor_cents") or 0, min_floor))
+    if reason == "ok" and routes:
+        calls[call_id] = (at_ns, b.get("publisher", ""), req.get("vertical", ""), state, routes, 0)
+
+
+def _event(tally: Tally, calls: dict, call_id: str, b: dict[str, Any]) -> None:
+    at_ns, publisher, vertical, state, routes, index = calls[call_id]
+    ev, resp = b.get("event") or {}, b.get("response") or {}
+    k = b.get("route_index", index)
+    if ev.get("event") == "completed" and b.get("status") == "completed" and k < len(routes):
+        charged, payout = resp.get("charged_cents", 0), resp.get("payout_cents", 0)
+        billable = bool(resp.get("billable"))
+        tally.completed(at_ns, publisher, vertical, state, routes[0], routes[k], "won" if k == 0 else "fallback",
+                        ev.get("duration_s") or 0, billable, charged, payout, charged - payout if billable else 0)
+        del calls[call_id]
+    elif ev.get("event") == "failed":
+        if b.get("status") in ("routed", "connected") and k != index and k < len(routes):
+            tally.rang(at_ns, publisher, vertical, state, *routes[k])
+            calls[call_id] = (at_ns, publisher, vertical, state, routes, k)
+        else:
+            del calls[call_id]
+
+
+def relog(log: CallLog, calls: dict[str, CallRecord]) -> None:
+    """The calls in memory (recovered in flight) into the call logs, in decision order."""
+    for rec in sorted(calls.values(), key=lambda r: r.created_ns):
+        log.decided(rec.call_id, rec.publisher, rec.created_ns)
+        for _, e, k in rec.history:
+            if e == "routed" and k < len(rec.routes):
+                log.rang(rec.call_id, rec.routes[k].buyer, rec.created_ns)
+        if rec.active and rec.route is not None and all(not (e == "routed" and k == rec.index) for _, e, k in rec.history):
+            log.rang(rec.call_id, rec.route.buyer, rec.created_ns)
+
+
+__all__ = ["replay_audit", "relog"]

@@ -1,0 +1,106 @@
+"""The report aggregate and the call logs, pure: counters per hour, scopes, groupings, pages."""
+
+from __future__ import annotations
+
+import time
+
+from exchange.calllog import CallLog
+from exchange.tally import BILLABLE, CALLS, HOUR_NS, REVENUE, ROUTED, WINS, Tally
+
+T0 = 1_780_000_000 * 1_000_000_000 // HOUR_NS * HOUR_NS  # the start of an hour
+
+
+def rows(t: Tally, group_by: str, kind: str = "operator", owner: str | None = None, lo: int = T0, hi: int = T0 + 48 * HOUR_NS):
+    return {k: c for k, c in t.report(group_by, kind, owner, lo, hi, hi)}
+
+
+def test_a_routed_call_counts_once_for_the_market_and_once_per_bidder():
+    t = Tally()
+    t.decided(T0, "p1", "auto", "CA", "ok", [("b1", "c1"), ("b2", "c2")], [("b1", "c1", 3000), ("b2", "c2", 2000), ("b3", "c3", 100)], 500)
+    by_pub = rows(t, "publisher")
+    assert by_pub["p1"][CALLS] == 1 and by_pub["p1"][ROUTED] == 1 and by_pub["p1"][WINS] == 1
+    by_buyer = rows(t, "buyer")
+    assert {k: (c[CALLS], c[WINS]) for k, c in by_buyer.items()} == {"b1": (1, 1), "b2": (1, 0), "b3": (1, 0)}
+    assert set(rows(t, "reason", "buyer", "b3")) == {"below_floor"}
+    assert set(rows(t, "reason", "buyer", "b2")) == {"fallback"}
+    assert set(rows(t, "reason", "publisher", "p1")) == {"ok"}
+
+
+def test_a_completion_adds_money_to_the_call_and_to_the_leg_that_was_billed():
+    t = Tally()
+    t.decided(T0, "p1", "auto", "CA", "ok", [("b1", "c1"), ("b2", "c2")], [("b1", "c1", 3000), ("b2", "c2", 2000)], 0)
+    t.rang(T0, "p1", "auto", "CA", "b2", "c2")
+    t.completed(T0, "p1", "auto", "CA", ("b1", "c1"), ("b2", "c2"), "fallback", 90, True, 2000, 1600, 400)
+    assert rows(t, "publisher")["p1"][REVENUE] == 2000
+    b = rows(t, "campaign")
+    assert (b["c2"][WINS], b["c2"][BILLABLE], b["c2"][REVENUE]) == (1, 1, 2000) and b["c1"][BILLABLE] == 0
+
+
+def test_scopes_never_mix_tenants():
+    t = Tally()
+    t.decided(T0, "p1", "auto", "CA", "ok", [("b1", "c1")], [("b1", "c1", 3000)], 0)
+    t.decided(T0, "p2", "auto", "TX", "no_eligible_bid", [], [], 0)
+    assert set(rows(t, "state", "publisher", "p1")) == {"CA"} and set(rows(t, "state", "publisher", "p2")) == {"TX"}
+    assert rows(t, "publisher", "buyer", "b1") == {"p1": rows(t, "publisher", "buyer", "b1")["p1"]}
+    assert rows(t, "buyer", "buyer", "nobody") == {}
+
+
+def test_hours_are_grouped_and_ranged_by_whole_hours_and_closed_hours_are_cached_until_touched():
+    t = Tally()
+    for h in range(3):
+        t.decided(T0 + h * HOUR_NS + 5, "p1", "auto", "CA", "ok", [("b1", "c1")], [("b1", "c1", 100)], 0)
+    assert [k for k in rows(t, "hour")] == [T0, T0 + HOUR_NS, T0 + 2 * HOUR_NS]
+    assert list(rows(t, "hour", lo=T0 + HOUR_NS + 1, hi=T0 + HOUR_NS + 2)) == [T0 + HOUR_NS]
+    assert t.hours[T0 // HOUR_NS].cache  # a closed hour's grouping is kept
+    t.completed(T0 + 5, "p1", "auto", "CA", ("b1", "c1"), ("b1", "c1"), "won", 60, True, 100, 80, 20)
+    assert rows(t, "publisher")["p1"][BILLABLE] == 1  # a late event clears that hour's cache
+
+
+def test_a_month_of_hours_reports_in_well_under_a_second():
+    t = Tally()
+    for h in range(30 * 24):  # 300 distinct cells an hour: 20 publishers x 5 campaigns x 3 states
+        for n in range(300):
+            t.decided(T0 + h * HOUR_NS, f"p{n % 20}", "auto", ("CA", "TX", "NY")[n % 3], "ok", [(f"b{n % 5}", f"c{n % 5}")],
+                      [(f"b{n % 5}", f"c{n % 5}", 1000)], 0)
+    now = T0 + 30 * 24 * HOUR_NS
+    for group_by in ("publisher", "campaign", "hour"):
+        t0 = time.perf_counter()
+        first = t.report(group_by, "operator", None, T0, now, now)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assert t.report(group_by, "operator", None, T0, now, now) == first
+        warm = time.perf_counter() - t0
+        assert cold < 1.0 and warm < 0.25, (group_by, cold, warm)
+
+
+def test_call_log_pages_newest_first_with_a_stable_cursor():
+    log, alive = CallLog(), {}
+    for n in range(5):
+        alive[f"c{n}"] = n
+        log.decided(f"c{n}", "p1", T0 + n)
+    page, cursor = log.page("p1", alive, None, None, lambda r: True, 2, None)
+    assert page == [4, 3] and cursor is not None
+    alive["c5"] = 5
+    log.decided("c5", "p1", T0 + 5)  # a newer call does not shift the next page
+    page, cursor = log.page("p1", alive, None, None, lambda r: True, 2, cursor)
+    assert page == [2, 1]
+    page, cursor = log.page("p1", alive, None, None, lambda r: True, 2, cursor)
+    assert page == [0] and cursor is None
+    del alive["c0"], alive["c1"]
+    log.prune(alive)
+    assert log.page("p1", alive, T0 + 2, T0 + 5, lambda r: True, 10, None) == ([4, 3, 2], None)
+    assert log.page("p2", alive, None, None, lambda r: True, 10, None) == ([], None)
+
+
+def test_live_answers_are_timed_and_their_median_reported_by_bucket():
+    from exchange.tally import answer_p50_ms
+
+    t = Tally()
+    for n, ms in enumerate((4, 6, 9, 70)):
+        t.decided(T0, "p1", "auto", "CA", "ok", [("b1", "live")], [("b1", "live", 3000)], 0, [("b1", "live", "ineligible", ms)])
+        assert n + 1 == rows(t, "campaign", "buyer", "b1")["live"][CALLS]
+    t.decided(T0, "p1", "auto", "CA", "no_eligible_bid", [], [], 0, [("b2", "slow", "timeout", None), ("b3", "no", "no_bid", 12)])
+    c = rows(t, "campaign", "buyer", "b1")["live"]
+    assert answer_p50_ms(c) == 7  # 4, 6, 9, 70 ms: the median falls in the (5, 7] bucket
+    assert set(rows(t, "reason", "buyer", "b2")) == {"timeout"} and answer_p50_ms(rows(t, "campaign", "buyer", "b2")["slow"]) is None
+    assert answer_p50_ms(rows(t, "reason", "buyer", "b3")["no_bid"]) == 15

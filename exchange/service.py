@@ -28,6 +28,7 @@ from .journal import Journal
 from .lifecycle import expire_due
 from .metrics import Metrics
 from .recovery import restore
+from .relay import Relay
 from .rtb import RtbDesk
 from .settings import Settings
 from .treasury import Treasury
@@ -51,6 +52,12 @@ class Exchange:
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.relay: Relay | None = None
+        if settings.nats_url:
+            writer = self.journal.writer
+            self.relay = Relay(self.journal.store, settings.nats_url, settings.nats_stream, settings.nats_subject,
+                               settings.relay_batch, settings.relay_inflight, settings.events_max_age_s,
+                               head=lambda: writer.head[0], clock_ns=self.clock.now_ns)
 
     async def start(self) -> None:
         gcpolicy.tune()
@@ -62,6 +69,8 @@ class Exchange:
         await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        if self.relay is not None:
+            self.relay.start()
         self.ready = True
 
     async def drain(self, timeout_s: float = 5.0) -> int:
@@ -75,6 +84,8 @@ class Exchange:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.relay is not None:
+            await self.relay.stop()
         await self.journal.close()
         await self.compliance.stop()
 
@@ -111,4 +122,5 @@ class Exchange:
             "ledger_writer_batches": writer.batches,
             "ledger_writer_up": int(writer.state == "up"),
             "ledger_records_refused": writer.records_refused,  # records the database refused for their data
+            **(self.relay.gauges() if self.relay is not None else {}),
         }

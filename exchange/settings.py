@@ -58,6 +58,15 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     checkpoint_key_file: str | None = None
     checkpoint_file: str | None = None
     checkpoint_every_s: Annotated[int, Meta(ge=1)] = 300
+    # Domain events (billing.events) relayed to NATS JetStream (exchange.relay) when nats_url is
+    # set: stream nats_stream on subjects <nats_subject>.<event type>, messages kept
+    # events_max_age_s; relay_inflight publishes awaiting their acks at once.
+    nats_url: str | None = None
+    nats_stream: str = "DCE_EVENTS"
+    nats_subject: str = "dce.events"
+    events_max_age_s: Annotated[int, Meta(ge=60)] = 7 * 86_400
+    relay_batch: Annotated[int, Meta(ge=1, le=100_000)] = 500
+    relay_inflight: Annotated[int, Meta(ge=1, le=100_000)] = 256
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

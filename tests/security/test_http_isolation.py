@@ -44,6 +44,7 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("POST", "/v1/calls/{call_id}/events"): frozenset({"operator", "publisher"}),
     ("POST", "/v1/calls/{call_id}/refund"): OPERATOR,
     ("GET", "/v1/audit"): OPERATOR,
+    ("GET", "/v1/events"): frozenset({"operator", "buyer", "publisher"}),
     ("POST", "/v1/suppressions"): frozenset({"operator", "buyer"}),
     ("POST", "/v1/dnc/national"): OPERATOR,
     ("POST", "/v1/dnc/state/{state}"): OPERATOR,
@@ -73,6 +74,7 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
                                              "test_restored_accounts_and_recorded_answers_stay_isolated"],
     ("POST", "/v1/calls/{call_id}/refund"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("GET", "/v1/audit"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("GET", "/v1/events"): [ROLES_TEST, "test_events_are_their_addressees_only"],
     ("POST", "/v1/suppressions"): [ROLES_TEST, "test_suppressions_stay_in_the_buyers_scope"],
     ("POST", "/v1/dnc/national"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/dnc/state/{state}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
@@ -422,3 +424,43 @@ def test_a_buyers_revocation_leaves_the_other_sellers_consent(world: World):
     assert r.status_code == 200 and r.json()["scope"] == f"buyer:{t.a.id}"
     d = world.call_out(n, tok)  # a is out; b's consent is b's
     assert d["decision"] == "routed" and d["route"]["buyer"] == t.b.id, d
+
+
+def _events(world: World, headers: dict, **params: str) -> list[dict]:
+    out: list[dict] = []
+    after = params.pop("after", "0")
+    while True:
+        r = world.http.get("/v1/events", params={"after": after, "limit": "50", **params}, headers=headers)
+        assert r.status_code == 200, r.text
+        out += r.json()["events"]
+        if r.json()["next_cursor"] is None:
+            return out
+        after = r.json()["next_cursor"]
+
+
+def test_events_are_their_addressees_only(world: World):
+    """GET /v1/events: a tenant replays the events addressed to it and nothing else, from any
+    position and with any filter; a buyer's events name no other tenant, a publisher's no
+    other publisher; the operator sees the whole market."""
+    t, call = world.t, world.billed_call
+    every = _events(world, world.server.admin)
+    assert {e["account"] for e in every} >= {x.id for x in t}
+    for who in t:
+        mine = _events(world, who.auth)
+        assert mine == [e for e in every if e["account"] == who.id], who
+        strangers = {x.id for x in t} - {who.id} if who in (t.a, t.b) else {t.p1.id, t.p2.id} - {who.id}
+        assert not [e for e in mine if any(s in str(e) for s in strangers)], who
+        for k in range(0, len(mine), 3):  # any position: the rest of its own stream
+            assert _events(world, who.auth, after=mine[k]["id"]) == mine[k + 1:]
+        typed = _events(world, who.auth, types="money.charged,money.payout,call.billable")
+        assert typed == [e for e in mine if e["type"] in ("money.charged", "money.payout", "call.billable")]
+    assert not [e for e in _events(world, t.p2.auth) if e.get("call_id") == call]
+    assert not [e for e in _events(world, t.b.auth) if e.get("call_id") == call and e["type"] != "call.decided"]
+    charged = [e for e in _events(world, t.a.auth) if e["type"] == "money.charged"]
+    assert [(e["call_id"], e["data"]["amount_cents"]) for e in charged] == [(call, 3000)]
+    assert all("payout_cents" not in e["data"] for e in _events(world, t.a.auth))
+    # another tenant's event id as a position widens nothing
+    theirs = [e for e in every if e["account"] == t.a.id]
+    assert _events(world, t.b.auth, after=theirs[0]["id"]) == [e for e in every if e["account"] == t.b.id and e["id"] > theirs[0]["id"]]
+    bad = world.http.get("/v1/events", params={"after": "evt_1"}, headers=t.a.auth)
+    assert bad.status_code == 422 and bad.json()["error"]["path"] == "$.after"

@@ -39,12 +39,11 @@ import heapq
 import logging
 from collections import deque
 from time import monotonic
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from .audit import Chain
 from .trail import describe, fill as _fill
-from .postings import Entry
 from .records import Record
 from .store import Batch, BatchRefused, RecordRefused, Store, StoreRefused, StoreUnavailable
 

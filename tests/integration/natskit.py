@@ -78,7 +78,7 @@ async def consume(bus: Bus, want: int, timeout_s: float = 20.0) -> list[tuple[st
         while loop.time() < end:
             try:
                 msg = await sub.next_msg(timeout=0.5 if len(out) >= want else 2.0)
-            except (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 if len(out) >= want:
                     break
                 continue

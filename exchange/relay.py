@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -54,7 +55,7 @@ class Relay:
         self.up = False
         self._clock = clock_ns
         self._task: asyncio.Task | None = None
-        self._nc = None
+        self._nc: Any = None  # nats.aio.client.Client (imported when the relay starts)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-relay")

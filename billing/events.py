@@ -38,6 +38,7 @@ TYPES = (
     "call.decided", "call.connected", "call.completed", "call.failed", "call.expired", "call.billable",
     "money.held", "money.captured", "money.released",
     "money.charged", "money.payout", "money.refunded", "money.deposited", "money.withdrawn",
+    "webhook.disabled",
 )
 
 
@@ -110,6 +111,8 @@ def _parties(kind: str, b: Any) -> tuple[str, ...]:
         return tuple(dict.fromkeys([b["publisher"], *(r["buyer"] for r in b.get("routes", ()))]))
     if kind == "event":
         return tuple(p for p in (b.get("publisher"), b.get("buyer")) if p)
+    if kind == "webhook":
+        return (b["account"],) if b["account"] != "operator" else ()
     return ()
 
 
@@ -197,6 +200,10 @@ def addressed(kind: str, body: dict[str, Any]) -> list[Addressed]:
         return _hold(kind, body)
     if kind == "account":
         return _account(body)
+    if kind == "webhook":  # a notice: an endpoint was disabled after repeated failures
+        owner = body["account"]
+        return [Addressed("webhook." + body["state"], None if owner == "operator" else owner,
+                          {k: body[k] for k in ("webhook_id", "url", "reason")})]
     return []
 
 

@@ -29,6 +29,7 @@ from .lifecycle import expire_due
 from .metrics import Metrics
 from .recovery import restore
 from .relay import Relay
+from .webhooks import Webhooks
 from .rtb import RtbDesk
 from .settings import Settings
 from .treasury import Treasury
@@ -53,8 +54,10 @@ class Exchange:
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: Relay | None = None
+        writer = self.journal.writer
+        self.webhooks: Webhooks | None = Webhooks(self.journal.store, self.journal.record, lambda: writer.head[0], settings,
+                                                  self.clock.now_ns)
         if settings.nats_url:
-            writer = self.journal.writer
             self.relay = Relay(self.journal.store, settings.nats_url, settings.nats_stream, settings.nats_subject,
                                settings.relay_batch, settings.relay_inflight, settings.events_max_age_s,
                                head=lambda: writer.head[0], clock_ns=self.clock.now_ns)
@@ -71,6 +74,8 @@ class Exchange:
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         if self.relay is not None:
             self.relay.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         self.ready = True
 
     async def drain(self, timeout_s: float = 5.0) -> int:
@@ -86,6 +91,8 @@ class Exchange:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.relay is not None:
             await self.relay.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.journal.close()
         await self.compliance.stop()
 
@@ -123,4 +130,5 @@ class Exchange:
             "ledger_writer_up": int(writer.state == "up"),
             "ledger_records_refused": writer.records_refused,  # records the database refused for their data
             **(self.relay.gauges() if self.relay is not None else {}),
+            **(self.webhooks.gauges() if self.webhooks is not None else {}),
         }

@@ -45,6 +45,10 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("POST", "/v1/calls/{call_id}/refund"): OPERATOR,
     ("GET", "/v1/audit"): OPERATOR,
     ("GET", "/v1/events"): frozenset({"operator", "buyer", "publisher"}),
+    ("POST", "/v1/webhooks"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/webhooks"): frozenset({"operator", "buyer", "publisher"}),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): frozenset({"operator", "buyer", "publisher"}),
     ("POST", "/v1/suppressions"): frozenset({"operator", "buyer"}),
     ("POST", "/v1/dnc/national"): OPERATOR,
     ("POST", "/v1/dnc/state/{state}"): OPERATOR,
@@ -75,6 +79,10 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
     ("POST", "/v1/calls/{call_id}/refund"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("GET", "/v1/audit"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("GET", "/v1/events"): [ROLES_TEST, "test_events_are_their_addressees_only"],
+    ("POST", "/v1/webhooks"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
+    ("GET", "/v1/webhooks"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
+    ("DELETE", "/v1/webhooks/{webhook_id}"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
     ("POST", "/v1/suppressions"): [ROLES_TEST, "test_suppressions_stay_in_the_buyers_scope"],
     ("POST", "/v1/dnc/national"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/dnc/state/{state}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
@@ -141,7 +149,7 @@ def today() -> str:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    server, _ = start()
+    server, _ = start({"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true"})
     buyers: list[Buyer] = []
     try:
         t = make_tenants(server, "http")
@@ -464,3 +472,22 @@ def test_events_are_their_addressees_only(world: World):
     assert _events(world, t.b.auth, after=theirs[0]["id"]) == [e for e in every if e["account"] == t.b.id and e["id"] > theirs[0]["id"]]
     bad = world.http.get("/v1/events", params={"after": "evt_1"}, headers=t.a.auth)
     assert bad.status_code == 422 and bad.json()["error"]["path"] == "$.after"
+
+
+def test_webhooks_are_their_owners_only(world: World):
+    """A tenant's webhooks (their URLs, secrets and delivery logs) are its own: another tenant
+    neither lists, reads nor deletes them; no listing shows a secret."""
+    t, http = world.t, world.http
+    r = http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/a-hook"}, headers=t.a.auth)
+    assert r.status_code == 201, r.text
+    hook, secret = r.json()["id"], r.json()["secret"]
+    for who in (t.b, t.p1, t.p2):
+        listed = http.get("/v1/webhooks", headers=who.auth)
+        assert listed.status_code == 200 and hook not in listed.text and secret not in listed.text
+        assert http.get(f"/v1/webhooks/{hook}/deliveries", headers=who.auth).status_code == 404
+        assert http.delete(f"/v1/webhooks/{hook}", headers=who.auth).status_code == 404
+    own = http.get("/v1/webhooks", headers=t.a.auth)
+    assert hook in own.text and secret not in own.text
+    assert http.get(f"/v1/webhooks/{hook}/deliveries", headers=t.a.auth).status_code == 200
+    assert http.delete(f"/v1/webhooks/{hook}", headers=t.a.auth).status_code == 204
+    assert hook not in http.get("/v1/webhooks", headers=t.a.auth).text

@@ -145,8 +145,8 @@ class Relay:
             events = [ev for row in rows for i, ev in enumerate(derive(row)) if (row.seq, i) > self.at]
             if events:
                 await self._publish(js, events)
-            self.at = parse_position(position(rows[-1].seq))
             await self._save(rows[-1].seq)
+            self.at = parse_position(position(rows[-1].seq))
 
     async def _publish(self, js, events: list[DomainEvent]) -> None:
         """Publish ``events`` in order, pipelined; raises (after every ack is in) if any failed."""

@@ -58,8 +58,12 @@ class Receiver:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
+        class Quiet(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # /close hangs up on purpose
+
         self.port = free_port()
-        self.http = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.http = Quiet(("127.0.0.1", self.port), Handler)
         self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
         self.thread.start()
 
@@ -126,7 +130,7 @@ def test_webhooks_deliver_signed_in_order_retry_and_disable(world):
     assert len(ids) >= 5 * 5
 
     # the fast endpoint: every event of the buyer, once, in order, signed
-    fast = _wait(lambda: (got := rx.at("/fast")) and len(got) >= len(ids) and got)
+    fast = _wait(lambda: (got := rx.at("/fast")) and len(got) >= len(ids) and got)[:len(ids)]  # (then the notice below)
     assert [h["DCE-Event-Id"] for h, _, _ in fast] == ids
     assert [json.loads(b) for _, b, _ in fast] == mine
     assert all(_verify(hooks["/fast"]["secret"], h, b) for h, b, _ in fast)
@@ -144,7 +148,7 @@ def test_webhooks_deliver_signed_in_order_retry_and_disable(world):
     bodies: dict[str, set[bytes]] = {}
     for h, b, _ in flaky:
         bodies.setdefault(h["DCE-Event-Id"], set()).add(b)
-    assert set(bodies) == set(ids) and all(len(v) == 1 for v in bodies.values())
+    assert set(bodies) >= set(ids) and all(len(v) == 1 for v in bodies.values())
     assert [rx.tries[("/flaky", i)] for i in ids[:4]] == [3, 3, 3, 1]
     log = server.http.get(f"/v1/webhooks/{hooks['/flaky']['id']}/deliveries", params={"limit": 1000}, headers=buyer).json()
     first = sorted((d for d in log["deliveries"] if d["event_id"] == ids[0]), key=lambda d: d["attempt"])

@@ -39,7 +39,7 @@ import heapq
 import logging
 from collections import deque
 from time import monotonic
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from .audit import Chain
@@ -108,6 +108,8 @@ class Writer:
         self.head: tuple[int, bytes] = (0, bytes(32))  # the last committed audit record (seq, hash)
         # Optional: a store that can build a batch's parameters before its connection is free.
         self._prepare = getattr(store, "prepare", None)
+        # Called with each committed batch (e.g. to wake the webhooks of the accounts it addresses).
+        self.on_commit: list[Callable[[Batch], None]] = []
 
     async def start(self) -> None:
         self.head = await self.store.last_audit()
@@ -305,6 +307,8 @@ class Writer:
         if batch.audit:
             last = batch.audit[-1]
             self.head = (last.seq, last.hash)
+        for listener in self.on_commit:
+            listener(batch)
 
     def _resolve(self, upto: int) -> None:
         self.committed = upto

@@ -76,6 +76,7 @@ class Exchange:
             self.relay.start()
         if self.webhooks is not None:
             await self.webhooks.start()
+            self.journal.writer.on_commit.append(self.webhooks.committed)
         self.ready = True
 
     async def drain(self, timeout_s: float = 5.0) -> int:

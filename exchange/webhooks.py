@@ -3,8 +3,8 @@
 Every endpoint has its own task, its own position in the event stream (billing.events) and at
 most ``webhook_inflight`` deliveries in flight (1 by default: in order), so a slow or failing
 endpoint holds up nobody else: not decisions (the tasks only read the store, after commit),
-not other endpoints. A reader follows the writer's head and wakes only the endpoints of the
-accounts the new records address (``event_parties``).
+not other endpoints. The writer's commit wakes only the endpoints of the accounts its records
+address (``Batch.parties``); a woken endpoint reads its own events from the store.
 
 A delivery is a ``POST`` of one event (the same bytes on every attempt) with ``DCE-Event-Id``
 and ``DCE-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``. A non-2xx
@@ -32,7 +32,7 @@ import msgspec
 
 from billing.events import DomainEvent, derive, parse_position, position, select
 from billing.records import AuditEvent
-from billing.store import Store, StoreUnavailable
+from billing.store import Batch, Store, StoreUnavailable
 
 from . import ssrf
 
@@ -90,7 +90,6 @@ class Webhooks:
         self.own = (s.host, s.port)
         self.hooks: dict[str, Hook] = {}
         self.delivered = self.failed = 0
-        self._reader: asyncio.Task | None = None
         self._http: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -103,10 +102,9 @@ class Webhooks:
         for wid, due in await self.store.fetch("SELECT webhook_id, min(due_ns) FROM webhook_retries GROUP BY webhook_id"):
             if wid in self.hooks:
                 self.hooks[wid].next_due = int(due)
-        self._reader = asyncio.create_task(self._follow(), name="webhook-reader")
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._reader, *(h.task for h in self.hooks.values())] if t is not None]
+        tasks = [t for t in (h.task for h in self.hooks.values()) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -158,24 +156,14 @@ class Webhooks:
             "WHERE webhook_id = ? ORDER BY at_ns DESC LIMIT ?", hook.id, limit)
 
     # ------------------------------------------------------------------ the tasks
-    async def _follow(self) -> None:
-        """Wake the endpoints of the accounts that new records address."""
-        seen = self.head()
-        while True:
-            await asyncio.sleep(0.05)
-            head = self.head()
-            if head <= seen or not self.hooks:
-                seen = max(seen, head)
-                continue
-            try:
-                rows = await self.store.fetch("SELECT DISTINCT account FROM event_parties WHERE seq > ? AND seq <= ?", seen, head)
-            except StoreUnavailable:
-                continue
-            accounts = {r[0] for r in rows} | {OPERATOR}
-            for h in self.hooks.values():
-                if h.account in accounts:
-                    h.wake.set()
-            seen = head
+    def committed(self, batch: Batch) -> None:
+        """The writer committed ``batch``: wake the endpoints of the accounts it addresses."""
+        if not self.hooks or not batch.audit:
+            return
+        accounts = {p for p, _ in batch.parties}
+        for h in self.hooks.values():
+            if h.account == OPERATOR or h.account in accounts:
+                h.wake.set()
 
     async def _serve(self, hook: Hook) -> None:
         while hook.disabled_ns is None:

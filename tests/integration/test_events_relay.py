@@ -73,7 +73,7 @@ def test_a_real_consumer_gets_every_event_once_in_order(db_url, bus):
             finally:
                 await relay.stop()
             want = await _all_events(store)
-            assert len(want) > 300
+            assert len(want) > 250
             _check(await consume(bus, len(want)), want)
             assert await store.relay_position(relay.name) == (await store.last_audit())[0]
 

@@ -63,7 +63,7 @@ class Relay:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=5.0)
             self._task = None
         await self._close()
 
@@ -72,8 +72,8 @@ class Relay:
         self.up = False
         if nc is not None:
             try:
-                await nc.close()
-            except Exception:  # noqa: BLE001 - already gone
+                await asyncio.wait_for(nc.close(), 2.0)
+            except Exception:  # noqa: BLE001 - already gone, or not closing: dropped either way
                 pass
 
     # ------------------------------------------------------------------ the loop

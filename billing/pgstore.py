@@ -81,6 +81,11 @@ WITH a AS (
     FROM unnest(@int8, @int8, @text, @text, @text, @text, @bytea, @bytea) WITH ORDINALITY
          AS x (seq, at_ns, kind, call_id, number, body, prev_hash, hash, i)
     WHERE NOT EXISTS (SELECT 1 FROM audit WHERE seq = @scalar_int8 AND hash = @scalar_bytea)
+), ep AS (
+    -- who each audit record's domain events address (billing.events)
+    INSERT INTO event_parties (account, seq)
+    SELECT * FROM unnest(@text, @int8)
+    {conflict}
 )
 SELECT count(*) FROM e
 """
@@ -318,6 +323,9 @@ class PgStore(Store):
             _text(c, out)
         out += (None, None) if whole else (list(prev_hash), list(hash_))
         out += (seq[0], hash_[0]) if batch.audit else (None, None)
+        p_account, p_seq = _columns(batch.parties, 2)
+        _text(p_account, out)
+        out.append(p_seq)
         return out
 
     def prepare(self, batch: Batch) -> None:

@@ -135,6 +135,8 @@ class SqliteStore(Store):
                 db.executemany("INSERT INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.outcomes)
             if batch.audit:
                 db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.audit)
+            if batch.parties:
+                db.executemany("INSERT INTO event_parties VALUES (?, ?) ON CONFLICT DO NOTHING", batch.parties)
             db.execute("COMMIT")
             return new
         except BaseException:

@@ -49,6 +49,7 @@ class Batch:
     outcomes: list[CallOutcome] = field(default_factory=list)
     accounts: list[AccountRow] = field(default_factory=list)
     audit: list[AuditRow] = field(default_factory=list)
+    parties: list[tuple[str, int]] = field(default_factory=list)  # (account, audit seq): who its domain events address
 
     def __len__(self) -> int:
         return len(self.entries) + len(self.holds) + len(self.outcomes) + len(self.accounts) + len(self.audit)
@@ -196,3 +197,26 @@ class Store(ABC):
             "SELECT seq, at_ns, kind, call_id, number, body, prev_hash, hash FROM audit WHERE "
             + " AND ".join(where) + " ORDER BY seq LIMIT ?", *args, limit)
         return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]
+
+    # ------------------------------------------------------------------ domain events (billing.events)
+    async def event_rows(self, viewer: str | None, from_seq: int, limit: int) -> list[AuditRow]:
+        """Audit records from ``from_seq`` on (seq order, at most ``limit``) with an event for
+        ``viewer`` (every record for the operator, None)."""
+        cols = "a.seq, a.at_ns, a.kind, a.call_id, a.number, a.body, a.prev_hash, a.hash"
+        if viewer is None:
+            rows = await self.fetch(f"SELECT {cols} FROM audit a WHERE a.seq >= ? ORDER BY a.seq LIMIT ?", from_seq, limit)
+        else:
+            rows = await self.fetch(
+                f"SELECT {cols} FROM event_parties p JOIN audit a ON a.seq = p.seq "
+                "WHERE p.account = ? AND p.seq >= ? ORDER BY p.seq LIMIT ?", viewer, from_seq, limit)
+        return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]
+
+    async def relay_position(self, name: str) -> int | None:
+        """The last audit seq whose events relay ``name`` saw acknowledged (None: never ran)."""
+        rows = await self.fetch("SELECT seq FROM relay_positions WHERE name = ?", name)
+        return int(rows[0][0]) if rows else None
+
+    async def save_relay_position(self, name: str, seq: int, now_ns: int) -> None:
+        await self.fetch(
+            "INSERT INTO relay_positions (name, seq, updated_ns) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+            "SET seq = excluded.seq, updated_ns = excluded.updated_ns RETURNING seq", name, seq, now_ns)

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import msgspec
 
+from collections.abc import Callable
+
+from .audit import AuditRow
+from .events import parties
 from .postings import Entry
 from .records import AccountRow, AuditEvent, CallOutcome, HoldEvent, Record
+from .store import Batch
 
 
 class _LegBody(msgspec.Struct):
@@ -83,3 +88,31 @@ def describe(r: Record) -> str:
     if isinstance(r, AccountRow):
         return f"account {r.id!r} named {r.name!r}"
     return f"audit {r.kind} record" + (f" of call {r.call_id!r}" if r.call_id else "")
+
+
+def fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], AuditRow]) -> None:
+    """Sort ``records`` into ``batch``, putting each row on the audit chain with it, and
+    address each audit record's domain events (``batch.parties``: (account, seq))."""
+    entries, holds, outcomes, audit, party = batch.entries, batch.holds, batch.outcomes, batch.audit, batch.parties
+    for r in records:
+        ev: AuditEvent
+        if isinstance(r, HoldEvent):
+            holds.append(r)
+            ev = hold_audit(r)
+        elif isinstance(r, Entry):
+            entries.append(r)
+            ev = entry_audit(r)
+        elif isinstance(r, AuditEvent):
+            ev = r
+        elif isinstance(r, CallOutcome):
+            outcomes.append(r)
+            ev = outcome_audit(r)
+        elif isinstance(r, AccountRow):
+            batch.accounts.append(r)
+            ev = account_audit(r)
+        else:
+            continue
+        row = chain(ev)
+        audit.append(row)
+        for p in parties(ev):
+            party.append((p, row.seq))

@@ -19,6 +19,8 @@ writer) stops the writer: every waiter gets ``StoreRefused``.
 
 Besides what it is given, the writer puts every row it writes (account, entry, hold, capture,
 release, call outcome) on the audit trail in the same transaction; ``audit verify`` pairs them.
+The audit trail is also the outbox of domain events (billing.events): each batch carries the
+(account, seq) pairs that address them, written in the same transaction.
 
 Under a backlog (a full batch already waiting) the writer numbers and hashes the next batch
 while the current one commits, so the database and this process work at the same time; at
@@ -40,10 +42,9 @@ from time import monotonic
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from .audit import AuditRow, Chain
-from .trail import account_audit, describe, entry_audit, hold_audit, outcome_audit
-from .postings import Entry
-from .records import AccountRow, AuditEvent, CallOutcome, HoldEvent, Record
+from .audit import Chain
+from .trail import describe, fill as _fill
+from .records import Record
 from .store import Batch, BatchRefused, RecordRefused, Store, StoreRefused, StoreUnavailable
 
 log = logging.getLogger("exchange.writer")
@@ -67,37 +68,6 @@ def _split(records: list[Record], first: int, ends: list[int]) -> list[tuple[int
         out.append((end, records[lo - first:end - first]))
         lo = end
     return out
-
-
-def _fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], AuditRow]) -> None:
-    """Sort ``records`` into ``batch``, putting each row on the audit chain with it."""
-    entries, holds, outcomes, audit = batch.entries, batch.holds, batch.outcomes, batch.audit
-    for r in records:
-        if type(r) is HoldEvent:
-            holds.append(r)
-            audit.append(chain(hold_audit(r)))
-        elif type(r) is Entry:
-            entries.append(r)
-            audit.append(chain(entry_audit(r)))
-        elif type(r) is CallOutcome:
-            outcomes.append(r)
-            audit.append(chain(outcome_audit(r)))
-        elif type(r) is AuditEvent:
-            audit.append(chain(r))
-        elif isinstance(r, Entry):
-            entries.append(r)
-            audit.append(chain(entry_audit(r)))
-        elif isinstance(r, HoldEvent):
-            holds.append(r)
-            audit.append(chain(hold_audit(r)))
-        elif isinstance(r, AuditEvent):
-            audit.append(chain(r))
-        elif isinstance(r, CallOutcome):
-            outcomes.append(r)
-            audit.append(chain(outcome_audit(r)))
-        elif isinstance(r, AccountRow):
-            batch.accounts.append(r)
-            audit.append(chain(account_audit(r)))
 
 
 class _Expired(Exception):
@@ -138,6 +108,8 @@ class Writer:
         self.head: tuple[int, bytes] = (0, bytes(32))  # the last committed audit record (seq, hash)
         # Optional: a store that can build a batch's parameters before its connection is free.
         self._prepare = getattr(store, "prepare", None)
+        # Called with each committed batch (e.g. to wake the webhooks of the accounts it addresses).
+        self.on_commit: list[Callable[[Batch], None]] = []
 
     async def start(self) -> None:
         self.head = await self.store.last_audit()
@@ -242,7 +214,7 @@ class Writer:
                 self.chain = Chain(*state)
                 self._refuse(end, records, f"{type(exc).__name__}: {exc}")
                 continue
-            for name in ("entries", "holds", "outcomes", "accounts", "audit"):
+            for name in ("entries", "holds", "outcomes", "accounts", "audit", "parties"):
                 getattr(batch, name).extend(getattr(part, name))
         return batch
 
@@ -335,6 +307,8 @@ class Writer:
         if batch.audit:
             last = batch.audit[-1]
             self.head = (last.seq, last.hash)
+        for listener in self.on_commit:
+            listener(batch)
 
     def _resolve(self, upto: int) -> None:
         self.committed = upto

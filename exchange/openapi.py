@@ -64,6 +64,13 @@ def document() -> dict:
         "/v1/calls/{call_id}": {"get": _op("The call, its decision, events and money (a buyer: its own legs only)", None, None, params=call)},
         "/v1/reports": {"get": _op("Calls, fill, wins, money and durations grouped by one field, scoped to the caller (JSON or CSV)", None, None,
                                    query=("from", "to", "group_by"))},
+        "/v1/events": {"get": _op("The caller's own domain events in their total order (the operator: all), from any position; "
+                                  "query: after=<event id or cursor>, limit=1..1000, types=a,b", None, None)},
+        "/v1/webhooks": {"post": _op("Register a signed webhook for the caller's events; body {url, types?}; the secret is shown once",
+                                     None, None, "201"),
+                         "get": _op("The caller's webhooks", None, None)},
+        "/v1/webhooks/{webhook_id}": {"delete": _op("Remove one of the caller's webhooks", None, None, params=("webhook_id",))},
+        "/v1/webhooks/{webhook_id}/deliveries": {"get": _op("A webhook's delivery log, newest first", None, None, params=("webhook_id",))},
         "/v1/dnc/national": {"post": _op("Import the national Do-Not-Call list (operator); query: snapshot_date=YYYY-MM-DD (required), "
                                          "kind=full|changes, force=true", None, None, "201")},
         "/v1/dnc/state/{state}": {"post": _op("Import a state's Do-Not-Call list (operator); query: snapshot_date=YYYY-MM-DD (required), force=true",

@@ -60,9 +60,13 @@ def decision_audit(rec: CallRecord, key: str | None = None) -> AuditEvent:
 
 
 def event_audit(rec: CallRecord, key: str, ev: CallEvent, resp: EventResponse, now_ns: int) -> AuditEvent:
+    """An applied event; ``publisher``, ``buyer`` and ``event_route`` (the route it is about)
+    address its domain events (billing.events)."""
+    leg = next((k for _, what, k in reversed(rec.history) if what == ev.event), rec.index)
     return AuditEvent(now_ns, "event", rec.call_id, None, {
         "key": key, "event": ev, "response": resp, "route_index": rec.index, "status": rec.status,
         "billable": rec.billable, "charged_cents": rec.charged_cents,
+        "publisher": rec.publisher, "buyer": rec.routes[leg].buyer if leg < len(rec.routes) else None, "event_route": leg,
     })
 
 

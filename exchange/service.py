@@ -28,6 +28,8 @@ from .journal import Journal
 from .lifecycle import expire_due
 from .metrics import Metrics
 from .recovery import restore
+from .relay import Relay
+from .webhooks import Webhooks
 from .rtb import RtbDesk
 from .settings import Settings
 from .tallyreplay import relog, replay_audit
@@ -52,6 +54,14 @@ class Exchange:
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.relay: Relay | None = None
+        writer = self.journal.writer
+        self.webhooks: Webhooks | None = Webhooks(self.journal.store, self.journal.record, lambda: writer.head[0], settings,
+                                                  self.clock.now_ns)
+        if settings.nats_url:
+            self.relay = Relay(self.journal.store, settings.nats_url, settings.nats_stream, settings.nats_subject,
+                               settings.relay_batch, settings.relay_inflight, settings.events_max_age_s,
+                               head=lambda: writer.head[0], clock_ns=self.clock.now_ns)
 
     async def start(self) -> None:
         gcpolicy.tune()
@@ -68,6 +78,11 @@ class Exchange:
         relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        if self.relay is not None:
+            self.relay.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
+            self.journal.writer.on_commit.append(self.webhooks.committed)
         self.ready = True
 
     async def drain(self, timeout_s: float = 5.0) -> int:
@@ -81,6 +96,10 @@ class Exchange:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.journal.close()
         await self.compliance.stop()
 
@@ -120,4 +139,6 @@ class Exchange:
             "ledger_writer_batches": writer.batches,
             "ledger_writer_up": int(writer.state == "up"),
             "ledger_records_refused": writer.records_refused,  # records the database refused for their data
+            **(self.relay.gauges() if self.relay is not None else {}),
+            **(self.webhooks.gauges() if self.webhooks is not None else {}),
         }

@@ -61,6 +61,25 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     checkpoint_key_file: str | None = None
     checkpoint_file: str | None = None
     checkpoint_every_s: Annotated[int, Meta(ge=1)] = 300
+    # Domain events (billing.events) relayed to NATS JetStream (exchange.relay) when nats_url is
+    # set: stream nats_stream on subjects <nats_subject>.<event type>, messages kept
+    # events_max_age_s; relay_inflight publishes awaiting their acks at once.
+    nats_url: str | None = None
+    nats_stream: str = "DCE_EVENTS"
+    nats_subject: str = "dce.events"
+    events_max_age_s: Annotated[int, Meta(ge=60)] = 7 * 86_400
+    relay_batch: Annotated[int, Meta(ge=1, le=100_000)] = 500
+    relay_inflight: Annotated[int, Meta(ge=1, le=100_000)] = 256
+    # Webhooks (exchange.webhooks): retry delays in seconds after each failed attempt (the last
+    # retry 24 h after the one before), failed attempts in a row before an endpoint is
+    # disabled, deliveries in flight per endpoint (1: in order), and whether URLs may resolve
+    # to loopback or private addresses (link-local and metadata addresses: never).
+    webhook_retry_s: str = "30,120,600,1800,3600,7200,14400,28800,43200,86400"
+    webhook_disable_after: Annotated[int, Meta(ge=1)] = 50
+    webhook_inflight: Annotated[int, Meta(ge=1, le=64)] = 1
+    webhook_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    webhook_max_per_account: Annotated[int, Meta(ge=1)] = 20
+    webhook_allow_loopback: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -61,6 +61,11 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/suppressions"): ("operator", "buyer"),
     ("GET", "/v1/calls"): ("operator", "publisher", "buyer"),
     ("GET", "/v1/reports"): ("operator", "publisher", "buyer"),
+    ("GET", "/v1/events"): ("operator", "publisher", "buyer"),
+    ("POST", "/v1/webhooks"): ("operator", "publisher", "buyer"),
+    ("GET", "/v1/webhooks"): ("operator", "publisher", "buyer"),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): ("operator", "publisher", "buyer"),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): ("operator", "publisher", "buyer"),
     ("POST", "/v1/dnc/national"): ("operator",),
     ("POST", "/v1/dnc/state/{state}"): ("operator",),
     ("POST", "/v1/consents"): ("operator", "publisher"),
@@ -150,7 +155,8 @@ def test_schemathesis(api, faults, method: str, path: str, mode: GenerationMode)
         pytest.skip("nothing in this operation to make invalid")
     roles = ROLES.get((method, path), ("none",))
     params = [p["name"] for p in spec["parameters"] if p["in"] == "path"]
-    real_ids = {"account_id": [ex.buyer_id, ex.pub_id], "call_id": [ex.routed, ex.charged], "state": ["TX", "CA"], "token": ["tok-fuzz-1", "tok-fuzz-2"]}
+    real_ids = {"account_id": [ex.buyer_id, ex.pub_id], "call_id": [ex.routed, ex.charged], "state": ["TX", "CA"], "token": ["tok-fuzz-1", "tok-fuzz-2"],
+                "webhook_id": ["wh_fuzz_1", "wh_fuzz_2"]}
     fives: list[str] = []
     # POST /v1/calls and refunds take an Idempotency-Key of any length, the document says at most
     # 128 (see test_repro_long_idempotency_key_is_refused): pinned here so the rest gets fuzzed

@@ -47,6 +47,11 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("POST", "/v1/calls/{call_id}/events"): frozenset({"operator", "publisher"}),
     ("POST", "/v1/calls/{call_id}/refund"): OPERATOR,
     ("GET", "/v1/audit"): OPERATOR,
+    ("GET", "/v1/events"): frozenset({"operator", "buyer", "publisher"}),
+    ("POST", "/v1/webhooks"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/webhooks"): frozenset({"operator", "buyer", "publisher"}),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): frozenset({"operator", "buyer", "publisher"}),
     ("POST", "/v1/suppressions"): frozenset({"operator", "buyer"}),
     ("POST", "/v1/dnc/national"): OPERATOR,
     ("POST", "/v1/dnc/state/{state}"): OPERATOR,
@@ -79,6 +84,11 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
                                              "test_restored_accounts_and_recorded_answers_stay_isolated"],
     ("POST", "/v1/calls/{call_id}/refund"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("GET", "/v1/audit"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("GET", "/v1/events"): [ROLES_TEST, "test_events_are_their_addressees_only"],
+    ("POST", "/v1/webhooks"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
+    ("GET", "/v1/webhooks"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
+    ("DELETE", "/v1/webhooks/{webhook_id}"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
     ("POST", "/v1/suppressions"): [ROLES_TEST, "test_suppressions_stay_in_the_buyers_scope"],
     ("POST", "/v1/dnc/national"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/dnc/state/{state}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
@@ -145,7 +155,7 @@ def today() -> str:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    server, _ = start()
+    server, _ = start({"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true"})
     buyers: list[Buyer] = []
     try:
         t = make_tenants(server, "http")
@@ -469,3 +479,68 @@ def test_call_lists_and_reports_are_scoped_to_the_caller(world: World):
             assert r["payout_cents"] is None and r["margin_cents"] is None
         for r in rows[t.p1.id]:
             assert r["revenue_cents"] is None and r["margin_cents"] is None
+def _events(world: World, headers: dict, **params: str) -> list[dict]:
+    out: list[dict] = []
+    after = params.pop("after", "0")
+    while True:
+        r = world.http.get("/v1/events", params={"after": after, "limit": "50", **params}, headers=headers)
+        assert r.status_code == 200, r.text
+        out += r.json()["events"]
+        if r.json()["next_cursor"] is None:
+            return out
+        after = r.json()["next_cursor"]
+
+
+def test_events_are_their_addressees_only(world: World):
+    """GET /v1/events: a tenant replays the events addressed to it and nothing else, from any
+    position and with any filter; a buyer's events name no other tenant, a publisher's no
+    other publisher; the operator sees the whole market."""
+    t, call = world.t, world.billed_call
+
+    def upto(events: list[dict], last: str) -> list[dict]:  # (decisions are committed just after they are answered)
+        return [e for e in events if e["id"] <= last]
+
+    for who in t:
+        mine = _events(world, who.auth)
+        every = _events(world, world.server.admin)
+        assert {e["account"] for e in every} >= {x.id for x in t}
+        assert mine == upto([e for e in every if e["account"] == who.id], mine[-1]["id"]), who
+        strangers = {x.id for x in t} - {who.id} if who in (t.a, t.b) else {t.p1.id, t.p2.id} - {who.id}
+        assert not [e for e in mine if any(s in str(e) for s in strangers)], who
+        for k in range(0, len(mine), 3):  # any position: the rest of its own stream
+            assert upto(_events(world, who.auth, after=mine[k]["id"]), mine[-1]["id"]) == mine[k + 1:]
+        typed = upto(_events(world, who.auth, types="money.charged,money.payout,call.billable"), mine[-1]["id"])
+        assert typed == [e for e in mine if e["type"] in ("money.charged", "money.payout", "call.billable")]
+    assert not [e for e in _events(world, t.p2.auth) if e.get("call_id") == call]
+    assert not [e for e in _events(world, t.b.auth) if e.get("call_id") == call and e["type"] != "call.decided"]
+    charged = [e for e in _events(world, t.a.auth) if e["type"] == "money.charged"]
+    assert (call, 3000) in [(e["call_id"], e["data"]["amount_cents"]) for e in charged]
+    assert all("payout_cents" not in e["data"] for e in _events(world, t.a.auth))
+    # another tenant's event id as a position widens nothing
+    b_events = _events(world, t.b.auth)
+    every = _events(world, world.server.admin)
+    theirs = [e for e in every if e["account"] == t.a.id]
+    after_theirs = _events(world, t.b.auth, after=theirs[0]["id"])
+    assert upto(after_theirs, b_events[-1]["id"]) == [e for e in b_events if e["id"] > theirs[0]["id"]] == upto(
+        [e for e in every if e["account"] == t.b.id and e["id"] > theirs[0]["id"]], b_events[-1]["id"])
+    bad = world.http.get("/v1/events", params={"after": "evt_1"}, headers=t.a.auth)
+    assert bad.status_code == 422 and bad.json()["error"]["path"] == "$.after"
+
+
+def test_webhooks_are_their_owners_only(world: World):
+    """A tenant's webhooks (their URLs, secrets and delivery logs) are its own: another tenant
+    neither lists, reads nor deletes them; no listing shows a secret."""
+    t, http = world.t, world.http
+    r = http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/a-hook"}, headers=t.a.auth)
+    assert r.status_code == 201, r.text
+    hook, secret = r.json()["id"], r.json()["secret"]
+    for who in (t.b, t.p1, t.p2):
+        listed = http.get("/v1/webhooks", headers=who.auth)
+        assert listed.status_code == 200 and hook not in listed.text and secret not in listed.text
+        assert http.get(f"/v1/webhooks/{hook}/deliveries", headers=who.auth).status_code == 404
+        assert http.delete(f"/v1/webhooks/{hook}", headers=who.auth).status_code == 404
+    own = http.get("/v1/webhooks", headers=t.a.auth)
+    assert hook in own.text and secret not in own.text
+    assert http.get(f"/v1/webhooks/{hook}/deliveries", headers=t.a.auth).status_code == 200
+    assert http.delete(f"/v1/webhooks/{hook}", headers=t.a.auth).status_code == 204
+    assert hook not in http.get("/v1/webhooks", headers=t.a.auth).text

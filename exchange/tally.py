@@ -185,12 +185,7 @@ class Tally:
                 if h < open_h:
                     hour.cache[ck] = grouped
             for key, c in grouped.items():
-                acc = out.get(key)
-                if acc is None:
-                    out[key] = list(c)
-                else:
-                    for i in range(len(c)):
-                        acc[i] += c[i]
+                _add(out, key, c)
         return sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0]))
 
 
@@ -199,14 +194,18 @@ def _group(table: dict[CallKey, list[int]], gi: int, fi: int, owner: str | None,
     for key, c in table.items():
         if fi >= 0 and key[fi] != owner:
             continue
-        value: Any = h * HOUR_NS if gi < 0 else (key[gi] or None)
-        acc = out.get(value)
-        if acc is None:
-            out[value] = list(c)
-        else:
-            for i in range(len(c)):
-                acc[i] += c[i]
+        _add(out, h * HOUR_NS if gi < 0 else (key[gi] or None), c)
     return out
+
+
+def _add(out: dict[Any, list[int]], key: Any, counts: list[int]) -> None:
+    """Add ``counts`` into ``out[key]`` (a copy the first time)."""
+    acc = out.get(key)
+    if acc is None:
+        out[key] = list(counts)
+    else:
+        for i in range(len(counts)):
+            acc[i] += counts[i]
 
 
 __all__ = ["Tally", "GROUPS", "HOUR_NS", "WIDTH", "answer_p50_ms"]

@@ -28,7 +28,7 @@ from .target import child_env, free_port
 def bare_ceiling(cfg: Any, plan: Plan, out: Path, seconds: float = 15.0) -> dict[str, Any] | None:
     """Run ``plan``'s buyers against a bare transport for ``seconds``; bids/s offered and
     skipped by saturated users, or None if it could not be measured."""
-    from .runner import _read_json, start_locust  # the runner imports this module
+    from .runner import _read_json, start_locust, stop_locust  # the runner imports this module
 
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -58,10 +58,7 @@ def bare_ceiling(cfg: Any, plan: Plan, out: Path, seconds: float = 15.0) -> dict
             time.sleep(0.5)
         final = _read_json(out / "locust-figures.json")
     finally:
-        for w in workers:
-            w.stop(5)
-        if master is not None:
-            master.stop(10)
+        stop_locust(master, workers, 10)
         server.terminate()
         try:
             server.wait(10)

@@ -185,6 +185,13 @@ def start_locust(cfg: Config, plan: Plan, out: Path) -> tuple[Proc, list[Proc]]:
     return master, workers
 
 
+def stop_locust(master: Proc | None, workers: list[Proc], grace_s: float = 15.0) -> None:
+    for w in workers:
+        w.stop(5)
+    if master is not None:
+        master.stop(grace_s)
+
+
 # ---------------------------------------------------------------- the run
 def make_plan(cfg: Config, target: Target, buyers: list[Account], publishers: list[Account], suppressed: list[str],
               out: Path) -> Plan:
@@ -238,10 +245,7 @@ def run_load(cfg: Config, target: Target | None = None,
         samples = _watch(cfg, target, master, workers, out)
         final = _read_json(out / "locust-figures.json")
     finally:
-        for w in workers:
-            w.stop(5)
-        if master is not None:
-            master.stop(15)
+        stop_locust(master, workers)
         server_exit = None
         alive = target.alive() if target is not None else True
         problems = target.log_problems() if target is not None else []

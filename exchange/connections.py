@@ -2,7 +2,9 @@
 the registry of open sockets, and ``close_all``, the shutdown half.
 
 Everything sent to a peer goes through its bounded queue, drained by a writer task; a full
-queue means a slow consumer, which is closed (1008) without slowing anyone else. Messages that
+queue (``EXCHANGE_SEND_QUEUE`` messages or ``EXCHANGE_SEND_QUEUE_BYTES`` encoded bytes, 8 MiB:
+frames of thousands of answers make a message count no bound on memory) means a slow consumer,
+which is closed (1008) without slowing anyone else. Messages that
 queued up while the writer was busy leave as one frame holding their array (PROTOCOL.md: a
 frame holds one message or an array of messages), at most ``BATCH_MESSAGES`` messages and
 ``BATCH_BYTES`` bytes: one WebSocket frame and one socket write instead of one each, which
@@ -87,6 +89,8 @@ class Connection:
         self.reserve = int(min(limiter.rate / 1000, limiter.burst / 100))
         self.out: deque[bytes | list[bytes] | None] = deque()  # messages to send (a list: a batch); None: stop
         self.limit = exchange.settings.send_queue
+        self.max_bytes = exchange.settings.send_queue_bytes
+        self.queued_bytes = 0  # encoded bytes waiting in ``out``
         self.wake: asyncio.Future | None = None  # the idle writer waits on it
         self.closing = False
         self.calls: set[asyncio.Task] = set()  # a publisher's calls being decided
@@ -97,7 +101,7 @@ class Connection:
         if self.closing:
             return False
         out = self.out
-        if len(out) >= self.limit:
+        if len(out) >= self.limit or self.queued_bytes >= self.max_bytes:
             self.closing = True
             self.exchange.metrics.slow_consumers_closed += 1
             log.warning("slow_consumer_closed", extra={"account": self.account.id})
@@ -109,6 +113,7 @@ class Connection:
         except (OverflowError, TypeError, ValueError) as exc:  # decoding refuses what cannot be encoded; never a 500
             log.error("encode_failed", extra={"account": self.account.id, "message": type(msg).__name__, "error": str(exc)})
             return False
+        self.queued_bytes += sum(map(len, frame)) if type(frame) is list else len(frame)
         out.append(frame)
         self._wake()
         return True
@@ -190,6 +195,7 @@ class Connection:
                     out.popleft()
                     items.extend(more)
                     size = grown
+                self.queued_bytes -= size
                 if not items:
                     continue
                 data = batch_frame(items, binary) if len(items) > 1 else items[0]

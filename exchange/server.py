@@ -25,6 +25,7 @@ import sys
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .app import build_app
@@ -159,6 +160,77 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
         self.transport.close()  # connection_lost tells the app (websocket.disconnect)
 
 
+_TIMEOUT_BODY = b'{"error":{"code":"request_timeout","message":"the request was not received in time"}}'
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                   b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY)
+
+
+class ReadDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with read deadlines: a request's headers must arrive within
+    ``header_timeout_s`` of its first byte (of the connection, for a new one), and its body within
+    ``body_timeout_s`` of its headers. uvicorn has neither, so a client sending a byte a second
+    held its connection open indefinitely. A request past its deadline gets ``408`` (when no
+    response has started) and the connection is closed. Between requests uvicorn's keep-alive
+    timeout applies; a WebSocket upgrade hands the socket to ``IdleTimeoutProtocol``."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout_s)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.deadline is None:  # the next request on a kept-alive connection
+            self._arm(self.header_timeout_s)
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.body_timeout_s)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        super().handle_websocket_upgrade()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _expired(self) -> None:
+        self.deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        log.info("http_read_timeout", extra={"client": self.client[0] if self.client else None,
+                                             "stage": "body" if cycle is not None and not cycle.response_complete else "headers"})
+        if cycle is None or not (cycle.response_started or cycle.response_complete):
+            self.transport.write(REQUEST_TIMEOUT)
+        if cycle is not None:
+            cycle.keep_alive = False
+        self.transport.close()
+
+
+def http_protocol(settings: Settings) -> type[ReadDeadlineProtocol]:
+    """The HTTP protocol class for these settings (uvicorn instantiates it per connection)."""
+    return type("ReadDeadlineProtocol", (ReadDeadlineProtocol,), {"header_timeout_s": float(settings.http_header_timeout_s),
+                                                                  "body_timeout_s": float(settings.http_body_timeout_s)})
+
+
 def ws_protocol(settings: Settings, metrics: Metrics | None = None) -> type[IdleTimeoutProtocol]:
     """The protocol class for these settings (uvicorn instantiates it per socket)."""
     return type("IdleTimeoutProtocol", (IdleTimeoutProtocol,), {"idle_timeout_s": float(settings.idle_timeout_s), "metrics": metrics})
@@ -175,7 +247,7 @@ def uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=http_protocol(settings),
         ws=ws_protocol(settings, exchange.metrics if isinstance(exchange, Exchange) else None),
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.ws_compression,

@@ -36,6 +36,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
     send_queue: Annotated[int, Meta(ge=8)] = 4096
+    send_queue_bytes: Annotated[int, Meta(ge=1024)] = 8 << 20  # ... and at most this many encoded bytes (a slow consumer: 1008)
     rate_limit_http_per_s: Annotated[int, Meta(ge=1)] = 1_000  # requests per key per second (then 429)
     rate_limit_http_burst: Annotated[int, Meta(ge=1)] = 2_000
     rate_limit_ws_per_s: Annotated[int, Meta(ge=1)] = 500_000  # buyer messages per key per second (then error)
@@ -47,6 +48,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # calls per CPU-second over the publisher socket (bench.decisions: 2,434 -> 5,316), as it no
     # longer compresses every notice and decision, and a hostile client cannot make it inflate
     ws_compression: bool = False
+    http_header_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 10  # a request's headers must arrive within this (408)
+    http_body_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 30  # ... and its body within this after them (408)
     http_keepalive_s: Annotated[int, Meta(ge=1, le=3600)] = 65  # an idle keep-alive HTTP connection is closed after this
     idle_timeout_s: Annotated[int, Meta(ge=5, le=86_400)] = 120  # a socket silent this long is closed (1001)
     ack_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 5_000  # an event waits this long for durability, then 503
@@ -91,6 +94,7 @@ def database_url(settings: Settings) -> str:
 
 
 INTS = {name for name, t in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings)) if "int" in str(t.type)}
+FLOATS = {name for name, t in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings)) if "float" in str(t.type)}
 BOOLS = {name for name, t in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings)) if t.type is bool}
 TRUTH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -118,6 +122,12 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
                 raw[name] = int(value)
             except ValueError:
                 problems.append(f"EXCHANGE_{name.upper()}: expected an integer, got {value!r}")
+                continue
+        elif name in FLOATS:
+            try:
+                raw[name] = float(value)
+            except ValueError:
+                problems.append(f"EXCHANGE_{name.upper()}: expected a number, got {value!r}")
                 continue
         else:
             raw[name] = value

@@ -304,9 +304,12 @@ def test_a_buyer_vanishing_mid_rtb_is_a_timeout_not_a_stall(rtb_server):
     steady.close()
 
 
-@pytest.fixture(scope="module")
-def small_queue():
-    s = start_server({"EXCHANGE_SEND_QUEUE": "16"})
+@pytest.fixture(scope="module", params=[{"EXCHANGE_SEND_QUEUE": "16"}, {"EXCHANGE_SEND_QUEUE": "1000000", "EXCHANGE_SEND_QUEUE_BYTES": "262144"}],
+                ids=["bound-in-messages", "bound-in-bytes"])
+def small_queue(request):
+    """A send queue bounded in messages, or only in bytes (one frame's 500 answers are one
+    message of ~12 KB: no message count bounds the memory)."""
+    s = start_server(request.param)
     yield s
     stop_server(s)
 

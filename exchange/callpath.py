@@ -13,12 +13,12 @@ WebSocket and lifespan message to the app untouched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .codec import decode_body
-from .errors import BadRequest, Refused, TooLarge
-from .http import admit, check_key, limits_of, status_of
+from .errors import BadRequest, Refused
+from .http import admit, check_key, limits_of, read_body, status_of
 from .messages import CallEvent, CallRequest, ErrorBody, ErrorDetail, json_encoder
 from .service import Exchange
 from .urlguard import C0, C0_QUERY
@@ -105,25 +105,26 @@ class CallPath:
 
     async def _body(self, receive: Receive, declared: bytes | None) -> bytes:
         limit = self.limit
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise TooLarge("body_too_large", f"bodies are limited to {limit} bytes")
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGone
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > limit:
-                raise TooLarge("body_too_large", f"bodies are limited to {limit} bytes")
-            return body
-        chunks, size = [body], len(body)
-        while True:
+        if declared is None or (declared.isdigit() and int(declared) <= limit):
             message = await receive()
             if message["type"] != "http.request":
                 raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge("body_too_large", f"bodies are limited to {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+            body: bytes = message.get("body", b"")
+            if not message.get("more_body", False) and len(body) <= limit:
+                return body  # the usual case: one message, under the limit
+            return await read_body(_chunks(receive, message), None, limit)
+        return await read_body(_chunks(receive, None), declared.decode("latin-1"), limit)
+
+
+async def _chunks(receive: Receive, first: MutableMapping[str, Any] | None) -> AsyncIterator[bytes]:
+    """The body's chunks from ASGI ``receive`` (after ``first``, already received)."""
+    message = first
+    while True:
+        if message is None:
+            message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+        message = None

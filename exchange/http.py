@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -149,16 +150,41 @@ def auth(request: Request, *roles: str) -> Account:
 
 async def body(request: Request, type_: type[T]) -> T:
     limit = _exchange(request).settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise TooLarge("body_too_large", f"bodies are limited to {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    return decode_body(await read_body(request.stream(), request.headers.get("content-length"), limit), type_)
+
+
+DISCARD_MAX = 16 << 20  # a refused body up to this size is read and dropped before the 413
+
+
+def too_large(limit: int) -> TooLarge:
+    return TooLarge("body_too_large", f"bodies are limited to {limit} bytes", headers={"Connection": "close"})
+
+
+async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
+    """The body from ``chunks`` (at most ``limit`` bytes), else ``413`` with ``Connection:
+    close``. A body over the limit (declared or counted) is first read and dropped up to
+    ``DISCARD_MAX``: a client that sends it whole without ``Expect: 100-continue`` (Python's
+    urllib) then reads the 413 instead of a connection reset."""
+    if declared is not None:
+        if not declared.isdigit():
+            raise too_large(limit)
+        if int(declared) > limit:
+            if int(declared) <= DISCARD_MAX:
+                async for _ in chunks:
+                    pass
+            raise too_large(limit)
+    out: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise TooLarge("body_too_large", f"bodies are limited to {limit} bytes")
-        chunks.append(chunk)
-    return decode_body(b"".join(chunks), type_)
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > DISCARD_MAX:
+                    break
+            raise too_large(limit)
+        out.append(chunk)
+    return b"".join(out)
 
 
 def _account(ex: Exchange, account_id: str, caller: Account) -> Account:

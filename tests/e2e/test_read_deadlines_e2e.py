@@ -91,3 +91,36 @@ def test_normal_requests_and_websockets_outlive_the_deadlines(server):
         time.sleep(DEADLINE_S * 2.5)
         ws.send('{"type":"ping","seq":7}')
         assert '"pong"' in str(ws.recv(timeout=5))
+
+
+@pytest.mark.parametrize("path", ["/v1/calls", "/v1/accounts"])
+def test_a_client_that_sends_a_whole_oversized_body_reads_the_413(server, path):
+    """8 MiB sent in full without ``Expect: 100-continue`` (as Python's urllib does): the server
+    reads and drops it, then answers 413 and closes, so the client sees the answer, not a reset."""
+    import threading
+
+    # (the call path takes a publisher's key, account creation the operator's)
+    auth = f"Bearer {server.account('publisher', 'big')[1]}" if path == "/v1/calls" else server.admin["Authorization"]
+    body = b"x" * (8 << 20)
+    sock = _open(server)
+    sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth.encode() +
+                 b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sock.sendall(body)
+        except OSError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=send)
+    t.start()
+    got = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        got += data
+    t.join(10)
+    assert got.startswith(b"HTTP/1.1 413"), got[:300]
+    assert b"body_too_large" in got and not errors, (got[:300], errors)

@@ -94,9 +94,9 @@ class CallPath:
         account = admit(limits, check_key(ex, limits, client[0] if client else "?", authorization),
                         _PUBLISHER if call_id is None else _EVENT_ROLES)
         if call_id is None:
+            call: CallRequest = decode_body(await self._body(receive, declared), CallRequest)
             if key is not None and not 1 <= len(key) <= 128:
                 raise BadRequest("invalid_idempotency_key", "an Idempotency-Key has 1 to 128 characters")
-            call: CallRequest = decode_body(await self._body(receive, declared), CallRequest)
             return json_encoder.encode(await ex.desk.submit(account, call, key))
         if not key or len(key) > 128:
             raise BadRequest("missing_idempotency_key", "events need an Idempotency-Key header (at most 128 characters)")

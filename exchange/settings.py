@@ -96,6 +96,7 @@ def database_url(settings: Settings) -> str:
 INTS = {name for name, t in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings)) if "int" in str(t.type)}
 FLOATS = {name for name, t in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings)) if "float" in str(t.type)}
 BOOLS = {name for name, t in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings)) if t.type is bool}
+NUMBERS: dict[str, tuple[type, str]] = {**{n: (int, "an integer") for n in INTS}, **{n: (float, "a number") for n in FLOATS}}
 TRUTH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
@@ -117,17 +118,12 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
                 problems.append(f"EXCHANGE_{name.upper()}: expected true or false, got {value!r}")
                 continue
             raw[name] = TRUTH[value.strip().lower()]
-        elif name in INTS:
+        elif name in NUMBERS:
+            parse, kind = NUMBERS[name]
             try:
-                raw[name] = int(value)
+                raw[name] = parse(value)
             except ValueError:
-                problems.append(f"EXCHANGE_{name.upper()}: expected an integer, got {value!r}")
-                continue
-        elif name in FLOATS:
-            try:
-                raw[name] = float(value)
-            except ValueError:
-                problems.append(f"EXCHANGE_{name.upper()}: expected a number, got {value!r}")
+                problems.append(f"EXCHANGE_{name.upper()}: expected {kind}, got {value!r}")
                 continue
         else:
             raw[name] = value

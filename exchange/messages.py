@@ -24,6 +24,8 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
+from .pingspec import PingSpec
+
 # ---------------------------------------------------------------- field types
 NO_C0 = r"^[^\x00-\x1f]*(?!\n)$"  # no C0 control character (NUL .. US) anywhere
 PROSE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"  # the same, but tab, line feed and carriage return
@@ -94,6 +96,7 @@ class Campaign(Message, tag="campaign", frozen=True, kw_only=True):
     rtb: bool = False
     expires_at: AwareTime | None = None
     paused: bool = False
+    ping: PingSpec | None = None  # an HTTP bidder (v2): price each call by pinging this endpoint
 
 
 class Bid(Message, tag="bid", frozen=True, kw_only=True):

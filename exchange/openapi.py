@@ -71,6 +71,8 @@ def document() -> dict:
                          "get": _op("The caller's webhooks", None, None)},
         "/v1/webhooks/{webhook_id}": {"delete": _op("Remove one of the caller's webhooks", None, None, params=("webhook_id",))},
         "/v1/webhooks/{webhook_id}/deliveries": {"get": _op("A webhook's delivery log, newest first", None, None, params=("webhook_id",))},
+        "/v1/pings": {"get": _op("HTTP bidders: the caller's campaigns with a ping and their counts (pings, bids, no_bids by reason, "
+                                 "answer times); the operator: every one", None, None)},
         "/v1/dnc/national": {"post": _op("Import the national Do-Not-Call list (operator); query: snapshot_date=YYYY-MM-DD (required), "
                                          "kind=full|changes, force=true", None, None, "201")},
         "/v1/dnc/state/{state}": {"post": _op("Import a state's Do-Not-Call list (operator); query: snapshot_date=YYYY-MM-DD (required), force=true",

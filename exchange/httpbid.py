@@ -1,11 +1,12 @@
 """HTTP bidders: the pings of campaigns with a ``ping`` (exchange.pingspec), sent and read.
 
-One connection pool for every endpoint (httpcore, the engine under httpx: HTTP/1.1 keep-alive,
-no redirects ever followed). Each new connection resolves the endpoint's host, checks every
-address it gets (exchange.ssrf: link-local and metadata always refused; loopback and private
-unless ``ping_allow_loopback``) and connects to the address it checked, so a DNS answer that
-changes cannot turn a ping into a request to the exchange's network; the TLS name stays the
-host's. At most ``ping_inflight`` pings are in flight per endpoint (scheme, host, port): one
+One connection pool for every endpoint (aiohttp: HTTP/1.1 keep-alive, its C response parser;
+no redirect ever followed, no proxy from the environment). Each new connection resolves the
+endpoint's host through ``CheckedResolver``, which checks every address it gets (exchange.ssrf:
+link-local and metadata always refused; loopback and private unless ``ping_allow_loopback``) and
+hands the connector only the address it checked, with no DNS cache in between, so a DNS answer
+that changes cannot turn a ping into a request to the exchange's network; the TLS name (SNI,
+certificate) stays the host's. At most ``ping_inflight`` pings are in flight per endpoint (scheme, host, port): one
 more is a ``no_bid`` ``busy`` at once rather than a queue that would only make it late.
 
 A ping runs on after its round closes (``tmax_ms``) for at most ``ping_grace_ms`` more, so a
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from array import array
 from typing import Any
 
-import anyio._backends._asyncio  # noqa: F401 - loaded now, not by the first ping (tens of ms inside its tmax_ms)
-import httpcore
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from . import ssrf
 from .metrics import Metrics
@@ -33,23 +35,20 @@ Key = tuple[str, str]  # (buyer id, campaign id)
 WINDOW = 256  # answer times kept per campaign for its p50 / p99
 
 
-class PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Connects to the address it checked for the host (per connection)."""
+class CheckedResolver(AbstractResolver):
+    """aiohttp's resolver for pings: every address of the host checked (exchange.ssrf), only
+    checked addresses returned; asked on every new connection (the connector caches nothing)."""
 
     def __init__(self, allow_loopback: bool, own: tuple[str, int]) -> None:
-        self.inner = httpcore.AnyIOBackend()
         self.allow_loopback, self.own = allow_loopback, own
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         ip = await ssrf.resolve(ssrf.Target("http", host, port, "/"), self.allow_loopback, self.own)
-        return await self.inner.connect_tcp(ip, port, timeout=timeout, local_address=local_address, socket_options=socket_options)
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        return [{"hostname": host, "host": ip, "port": port, "family": fam, "proto": 0, "flags": socket.AI_NUMERICHOST}]
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        raise ssrf.UrlRefused("unix sockets are not pinged")
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    async def close(self) -> None:
+        pass
 
 
 class PingStats:
@@ -90,8 +89,19 @@ class HttpBidders:
         self.stats: dict[Key, PingStats] = {}
         self.in_flight: dict[tuple[str, str, int], int] = {}
         self.tasks: set[asyncio.Task[Priced | str]] = set()
-        self.pool = httpcore.AsyncConnectionPool(max_connections=None, max_keepalive_connections=s.ping_keepalive_connections,
-                                                 keepalive_expiry=60.0, network_backend=PinnedBackend(self.allow_loopback, self.own))
+        self.keepalive = s.ping_keepalive_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Made on first use, inside the running loop."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.keepalive, use_dns_cache=False, keepalive_timeout=60.0,
+                                             resolver=CheckedResolver(self.allow_loopback, self.own))
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True,
+                                                  skip_auto_headers=("Accept-Encoding",),
+                                                  headers={"User-Agent": "dce-exchange-ping/1", "Accept": "application/json"})
+        return self._session
 
     # ------------------------------------------------------------------ campaigns
     def register(self, key: Key, plan: PingPlan | None) -> None:
@@ -157,7 +167,7 @@ class HttpBidders:
             return "late"
         except ssrf.UrlRefused:
             return "refused_address"
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, OSError):
+        except (aiohttp.ClientError, OSError):
             return "connect_error"
         except Exception:  # noqa: BLE001 - a bidder's answer must never take down the round
             log.exception("ping_failed", extra={"buyer": key[0], "campaign": key[1]})
@@ -171,32 +181,25 @@ class HttpBidders:
 
     async def _exchange(self, key: Key, plan: PingPlan, call: CallView, native: Any) -> Priced | str:
         url, body = render(plan, call, native)
-        headers = [(b"Host", plan.host_header.encode()), (b"User-Agent", b"dce-exchange-ping/1"), (b"Accept", b"application/json"),
-                   *((k.encode(), v.encode()) for k, v in plan.headers)]
-        if body or plan.body is not None:
-            headers.append((b"Content-Length", str(len(body)).encode()))
-        req = httpcore.Request(plan.spec.method, url, headers=headers, content=body)
-        resp = await self.pool.handle_async_request(req)
-        try:
+        async with self.session.request(plan.spec.method, url, data=body if plan.body is not None else None,
+                                        headers=plan.headers, allow_redirects=False) as resp:
             self.stats[key].last_status = resp.status
-            length = next((v for k, v in resp.headers if k.lower() == b"content-length"), None)
-            if length is not None and length.isdigit() and int(length) > self.max_body:
+            if resp.content_length is not None and resp.content_length > self.max_body:
                 return "too_large"
             chunks, size = [], 0
-            async for chunk in resp.aiter_stream():
+            async for chunk in resp.content.iter_chunked(1 << 16):
                 size += len(chunk)
                 if size > self.max_body:
                     return "too_large"
                 chunks.append(chunk)
-        finally:
-            await resp.aclose()
         return read_answer(plan, resp.status, b"".join(chunks))
 
     async def close(self) -> None:
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.pool.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     # ------------------------------------------------------------------ views
     def view(self, buyer: str | None) -> list[dict[str, Any]]:

@@ -174,12 +174,13 @@ def test_pings_reuse_pooled_connections(world):
     _bidder(server, rx, "pooled", "/target", PingMap(bid_cents="$.bid_cents"), vertical)
     _, pub_key = server.account("publisher", "pool-pub")
     before = len(rx.at("/target"))
+    seen = {addr for hits in list(rx.got.values()) for _, _, addr in hits}  # connections the exchange opened so far
     for k in range(8):
         d = server.http.post("/v1/calls", json={"caller": f"+1212555{k:04d}", "vertical": vertical, "state": "NY", "tmax_ms": 500},
                              headers={"Authorization": f"Bearer {pub_key}"}).json()
         assert d["decision"] == "routed", d
-    ports = {addr for _, _, addr in rx.at("/target")[before:]}
-    assert len(rx.at("/target")) - before == 8 and len(ports) == 1, ports  # one kept-alive connection for all eight
+    new = {addr for _, _, addr in rx.at("/target")[before:]} - seen
+    assert len(rx.at("/target")) - before == 8 and len(new) <= 1, new  # eight pings, at most one new connection
 
 
 def test_templates_fill_placeholders_and_reveal_the_caller_only_when_asked(world):

@@ -137,3 +137,23 @@ def test_dollars_are_cents_rounded_down(bid: Decimal):
     got = read_answer(plan(bid_unit="dollars"), 200, b'{"bid": %s}' % str(bid).encode())
     cents = int((bid * 100).to_integral_value("ROUND_FLOOR"))
     assert got == (Priced(cents, None, None) if cents else "declined")
+
+
+@pytest.mark.parametrize("answer,m,unit,want", [  # the README's ready-made mappings, verbatim
+    ({"bid": 12.5, "phone": "8005550199"}, {"bid_cents": "$.bid", "destination": "$.phone"}, "dollars", Priced(1250, "+18005550199", None)),
+    ({"bid_cents": 1250, "destination": "+18005550199", "min_duration_s": 90},
+     {"bid_cents": "$.bid_cents", "destination": "$.destination", "min_duration_s": "$.min_duration_s"}, "cents", Priced(1250, "+18005550199", 90)),
+    ({"accepted": True, "payout": "12.50", "number": "(800) 555-0199", "duration": 120},
+     {"bid_cents": "$.payout", "destination": "$.number", "min_duration_s": "$.duration", "accepted": "$.accepted"}, "dollars",
+     Priced(1250, "+18005550199", 120)),
+    ({"status": "accepted", "result": {"price": 1250, "sip": "sip:queue@pbx.buyer.example"}},
+     {"bid_cents": "$.result.price", "destination": "$.result.sip", "accepted": "$.status"}, "cents", Priced(1250, "sip:queue@pbx.buyer.example", None)),
+    ({"status": "rejected", "result": {"price": 1250}}, {"bid_cents": "$.result.price", "accepted": "$.status"}, "cents", "declined"),
+    ({"data": [{"bid": {"amount": "12.50"}, "routing": {"phone_number": "+18005550199", "buffer": 60}}]},
+     {"bid_cents": "$.data[0].bid.amount", "destination": "$.data[0].routing.phone_number", "min_duration_s": "$.data[0].routing.buffer"},
+     "dollars", Priced(1250, "+18005550199", 60)),
+    ({"Rejected": False, "BidAmount": 12.5}, {"bid_cents": "$.BidAmount"}, "dollars", Priced(1250, None, None)),
+    ({"Rejected": True, "BidAmount": 0}, {"bid_cents": "$.BidAmount"}, "dollars", "declined"),
+])
+def test_ready_made_mappings(answer, m, unit, want):
+    assert read_answer(plan(map=PingMap(**m), bid_unit=unit), 200, json.dumps(answer).encode()) == want

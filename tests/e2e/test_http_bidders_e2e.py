@@ -250,3 +250,71 @@ def test_loopback_pings_are_refused_unless_the_operator_allows_them():
         assert _refused(server, key, {"url": "http://10.1.2.3/x", "map": {"bid_cents": "$.bid"}}) == ("invalid_url", "$.ping.url")
     finally:
         stop_server(server)
+
+
+def test_pings_in_flight_are_bounded_per_endpoint():
+    """``EXCHANGE_PING_INFLIGHT=1``: while a slow endpoint holds its one ping, the next calls'
+    pings to it are ``busy`` at once (not queued), and the calls are decided within tmax_ms."""
+    rx = Receiver()
+    server = start_server({"EXCHANGE_PING_ALLOW_LOOPBACK": "true", "EXCHANGE_PING_INFLIGHT": "1", "EXCHANGE_PING_GRACE_MS": "3000"})
+    try:
+        vertical = VERT + "_busy"
+        _, key, _ = _bidder(server, rx, "busy", "/slow", PingMap(bid_cents="$.bid_cents"), vertical)
+        _, pub_key = server.account("publisher", "busy-pub")
+        got: list[dict] = []
+
+        def call(k: int) -> None:
+            got.append(server.http.post("/v1/calls", json={"caller": f"+1312555{k:04d}", "vertical": vertical, "state": "IL",
+                                                           "tmax_ms": 100}, headers={"Authorization": f"Bearer {pub_key}"}).json())
+
+        call(0)  # its ping is still in flight (0.6 s) after the decision (100 ms)
+        threads = [threading.Thread(target=call, args=(k,)) for k in (1, 2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert [d["reason"] for d in got] == ["no_eligible_bid"] * 3, got
+        counts = _pings(server, key)["busy-c"]
+        assert counts["pings"] == 3 and counts["no_bids"] == {"late": 1, "busy": 2}, counts
+        assert len(rx.at("/slow")) == 1  # the busy pings were never sent
+    finally:
+        stop_server(server)
+        rx.http.shutdown()
+
+
+def test_every_new_connection_checks_the_address_it_connects_to():
+    """The per-connection check, on the path a DNS answer that changed after the campaign was
+    accepted would take: a plan whose host resolves to loopback, pinged by an exchange that does
+    not allow loopback, is ``refused_address`` and nothing reaches the receiver."""
+    import asyncio
+
+    from exchange.httpbid import CheckedResolver, HttpBidders
+    from exchange.metrics import Metrics
+    from exchange.pingspec import CallView, compile_ping
+    from exchange.settings import Settings
+    from exchange.ssrf import UrlRefused
+
+    rx = Receiver()
+
+    async def main() -> None:
+        with pytest.raises(UrlRefused):
+            await CheckedResolver(False, ("127.0.0.1", 8080)).resolve("localhost", rx.port)
+        ok = await CheckedResolver(True, ("127.0.0.1", 8080)).resolve("localhost", rx.port)
+        assert ok and all(r["host"] in ("127.0.0.1", "::1") for r in ok)
+        view = CallView("c", "c.0", "k", "v", "NY", 212, "inbound", 0, 500, None, {})
+        plan = compile_ping(PingSpec(url=f"http://localhost:{rx.port}/target", map=PingMap(bid_cents="$.bid_cents")), True)
+        for allow, want in ((False, "refused_address"), (True, "bid")):
+            pings = HttpBidders(Settings(ping_allow_loopback=allow), Metrics())
+            try:
+                task = pings.start(("b", "k"), plan, view, {"type": "bid_request"}, 500)
+                assert not isinstance(task, str)
+                got = await task
+                assert (got if isinstance(got, str) else "bid") == want, got
+            finally:
+                await pings.close()
+
+    try:
+        asyncio.run(main())
+        assert len(rx.at("/target")) == 1  # only the allowed one
+    finally:
+        rx.http.shutdown()

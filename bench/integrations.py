@@ -1,7 +1,11 @@
 """Events through the outbox and the NATS JetStream relay; webhook deliveries with 1,000
 endpoints registered, and their effect on decisions (on vs off, one run).
 
-    python -m bench.integrations [--calls 300] [--rounds 3] [--concurrency 4] [--endpoints 1000] [--live 2] [--skip-relay] [--out FILE]
+    python -m bench.integrations [--calls 300] [--rounds 3] [--concurrency 4] [--endpoints 1000] [--live 2] [--skip-relay]
+                                 [--pg] [--out FILE]
+
+The store is the embedded SQLite file, or with ``--pg`` PostgreSQL (``EXCHANGE_TEST_DATABASE_URL``,
+default postgresql://postgres@127.0.0.1:5432/test) on a schema of its own, dropped after.
 
 Relay: one exchange with ``EXCHANGE_NATS_URL`` (a stream and subject of its own, deleted after)
 takes ``--calls`` calls, each connected and completed (billable): every fact is an audit record
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import secrets
 import statistics
 import time
@@ -41,6 +46,26 @@ from loadtest.workload import us_caller
 
 VERT = "bench_hooks"
 NATS_URL = "nats://127.0.0.1:4222"
+PG_BASE = os.environ.get("EXCHANGE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def store_env(args: argparse.Namespace, schemas: list[str]) -> dict[str, str]:
+    if not args.pg:
+        return {}
+    schema = f"bench_{secrets.token_hex(5)}"
+    schemas.append(schema)
+    return {"EXCHANGE_DATABASE_URL": f"{PG_BASE}{'&' if '?' in PG_BASE else '?'}schema={schema}"}
+
+
+async def drop_schemas(schemas: list[str]) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_BASE.split("?")[0])
+    try:
+        for schema in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 def receiver_main(port: int, started: Any) -> None:
@@ -130,7 +155,7 @@ def bench_relay(args: argparse.Namespace) -> dict[str, Any]:
     stream, subject = f"BENCH_{tag}", f"bench.{tag.lower()}"
     t = start_exchange(Path("bench/results/integrations-relay.log"),
                        {"EXCHANGE_NATS_URL": NATS_URL, "EXCHANGE_NATS_STREAM": stream, "EXCHANGE_NATS_SUBJECT": subject,
-                        "EXCHANGE_LOG_LEVEL": "warning"})
+                        "EXCHANGE_LOG_LEVEL": "warning", **store_env(args, args.schemas)})
     try:
         ws = standing_buyer(t)
         _, pub = account(t, "publisher", "bench-pub")
@@ -169,7 +194,7 @@ def bench_webhooks(args: argparse.Namespace) -> dict[str, Any]:
     rx.start()
     assert started.wait(30)
     t = start_exchange(Path("bench/results/integrations-webhooks.log"),
-                       {"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true", "EXCHANGE_LOG_LEVEL": "warning"})
+                       {"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true", "EXCHANGE_LOG_LEVEL": "warning", **store_env(args, args.schemas)})
     try:
         ws = standing_buyer(t)
         _, quiet_pub = account(t, "publisher", "bench-quiet")
@@ -226,15 +251,22 @@ def main() -> None:
     ap.add_argument("--live", type=int, default=2)
     ap.add_argument("--skip-relay", action="store_true")
     ap.add_argument("--skip-webhooks", action="store_true")
+    ap.add_argument("--pg", action="store_true")
     ap.add_argument("--out", default="bench/results/integrations.json")
     args = ap.parse_args()
-    result: dict[str, Any] = {"benchmark": "integrations", "args": vars(args)}
-    if not args.skip_relay:
-        result["relay"] = bench_relay(args)
-        print("relay:", json.dumps(result["relay"]), flush=True)
-    if not args.skip_webhooks:
-        result["webhooks"] = bench_webhooks(args)
-        print("webhooks:", json.dumps(result["webhooks"]["median"]), flush=True)
+    result: dict[str, Any] = {"benchmark": "integrations", "args": vars(args), "store": "postgresql" if args.pg else "sqlite"}
+    args.schemas = []
+    try:
+        if not args.skip_relay:
+            result["relay"] = bench_relay(args)
+            print("relay:", json.dumps(result["relay"]), flush=True)
+        if not args.skip_webhooks:
+            result["webhooks"] = bench_webhooks(args)
+            print("webhooks:", json.dumps(result["webhooks"]["median"]), flush=True)
+    finally:
+        if args.schemas:
+            asyncio.run(drop_schemas(args.schemas))
+    del args.schemas
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

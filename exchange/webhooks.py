@@ -226,6 +226,7 @@ class Webhooks:
         ok = status is not None and 200 <= status < 300
         now = self.clock()
         next_ns = None
+        failures_before = hook.failures
         if ok:
             self.delivered += 1
             hook.failures = 0
@@ -244,7 +245,8 @@ class Webhooks:
                 await self.store.fetch("DELETE FROM webhook_retries WHERE webhook_id = ? AND event_id = ?", hook.id, ev.id)
         await self.store.fetch("INSERT INTO webhook_deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING attempt",
                                hook.id, ev.id, attempt, now, ok, status, error, ms, next_ns)
-        await self.store.fetch("UPDATE webhooks SET failures = ? WHERE id = ? RETURNING id", hook.failures, hook.id)
+        if hook.failures != failures_before:  # a delivery after a delivery writes its log line only
+            await self.store.fetch("UPDATE webhooks SET failures = ? WHERE id = ? RETURNING id", hook.failures, hook.id)
         if hook.failures >= self.disable_after and hook.disabled_ns is None:
             await self._disable(hook, f"{hook.failures} failed deliveries in a row (last: {error or status})")
 

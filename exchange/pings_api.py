@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import Invalid
-from .http import _exchange, auth, reply
+from .access import auth
+from .http import _exchange, reply
 
 
 async def get_pings(request: Request) -> Response:

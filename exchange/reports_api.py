@@ -23,7 +23,8 @@ from starlette.responses import PlainTextResponse, Response
 from .accounts import Account
 from .core import CallRecord
 from .errors import Invalid, NotFound
-from .http import _exchange, _when, auth, reply
+from .access import auth
+from .http import _exchange, _when, reply
 from .instants import rfc3339
 from .lifecycle import event_response
 from .tally import BILLABLE, CALLS, COMPLETED, DURATION, GROUPS, HOUR_NS, MARGIN, PAYOUT, REJECTED, REVENUE, ROUTED, RTB, WIDTH, WINS, answer_p50_ms

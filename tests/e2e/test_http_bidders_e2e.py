@@ -28,7 +28,7 @@ VERT = "e2e_pings"
 ANSWERS: dict[str, tuple[int, bytes, float]] = {  # path -> (status, body, delay s)
     "/cents": (200, b'{"bid_cents": 3100, "dest": "+18005550111", "dur": 120}', 0),
     "/dollars": (200, b'{"result": {"bid": "31.25", "phone": "(800) 555-0122"}, "accepted": true}', 0),
-    "/slow": (200, b'{"bid_cents": 9000}', 0.6),
+    "/slow": (200, b'{"bid_cents": 9000}', 1.5),
     "/500": (500, b'{"bid_cents": 9000}', 0),
     "/malformed": (200, b'{"bid_cents": 90', 0),
     "/unmapped": (200, b'{"price": 9000}', 0),
@@ -146,8 +146,8 @@ def test_http_bidders_priced_in_one_round_with_bad_answers_as_no_bid(world):
     assert route["destination"] == "+18005550122"  # "(800) 555-0122" as E.164
     assert [f["buyer"] for f in d["fallbacks"]] == [keys["cents"][0]]
     assert d["fallbacks"][0]["destination"] == "+18005550111" and d["fallbacks"][0]["min_duration_s"] == 120
-    assert took < 0.55, took  # the slow bidder (0.6 s) did not hold the decision past tmax_ms
-    assert d["rtb_wait_us"] <= 200_000 + 50_000
+    assert took < 1.2, took  # the slow bidder (1.5 s) did not hold the decision: it ended at tmax_ms (200 ms)
+    assert 150_000 <= d["rtb_wait_us"] < 1_000_000, d  # the round waited for tmax_ms, not for the slow bidder
 
     want = {"slow": "late", "e500": "http_status", "malformed": "malformed", "unmapped": "unmapped", "declined": "declined",
             "wrong": "wrong_type", "huge": "too_large", "redirect": "http_status"}
@@ -267,7 +267,7 @@ def test_pings_in_flight_are_bounded_per_endpoint():
             got.append(server.http.post("/v1/calls", json={"caller": f"+1312555{k:04d}", "vertical": vertical, "state": "IL",
                                                            "tmax_ms": 100}, headers={"Authorization": f"Bearer {pub_key}"}).json())
 
-        call(0)  # its ping is still in flight (0.6 s) after the decision (100 ms)
+        call(0)  # its ping is still in flight (1.5 s) after the decision (100 ms)
         threads = [threading.Thread(target=call, args=(k,)) for k in (1, 2)]
         for th in threads:
             th.start()

@@ -56,6 +56,7 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/v1/webhooks/{webhook_id}", webhooks_api.delete_webhook, methods=["DELETE"]),
         Route("/v1/webhooks/{webhook_id}/deliveries", webhooks_api.get_deliveries),
         Route("/v1/pings", pings_api.get_pings),
+        Route("/v1/campaigns", pings_api.post_campaign, methods=["POST"]),
         Route("/v1/suppressions", http.post_suppression, methods=["POST"]),
         Route("/v1/dnc/national", compliance_api.post_national, methods=["POST"]),
         Route("/v1/dnc/state/{state}", compliance_api.post_state, methods=["POST"]),

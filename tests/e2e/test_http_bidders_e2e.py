@@ -318,3 +318,25 @@ def test_every_new_connection_checks_the_address_it_connects_to():
         assert len(rx.at("/target")) == 1  # only the allowed one
     finally:
         rx.http.shutdown()
+
+
+def test_a_buyer_with_no_socket_at_all_sends_its_campaign_over_http(world):
+    server, rx = world
+    vertical = VERT + "_nows"
+    bid, key = server.account("buyer", "ping-nows", deposit=1_000_000)
+    auth = {"Authorization": f"Bearer {key}"}
+    campaign = {"id": "nows-c", "vertical": vertical, "bid_cents": 0, "destination": "+18005550199", "min_duration_s": 60, "rtb": True,
+                "ping": {"url": rx.url("/dollars"), "map": {"bid_cents": "$.result.bid", "destination": "$.result.phone"},
+                         "bid_unit": "dollars"}}
+    r = server.http.post("/v1/campaigns", json=campaign, headers=auth)
+    assert r.status_code == 200 and r.json() == {"id": "nows-c", "buyer": bid, "rtb": True, "ping": True}, r.text
+    _, pub_key = server.account("publisher", "nows-pub")
+    d = server.http.post("/v1/calls", json={"caller": "+14155550199", "vertical": vertical, "state": "CA", "tmax_ms": 300},
+                         headers={"Authorization": f"Bearer {pub_key}"}).json()
+    assert d["decision"] == "routed" and d["route"]["buyer"] == bid and d["route"]["destination"] == "+18005550122", d
+    bad = server.http.post("/v1/campaigns", json={**campaign, "ping": {**campaign["ping"], "map": {"bid_cents": "$.x["}}}, headers=auth)
+    assert bad.status_code == 422 and bad.json()["error"]["path"] == "$.ping.map.bid_cents", bad.text
+    meta = server.http.post("/v1/campaigns", json={**campaign, "ping": {**campaign["ping"], "url": "http://169.254.169.254/"}}, headers=auth)
+    assert meta.status_code == 422 and meta.json()["error"] == {"code": "invalid_url", "message": meta.json()["error"]["message"],
+                                                                 "path": "$.ping.url"}, meta.text
+    assert _pings(server, key)["nows-c"]["bids"] == 1  # the refused replacements changed nothing

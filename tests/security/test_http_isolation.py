@@ -53,6 +53,7 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("DELETE", "/v1/webhooks/{webhook_id}"): frozenset({"operator", "buyer", "publisher"}),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): frozenset({"operator", "buyer", "publisher"}),
     ("GET", "/v1/pings"): frozenset({"operator", "buyer"}),
+    ("POST", "/v1/campaigns"): frozenset({"buyer"}),
     ("POST", "/v1/suppressions"): frozenset({"operator", "buyer"}),
     ("POST", "/v1/dnc/national"): OPERATOR,
     ("POST", "/v1/dnc/state/{state}"): OPERATOR,
@@ -91,6 +92,7 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
     ("DELETE", "/v1/webhooks/{webhook_id}"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
     ("GET", "/v1/pings"): [ROLES_TEST, "test_http_bidder_campaigns_are_their_owners_only"],
+    ("POST", "/v1/campaigns"): [ROLES_TEST, "test_http_bidder_campaigns_are_their_owners_only"],
     ("POST", "/v1/suppressions"): [ROLES_TEST, "test_suppressions_stay_in_the_buyers_scope"],
     ("POST", "/v1/dnc/national"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/dnc/state/{state}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
@@ -568,3 +570,11 @@ def test_http_bidder_campaigns_are_their_owners_only(world: World):
     assert other.status_code == 200 and other.json() == {"campaigns": []} and "a-secret-ping" not in other.text
     assert "a-secret-ping" in http.get("/v1/pings", headers=world.server.admin).text
     assert http.get("/v1/pings", headers=t.p1.auth).status_code == 403
+    # the same campaign id sent over HTTP by the other buyer is that buyer's own campaign: a's is untouched
+    theirs = {"id": "pinged", "vertical": "sec_pings", "bid_cents": 0, "destination": "+18005550199", "min_duration_s": 30, "rtb": True,
+              "ping": {"url": "http://127.0.0.1:9/b-ping", "map": {"bid_cents": "$.bid"}}}
+    r = http.post("/v1/campaigns", json=theirs, headers=t.b.auth)
+    assert r.status_code == 200 and r.json()["buyer"] == t.b.id, r.text
+    assert [c["url"] for c in http.get("/v1/pings", headers=t.a.auth).json()["campaigns"]] == ["http://127.0.0.1:9/a-secret-ping"]
+    assert [c["url"] for c in http.get("/v1/pings", headers=t.b.auth).json()["campaigns"]] == ["http://127.0.0.1:9/b-ping"]
+    assert http.post("/v1/campaigns", json=theirs, headers=t.p1.auth).status_code == 403

@@ -2,7 +2,7 @@
 endpoints registered, and their effect on decisions (on vs off, one run).
 
     python -m bench.integrations [--calls 300] [--rounds 3] [--concurrency 4] [--endpoints 1000] [--live 2] [--skip-relay]
-                                 [--pg] [--out FILE]
+                                 [--backlog-calls 400] [--pg] [--out FILE]
 
 The store is the embedded SQLite file, or with ``--pg`` PostgreSQL (``EXCHANGE_TEST_DATABASE_URL``,
 default postgresql://postgres@127.0.0.1:5432/test) on a schema of its own, dropped after.
@@ -10,7 +10,10 @@ default postgresql://postgres@127.0.0.1:5432/test) on a schema of its own, dropp
 Relay: one exchange with ``EXCHANGE_NATS_URL`` (a stream and subject of its own, deleted after)
 takes ``--calls`` calls, each connected and completed (billable): every fact is an audit record
 written with its ledger rows, and the relay publishes its events. Events/s is the events relayed
-over the time from the first call to the relay's last publish.
+over the time from the first call to the relay's last publish (the rate the load offers, if the
+relay keeps up). Catch-up: ``--backlog-calls`` such calls go to an exchange without a relay; a
+second exchange on the same store then starts with one and relays the backlog: events/s while it
+catches up is what the outbox and the relay carry at most.
 
 Webhooks: a second exchange (``EXCHANGE_WEBHOOK_ALLOW_LOOPBACK=true``) gets ``--endpoints``
 webhooks, 20 for each of ``endpoints/20`` publishers, all pointing at a local HTTP/1.1 keep-alive
@@ -150,6 +153,36 @@ def settle(t: Any, name: str, quiet_s: float = 1.5, limit_s: float = 300) -> tup
     return value, moved
 
 
+def bench_relay_catchup(args: argparse.Namespace) -> dict[str, Any]:
+    import shutil
+    import tempfile
+
+    tag = secrets.token_hex(4).upper()
+    stream, subject = f"BENCH_{tag}", f"bench.{tag.lower()}"
+    tmp = tempfile.mkdtemp(prefix="bench-relay-")
+    store = store_env(args, args.schemas) or {"EXCHANGE_DATABASE_URL": f"sqlite:///{tmp}/ledger.db"}
+    a = start_exchange(Path("bench/results/integrations-backlog.log"), {"EXCHANGE_LOG_LEVEL": "warning", **store})
+    try:
+        ws = standing_buyer(a)
+        _, pub = account(a, "publisher", "bench-pub")
+        asyncio.run(calls(a.base, [pub], args.backlog_calls, args.concurrency, 11, complete=True))
+        ws.close()
+    finally:
+        a.stop()
+    b = start_exchange(Path("bench/results/integrations-catchup.log"),
+                       {"EXCHANGE_NATS_URL": NATS_URL, "EXCHANGE_NATS_STREAM": stream, "EXCHANGE_NATS_SUBJECT": subject,
+                        "EXCHANGE_LOG_LEVEL": "warning", **store})
+    try:
+        value, _ = settle(b, "events_relayed", quiet_s=1.5, limit_s=120)
+        n, span = asyncio.run(_stream_span(stream))  # JetStream's own timestamps of the first and last message stored
+        return {"backlog_calls": args.backlog_calls, "events_relayed": value, "stream_messages": n, "catchup_s": round(span, 3),
+                "catchup_events_per_s": round((n - 1) / span, 1) if span > 0 else None}
+    finally:
+        b.stop()
+        asyncio.run(_drop_stream(stream))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def bench_relay(args: argparse.Namespace) -> dict[str, Any]:
     tag = secrets.token_hex(4).upper()
     stream, subject = f"BENCH_{tag}", f"bench.{tag.lower()}"
@@ -173,6 +206,20 @@ def bench_relay(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         t.stop()
         asyncio.run(_drop_stream(stream))
+
+
+async def _stream_span(stream: str) -> tuple[int, float]:
+    """(messages in the stream, seconds between the first and the last one's store times)."""
+    import nats
+
+    nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+    try:
+        js = nc.jetstream(timeout=5)
+        state = (await js.stream_info(stream)).state
+        first, last = await js.get_msg(stream, seq=state.first_seq), await js.get_msg(stream, seq=state.last_seq)
+        return state.messages, (last.time - first.time).total_seconds()
+    finally:
+        await nc.close()
 
 
 async def _drop_stream(stream: str) -> None:
@@ -252,6 +299,7 @@ def main() -> None:
     ap.add_argument("--skip-relay", action="store_true")
     ap.add_argument("--skip-webhooks", action="store_true")
     ap.add_argument("--pg", action="store_true")
+    ap.add_argument("--backlog-calls", type=int, default=400)
     ap.add_argument("--out", default="bench/results/integrations.json")
     args = ap.parse_args()
     result: dict[str, Any] = {"benchmark": "integrations", "args": vars(args), "store": "postgresql" if args.pg else "sqlite"}
@@ -260,6 +308,9 @@ def main() -> None:
         if not args.skip_relay:
             result["relay"] = bench_relay(args)
             print("relay:", json.dumps(result["relay"]), flush=True)
+            if args.backlog_calls:
+                result["relay_catchup"] = bench_relay_catchup(args)
+                print("relay catch-up:", json.dumps(result["relay_catchup"]), flush=True)
         if not args.skip_webhooks:
             result["webhooks"] = bench_webhooks(args)
             print("webhooks:", json.dumps(result["webhooks"]["median"]), flush=True)

@@ -89,14 +89,14 @@ class HttpBidders:
         self.stats: dict[Key, PingStats] = {}
         self.in_flight: dict[tuple[str, str, int], int] = {}
         self.tasks: set[asyncio.Task[Priced | str]] = set()
-        self.keepalive = s.ping_keepalive_connections
+        self.max_connections = s.ping_max_connections
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """Made on first use, inside the running loop."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.keepalive, use_dns_cache=False, keepalive_timeout=60.0,
+            connector = aiohttp.TCPConnector(limit=self.max_connections, use_dns_cache=False, keepalive_timeout=60.0,
                                              resolver=CheckedResolver(self.allow_loopback, self.own))
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True,
                                                   skip_auto_headers=("Accept-Encoding",),

@@ -88,12 +88,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     webhook_allow_loopback: bool = False
     # HTTP bidders (exchange.httpbid): pings in flight per endpoint (one more is a no_bid "busy"),
     # the largest answer read, how long a ping runs on after tmax_ms (its answer unused, its
-    # connection kept), idle keep-alive connections pooled, and whether ping URLs may resolve to
+    # connection kept), connections open at once to all endpoints, and whether ping URLs may resolve to
     # loopback or private addresses (link-local and metadata addresses: never)
     ping_inflight: Annotated[int, Meta(ge=1, le=10_000)] = 64
     ping_max_body_bytes: Annotated[int, Meta(ge=256, le=16 << 20)] = 64 << 10
     ping_grace_ms: Annotated[int, Meta(ge=0, le=60_000)] = 1_000
-    ping_keepalive_connections: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
+    ping_max_connections: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
     ping_allow_loopback: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -6,8 +6,9 @@ endpoint's host through ``CheckedResolver``, which checks every address it gets 
 link-local and metadata always refused; loopback and private unless ``ping_allow_loopback``) and
 hands the connector only the address it checked, with no DNS cache in between, so a DNS answer
 that changes cannot turn a ping into a request to the exchange's network; the TLS name (SNI,
-certificate) stays the host's. At most ``ping_inflight`` pings are in flight per endpoint (scheme, host, port): one
-more is a ``no_bid`` ``busy`` at once rather than a queue that would only make it late.
+certificate) stays the host's. At most ``ping_inflight`` pings are in flight per buyer and
+endpoint (scheme, host, port): one more is a ``no_bid`` ``busy`` at once rather than a queue
+that would only make it late; buyers that share a ping platform do not share its bound.
 
 A ping runs on after its round closes (``tmax_ms``) for at most ``ping_grace_ms`` more, so a
 bidder that is just slow keeps its pooled connection instead of being reconnected on every
@@ -87,7 +88,7 @@ class HttpBidders:
         self.allow_loopback, self.own = s.ping_allow_loopback, (s.host, s.port)
         self.plans: dict[Key, PingPlan] = {}
         self.stats: dict[Key, PingStats] = {}
-        self.in_flight: dict[tuple[str, str, int], int] = {}
+        self.in_flight: dict[tuple[str, str, str, int], int] = {}  # (buyer, scheme, host, port) -> pings in flight
         self.tasks: set[asyncio.Task[Priced | str]] = set()
         self.max_connections = s.ping_max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -132,7 +133,7 @@ class HttpBidders:
     def start(self, key: Key, plan: PingPlan, call: CallView, native: Any, tmax_ms: int) -> asyncio.Task[Priced | str] | str:
         """Send one ping; its task gives a bid or a no_bid reason. ``busy`` (a str) at once if
         the endpoint has ``ping_inflight`` pings in flight already."""
-        ep = plan.endpoint
+        ep = (key[0], *plan.endpoint)  # per buyer and endpoint: buyers sharing a ping platform do not share its bound
         n = self.in_flight.get(ep, 0)
         stats = self.stats.setdefault(key, PingStats())
         stats.pings += 1
@@ -159,7 +160,7 @@ class HttpBidders:
             stats.answered(ms)
 
     async def _ping(self, key: Key, plan: PingPlan, call: CallView, native: Any, limit_s: float) -> Priced | str:
-        ep = plan.endpoint
+        ep = (key[0], *plan.endpoint)
         try:
             async with asyncio.timeout(limit_s):
                 return await self._exchange(key, plan, call, native)
@@ -209,7 +210,7 @@ class HttpBidders:
             if buyer is None or b == buyer:
                 st = self.stats.get((b, c)) or PingStats()
                 out.append({"buyer": b, "campaign": c, "url": plan.spec.url, "method": plan.spec.method,
-                            "in_flight": self.in_flight.get(plan.endpoint, 0), **st.view()})
+                            "in_flight": self.in_flight.get((b, *plan.endpoint), 0), **st.view()})
         return out
 
     def gauges(self) -> dict[str, int]:

@@ -86,7 +86,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     webhook_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
     webhook_max_per_account: Annotated[int, Meta(ge=1)] = 20
     webhook_allow_loopback: bool = False
-    # HTTP bidders (exchange.httpbid): pings in flight per endpoint (one more is a no_bid "busy"),
+    # HTTP bidders (exchange.httpbid): pings in flight per buyer and endpoint (one more: no_bid "busy"),
     # the largest answer read, how long a ping runs on after tmax_ms (its answer unused, its
     # connection kept), connections open at once to all endpoints, and whether ping URLs may resolve to
     # loopback or private addresses (link-local and metadata addresses: never)

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
-from . import compliance_api, events_api, http, reports_api, webhooks_api
+from . import compliance_api, dashboard, events_api, http, reports_api, webhooks_api
 from .callpath import CallPath
 from .gateway import buyer_socket, publisher_socket
 from .errors import Refused
@@ -38,6 +38,8 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/readyz", http.readyz),
         Route("/metrics", http.metrics),
         Route("/openapi.json", openapi),
+        Route("/dashboard", dashboard.page),
+        Route("/v1/dashboard/stream", dashboard.stream),
         Route("/v1/accounts", http.create_account, methods=["POST"]),
         Route("/v1/accounts/{account_id}/deposits", http.create_deposit, methods=["POST"]),
         Route("/v1/accounts/{account_id}/payouts", http.create_payout, methods=["POST"]),
@@ -46,6 +48,7 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/v1/calls", http.post_call, methods=["POST"]),
         Route("/v1/calls", reports_api.list_calls, methods=["GET"]),
         Route("/v1/calls/{call_id}", reports_api.get_call),
+        Route("/v1/calls/{call_id}/auction", reports_api.get_auction),
         Route("/v1/calls/{call_id}/events", http.post_event, methods=["POST"]),
         Route("/v1/calls/{call_id}/refund", http.post_refund, methods=["POST"]),
         Route("/v1/audit", http.get_audit),

@@ -152,6 +152,10 @@ class CallDesk:
         answers, wait_us, rnd = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None, None)
         t2 = perf_counter_ns()
         rec, notices = decide(core, p, answers, self.clock.now_ns())
+        if rnd is not None and rnd.declined and rec.replay is not None and rec.replay.unanswered:  # said no_bid, not silent
+            declined = {(b, q.campaign) for b, q in p.bid_requests if q.request_id in rnd.declined}
+            rec.replay = rec.replay._replace(unanswered=tuple(
+                (b, c, "no_bid" if (b, c) in declined else why) for b, c, why in rec.replay.unanswered))
         if rec.status == "routed" and rec.route is not None:  # an inbound call is the consumer's inquiry (EBR)
             core.gate.note_inquiry(rec.direction, rec.consumer, rec.route.buyer, rec.created_ns)
         t3 = perf_counter_ns()

@@ -23,6 +23,7 @@ from routing.eligibility import idle_refusal, reopens_at
 from routing.parking import FUNDS, PARKABLE
 from routing.standing import CampaignSpec, Standing
 from .messages import DecisionFields, EventResponse, Message
+from .replay import Replay
 from .settings import Settings
 
 Notice = tuple[str, Message]  # (buyer id, message to send)
@@ -35,7 +36,7 @@ class CallRecord:
         "call_id", "publisher", "consumer", "caller", "direction", "vertical", "state", "decision",
         "routes", "index", "status", "taken", "expires_ns", "events", "billable", "charged_cents",
         "payout_cents", "margin_cents", "history", "evidence", "created_ns", "final_ns", "request", "bids",
-        "durable_seq",
+        "durable_seq", "replay",
     )
 
     def __init__(self, call_id: str, publisher: str, created_ns: int) -> None:
@@ -59,6 +60,7 @@ class CallRecord:
         self.request: object = None
         self.bids: tuple[tuple[str, str, int, bool], ...] = ()  # (buyer, campaign, bid_cents, live) considered
         self.durable_seq = 0  # the writer's sequence number of this call's last durable record
+        self.replay: Replay | None = None  # what the auction saw (GET /v1/calls/{id}/auction); None: not recorded
 
     @property
     def route(self) -> PlannedRoute | None:

@@ -21,6 +21,7 @@ from routing.reasons import Outcome
 from routing.auction import Bid, clear
 from routing.standing import Standing
 from .core import CallRecord, Core, Notice
+from .replay import LIST_OFF, Refused, Replay
 from .ids import BuyerId
 from .instants import from_ns
 from .lifecycle import engage, route_wire
@@ -40,6 +41,7 @@ class Prepared(NamedTuple):
     verdict: Verdict
     tmax_ms: int
     bid_requests: tuple[tuple[BuyerId, BidRequest], ...]  # (buyer, request) to send now
+    refused: tuple[Refused, ...] = ()  # live (RTB) campaigns not asked, and why (the auction replay)
 
 
 def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: int) -> Prepared:
@@ -54,15 +56,19 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
     if call.tmax_ms is not None:
         tmax = min(tmax, call.tmax_ms)
     requests: list[tuple[BuyerId, BidRequest]] = []
+    refused: list[Refused] = []
     if verdict.allow and tmax > 0:
         info = CallInfo(vertical=call.vertical, state=state, area_code=area_code, direction=call.direction, tags=call.tags)
         for n, st in enumerate(core.book.rtb_candidates(call.vertical, state, now_ns)):
             if len(requests) >= s.rtb_max_fanout:
                 break
-            if refusal(core, st, consumer, call.direction, area_code, 0, now_ns) is None:
+            why = refusal(core, st, consumer, call.direction, area_code, 0, now_ns)
+            if why is None:
                 req = BidRequest(request_id=f"{call_id}.{n}", campaign=st.id, tmax_ms=tmax, floor_cents=floor, call=info)
                 requests.append((BuyerId(st.buyer), req))
-    return Prepared(call_id, publisher, call, consumer, caller, state, area_code, floor, verdict, tmax, tuple(requests))
+            elif s.auction_replay:
+                refused.append((st.buyer, st.id, None, why))
+    return Prepared(call_id, publisher, call, consumer, caller, state, area_code, floor, verdict, tmax, tuple(requests), tuple(refused))
 
 
 def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_ns: int) -> tuple[CallRecord, list[Notice]]:
@@ -78,6 +84,8 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     notices: list[Notice] = []
     core.stats.calls += 1
     if not p.verdict.allow:
+        if s.auction_replay:
+            rec.replay = Replay(p.floor_cents, s.pricing, (), (), (), {}, ())
         rec = _reject(core, rec, p.verdict.reason, p.verdict.rule, now_ns)
         if p.verdict.retry_after_ns is not None and rec.decision is not None:
             rec.decision = msgspec.structs.replace(rec.decision, retry_after_utc=from_ns(p.verdict.retry_after_ns))
@@ -86,12 +94,15 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     want = s.max_fallbacks + 2  # the routes plus one runner-up to price the last of them
 
     done: set[str] = set()  # buyers with their route, or refused whatever the campaign
+    refused: list[Refused] | None = list(p.refused) if s.auction_replay else None  # the replay's ineligible candidates
 
     def accept(st: Standing) -> bool:
         if st.buyer in done:
             return False
         why = refusal(core, st, p.consumer, call.direction, p.area_code, st.bid_cents, now_ns)
         if why is not None:
+            if refused is not None:
+                refused.append((st.buyer, st.id, st.bid_cents, why))
             if why in PARKABLE:  # the same for every call until an event or an instant: out of the index till then
                 core.book.park(st, why, None if why == FUNDS else reopens_at(core.clock, st, why, now_ns), now_ns)
             elif why in BUYER_WIDE:  # the compliance gate's per-buyer verdict: no campaign of this buyer may take it
@@ -105,7 +116,9 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         core.book.lot.wake(now_ns, ledger.freed, ledger.spendable)
     else:
         ledger.freed.clear()
-    standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit, call.direction == "outbound", done)
+    outbound = call.direction == "outbound"
+    offs = core.book.offs(call.vertical, p.state, outbound, LIST_OFF) if refused is not None else None  # before the scan parks more
+    standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit, outbound, done, refused)
     bidders = [Bid(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
     timeouts: list[tuple[BuyerId, BidRequest]] = []
     for buyer, req in p.bid_requests:
@@ -115,7 +128,10 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
             timeouts.append((buyer, req))
             continue
         ans, arrival = got
-        if refusal(core, st, p.consumer, call.direction, p.area_code, ans.bid_cents, now_ns) is not None:
+        why = refusal(core, st, p.consumer, call.direction, p.area_code, ans.bid_cents, now_ns)
+        if why is not None:
+            if refused is not None:
+                refused.append((buyer, st.id, ans.bid_cents, why))
             continue
         bidders.append(Bid(
             ans.bid_cents, arrival, buyer, st.id, ans.destination or st.destination,
@@ -136,6 +152,9 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     for b, why in cleared.losers:
         notices.append((b.buyer, Loss(request_id=b.request_id or p.call_id, reason=why, clearing_price_cents=clearing, campaign=b.campaign, call_id=p.call_id)))
     rec.bids = tuple((b.buyer, b.campaign, b.bid_cents, b.request_id is not None) for b in bidders)
+    if refused is not None and offs is not None:
+        rec.replay = Replay(p.floor_cents, s.pricing, rec.bids, tuple(refused),
+                            tuple((buyer, req.campaign, Outcome.TIMEOUT) for buyer, req in timeouts), offs[0], offs[1])
     if cleared.reason != Outcome.OK:
         return _reject(core, rec, _number_reason(p.consumer) if cleared.reason == Outcome.NO_ELIGIBLE_BID else cleared.reason, None, now_ns), notices
     rec.routes = cleared.routes

@@ -36,6 +36,7 @@ from routing.auction import PlannedRoute
 
 from .accounts import Accounts
 from .core import CallRecord, Core
+from .replay import record as replay_record
 from .messages import CallEvent, CallFields, CallRequest, DecisionFields, EventResponse
 from .settings import Settings
 
@@ -56,6 +57,7 @@ def decision_audit(rec: CallRecord, key: str | None = None) -> AuditEvent:
         "compliance": rec.evidence,
         "bids": [{"buyer": b, "campaign": c, "bid_cents": x, "live": live} for b, c, x, live in rec.bids],
         "routes": [r.record() for r in rec.routes],
+        **({} if rec.replay is None else {"replay": replay_record(rec.replay)}),
     })
 
 

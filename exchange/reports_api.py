@@ -17,6 +17,8 @@ import csv
 import io
 from typing import Any
 
+import msgspec
+
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -26,6 +28,7 @@ from .errors import Invalid, NotFound
 from .http import _exchange, _when, auth, reply
 from .instants import rfc3339
 from .lifecycle import event_response
+from .replay import record as replay_record, view as replay_view
 from .tally import BILLABLE, CALLS, COMPLETED, DURATION, GROUPS, HOUR_NS, MARGIN, PAYOUT, REJECTED, REVENUE, ROUTED, RTB, WIDTH, WINS, answer_p50_ms
 
 STATUSES = ("routed", "connected", "completed", "failed", "expired", "rejected")
@@ -109,6 +112,42 @@ async def get_call(request: Request) -> Response:
     if rec is None or not visible(account, rec):
         raise NotFound("unknown_call", f"no call {call_id!r}")
     return reply(call_view(account, rec))
+
+
+# ------------------------------------------------------------------ the auction replay
+async def get_auction(request: Request) -> Response:
+    """``GET /v1/calls/{id}/auction``: every candidate of the call's auction (the operator), or
+    the buyer's own and the clearing price; publishers may not (403). From the call in memory,
+    else from its decision's audit record."""
+    account = auth(request, "operator", "buyer")
+    ex = _exchange(request)
+    call_id = request.path_params["call_id"]
+    buyer = None if account.kind == "operator" else account.id
+    rec = ex.core.calls.get(call_id)
+    if rec is not None and rec.decision is not None:
+        if rec.replay is None:
+            raise NotFound("no_replay", f"no auction was recorded for call {call_id!r} (EXCHANGE_AUCTION_REPLAY was off, "
+                           "or it was rebuilt after a restart: see its audit record)")
+        d = rec.decision
+        routes = [(r.buyer, r.campaign, r.bid_cents, r.price_cents) for r in rec.routes]
+        bids = [(b, c, x) for b, c, x, _ in rec.replay.bids]
+        body = replay_view(call_id, d.decision, d.reason, replay_record(rec.replay), bids, routes, buyer)
+    else:
+        with ex.journal.reading():
+            rows = await ex.journal.store.audit_query(call_id, None, None, None, limit=10)
+        head = next((r for r in rows if r.kind == "decision"), None)
+        if head is None:
+            raise NotFound("unknown_call", f"no call {call_id!r}")
+        rb = msgspec.json.decode(head.body)
+        if "replay" not in rb:
+            raise NotFound("no_replay", f"no auction was recorded for call {call_id!r} (EXCHANGE_AUCTION_REPLAY was off)")
+        routes = [(r["buyer"], r["campaign"], r["bid_cents"], r["price_cents"]) for r in rb.get("routes", ())]
+        bids = [(b["buyer"], b["campaign"], b["bid_cents"]) for b in rb.get("bids", ())]
+        d = rb["decision"]
+        body = replay_view(call_id, d["decision"], d["reason"], rb["replay"], bids, routes, buyer)
+    if body is None:  # not a call this buyer was asked about or considered for: as if unknown
+        raise NotFound("unknown_call", f"no call {call_id!r}")
+    return reply(body)
 
 
 # ------------------------------------------------------------------ lists
@@ -205,4 +244,4 @@ async def get_reports(request: Request) -> Response:
     return reply({"group_by": group_by, "from": rfc3339(lo // HOUR_NS * HOUR_NS), "to": rfc3339(-(-hi // HOUR_NS) * HOUR_NS), "rows": out})
 
 
-__all__ = ["get_call", "list_calls", "get_reports", "call_view", "visible"]
+__all__ = ["get_call", "get_auction", "list_calls", "get_reports", "call_view", "visible"]

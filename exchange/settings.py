@@ -32,6 +32,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # reports (GET /v1/reports): hours kept in memory, and the audit trail's window replayed at start
     report_days: Annotated[int, Meta(ge=0, le=400)] = 35
     scan_limit: Annotated[int, Meta(ge=10)] = 10_000
+    # record what each auction saw (every candidate, its outcome, why the ineligible were), for
+    # GET /v1/calls/{id}/auction; off: that endpoint answers 404 no_replay
+    auction_replay: bool = True
     max_campaigns_per_buyer: Annotated[int, Meta(ge=1)] = 2_000  # a new campaign past it: error campaign_limit
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10

@@ -28,6 +28,13 @@ cannot cover the bid, its schedule is closed, a cap, budget or its concurrency i
 found once by a decision and parked: out of the heaps, into the ``ParkingLot``
 (``routing/parking.py``), which brings it back on the event that re-enables it.
 
+**Out of the index, counted.** Each bucket counts the campaigns it holds that are out of the
+index for a reason (parked, or ``paused``), by reason -- a wide campaign with a state filter
+under each of its states -- and keeps them in ``offs``: the auction replay reads, per
+decision, how many campaigns of the call's buckets were out and why (a few small dict reads),
+and lists them one by one only when they are few (``Book.offs``). Counting costs each park,
+unpark, pause and resume one dict update per bucket (per state for filtered wide campaigns).
+
 **A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
 new one past it is refused with ``campaign_limit`` and nothing in the book changes.
 """
@@ -46,7 +53,7 @@ from .standing import US_STATES, CampaignError, CampaignSpec, Key, Standing
 MAX_PER_BUYER = 2_000
 
 class Bucket:
-    __slots__ = ("heap", "members", "buyers", "limit", "slots")
+    __slots__ = ("heap", "members", "buyers", "limit", "slots", "off", "offs")
 
     def __init__(self, slots: list[Standing]) -> None:
         self.slots = slots  # the book's: slot -> campaign
@@ -54,6 +61,27 @@ class Bucket:
         self.members: dict[Key, Standing] = {}  # the listed campaigns
         self.buyers: dict[str, int] = {}  # buyer -> how many of its campaigns are listed here
         self.limit = 64
+        self.off: dict[str | None, dict[str, int]] = {}  # state filter (None: any state) -> reason -> campaigns out
+        self.offs: dict[Key, Standing] = {}  # the campaigns out of the index
+
+    def count_off(self, s: Standing, why: str, n: int) -> None:
+        """Count ``s`` out of the index for ``why`` (n=1) or no longer (n=-1)."""
+        off = self.off
+        for k in (None,) if s.wide_states is None else s.wide_states:
+            d = off.get(k)
+            if d is None:
+                d = off[k] = {}
+            left = d.get(why, 0) + n
+            if left > 0:
+                d[why] = left
+            else:
+                d.pop(why, None)
+                if not d:
+                    del off[k]
+        if n > 0:
+            self.offs[s.key] = s
+        else:
+            self.offs.pop(s.key, None)
 
     def add(self, s: Standing) -> None:
         if s.key not in self.members:
@@ -141,6 +169,8 @@ class Book:
             s.buckets = [self._bucket(k) for k in keys]
             if not s.paused:
                 self._list(s)
+            else:
+                self._set_off(s, "paused")
         return s
 
     def _bucket(self, key: tuple[str, str | None, bool]) -> Bucket:
@@ -181,8 +211,21 @@ class Book:
             return
         self._delist(s)
         self.lot.park(s, why, wake_ns, now_ns)
+        self._set_off(s, why)
+
+    def _set_off(self, s: Standing, why: str | None) -> None:
+        old = s.off
+        if old == why:
+            return
+        s.off = why
+        for b in s.buckets:
+            if old is not None:
+                b.count_off(s, old, -1)
+            if why is not None:
+                b.count_off(s, why, 1)
 
     def _unparked(self, s: Standing) -> None:
+        self._set_off(s, None)
         self._relist(s)
         for b in s.buckets:
             b.add(s)
@@ -195,12 +238,15 @@ class Book:
             s.paused = paused
             if paused:
                 self._delist(s)
+                if not s.rtb:
+                    self._set_off(s, "paused")
             else:
                 self._list(s)
         return True
 
     def _list(self, s: Standing) -> None:
         self.lot.forget(s)  # resumed while parked: listed now, and parked again by a decision if still refused
+        self._set_off(s, None)
         self._seq += 1
         s.seq = s.listing = self._seq
         s.listed_bid = s.bid_cents
@@ -226,13 +272,14 @@ class Book:
         s.live = False
         self.lot.forget(s)
         self._delist(s)
+        self._set_off(s, None)
         if s.rtb:
             self._rtb.get(s.vertical, {}).pop(s.key, None)
 
     # ------------------------------------------------------------------ reads
     def ranked(
         self, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000,
-        outbound: bool = False, done: set[str] | None = None,
+        outbound: bool = False, done: set[str] | None = None, skipped: list[tuple[str, str, int | None, str]] | None = None,
     ) -> list[Standing]:
         """Up to ``want`` accepted standing bids in price-time order, best first.
 
@@ -244,6 +291,9 @@ class Book:
         ``done``: the buyers the caller needs no more campaigns of (one route per buyer, or a
         refusal that holds for all of a buyer's campaigns), filled by ``accept``. The scan stops
         once every buyer listed in these heaps is done, instead of walking the rest.
+
+        ``skipped``: where to note (buyer, campaign, bid, ``"state"``) for each wide campaign
+        walked whose state filter leaves the call's state out (the auction replay).
         """
         buckets = self._buckets
         heaps = []
@@ -287,6 +337,8 @@ class Book:
             backs[k].append(entry)
             scanned += 1
             if s.wide_states is not None and state not in s.wide_states:
+                if skipped is not None:
+                    skipped.append((s.buyer, s.id, s.bid_cents, "state"))
                 continue
             if accept(s):
                 out.append(s)
@@ -302,6 +354,32 @@ class Book:
                 if slots[entry[2]].listing == entry[1]:  # (not parked meanwhile by ``accept``)
                     heappush(h, entry)
         return out
+
+    def offs(self, vertical: str, state: str | None, outbound: bool, list_at_most: int,
+             ) -> tuple[dict[str, int], tuple[tuple[str, str, int | None, str], ...] | None]:
+        """The campaigns of the buckets a call of (vertical, state, direction) reads that are out
+        of the index (parked or paused), by reason; and, when they are at most ``list_at_most``
+        in those buckets, each one (buyer, campaign, bid, reason), else None. A few dict reads."""
+        counts: dict[str, int] = {}
+        total = 0
+        pool = []
+        buckets = self._buckets
+        for ob in (True,) if outbound else (False, True):
+            for key in ((vertical, state, ob), (vertical, None, ob)) if state is not None else ((vertical, None, ob),):
+                b = buckets.get(key)
+                if b is None or not b.off:
+                    continue
+                pool.append(b)
+                total += len(b.offs)
+                for k in (None, state) if state is not None else (None,):
+                    d = b.off.get(k)
+                    if d:
+                        for why, n in d.items():
+                            counts[why] = counts.get(why, 0) + n
+        if not pool or total > list_at_most:
+            return counts, None if pool else ()
+        return counts, tuple((s.buyer, s.id, s.bid_cents, s.off) for b in pool for s in b.offs.values()
+                             if s.off is not None and (s.wide_states is None or state in s.wide_states))
 
     @property
     def stats(self) -> dict[str, int]:

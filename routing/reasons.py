@@ -36,4 +36,21 @@ class Outcome(StrEnum):
     NON_GEOGRAPHIC_NUMBER = "non_geographic_number"  # toll-free, premium, personal or other service numbers
 
 
-__all__ = ["Refusal", "Outcome"]
+# The replay's names for a campaign's ineligibility (PROTOCOL v2, ``GET /v1/calls/{id}/auction``):
+# the refusal codes above, renamed where the wire contract names them otherwise; compliance
+# codes (per-buyer verdicts of the gate) and the book's own (``state``, ``paused``) pass as they are.
+REPLAY_REASON: dict[str, str] = {
+    Refusal.DIRECTION: "outbound",
+    Refusal.HOURLY_CAP: "cap_hourly",
+    Refusal.DAILY_CAP: "cap_daily",
+    Refusal.MONTHLY_CAP: "cap_monthly",
+    Refusal.DAILY_BUDGET: "budget",
+    Refusal.DUPLICATE_CALLER: "dedupe",
+}
+
+
+def replay_reason(why: str) -> str:
+    return REPLAY_REASON.get(why, str(why))
+
+
+__all__ = ["Refusal", "Outcome", "REPLAY_REASON", "replay_reason"]

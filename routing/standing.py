@@ -90,6 +90,7 @@ class Standing:
         "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
         "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
         "destination", "accepts_outbound", "capacity", "buckets", "live", "account", "listing", "listed_bid", "parked", "slot",
+        "off",
     )
 
     def __init__(self, buyer: str, msg: CampaignSpec, capacity: Capacity) -> None:
@@ -119,6 +120,7 @@ class Standing:
         self.buckets: list[Bucket] = []
         self.live = True
         self.parked: str | None = None  # why it is out of the index for now (``routing/parking.py``)
+        self.off: str | None = None  # the reason its buckets count it as out of the index (parked or paused)
 
     def covers(self, state: str | None) -> bool:
         return not self.states or state in self.states

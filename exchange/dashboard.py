@@ -1,0 +1,180 @@
+"""The live dashboard: ``GET /dashboard`` (one static page) and ``GET /v1/dashboard/stream``.
+
+The page (``exchange/static/dashboard.html``: plain HTML, CSS and JavaScript, no build step,
+charts drawn as SVG by the page itself) asks for a key, keeps it in ``sessionStorage`` and
+sends it as the ``Authorization`` header of a streaming ``fetch`` -- never in a URL. The stream
+is server-sent events: one ``data:`` line of JSON per ``interval_ms`` (default 1 s), a
+*snapshot* of what the key may see, built from the same data as ``GET /v1/reports`` (the
+hourly tally, through ``report_row``) plus the exchange's counters (``/metrics``):
+
+- ``rates``: calls/s, routed/s, bids/s over the last interval (the operator: the whole market;
+  a tenant: its own calls or its campaigns' bid cells, from the tally);
+- ``latency_us``: the p50/p99 decision time of the interval's decisions (operator, publisher);
+- ``totals``: the last 24 hours, one report row (calls, fill, wins, money as the key may see it);
+- ``reasons``: the last 24 hours by reason (the operator and a publisher: calls by decision
+  reason; a buyer: its campaigns' outcomes -- won, outbid, below_floor, timeout...);
+- ``top``: the operator's top buyers and publishers; a buyer's campaigns; a publisher's buyers.
+
+A snapshot costs a few report reads (closed hours are cached by the tally). Each account may
+hold ``MAX_STREAMS_PER_KEY`` streams open at once (a 429 past it), so one tenant's tabs cannot
+crowd the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .accounts import Account
+from .errors import RateLimited
+from .http import _exchange, auth
+from .instants import rfc3339
+from .reports_api import _int, _query, report_row
+from .service import Exchange
+from .tally import HOUR_NS
+
+DAY_NS = 24 * HOUR_NS
+MAX_STREAMS_PER_KEY = 4
+TOP = 6
+_PAGE = files("exchange").joinpath("static/dashboard.html").read_bytes()
+_enc = msgspec.json.Encoder()
+_open: dict[str, int] = {}  # account id -> streams open now
+
+
+async def page(request: Request) -> Response:
+    """The page itself: public (it holds no data; the key is typed into it)."""
+    return Response(_PAGE, media_type="text/html; charset=utf-8", headers={
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                                   "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+    })
+
+
+class Probe:
+    """What one stream remembers between snapshots, to turn counters into rates."""
+
+    __slots__ = ("t_ns", "calls", "routed", "bids", "decisions")
+
+    def __init__(self) -> None:
+        self.t_ns = 0
+        self.calls = self.routed = self.bids = self.decisions = 0
+
+
+def _sum(rows: list[tuple[Any, list[int]]]) -> list[int]:
+    out: list[int] = []
+    for _, c in rows:
+        if not out:
+            out = list(c)
+        else:
+            for i in range(min(len(out), len(c))):
+                out[i] += c[i]
+    return out
+
+
+def _interval_us(ex: Exchange, since: int) -> dict[str, int] | None:
+    """p50 and p99 of the decisions made since the histogram counted ``since`` (its newest raw samples)."""
+    h = ex.metrics.decision_us
+    k = min(h.n - since, len(h.window))
+    if k <= 0:
+        return None
+    w = h.window
+    if len(w) < h._cap:
+        data = sorted(w[len(w) - k:])
+    else:
+        i = h._w
+        data = sorted(w[i - k:i] if k <= i else list(w[i - k:]) + list(w[:i]))
+    return {"p50": data[len(data) // 2], "p99": data[min(len(data) - 1, int(0.99 * len(data)))], "n": len(data)}
+
+
+def snapshot(ex: Exchange, account: Account, probe: Probe, start_ns: int) -> dict[str, Any]:
+    now = ex.clock.now_ns()
+    kind = account.kind
+    owner = None if kind == "operator" else account.id
+    tally = ex.desk.tally
+
+    def report(group_by: str, lo: int) -> list[tuple[Any, list[int]]]:
+        return tally.report(group_by, kind, owner, lo, now + 1, now)
+
+    day = report("hour", now - DAY_NS)
+    totals = report_row(kind, "24h", _sum(day)) if day else report_row(kind, "24h", [0] * 11)
+    if kind == "operator":
+        s = ex.core.stats
+        calls, routed, bids = s.calls, s.routed, ex.metrics.bids_ingested
+    else:  # the tenant's own, since the hour the stream started (the tally counts whole hours)
+        mine = _sum(report("hour", start_ns))
+        calls, routed, bids = (mine[0], mine[1], 0) if mine else (0, 0, 0)
+    dt = (now - probe.t_ns) / 1e9 if probe.t_ns else 0.0
+    rates = None
+    if dt > 0:
+        rates = {"calls_per_s": round((calls - probe.calls) / dt, 2), "routed_per_s": round((routed - probe.routed) / dt, 2),
+                 "bids_per_s": round((bids - probe.bids) / dt, 1) if kind == "operator" else None}
+    latency = _interval_us(ex, probe.decisions) if kind != "buyer" and probe.t_ns else None
+    probe.t_ns, probe.calls, probe.routed, probe.bids, probe.decisions = now, calls, routed, bids, ex.metrics.decision_us.n
+    reasons = [report_row(kind, k, c) for k, c in report("reason", now - DAY_NS)]
+    if kind == "operator":
+        top = {"buyers": _top(kind, report("buyer", now - DAY_NS), "revenue_cents"),
+               "publishers": _top(kind, report("publisher", now - DAY_NS), "calls")}
+    elif kind == "buyer":
+        top = {"campaigns": _top(kind, report("campaign", now - DAY_NS), "wins")}
+    else:
+        top = {"buyers": _top(kind, report("buyer", now - DAY_NS), "routed")}
+    out: dict[str, Any] = {
+        "at": rfc3339(now), "kind": kind, "account": account.id, "name": account.name,
+        "rates": rates, "latency_us": latency, "totals": totals,
+        "reasons": [{"reason": r["key"], "calls": r["calls"]} for r in reasons],
+        "top": top,
+    }
+    if kind == "operator":
+        out["market"] = {"campaigns": len(ex.core.book), "parked": ex.core.book.parked, "active_calls": len(ex.core.active),
+                         "buyers_connected": ex.metrics.buyer_connections, "bids_total": bids}
+    return out
+
+
+def _top(kind: str, rows: list[tuple[Any, list[int]]], by: str) -> list[dict[str, Any]]:
+    out = [report_row(kind, k, c) for k, c in rows if k is not None]
+    out.sort(key=lambda r: -(r[by] or 0))
+    return [{"key": r["key"], "calls": r["calls"], "wins": r["wins"], "routed": r["routed"], "billable": r["billable"],
+             "revenue_cents": r["revenue_cents"], "payout_cents": r["payout_cents"], "win_rate": r["win_rate"],
+             "fill_rate": r["fill_rate"]} for r in out[:TOP]]
+
+
+async def stream(request: Request) -> Response:
+    """``GET /v1/dashboard/stream?interval_ms=``: server-sent events, one snapshot a line."""
+    account = auth(request, "operator", "buyer", "publisher")
+    q = _query(request, "interval_ms")
+    interval = _int(q["interval_ms"], "interval_ms", 1000, 200, 60_000) / 1000
+    if _open.get(account.id, 0) >= MAX_STREAMS_PER_KEY:
+        raise RateLimited("too_many_streams", f"at most {MAX_STREAMS_PER_KEY} dashboard streams per key at once", retry_after_s=5)
+    ex = _exchange(request)
+    _open[account.id] = _open.get(account.id, 0) + 1
+
+    async def events() -> AsyncIterator[bytes]:
+        probe = Probe()
+        start = ex.clock.now_ns() // HOUR_NS * HOUR_NS
+        try:
+            yield b"retry: 2000\n\n"
+            while ex.ready:
+                t0 = time.monotonic()
+                yield b"data: " + _enc.encode(snapshot(ex, account, probe, start)) + b"\n\n"
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+        finally:
+            n = _open.get(account.id, 1) - 1
+            if n:
+                _open[account.id] = n
+            else:
+                _open.pop(account.id, None)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+__all__ = ["page", "stream", "snapshot"]

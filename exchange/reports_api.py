@@ -124,15 +124,12 @@ async def get_auction(request: Request) -> Response:
     call_id = request.path_params["call_id"]
     buyer = None if account.kind == "operator" else account.id
     rec = ex.core.calls.get(call_id)
-    if rec is not None and rec.decision is not None:
-        if rec.replay is None:
-            raise NotFound("no_replay", f"no auction was recorded for call {call_id!r} (EXCHANGE_AUCTION_REPLAY was off, "
-                           "or it was rebuilt after a restart: see its audit record)")
+    if rec is not None and rec.decision is not None and rec.replay is not None:
         d = rec.decision
         routes = [(r.buyer, r.campaign, r.bid_cents, r.price_cents) for r in rec.routes]
         bids = [(b, c, x) for b, c, x, _ in rec.replay.bids]
         body = replay_view(call_id, d.decision, d.reason, replay_record(rec.replay), bids, routes, buyer)
-    else:
+    else:  # past retention, or rebuilt after a restart: the decision's audit record
         with ex.journal.reading():
             rows = await ex.journal.store.audit_query(call_id, None, None, None, limit=10)
         head = next((r for r in rows if r.kind == "decision"), None)

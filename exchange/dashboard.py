@@ -120,13 +120,14 @@ def snapshot(ex: Exchange, account: Account, probe: Probe, start_ns: int) -> dic
     latency = _interval_us(ex, probe.decisions) if kind != "buyer" and probe.t_ns else None
     probe.t_ns, probe.calls, probe.routed, probe.bids, probe.decisions = now, calls, routed, bids, ex.metrics.decision_us.n
     reasons = [report_row(kind, k, c) for k, c in report("reason", now - DAY_NS)]
+    names = ex.accounts.by_id
     if kind == "operator":
-        top = {"buyers": _top(kind, report("buyer", now - DAY_NS), "revenue_cents"),
-               "publishers": _top(kind, report("publisher", now - DAY_NS), "calls")}
+        top = {"buyers": _top(kind, report("buyer", now - DAY_NS), "revenue_cents", names),
+               "publishers": _top(kind, report("publisher", now - DAY_NS), "calls", names)}
     elif kind == "buyer":
-        top = {"campaigns": _top(kind, report("campaign", now - DAY_NS), "wins")}
+        top = {"campaigns": _top(kind, report("campaign", now - DAY_NS), "wins", None)}
     else:
-        top = {"buyers": _top(kind, report("buyer", now - DAY_NS), "routed")}
+        top = {"buyers": _top(kind, report("buyer", now - DAY_NS), "routed", names)}
     out: dict[str, Any] = {
         "at": rfc3339(now), "kind": kind, "account": account.id, "name": account.name,
         "rates": rates, "latency_us": latency, "totals": totals,
@@ -139,10 +140,11 @@ def snapshot(ex: Exchange, account: Account, probe: Probe, start_ns: int) -> dic
     return out
 
 
-def _top(kind: str, rows: list[tuple[Any, list[int]]], by: str) -> list[dict[str, Any]]:
+def _top(kind: str, rows: list[tuple[Any, list[int]]], by: str, names: dict[str, Account] | None) -> list[dict[str, Any]]:
+    """The first ``TOP`` rows by ``by``, each with its account's name (``names``: accounts by id)."""
     out = [report_row(kind, k, c) for k, c in rows if k is not None]
     out.sort(key=lambda r: -(r[by] or 0))
-    return [{"key": r["key"], "calls": r["calls"], "wins": r["wins"], "routed": r["routed"], "billable": r["billable"],
+    return [{"key": r["key"], "name": names[r["key"]].name if names is not None and r["key"] in names else r["key"], "calls": r["calls"], "wins": r["wins"], "routed": r["routed"], "billable": r["billable"],
              "revenue_cents": r["revenue_cents"], "payout_cents": r["payout_cents"], "win_rate": r["win_rate"],
              "fill_rate": r["fill_rate"]} for r in out[:TOP]]
 

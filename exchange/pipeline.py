@@ -154,7 +154,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     rec.bids = tuple((b.buyer, b.campaign, b.bid_cents, b.request_id is not None) for b in bidders)
     if refused is not None and offs is not None:
         rec.replay = Replay(p.floor_cents, s.pricing, rec.bids, tuple(refused),
-                            tuple((buyer, req.campaign, Outcome.TIMEOUT) for buyer, req in timeouts), offs[0], offs[1])
+                            tuple((buyer, req.campaign, Outcome.TIMEOUT) for buyer, req in timeouts) if timeouts else (), offs[0], offs[1])
     if cleared.reason != Outcome.OK:
         return _reject(core, rec, _number_reason(p.consumer) if cleared.reason == Outcome.NO_ELIGIBLE_BID else cleared.reason, None, now_ns), notices
     rec.routes = cleared.routes

@@ -111,7 +111,7 @@ class Bucket:
         self.limit = len(heap) + len(heap) // 2 + 32
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots")
+    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots", "off_total")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
@@ -126,6 +126,7 @@ class Book:
         self.scanned = 0  # live listings examined
         self.popped = 0  # heap entries popped (live, stale and moved down)
         self.relisted = 0  # campaigns re-listed because their price moved down since listing
+        self.off_total = 0  # campaigns counted out of the index (parked or paused), all buckets
 
     def __len__(self) -> int:
         return len(self._campaigns)
@@ -218,6 +219,7 @@ class Book:
         if old == why:
             return
         s.off = why
+        self.off_total += (why is not None) - (old is not None)
         for b in s.buckets:
             if old is not None:
                 b.count_off(s, old, -1)
@@ -360,6 +362,8 @@ class Book:
         """The campaigns of the buckets a call of (vertical, state, direction) reads that are out
         of the index (parked or paused), by reason; and, when they are at most ``list_at_most``
         in those buckets, each one (buyer, campaign, bid, reason), else None. A few dict reads."""
+        if not self.off_total:
+            return {}, ()
         counts: dict[str, int] = {}
         total = 0
         pool = []

@@ -104,3 +104,23 @@ def test_live_answers_are_timed_and_their_median_reported_by_bucket():
     assert answer_p50_ms(c) == 7  # 4, 6, 9, 70 ms: the median falls in the (5, 7] bucket
     assert set(rows(t, "reason", "buyer", "b2")) == {"timeout"} and answer_p50_ms(rows(t, "campaign", "buyer", "b2")["slow"]) is None
     assert answer_p50_ms(rows(t, "reason", "buyer", "b3")["no_bid"]) == 15
+
+
+def test_a_closed_day_is_merged_once_and_a_late_event_of_any_of_its_hours_clears_it():
+    t = Tally()
+    day0 = T0 // HOUR_NS // 24 * 24 * HOUR_NS  # midnight UTC
+    for h in range(60):  # two whole days and half a third
+        t.decided(day0 + h * HOUR_NS + 5, "p1", "auto", "CA", "ok", [("b1", "c1")], [("b1", "c1", 100)], 0)
+    now = day0 + 60 * HOUR_NS
+    by_pub = t.report("publisher", "operator", None, day0, now, now)
+    assert by_pub[0][1][CALLS] == 60
+    assert set(t.days) == {day0 // HOUR_NS // 24, day0 // HOUR_NS // 24 + 1}  # the two closed days, merged
+    by_hour = t.report("hour", "operator", None, day0, now, now)
+    assert [k for k, _ in by_hour] == [day0 + h * HOUR_NS for h in range(60)]
+    # a range that cuts a day reads its hours, not the day
+    assert t.report("publisher", "operator", None, day0 + 3 * HOUR_NS, day0 + 30 * HOUR_NS, now)[0][1][CALLS] == 27
+    t.completed(day0 + 13 * HOUR_NS + 5, "p1", "auto", "CA", ("b1", "c1"), ("b1", "c1"), "won", 95, True, 100, 80, 20)
+    assert day0 // HOUR_NS // 24 not in t.days
+    assert t.report("publisher", "operator", None, day0, now, now)[0][1][BILLABLE] == 1
+    t.prune(day0 + (24 * 37) * HOUR_NS)  # both days past the kept window (35 days)
+    assert not t.days

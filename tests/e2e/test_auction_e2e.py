@@ -83,3 +83,39 @@ def test_replay_of_a_routed_and_a_rejected_call_for_each_reader():
         check_all()
     finally:
         stop_server(s)
+
+
+def test_live_bidders_that_declined_or_stayed_silent():
+    import threading
+
+    from exchange.messages import NoBid
+
+    s = start_server({"EXCHANGE_RTB_TMAX_MS": "300"})
+    try:
+        _, d_key = s.account("buyer", "rtb-decliner", deposit=100_000)
+        _, q_key = s.account("buyer", "rtb-silent", deposit=100_000)
+        _, o_key = s.account("buyer", "rtb-other", deposit=100_000)
+        _, p_key = s.account("publisher", "rtb-p")
+        decliner, silent = Buyer(s.ws_url, d_key), Buyer(s.ws_url, q_key)
+        for ws, cid in ((decliner, "live-d"), (silent, "live-s")):
+            ack = ws.request(lambda q, cid=cid: Campaign(id=cid, vertical="auc_live", bid_cents=0, rtb=True, destination="+18005550199",
+                                                         min_duration_s=60, seq=q))
+            assert type(ack).__name__ == "Ack", ack
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.update(s.http.post(
+            "/v1/calls", json={"caller": "+12125550177", "vertical": "auc_live"}, headers={"Authorization": f"Bearer {p_key}"}).json()))
+        t.start()
+        req = decliner.wait_for(lambda m: type(m).__name__ == "BidRequest")
+        decliner.send(NoBid(request_id=req.request_id))
+        t.join(10)
+        assert out["reason"] == "no_eligible_bid", out
+        v = s.http.get(f"/v1/calls/{out['call_id']}/auction", headers=s.admin).json()
+        assert {c["campaign"]: c["outcome"] for c in v["candidates"]} == {"live-d": "no_bid", "live-s": "timeout"}, v
+        r = s.http.get(f"/v1/calls/{out['call_id']}/auction", headers={"Authorization": f"Bearer {q_key}"})
+        assert [c["outcome"] for c in r.json()["candidates"]] == ["timeout"]
+        r = s.http.get(f"/v1/calls/{out['call_id']}/auction", headers={"Authorization": f"Bearer {o_key}"})
+        assert r.status_code == 404  # not asked: not its call to read
+        decliner.close()
+        silent.close()
+    finally:
+        stop_server(s)

@@ -247,3 +247,37 @@ def test_the_stream_needs_a_key_in_the_header(world):
 
     snap = json.loads(lines[1][6:])
     assert snap["kind"] == "operator" and "totals" in snap and snap["rates"] is not None
+
+
+def test_an_open_stream_does_not_hold_up_shutdown_and_streams_per_key_are_bounded():
+    import httpx
+
+    s = start_server()
+    clients = []
+    try:
+        streams = []
+        for _ in range(4):
+            c = httpx.Client(base_url=s.url, timeout=10)
+            clients.append(c)
+            r = c.send(c.build_request("GET", "/v1/dashboard/stream", headers=s.admin), stream=True)
+            assert r.status_code == 200
+            streams.append(r)
+        r = s.http.get("/v1/dashboard/stream", headers=s.admin)  # a fifth at once: refused, the others unharmed
+        assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_streams"
+        streams[0].close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the closed one's place is given back
+            with s.http.stream("GET", "/v1/dashboard/stream", headers=s.admin) as r:
+                if r.status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("a closed stream's place was not given back")
+        t0 = time.monotonic()
+        s.proc.terminate()
+        s.proc.wait(15)
+        assert time.monotonic() - t0 < 10
+    finally:
+        for c in clients:
+            c.close()
+        stop_server(s)

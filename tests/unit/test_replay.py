@@ -140,3 +140,34 @@ def test_recording_off_records_nothing():
     w.place("b1", campaign("c1"))
     rec, _ = w.submit()
     assert rec.status == "routed" and rec.replay is None
+
+
+def test_live_bidders_won_timed_out_or_were_not_asked():
+    from exchange.messages import RtbBid
+    from exchange.pipeline import decide, prepare
+
+    w = World(rtb_tmax_ms=80)
+    w.place("b1", campaign("standing", bid_cents=2000))
+    w.place("b2", campaign("live", bid_cents=0, rtb=True))
+    w.place("b3", campaign("silent", bid_cents=0, rtb=True))
+    w.place("b4", campaign("west", bid_cents=0, rtb=True, area_codes=[415]))  # not asked: the caller is in 212
+    w.place("b5", campaign("late_refusal", bid_cents=0, rtb=True))
+    now = w.clock.now_ns()
+    p = prepare(w.core, call(), "p1", "callX", now)
+    reqs = {req.campaign: req for _, req in p.bid_requests}
+    assert set(reqs) == {"live", "silent", "late_refusal"}
+    answers = {}
+    for cid, cents in (("live", 3100), ("late_refusal", 500_000_000)):  # more than its buyer's funds: refused at decision
+        a = RtbBid(request_id=reqs[cid].request_id, bid_cents=cents)
+        answers[a.request_id] = (a, w.core.book.next_seq())
+    rec, _ = decide(w.core, p, answers, now)
+    v = _view(rec)
+    got = {c["campaign"]: (c["outcome"], c.get("reason"), c.get("bid_cents")) for c in v["candidates"]}
+    assert got == {
+        "live": ("won", None, 3100),
+        "standing": ("fallback", None, 2000),
+        "silent": ("timeout", None, None),
+        "west": ("ineligible", "area_code", None),
+        "late_refusal": ("ineligible", "funds", 500_000_000),
+    }
+    assert v["ineligible_counts"] == {"area_code": 1, "funds": 1}

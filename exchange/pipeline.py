@@ -21,7 +21,7 @@ from routing.reasons import Outcome
 from routing.auction import Bid, clear
 from routing.standing import Standing
 from .core import CallRecord, Core, Notice
-from .replay import LIST_OFF, Refused, Replay
+from .replay import LIST_OFF, Refused, replay_of
 from .ids import BuyerId
 from .instants import from_ns
 from .lifecycle import engage, route_wire
@@ -85,7 +85,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     core.stats.calls += 1
     if not p.verdict.allow:
         if s.auction_replay:
-            rec.replay = Replay(p.floor_cents, s.pricing, (), (), (), {}, ())
+            rec.replay = replay_of(p.floor_cents, s.pricing, (), (), (), {}, ())
         rec = _reject(core, rec, p.verdict.reason, p.verdict.rule, now_ns)
         if p.verdict.retry_after_ns is not None and rec.decision is not None:
             rec.decision = msgspec.structs.replace(rec.decision, retry_after_utc=from_ns(p.verdict.retry_after_ns))
@@ -153,7 +153,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         notices.append((b.buyer, Loss(request_id=b.request_id or p.call_id, reason=why, clearing_price_cents=clearing, campaign=b.campaign, call_id=p.call_id)))
     rec.bids = tuple((b.buyer, b.campaign, b.bid_cents, b.request_id is not None) for b in bidders)
     if refused is not None and offs is not None:
-        rec.replay = Replay(p.floor_cents, s.pricing, rec.bids, tuple(refused),
+        rec.replay = replay_of(p.floor_cents, s.pricing, rec.bids, tuple(refused),
                             tuple((buyer, req.campaign, Outcome.TIMEOUT) for buyer, req in timeouts) if timeouts else (), offs[0], offs[1])
     if cleared.reason != Outcome.OK:
         return _reject(core, rec, _number_reason(p.consumer) if cleared.reason == Outcome.NO_ELIGIBLE_BID else cleared.reason, None, now_ns), notices

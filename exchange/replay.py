@@ -50,6 +50,23 @@ class Replay(NamedTuple):
     off_listed: tuple[Refused, ...] | None  # ... each of them, or None when too many to list
 
 
+_EMPTY: dict[tuple[int, str], Replay] = {}  # one shared replay per (floor, pricing) for auctions that saw nobody
+
+
+def replay_of(floor_cents: int, pricing: str, bids: tuple[tuple[str, str, int, bool], ...], refused: tuple[Refused, ...],
+              unanswered: tuple[tuple[str, str, str], ...], off_counts: dict[str, int], off_listed: tuple[Refused, ...] | None) -> Replay:
+    """The replay of one decision; an auction that saw no candidate at all (a compliance rejection,
+    a vertical nobody bids on) shares one object, so the many such calls kept in memory cost nothing."""
+    if bids or refused or unanswered or off_counts or off_listed:
+        return Replay(floor_cents, pricing, bids, refused, unanswered, off_counts, off_listed)
+    rep = _EMPTY.get((floor_cents, pricing))
+    if rep is None:
+        if len(_EMPTY) >= 1024:
+            _EMPTY.clear()
+        rep = _EMPTY[(floor_cents, pricing)] = Replay(floor_cents, pricing, (), (), (), {}, ())
+    return rep
+
+
 def record(rep: Replay) -> dict[str, Any]:
     """The replay as the decision's audit record carries it (the bids and routes are there already)."""
     return {
@@ -118,4 +135,4 @@ def view(call_id: str, decision: str, reason: str, rep: dict[str, Any], bids: li
     return body
 
 
-__all__ = ["LIST_OFF", "Replay", "Refused", "record", "view"]
+__all__ = ["LIST_OFF", "Replay", "Refused", "record", "replay_of", "view"]

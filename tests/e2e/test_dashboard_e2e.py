@@ -84,7 +84,11 @@ class Traffic(threading.Thread):
     def run(self) -> None:
         try:
             n = 0
+            import random
+
             import httpx
+
+            rng = random.Random(5)
 
             with httpx.Client(base_url=self.s.url, timeout=10) as http:
                 while not self.stop.is_set():
@@ -98,8 +102,8 @@ class Traffic(threading.Thread):
                         dur = 95 if n % 5 else 20
                         http.post(f"/v1/calls/{d['call_id']}/events", json={"event": "completed", "duration_s": dur},
                                   headers={**h, "Idempotency-Key": f"t{n}"})
-                    for i, (_, _, ws) in enumerate(self.buyers):  # the bid stream: a batch per buyer
-                        ws.send([Bid(campaign="main", bid_cents=1800 + 400 * (2 - i) + (n + k) % 50) for k in range(20)])
+                    for i, (_, _, ws) in enumerate(self.buyers):  # the bid stream: a batch per buyer, prices that cross
+                        ws.send([Bid(campaign="main", bid_cents=1500 + 300 * (2 - i) + rng.randrange(0, 900, 5)) for _ in range(20)])
                         try:
                             ws.recv(timeout=0.001)  # keep the socket's inbox drained (wins, call notices, acks)
                         except TimeoutError:
@@ -220,6 +224,8 @@ def test_a_tenant_sees_its_own_view_at_phone_size_without_sideways_overflow(worl
         SHOTS.mkdir(parents=True, exist_ok=True)
         d.save_screenshot(str(SHOTS / f"dashboard-phone-{who}.png"))
         if os.environ.get("DCE_DOCS_SCREENSHOT") and who == "buyer":
+            d.execute_script("window.scrollTo(0, 0)")
+            time.sleep(0.5)
             d.save_screenshot(str(ROOT / "docs" / "dashboard-phone.png"))
         assert traffic.error is None, traffic.error
     finally:

@@ -55,6 +55,7 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/accounts/{account_id}/statement"): ("operator", "owner"),
     ("POST", "/v1/calls"): ("publisher",),
     ("GET", "/v1/calls/{call_id}"): ("publisher", "operator", "buyer"),
+    ("GET", "/v1/calls/{call_id}/auction"): ("operator", "buyer", "publisher"),
     ("POST", "/v1/calls/{call_id}/events"): ("publisher", "operator"),
     ("POST", "/v1/calls/{call_id}/refund"): ("operator",),
     ("GET", "/v1/audit"): ("operator",),

@@ -32,7 +32,9 @@ found once by a decision and parked: out of the heaps, into the ``ParkingLot``
 index for a reason (parked, or ``paused``), by reason -- a wide campaign with a state filter
 under each of its states -- and keeps them in ``offs``: the auction replay reads, per
 decision, how many campaigns of the call's buckets were out and why (a few small dict reads),
-and lists them one by one only when they are few (``Book.offs``). Counting costs each park,
+and lists them one by one only when they are few (``Book.offs``; the answer is kept per
+(vertical, state, direction) until any count changes, so the calls of a steady book share one
+answer). Counting costs each park,
 unpark, pause and resume one dict update per bucket (per state for filtered wide campaigns).
 
 **A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
@@ -51,6 +53,7 @@ from .standing import US_STATES, CampaignError, CampaignSpec, Key, Standing
 
 
 MAX_PER_BUYER = 2_000
+_NO_COUNTS: dict[str, int] = {}  # shared, never written
 
 class Bucket:
     __slots__ = ("heap", "members", "buyers", "limit", "slots", "off", "offs")
@@ -111,7 +114,8 @@ class Bucket:
         self.limit = len(heap) + len(heap) // 2 + 32
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots", "off_total")
+    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots", "off_total",
+                 "_off_version", "_off_seen")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
@@ -127,6 +131,8 @@ class Book:
         self.popped = 0  # heap entries popped (live, stale and moved down)
         self.relisted = 0  # campaigns re-listed because their price moved down since listing
         self.off_total = 0  # campaigns counted out of the index (parked or paused), all buckets
+        self._off_version = 0  # bumped at each change of those counts
+        self._off_seen: dict[tuple[str, str | None, bool], tuple[int, dict[str, int], tuple[tuple[str, str, int | None, str], ...] | None]] = {}
 
     def __len__(self) -> int:
         return len(self._campaigns)
@@ -220,6 +226,7 @@ class Book:
             return
         s.off = why
         self.off_total += (why is not None) - (old is not None)
+        self._off_version += 1
         for b in s.buckets:
             if old is not None:
                 b.count_off(s, old, -1)
@@ -363,7 +370,10 @@ class Book:
         of the index (parked or paused), by reason; and, when they are at most ``list_at_most``
         in those buckets, each one (buyer, campaign, bid, reason), else None. A few dict reads."""
         if not self.off_total:
-            return {}, ()
+            return _NO_COUNTS, ()
+        seen = self._off_seen.get((vertical, state, outbound))
+        if seen is not None and seen[0] == self._off_version:  # nothing parked or back since: the same answer, shared
+            return seen[1], seen[2]
         counts: dict[str, int] = {}
         total = 0
         pool = []
@@ -380,10 +390,12 @@ class Book:
                     if d:
                         for why, n in d.items():
                             counts[why] = counts.get(why, 0) + n
-        if not pool or total > list_at_most:
-            return counts, None if pool else ()
-        return counts, tuple((s.buyer, s.id, s.bid_cents, s.off) for b in pool for s in b.offs.values()
-                             if s.off is not None and (s.wide_states is None or state in s.wide_states))
+        listed = (None if pool else ()) if not pool or total > list_at_most else tuple(
+            (s.buyer, s.id, s.bid_cents, s.off) for b in pool for s in b.offs.values() if s.off is not None and (s.wide_states is None or state in s.wide_states))
+        if len(self._off_seen) > 4096:
+            self._off_seen.clear()
+        self._off_seen[(vertical, state, outbound)] = (self._off_version, counts, listed)
+        return counts, listed
 
     @property
     def stats(self) -> dict[str, int]:

@@ -154,7 +154,28 @@ async def run(args: argparse.Namespace) -> dict:
                     results.append({"caller": kind, "group_by": g, "rows": rows, "bytes": size, "cold_ms": round(cold, 2),
                                     "warm_ms": round(w, 2), "warm_ratio_to_bare": round(w / bare_ms, 1)})
                     print(f"{kind:>9} {g:>9} {rows:>6} {cold:>9.1f} {w:>9.1f} {w / bare_ms:>9.1f}", flush=True)
-            return {"benchmark": "reports", "python": platform.python_version(), "days": args.days, "rate_calls_per_s": args.rate,
+            # the dashboard's snapshot (exchange/dashboard.py): its report-built parts (recomputed at most every
+            # 5 s per account, grouping the open hour's cells) and the per-interval rest (counters only)
+            from exchange import dashboard
+            from exchange.accounts import OPERATOR
+
+            snaps = []
+            print(f"{'dashboard':>9} {'snapshot, report parts ms':>26} {'snapshot, counters only ms':>27}")
+            for kind, acct in (("operator", OPERATOR), ("buyer", ex.accounts.by_id[accounts["buyer3"][0]]),
+                               ("publisher", ex.accounts.by_id[accounts["publisher5"][0]])):
+                probe = dashboard.Probe()
+                slow, fast = [], []
+                for _ in range(args.repeat):
+                    dashboard._slow_cache.clear()
+                    t = time.perf_counter_ns()
+                    dashboard.snapshot(ex, acct, probe)
+                    slow.append((time.perf_counter_ns() - t) / 1e6)
+                    t = time.perf_counter_ns()
+                    dashboard.snapshot(ex, acct, probe)
+                    fast.append((time.perf_counter_ns() - t) / 1e6)
+                snaps.append({"caller": kind, "report_parts_ms": round(statistics.median(slow), 2), "counters_ms": round(statistics.median(fast), 3)})
+                print(f"{kind:>9} {statistics.median(slow):>26.1f} {statistics.median(fast):>27.3f}", flush=True)
+            return {"benchmark": "reports", "dashboard_snapshots": snaps, "python": platform.python_version(), "days": args.days, "rate_calls_per_s": args.rate,
                     "hours": len(tally.hours), "month_calls": month_calls, "cells_per_hour": cells, "sample_calls_per_profile": args.sample,
                     "profiles": args.profiles, "bare_ms": round(bare_ms, 3), "results": results}
     finally:

@@ -8,14 +8,17 @@ is server-sent events: one ``data:`` line of JSON per ``interval_ms`` (default 1
 hourly tally, through ``report_row``) plus the exchange's counters (``/metrics``):
 
 - ``rates``: calls/s, routed/s, bids/s over the last interval (the operator: the whole market;
-  a tenant: its own calls or its campaigns' bid cells, from the tally);
+  a publisher: its calls and those routed; a buyer: the calls its campaigns were considered for
+  and its wins -- from running totals the tally keeps per account, O(1) to read);
 - ``latency_us``: the p50/p99 decision time of the interval's decisions (operator, publisher);
 - ``totals``: the last 24 hours, one report row (calls, fill, wins, money as the key may see it);
 - ``reasons``: the last 24 hours by reason (the operator and a publisher: calls by decision
   reason; a buyer: its campaigns' outcomes -- won, outbid, below_floor, timeout...);
 - ``top``: the operator's top buyers and publishers; a buyer's campaigns; a publisher's buyers.
 
-A snapshot costs a few report reads (closed hours are cached by the tally). Each account may
+The report-built parts (totals, reasons, top rows) group the open hour's cells, so they are
+computed at most every 5 s per account (``SLOW_NS``) and shared by that account's streams; the
+rates and latency are read every interval from counters. Each account may
 hold ``MAX_STREAMS_PER_KEY`` streams open at once (a 429 past it), so one tenant's tabs cannot
 crowd the others.
 """
@@ -38,7 +41,7 @@ from .http import _exchange, auth
 from .instants import rfc3339
 from .reports_api import _int, _query, report_row
 from .service import Exchange
-from .tally import HOUR_NS
+from .tally import CALLS, HOUR_NS, WIDTH
 
 DAY_NS = 24 * HOUR_NS
 MAX_STREAMS_PER_KEY = 4
@@ -46,6 +49,8 @@ TOP = 6
 _PAGE = files("exchange").joinpath("static/dashboard.html").read_bytes()
 _enc = msgspec.json.Encoder()
 _open: dict[str, int] = {}  # account id -> streams open now
+SLOW_NS = 5_000_000_000  # the report-built parts of a snapshot are recomputed at most this often per account
+_slow_cache: dict[tuple[int, str], tuple[int, dict[str, Any]]] = {}
 
 
 async def page(request: Request) -> Response:
@@ -95,23 +100,50 @@ def _interval_us(ex: Exchange, since: int) -> dict[str, int] | None:
     return {"p50": data[len(data) // 2], "p99": data[min(len(data) - 1, int(0.99 * len(data)))], "n": len(data)}
 
 
-def snapshot(ex: Exchange, account: Account, probe: Probe, start_ns: int) -> dict[str, Any]:
-    now = ex.clock.now_ns()
+def _slow(ex: Exchange, account: Account, now: int) -> dict[str, Any]:
+    """The report-built parts of a snapshot (24 h totals, reasons, top rows): each groups the
+    open hour's cells, so they are computed at most once per ``SLOW_NS`` per account and shared
+    by its streams."""
+    key = (id(ex), account.id)
+    hit = _slow_cache.get(key)
+    if hit is not None and now - hit[0] < SLOW_NS:
+        return hit[1]
     kind = account.kind
     owner = None if kind == "operator" else account.id
     tally = ex.desk.tally
 
-    def report(group_by: str, lo: int) -> list[tuple[Any, list[int]]]:
-        return tally.report(group_by, kind, owner, lo, now + 1, now)
+    def report(group_by: str) -> list[tuple[Any, list[int]]]:
+        return tally.report(group_by, kind, owner, now - DAY_NS, now + 1, now)
 
-    day = report("hour", now - DAY_NS)
-    totals = report_row(kind, "24h", _sum(day)) if day else report_row(kind, "24h", [0] * 11)
+    day = report("hour")
+    names = ex.accounts.by_id
+    if kind == "operator":
+        top = {"buyers": _top(kind, report("buyer"), "revenue_cents", names),
+               "publishers": _top(kind, report("publisher"), "calls", names)}
+    elif kind == "buyer":
+        top = {"campaigns": _top(kind, report("campaign"), "wins", None)}
+    else:
+        top = {"buyers": _top(kind, report("buyer"), "routed", names)}
+    parts = {
+        "totals": report_row(kind, "24h", _sum(day) if day else [0] * WIDTH),
+        "reasons": [{"reason": k, "calls": c[CALLS]} for k, c in report("reason")],
+        "top": top,
+    }
+    if len(_slow_cache) > 1024:
+        _slow_cache.clear()
+    _slow_cache[key] = (now, parts)
+    return parts
+
+
+def snapshot(ex: Exchange, account: Account, probe: Probe) -> dict[str, Any]:
+    now = ex.clock.now_ns()
+    kind = account.kind
     if kind == "operator":
         s = ex.core.stats
         calls, routed, bids = s.calls, s.routed, ex.metrics.bids_ingested
-    else:  # the tenant's own, since the hour the stream started (the tally counts whole hours)
-        mine = _sum(report("hour", start_ns))
-        calls, routed, bids = (mine[0], mine[1], 0) if mine else (0, 0, 0)
+    else:  # the tenant's running totals (a publisher: calls, routed; a buyer: pings, wins)
+        calls, routed = ex.desk.tally.running.get(account.id, (0, 0))
+        bids = 0
     dt = (now - probe.t_ns) / 1e9 if probe.t_ns else 0.0
     rates = None
     if dt > 0:
@@ -119,21 +151,8 @@ def snapshot(ex: Exchange, account: Account, probe: Probe, start_ns: int) -> dic
                  "bids_per_s": round((bids - probe.bids) / dt, 1) if kind == "operator" else None}
     latency = _interval_us(ex, probe.decisions) if kind != "buyer" and probe.t_ns else None
     probe.t_ns, probe.calls, probe.routed, probe.bids, probe.decisions = now, calls, routed, bids, ex.metrics.decision_us.n
-    reasons = [report_row(kind, k, c) for k, c in report("reason", now - DAY_NS)]
-    names = ex.accounts.by_id
-    if kind == "operator":
-        top = {"buyers": _top(kind, report("buyer", now - DAY_NS), "revenue_cents", names),
-               "publishers": _top(kind, report("publisher", now - DAY_NS), "calls", names)}
-    elif kind == "buyer":
-        top = {"campaigns": _top(kind, report("campaign", now - DAY_NS), "wins", None)}
-    else:
-        top = {"buyers": _top(kind, report("buyer", now - DAY_NS), "routed", names)}
-    out: dict[str, Any] = {
-        "at": rfc3339(now), "kind": kind, "account": account.id, "name": account.name,
-        "rates": rates, "latency_us": latency, "totals": totals,
-        "reasons": [{"reason": r["key"], "calls": r["calls"]} for r in reasons],
-        "top": top,
-    }
+    out: dict[str, Any] = {"at": rfc3339(now), "kind": kind, "account": account.id, "name": account.name,
+                           "rates": rates, "latency_us": latency, **_slow(ex, account, now)}
     if kind == "operator":
         out["market"] = {"campaigns": len(ex.core.book), "parked": ex.core.book.parked, "active_calls": len(ex.core.active),
                          "buyers_connected": ex.metrics.buyer_connections, "bids_total": bids}
@@ -161,12 +180,11 @@ async def stream(request: Request) -> Response:
 
     async def events() -> AsyncIterator[bytes]:
         probe = Probe()
-        start = ex.clock.now_ns() // HOUR_NS * HOUR_NS
         try:
             yield b"retry: 2000\n\n"
             while ex.ready:
                 t0 = time.monotonic()
-                yield b"data: " + _enc.encode(snapshot(ex, account, probe, start)) + b"\n\n"
+                yield b"data: " + _enc.encode(snapshot(ex, account, probe)) + b"\n\n"
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
         finally:
             n = _open.get(account.id, 1) - 1

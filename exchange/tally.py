@@ -75,12 +75,15 @@ def answer_p50_ms(c: list[int]) -> int | None:
 class Tally:
     """Hourly call and bid cells; see the module's docstring."""
 
-    __slots__ = ("hours", "keep_hours", "days")
+    __slots__ = ("hours", "keep_hours", "days", "running")
 
     def __init__(self, keep_days: int = 35) -> None:
         self.hours: dict[int, Hour] = {}
         self.keep_hours = keep_days * 24
         self.days: dict[int, dict[tuple[bool, int, str, str], dict[Any, list[int]]]] = {}  # closed UTC day -> its merged groupings
+        # running totals since start, per account: a publisher's [calls, routed], a buyer's [pings, wins]
+        # (the dashboard's per-second rates, read without grouping the open hour)
+        self.running: dict[str, list[int]] = {}
 
     def _hour(self, created_ns: int) -> Hour:
         h = created_ns // HOUR_NS
@@ -106,6 +109,12 @@ class Tally:
         routed = reason == "ok"
         win_b, win_c = plan[0] if routed and plan else ("", "")
         c = _cell(hour.calls, (publisher, win_b, win_c, vertical, st, reason))
+        running = self.running
+        r = running.get(publisher)
+        if r is None:
+            r = running[publisher] = [0, 0]
+        r[0] += 1
+        r[1] += routed
         c[CALLS] += 1
         c[ROUTED if routed else REJECTED] += 1
         if routed:
@@ -119,6 +128,11 @@ class Tally:
             outcome = "won" if k == 0 else "fallback" if k is not None else "below_floor" if bid_cents < floor_cents else "outbid"
             outcomes[(buyer, campaign)] = outcome
             self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, k == 0, False)
+            r = running.get(buyer)
+            if r is None:
+                r = running[buyer] = [0, 0]
+            r[0] += 1
+            r[1] += k == 0
         for buyer, campaign, outcome, ms in asked:
             known = outcomes.get((buyer, campaign))
             if known is not None:  # answered and considered: counted above; add the request
@@ -127,6 +141,10 @@ class Tally:
             else:
                 outcomes[(buyer, campaign)] = outcome
                 c = self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, False, True)
+                r = running.get(buyer)
+                if r is None:
+                    r = running[buyer] = [0, 0]
+                r[0] += 1
             if ms is not None:
                 c[WIDTH + bisect_left(MS_BUCKETS, ms)] += 1
 
@@ -146,6 +164,9 @@ class Tally:
         """A fallback route rang (a ``failed`` leg moved the call to it): a win for its campaign."""
         hour = self._hour(created_ns)
         _cell(hour.bids, (buyer, campaign, publisher, vertical, state or "", "fallback"), BID_WIDTH)[WINS] += 1
+        r = self.running.get(buyer)
+        if r is not None:
+            r[1] += 1
 
     def completed(self, created_ns: int, publisher: str, vertical: str, state: str | None, first: tuple[str, str],
                   leg: tuple[str, str], leg_outcome: str, duration_s: int, billable: bool,

@@ -38,6 +38,7 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/readyz", http.readyz),
         Route("/metrics", http.metrics),
         Route("/openapi.json", openapi),
+        Route("/", dashboard.home),
         Route("/dashboard", dashboard.page),
         Route("/v1/dashboard/stream", dashboard.stream),
         Route("/v1/accounts", http.create_account, methods=["POST"]),

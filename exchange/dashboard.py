@@ -33,12 +33,13 @@ from typing import Any
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from .accounts import Account
 from .errors import RateLimited
 from .http import _exchange, auth
 from .instants import rfc3339
+from .metrics import Histogram
 from .reports_api import _int, _query, report_row
 from .service import Exchange
 from .tally import CALLS, HOUR_NS, WIDTH
@@ -51,6 +52,11 @@ _enc = msgspec.json.Encoder()
 _open: dict[str, int] = {}  # account id -> streams open now
 SLOW_NS = 5_000_000_000  # the report-built parts of a snapshot are recomputed at most this often per account
 _slow_cache: dict[tuple[int, str], tuple[int, dict[str, Any]]] = {}
+
+
+async def home(request: Request) -> Response:
+    """``/``: the dashboard is the page to open."""
+    return RedirectResponse("/dashboard", status_code=307)
 
 
 async def page(request: Request) -> Response:
@@ -85,9 +91,9 @@ def _sum(rows: list[tuple[Any, list[int]]]) -> list[int]:
     return out
 
 
-def _interval_us(ex: Exchange, since: int) -> dict[str, int] | None:
-    """p50 and p99 of the decisions made since the histogram counted ``since`` (its newest raw samples)."""
-    h = ex.metrics.decision_us
+def interval_us(h: Histogram, since: int) -> dict[str, int] | None:
+    """p50 and p99 of the decisions ``h`` observed since it counted ``since`` (its newest raw
+    samples, from its ring of the last ones); None when there were none."""
     k = min(h.n - since, len(h.window))
     if k <= 0:
         return None
@@ -149,7 +155,7 @@ def snapshot(ex: Exchange, account: Account, probe: Probe) -> dict[str, Any]:
     if dt > 0:
         rates = {"calls_per_s": round((calls - probe.calls) / dt, 2), "routed_per_s": round((routed - probe.routed) / dt, 2),
                  "bids_per_s": round((bids - probe.bids) / dt, 1) if kind == "operator" else None}
-    latency = _interval_us(ex, probe.decisions) if kind != "buyer" and probe.t_ns else None
+    latency = interval_us(ex.metrics.decision_us, probe.decisions) if kind != "buyer" and probe.t_ns else None
     probe.t_ns, probe.calls, probe.routed, probe.bids, probe.decisions = now, calls, routed, bids, ex.metrics.decision_us.n
     out: dict[str, Any] = {"at": rfc3339(now), "kind": kind, "account": account.id, "name": account.name,
                            "rates": rates, "latency_us": latency, **_slow(ex, account, now)}
@@ -197,4 +203,4 @@ async def stream(request: Request) -> Response:
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-__all__ = ["page", "stream", "snapshot"]
+__all__ = ["home", "page", "stream", "snapshot", "interval_us"]

@@ -82,6 +82,7 @@ def document() -> dict:
         "/v1/consents": {"post": _op("Record a consumer's consent (operator, publisher)", m.ConsentCreate, None, "201")},
         "/v1/consents/{token}/revoke": {"post": _op("Revoke a consent (operator: everywhere; buyer: for itself); the body is optional", m.ConsentRevoke, None, params=("token",))},
         "/openapi.json": {"get": _op("This document", None, None, security=False)},
+        "/": {"get": _op("Redirects to /dashboard (307)", None, None, "307", security=False)},
         "/dashboard": {"get": _op("The live dashboard: an HTML page that asks for a key and keeps it in the tab (sessionStorage)", None, None, security=False)},
         "/v1/dashboard/stream": {"get": _op("The dashboard's live snapshots as server-sent events (text/event-stream), one a second or "
                                             "every interval_ms (200..60000); scoped to the caller", None, None, query=("interval_ms",))},

@@ -239,6 +239,8 @@ def test_the_stream_needs_a_key_in_the_header(world):
     s, _, _ = world
     r = s.http.get("/v1/dashboard/stream")
     assert r.status_code == 401 and r.json()["error"]["code"]
+    r = s.http.get("/")
+    assert r.status_code == 307 and r.headers["location"] == "/dashboard"
     r = s.http.get("/dashboard")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"] and "sessionStorage" in r.text
     with s.http.stream("GET", "/v1/dashboard/stream?interval_ms=200", headers=s.admin) as r:

@@ -2,9 +2,11 @@
 
     python -m bench.replay [--calls 20000] [--sizes 10000,100000] [--runs 3] [--out FILE]
 
-Two cores are built from the same seed, one with ``auction_replay`` on and one off, and fed the
-same calls alternately (call i on one, then on the other; which goes first alternates), each
-decision timed as ``decision_us`` counts it (``prepare`` + ``decide``, the pure steps). Books:
+One core per book; its settings are swapped between two that differ only in ``auction_replay``
+from one call to the next (on, off, on, off... over one stream of calls), so both sides see the
+same book, the same state and the same kind of calls, and each decision is timed as
+``decision_us`` counts it (``prepare`` + ``decide``, the pure steps). Each run draws its own
+calls. Books:
 
 - ``clean``: the decision bench's book (bench/decision.py: 20% wide campaigns, half with an
   all-day schedule, funded buyers);
@@ -40,9 +42,9 @@ from .decision import ALL_DAY, AREA, NOW_NS, STATES, VERTICALS, pct
 SUNDAY_ONLY = Schedule(tz="America/New_York", hours={"sun": [("00:00", "24:00")]})  # NOW_NS is a Wednesday
 
 
-def build(n: int, book: str, replay: bool, seed: int) -> tuple[Core, list[CallRequest]]:
+def build(n: int, book: str, seed: int) -> Core:
     rng = random.Random(seed)
-    core = Core(Settings(rtb_tmax_ms=0, pricing="second", auction_replay=replay))
+    core = Core(Settings(rtb_tmax_ms=0, pricing="second"))
     buyers = max(10, n // 20)
     for b in range(buyers):
         core.ledger.post(deposit(buyer_account(f"b{b}"), 10**12, f"d{b}", 0))
@@ -59,36 +61,34 @@ def build(n: int, book: str, replay: bool, seed: int) -> tuple[Core, list[CallRe
             dedupe_days=rng.choice([0, 30]), destination="+18005550199",
         )
         core.upsert_campaign(buyer, c, NOW_NS)
-    calls = []
-    for _ in range(20_000):
+    return core
+
+
+def run_once(core: Core, calls: int, seed: int, start_ns: int) -> dict[str, list[int]]:
+    rng = random.Random(seed + 1000)
+    reqs = []
+    for _ in range(2 * calls):
         st = rng.choice(STATES)
-        calls.append(CallRequest(caller=f"+1{AREA[st]}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}", vertical=rng.choice(VERTICALS)))
-    return core, calls
-
-
-def run_once(n: int, book: str, calls: int, seed: int) -> dict[str, list[int]]:
-    cores = {"on": build(n, book, True, seed)[0], "off": None}
-    core_off, reqs = build(n, book, False, seed)
-    cores["off"] = core_off
+        reqs.append(CallRequest(caller=f"+1{AREA[st]}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}", vertical=rng.choice(VERTICALS)))
+    sides = {"on": Settings(rtb_tmax_ms=0, pricing="second", auction_replay=True),
+             "off": Settings(rtb_tmax_ms=0, pricing="second", auction_replay=False)}
     done = CallEvent(event="completed", duration_s=120)
     samples: dict[str, list[int]] = {"on": [], "off": []}
-    now = NOW_NS
+    now = start_ns
     gc.collect()
     gcpolicy.tune()
-    for i in range(calls):
-        req = reqs[i % len(reqs)]
+    for i, req in enumerate(reqs):
+        side = ("on", "off")[(i + i // 2) % 2]  # on, off, off, on, on, off...: neither side always goes first
+        core.settings = sides[side]
         now += 1_000_000
-        for side in (("on", "off") if i % 2 else ("off", "on")):
-            core = cores[side]
-            assert core is not None
-            t0 = time.perf_counter_ns()
-            p = prepare(core, req, "pub", f"call{i}", now)
-            rec, _ = decide(core, p, {}, now)
-            samples[side].append(time.perf_counter_ns() - t0)
-            if rec.status == "routed":
-                apply_event(core, rec, "k", done, now)
-            core.calls.pop(rec.call_id, None)
-            core.finished.clear()
+        t0 = time.perf_counter_ns()
+        p = prepare(core, req, "pub", f"call{seed}.{i}", now)
+        rec, _ = decide(core, p, {}, now)
+        samples[side].append(time.perf_counter_ns() - t0)
+        if rec.status == "routed":
+            apply_event(core, rec, "k", done, now)
+        core.calls.pop(rec.call_id, None)
+        core.finished.clear()
     gc.unfreeze()
     return samples
 
@@ -107,8 +107,9 @@ def main() -> None:
     for n in (int(x) for x in args.sizes.split(",")):
         for book in args.books.split(","):
             runs = []
+            core = build(n, book, seed=0)
             for r in range(args.runs):
-                s = run_once(n, book, args.calls, seed=r)
+                s = run_once(core, args.calls, seed=r, start_ns=NOW_NS + r * 3_600_000_000_000)
                 row = {}
                 for side in ("off", "on"):
                     x = sorted(s[side])

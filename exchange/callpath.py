@@ -18,7 +18,8 @@ from typing import Any
 
 from .codec import decode_body
 from .errors import BadRequest, Refused
-from .http import admit, check_key, limits_of, read_body, status_of
+from .access import admit, check_key, limits_of
+from .http import read_body, status_of
 from .messages import CallEvent, CallRequest, ErrorBody, ErrorDetail, json_encoder
 from .service import Exchange
 from .urlguard import C0, C0_QUERY
@@ -91,7 +92,7 @@ class CallPath:
         ex = self.ex
         limits = limits_of(self.app.state, ex)
         client = scope.get("client")
-        account = admit(limits, check_key(ex, limits, client[0] if client else "?", authorization),
+        account = admit(limits, check_key(ex, limits, client[0] if client else "?", authorization, scope),
                         _PUBLISHER if call_id is None else _EVENT_ROLES)
         if call_id is None:
             call: CallRequest = decode_body(await self._body(receive, declared), CallRequest)

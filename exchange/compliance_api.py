@@ -35,7 +35,8 @@ from compliance.numbers import parse_number
 from compliance.runtime import ComplianceRuntime
 
 from .errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
-from .http import auth, body, reply
+from .access import auth
+from .http import body, reply
 from .instants import rfc3339, to_ns
 from .messages import ConsentCreate, ConsentRevoke
 from .service import Exchange

@@ -18,7 +18,8 @@ from starlette.responses import Response
 from billing.events import TYPES, DomainEvent, event_id, parse_position, position, select
 
 from .errors import Invalid
-from .http import _exchange, auth, reply
+from .access import auth
+from .http import _exchange, reply
 
 SCAN_ROWS = 2_000  # audit records read per request at most (a filtered page can come back short)
 

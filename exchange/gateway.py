@@ -27,7 +27,8 @@ from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause
 from routing.standing import CampaignError
 
 from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused
-from .http import error_response, http_limits, identify, status_of
+from .access import http_limits, identify
+from .http import error_response, status_of
 from .ids import BuyerId
 from .rtb import send_all
 from .service import Exchange

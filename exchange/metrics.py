@@ -62,6 +62,7 @@ class Metrics:
         self.slow_consumers_closed = 0
         self.ws_abuse_closed = 0  # sockets closed (1008) after ws_abuse_strikes refused frames in a row
         self.ws_idle_closed = 0  # sockets closed (1001) after idle_timeout_s of silence
+        self.http_unauth_refused = 0  # connections refused (429): their address held too many without a valid key
         self.decision_us = Histogram(DECISION_BUCKETS_US)
         self.gc_pause_us = Histogram(DECISION_BUCKETS_US, window=10_000)  # the collector's pauses (gcpolicy.watch)
         self.gc_collections = [0, 0, 0]  # by generation
@@ -95,6 +96,9 @@ class Metrics:
         metric("exchange_slow_consumers_closed_total", "counter", "Connections closed for a full send queue.", [("", self.slow_consumers_closed)])
         metric("exchange_ws_abuse_closed_total", "counter", "Connections closed for sustained rate-limit abuse.", [("", self.ws_abuse_closed)])
         metric("exchange_ws_idle_closed_total", "counter", "Connections closed after the idle timeout.", [("", self.ws_idle_closed)])
+        metric("exchange_http_unauth_refused_total", "counter",
+               "Connections refused because their address held too many that had not presented a valid key.",
+               [("", self.http_unauth_refused)])
         metric("exchange_connections", "gauge", "Open WebSocket connections by role.",
                [('{role="buyer"}', self.buyer_connections), ('{role="publisher"}', self.publisher_connections)])
         for name, value in sorted(gauges.items()):

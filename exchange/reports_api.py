@@ -25,7 +25,8 @@ from starlette.responses import PlainTextResponse, Response
 from .accounts import Account
 from .core import CallRecord
 from .errors import Invalid, NotFound
-from .http import _exchange, _when, auth, reply
+from .access import auth
+from .http import _exchange, _when, reply
 from .instants import rfc3339
 from .lifecycle import event_response
 from .replay import record as replay_record, view as replay_view

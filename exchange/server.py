@@ -30,6 +30,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from .app import build_app
 from .connections import close_all
+from .access import AUTHENTICATED
 from .metrics import Metrics
 from .service import Exchange
 from .settings import Settings
@@ -160,9 +161,15 @@ class IdleTimeoutProtocol(WebSocketsSansIOProtocol):
         self.transport.close()  # connection_lost tells the app (websocket.disconnect)
 
 
-_TIMEOUT_BODY = b'{"error":{"code":"request_timeout","message":"the request was not received in time"}}'
-REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                   b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY)
+def _closing_response(status: bytes, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+REQUEST_TIMEOUT = _closing_response(b"408 Request Timeout", "request_timeout", "the request was not received in time")
+TOO_MANY_CONNECTIONS = _closing_response(b"429 Too Many Requests", "too_many_connections",
+                                         "too many connections from this address have not presented a valid key")
 
 
 class ReadDeadlineProtocol(HttpToolsProtocol):
@@ -176,10 +183,39 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     deadline: asyncio.TimerHandle | None = None
+    # Connections per client address that have not presented a valid key yet (a slow-loris or a
+    # key-guessing flood from one address cannot hold every descriptor). Each subclass made by
+    # ``http_protocol`` has its own table; 0 means no limit.
+    unauth_limit: int = 0
+    unauth: dict[str, int] = {}
+    metrics: Metrics | None = None
+    pending_from: str | None = None  # this connection's address while it counts in ``unauth``
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.unauth_limit and self.client:
+            host = self.client[0]
+            held = self.unauth.get(host, 0)
+            if held >= self.unauth_limit:
+                if self.metrics is not None:
+                    self.metrics.http_unauth_refused += 1
+                transport.write(TOO_MANY_CONNECTIONS)
+                transport.close()
+                return
+            self.unauth[host] = held + 1
+            self.pending_from = host
         self._arm(self.header_timeout_s)
+
+    def authenticated(self) -> None:
+        """The connection presented a valid key: it no longer counts against its address."""
+        host = self.pending_from
+        if host is not None:
+            self.pending_from = None
+            left = self.unauth.get(host, 1) - 1
+            if left > 0:
+                self.unauth[host] = left
+            else:
+                self.unauth.pop(host, None)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -188,6 +224,8 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._arm(self.body_timeout_s)
+        if self.pending_from is not None:
+            self.scope[AUTHENTICATED] = self.authenticated  # type: ignore[literal-required]  # our key in the ASGI scope
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -195,10 +233,14 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
+        # the socket leaves this protocol (its handshake is judged by the app, a bad key refused
+        # and closed, and a silent socket closed by the idle timeout)
+        self.authenticated()
         self._disarm()
         super().handle_websocket_upgrade()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.authenticated()
         self._disarm()
         super().connection_lost(exc)
 
@@ -225,10 +267,12 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def http_protocol(settings: Settings) -> type[ReadDeadlineProtocol]:
+def http_protocol(settings: Settings, metrics: Metrics | None = None) -> type[ReadDeadlineProtocol]:
     """The HTTP protocol class for these settings (uvicorn instantiates it per connection)."""
     return type("ReadDeadlineProtocol", (ReadDeadlineProtocol,), {"header_timeout_s": float(settings.http_header_timeout_s),
-                                                                  "body_timeout_s": float(settings.http_body_timeout_s)})
+                                                                  "body_timeout_s": float(settings.http_body_timeout_s),
+                                                                  "unauth_limit": settings.http_unauth_per_address,
+                                                                  "unauth": {}, "metrics": metrics})
 
 
 def ws_protocol(settings: Settings, metrics: Metrics | None = None) -> type[IdleTimeoutProtocol]:
@@ -242,13 +286,14 @@ def ping_interval_s(settings: Settings) -> float:
 
 def uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
     exchange = getattr(getattr(app, "state", None), "exchange", None)
+    metrics = exchange.metrics if isinstance(exchange, Exchange) else None
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=http_protocol(settings),
-        ws=ws_protocol(settings, exchange.metrics if isinstance(exchange, Exchange) else None),
+        http=http_protocol(settings, metrics),
+        ws=ws_protocol(settings, metrics),
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=ping_interval_s(settings),

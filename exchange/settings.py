@@ -53,6 +53,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ws_compression: bool = False
     http_header_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 10  # a request's headers must arrive within this (408)
     http_body_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 30  # ... and its body within this after them (408)
+    # connections from one address that have not yet presented a valid key (a request or WebSocket
+    # handshake authenticated); more are answered 429 and closed (0: no limit)
+    http_unauth_per_address: Annotated[int, Meta(ge=0)] = 256
     http_keepalive_s: Annotated[int, Meta(ge=1, le=3600)] = 65  # an idle keep-alive HTTP connection is closed after this
     idle_timeout_s: Annotated[int, Meta(ge=5, le=86_400)] = 120  # a socket silent this long is closed (1001)
     ack_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 5_000  # an event waits this long for durability, then 503

@@ -21,7 +21,8 @@ from starlette.responses import Response
 from billing.events import TYPES
 
 from .errors import Invalid, NotFound, Unavailable
-from .http import _exchange, auth, body, reply
+from .access import auth
+from .http import _exchange, body, reply
 from .instants import rfc3339
 from .ssrf import UrlRefused
 from .webhooks import Hook, Webhooks

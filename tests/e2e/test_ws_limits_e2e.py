@@ -158,11 +158,18 @@ def test_a_publisher_has_one_limit_over_http_and_websocket(limited):
     auth = {"Authorization": f"Bearer {key}"}
     with connect(f"{server.ws_url}/v1/publishers/ws", additional_headers=auth) as ws:
         ws.send(json_encoder.encode([Ping(seq=i) for i in range(PUB_BURST - 1)]).decode())  # all but one token
-        got = exchange_json.decode(ws.recv(timeout=5))
-        first = got[0] if isinstance(got, list) else got  # answers queued together arrive as one frame's array
-        assert type(first).__name__ == "Pong", got
+        pongs = 0
+        while pongs < PUB_BURST - 1:  # every ping applied (answers queued together arrive as one frame's array)
+            got = exchange_json.decode(ws.recv(timeout=5))
+            for m in got if isinstance(got, list) else [got]:
+                assert type(m).__name__ == "Pong", got
+                pongs += 1
+        t0 = time.monotonic()
         statuses = [server.http.get("/v1/calls/call_nope", headers=auth).status_code for _ in range(10)]
-        assert statuses.count(429) >= 5, statuses  # the bucket the socket drained is the HTTP one (100/s refill)
+        elapsed = time.monotonic() - t0
+        # the bucket the socket drained is the HTTP one: one token left, refilled at PUB_BURST/s
+        # (separate buckets would answer all ten)
+        assert statuses.count(404) <= 2 + elapsed * PUB_BURST, (statuses, elapsed)
 
 
 # ---------------------------------------------------------------- heartbeats and idle timeout

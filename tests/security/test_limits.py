@@ -17,7 +17,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from exchange.errors import RateLimited
-from exchange.http import HttpLimits, status_of
+from exchange.access import HttpLimits
+from exchange.http import status_of
 from tests.e2e.conftest import Server, stop_server
 from tests.security.kit import Tenants, bearer, make_tenants, start
 

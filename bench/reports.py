@@ -83,6 +83,7 @@ def scale(hour: Hour, factor: float) -> Hour:
     out = Hour()
     out.calls = {k: [int(x * factor) for x in c] for k, c in hour.calls.items()}
     out.bids = {k: [int(x * factor) for x in c] for k, c in hour.bids.items()}
+    out.own = hour.own
     return out
 
 
@@ -122,7 +123,7 @@ async def run(args: argparse.Namespace) -> dict:
             for h in range(first, now // HOUR_NS + 1):
                 prof = profiles[h % args.profiles]
                 hour = Hour()
-                hour.calls, hour.bids = prof.calls, prof.bids  # shared between the days that use this profile
+                hour.calls, hour.bids, hour.own = prof.calls, prof.bids, prof.own  # shared between the days that use this profile
                 tally.hours[h] = hour
             fill_s = time.perf_counter() - t0
             cells = statistics.fmean(len(p.calls) + len(p.bids) for p in profiles)

@@ -43,18 +43,27 @@ CallKey = tuple[str, str, str, str, str, str]
 
 
 class Hour:
-    __slots__ = ("calls", "bids", "cache")
+    __slots__ = ("calls", "bids", "cache", "own")
 
     def __init__(self) -> None:
         self.calls: dict[CallKey, list[int]] = {}
         self.bids: dict[CallKey, list[int]] = {}
         self.cache: dict[tuple[bool, int, str, str], dict[Any, list[int]]] = {}
+        # (bid cell?, first field of the key: a call cell's publisher, a bid cell's buyer) -> its cells' keys:
+        # a tenant's report reads its own cells, not the hour's
+        self.own: dict[tuple[bool, str], list[CallKey]] = {}
 
 
-def _cell(table: dict[CallKey, list[int]], key: CallKey, width: int = WIDTH) -> list[int]:
+def _cell(hour: Hour, bids: bool, key: CallKey, width: int = WIDTH) -> list[int]:
+    table = hour.bids if bids else hour.calls
     c = table.get(key)
     if c is None:
         c = table[key] = [0] * width
+        own = hour.own.get((bids, key[0]))
+        if own is None:
+            hour.own[(bids, key[0])] = [key]
+        else:
+            own.append(key)
     return c
 
 
@@ -108,7 +117,7 @@ class Tally:
         plan = list(routes)
         routed = reason == "ok"
         win_b, win_c = plan[0] if routed and plan else ("", "")
-        c = _cell(hour.calls, (publisher, win_b, win_c, vertical, st, reason))
+        c = _cell(hour, False, (publisher, win_b, win_c, vertical, st, reason))
         running = self.running
         r = running.get(publisher)
         if r is None:
@@ -136,7 +145,7 @@ class Tally:
         for buyer, campaign, outcome, ms in asked:
             known = outcomes.get((buyer, campaign))
             if known is not None:  # answered and considered: counted above; add the request
-                c = _cell(hour.bids, (buyer, campaign, publisher, vertical, st, known), BID_WIDTH)
+                c = _cell(hour, True, (buyer, campaign, publisher, vertical, st, known), BID_WIDTH)
                 c[RTB] += 1
             else:
                 outcomes[(buyer, campaign)] = outcome
@@ -151,7 +160,7 @@ class Tally:
     @staticmethod
     def _bid(hour: Hour, buyer: str, campaign: str, publisher: str, vertical: str, st: str, outcome: str,
              routed: bool, won: bool, asked: bool) -> list[int]:
-        c = _cell(hour.bids, (buyer, campaign, publisher, vertical, st, outcome), BID_WIDTH)
+        c = _cell(hour, True, (buyer, campaign, publisher, vertical, st, outcome), BID_WIDTH)
         c[CALLS] += 1
         c[ROUTED if routed else REJECTED] += 1
         if won:
@@ -163,7 +172,7 @@ class Tally:
     def rang(self, created_ns: int, publisher: str, vertical: str, state: str | None, buyer: str, campaign: str) -> None:
         """A fallback route rang (a ``failed`` leg moved the call to it): a win for its campaign."""
         hour = self._hour(created_ns)
-        _cell(hour.bids, (buyer, campaign, publisher, vertical, state or "", "fallback"), BID_WIDTH)[WINS] += 1
+        _cell(hour, True, (buyer, campaign, publisher, vertical, state or "", "fallback"), BID_WIDTH)[WINS] += 1
         r = self.running.get(buyer)
         if r is not None:
             r[1] += 1
@@ -174,8 +183,8 @@ class Tally:
         """A call completed on route ``leg`` (``first``: the decision's winner)."""
         hour = self._hour(created_ns)
         st = state or ""
-        cells = (_cell(hour.calls, (publisher, first[0], first[1], vertical, st, "ok")),
-                 _cell(hour.bids, (leg[0], leg[1], publisher, vertical, st, leg_outcome), BID_WIDTH))
+        cells = (_cell(hour, False, (publisher, first[0], first[1], vertical, st, "ok")),
+                 _cell(hour, True, (leg[0], leg[1], publisher, vertical, st, leg_outcome), BID_WIDTH))
         for c in cells:
             c[COMPLETED] += 1
             c[DURATION] += duration_s
@@ -235,14 +244,20 @@ class Tally:
         hour = self.hours[h]
         grouped = hour.cache.get(ck)
         if grouped is None:
-            grouped = _group(hour.bids if bids else hour.calls, gi, fi, owner, h)
+            grouped = _group(hour, bids, gi, fi, owner, h)
             if h < open_h:
                 hour.cache[ck] = grouped
         return grouped
 
 
-def _group(table: dict[CallKey, list[int]], gi: int, fi: int, owner: str | None, h: int) -> dict[Any, list[int]]:
+def _group(hour: Hour, bids: bool, gi: int, fi: int, owner: str | None, h: int) -> dict[Any, list[int]]:
+    """The hour's cells (``owner``'s only when ``fi`` names where it sits) grouped by field ``gi``."""
+    table = hour.bids if bids else hour.calls
     out: dict[Any, list[int]] = {}
+    if fi == 0 and owner is not None:  # a tenant: its own cells, from the hour's index
+        for key in hour.own.get((bids, owner), ()):
+            _add(out, h * HOUR_NS if gi < 0 else (key[gi] or None), table[key])
+        return out
     for key, c in table.items():
         if fi >= 0 and key[fi] != owner:
             continue

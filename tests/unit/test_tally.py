@@ -135,3 +135,30 @@ def test_a_closed_day_is_merged_once_and_a_late_event_of_any_of_its_hours_clears
     assert t.report("publisher", "operator", None, day0, now, now)[0][1][BILLABLE] == 1
     t.prune(day0 + (24 * 37) * HOUR_NS)  # both days past the kept window (35 days)
     assert not t.days
+
+
+def test_a_tenants_report_reads_its_own_cells_and_equals_a_scan_of_the_hour():
+    import random
+
+    rng = random.Random(3)
+    t = Tally()
+    for n in range(3000):
+        bidders = rng.sample(range(8), rng.randint(0, 3))
+        bids = [(f"b{b}", f"c{b}{rng.randint(0, 1)}", rng.randrange(100, 3000)) for b in bidders]
+        routed = bool(bids) and rng.random() < 0.8
+        plan = [(b, c) for b, c, _ in sorted(bids, key=lambda x: -x[2])][:2] if routed else []
+        t.decided(T0 + n * 2_000_000_000, f"p{n % 5}", rng.choice(["auto", "solar"]), rng.choice(["CA", "TX"]),
+                  "ok" if routed else "no_eligible_bid", plan, bids, 500)
+    now = T0 + 6 * 3600 * 1_000_000_000
+    for kind, owners, at, table in (("buyer", [f"b{i}" for i in range(8)], {"campaign": 1, "publisher": 2, "state": 4}, "bids"),
+                                    ("publisher", [f"p{i}" for i in range(5)], {"campaign": 2, "vertical": 3, "reason": 5}, "calls")):
+        for owner in owners:
+            for group_by, gi in at.items():
+                want: dict = {}
+                for hour in t.hours.values():
+                    for key, c in getattr(hour, table).items():
+                        if key[0] == owner:
+                            acc = want.setdefault(key[gi] or None, [0] * len(c))
+                            for i, x in enumerate(c):
+                                acc[i] += x
+                assert dict(t.report(group_by, kind, owner, T0, now, now)) == want, (kind, owner, group_by)

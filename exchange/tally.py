@@ -22,7 +22,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from operator import add
 from typing import Any
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 HOUR_NS = 3600 * 1_000_000_000
 
@@ -207,10 +207,7 @@ class Tally:
         """Rows ``(key, counters)`` for hours overlapping [lo_ns, hi_ns), sorted by key.
         ``kind``: operator | publisher | buyer (``owner`` its id). Buyer-side rows (a buyer's
         own report, or the operator's by buyer or campaign) count bid cells; the others call cells."""
-        bids = kind == "buyer" or (kind == "operator" and group_by in ("buyer", "campaign"))
-        at = _BID_AT if bids else _CALL_AT
-        gi = -1 if group_by == "hour" else at[group_by]
-        fi = -1 if kind == "operator" else at[kind]
+        bids, gi, fi = _plan(group_by, kind)
         lo_h, hi_h, open_h = lo_ns // HOUR_NS, -(-hi_ns // HOUR_NS), now_ns // HOUR_NS
         ck = (bids, gi, owner or "", group_by)
         out: dict[Any, list[int]] = {}
@@ -238,6 +235,20 @@ class Tally:
             i += 1
         return sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0]))
 
+    def warm(self, group_by: str, kind: str, owner: str | None, lo_ns: int, hi_ns: int, now_ns: int) -> Iterator[int]:
+        """Group, one closed hour at a time, the hours of a coming ``report`` whose grouping is
+        not cached yet, yielding the number of cells read after each, so an async caller can let
+        other work run between hours (a month's first report reads every cell once)."""
+        bids, gi, fi = _plan(group_by, kind)
+        ck = (bids, gi, owner or "", group_by)
+        open_h = now_ns // HOUR_NS
+        for h in sorted(h for h in self.hours if lo_ns // HOUR_NS <= h < min(-(-hi_ns // HOUR_NS), open_h)):
+            hour = self.hours.get(h)
+            if hour is None or ck in hour.cache or ck in self.days.get(h // 24, {}):
+                continue
+            self._grouped(h, ck, bids, gi, fi, owner, open_h)
+            yield len(hour.bids if bids else hour.calls) if fi < 0 else len(hour.own.get((bids, owner or ""), ()))
+
     def _grouped(self, h: int, ck: tuple[bool, int, str, str], bids: bool, gi: int, fi: int, owner: str | None,
                  open_h: int) -> dict[Any, list[int]]:
         """Hour ``h``'s cells grouped for ``ck`` (cached once the hour has closed)."""
@@ -248,6 +259,13 @@ class Tally:
             if h < open_h:
                 hour.cache[ck] = grouped
         return grouped
+
+
+def _plan(group_by: str, kind: str) -> tuple[bool, int, int]:
+    """(bid cells?, where the group's value sits in a key (-1: the hour), where the owner sits (-1: anyone))."""
+    bids = kind == "buyer" or (kind == "operator" and group_by in ("buyer", "campaign"))
+    at = _BID_AT if bids else _CALL_AT
+    return bids, -1 if group_by == "hour" else at[group_by], -1 if kind == "operator" else at[kind]
 
 
 def _group(hour: Hour, bids: bool, gi: int, fi: int, owner: str | None, h: int) -> dict[Any, list[int]]:

@@ -162,3 +162,41 @@ def test_a_tenants_report_reads_its_own_cells_and_equals_a_scan_of_the_hour():
                             for i, x in enumerate(c):
                                 acc[i] += x
                 assert dict(t.report(group_by, kind, owner, T0, now, now)) == want, (kind, owner, group_by)
+
+
+def test_a_first_report_is_grouped_a_slice_at_a_time_letting_other_work_run():
+    import asyncio
+
+    from exchange import reports_api
+
+    t = Tally()
+    for h in range(48):
+        for n in range(400):
+            t.decided(T0 + h * HOUR_NS + n, f"p{n % 40}", "auto", "CA", "ok", [(f"b{n % 7}", f"c{n % 13}")], [(f"b{n % 7}", f"c{n % 13}", 900)], 0)
+    now = T0 + 48 * HOUR_NS
+    assert len(list(t.warm("campaign", "operator", None, T0, now, now))) == 48  # every closed hour, once
+    assert list(t.warm("campaign", "operator", None, T0, now, now)) == []  # then cached
+    assert list(t.warm("campaign", "buyer", "b3", T0, now, now)) == [len(t.hours[T0 // HOUR_NS].own[(True, "b3")])] * 48  # its own cells only
+
+    async def main() -> int:
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        old, reports_api.WARM_SLICE_CELLS = reports_api.WARM_SLICE_CELLS, 1000
+        try:
+            await reports_api.warm(t, "publisher", "operator", None, T0, now, now)
+        finally:
+            reports_api.WARM_SLICE_CELLS = old
+            done = True
+            await task
+        return ticks
+
+    assert asyncio.run(main()) >= 10  # 48 hours of 400+ cells, a yield every 1,000 cells read
+    assert dict(t.report("publisher", "operator", None, T0, now, now))["p1"][CALLS] == 48 * 10

@@ -26,6 +26,7 @@ crowd the others.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
 from importlib.resources import files
@@ -60,11 +61,13 @@ async def home(request: Request) -> Response:
 
 
 async def page(request: Request) -> Response:
-    """The page itself: public (it holds no data; the key is typed into it)."""
-    return Response(_PAGE, media_type="text/html; charset=utf-8", headers={
+    """The page itself: public (it holds no data; the key is typed into it). Its one script runs
+    by a nonce drawn per response; no other script may (``Content-Security-Policy``)."""
+    nonce = secrets.token_urlsafe(18)
+    return Response(_PAGE.replace(b"<script>", b'<script nonce="' + nonce.encode() + b'">', 1), media_type="text/html; charset=utf-8", headers={
         "Cache-Control": "no-store",
-        "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-                                   "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+        "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; "
+                                   "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         "Referrer-Policy": "no-referrer",
         "X-Content-Type-Options": "nosniff",
     })

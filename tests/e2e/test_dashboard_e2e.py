@@ -120,6 +120,17 @@ def _sign_in(d: webdriver.Chrome, url: str, key: str) -> None:
     d.find_element(By.ID, "go").click()
 
 
+def click_recent(d: webdriver.Chrome, skip: str | None) -> str | None:
+    """Click the first recent call's link (one whose row does not mention ``skip``), in one step
+    inside the page: the table is redrawn every few seconds, so a row found first and clicked
+    later may be gone. Returns the call id clicked, or None."""
+    return d.execute_script(
+        "for (const r of document.querySelectorAll('#recent tbody tr')) {"
+        "  const a = r.querySelector('a[data-call]');"
+        "  if (a && !(arguments[0] && r.textContent.includes(arguments[0]))) { a.click(); return a.dataset.call; }"
+        "} return null;", skip)
+
+
 def _updates(d: webdriver.Chrome) -> int:
     return int(d.find_element(By.ID, "status").get_attribute("data-updates") or 0)
 
@@ -155,10 +166,7 @@ def test_operator_signs_in_and_sees_the_market_move(world):
         points = d.execute_script("return document.querySelectorAll('#ch-calls polyline').length")
         assert points >= 1
         # a recent call's auction, one click away: the winner and the others, with outcomes
-        WebDriverWait(d, 15, 0.25).until(lambda d: any(
-            r.find_elements(By.TAG_NAME, "a") and "no_eligible_bid" not in r.text for r in d.find_elements(By.CSS_SELECTOR, "#recent tbody tr")))
-        row = next(r for r in d.find_elements(By.CSS_SELECTOR, "#recent tbody tr") if r.find_elements(By.TAG_NAME, "a") and "no_eligible_bid" not in r.text)
-        row.find_element(By.TAG_NAME, "a").click()
+        WebDriverWait(d, 15, 0.25).until(lambda d: click_recent(d, "no_eligible_bid"))
         WebDriverWait(d, 10, 0.25).until(lambda d: d.find_elements(By.ID, "auction-table"))
         table = _text(d, "auction-table")
         assert "won" in table and ("fallback" in table or "outbid" in table), table
@@ -203,8 +211,7 @@ def test_a_tenant_sees_its_own_view_at_phone_size_without_sideways_overflow(worl
             WebDriverWait(d, 30, 0.25).until(lambda d: "won" in _text(d, "reasons"))
             assert not d.find_element(By.ID, "top-buyers").is_displayed()  # the operator's tables are not shown
             assert "Buyer" in _text(d, "who")
-            WebDriverWait(d, 15, 0.25).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#recent tbody a"))
-            d.find_element(By.CSS_SELECTOR, "#recent tbody a").click()  # a call it won: its own candidate only
+            WebDriverWait(d, 15, 0.25).until(lambda d: click_recent(d, None))  # a call it won: its own candidate only
             WebDriverWait(d, 10, 0.25).until(lambda d: d.find_elements(By.ID, "auction-table"))
             table = _text(d, "auction-table")
             assert "won" in table and "outbid" not in table, table

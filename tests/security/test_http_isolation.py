@@ -35,6 +35,10 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/"): PUBLIC,  # a redirect to /dashboard
+    ("GET", "/dashboard"): PUBLIC,  # the page holds no data; the key is typed into it
+    ("GET", "/v1/dashboard/stream"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/calls/{call_id}/auction"): frozenset({"operator", "buyer"}),
     ("POST", "/v1/accounts"): OPERATOR,
     ("POST", "/v1/accounts/{account_id}/deposits"): OPERATOR,
     ("POST", "/v1/accounts/{account_id}/payouts"): OPERATOR,
@@ -68,6 +72,10 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
     ("GET", "/readyz"): ["test_public_endpoints_reveal_no_tenant_data"],
     ("GET", "/metrics"): ["test_public_endpoints_reveal_no_tenant_data"],
     ("GET", "/openapi.json"): ["test_public_endpoints_reveal_no_tenant_data"],
+    ("GET", "/"): ["test_public_endpoints_reveal_no_tenant_data"],
+    ("GET", "/dashboard"): ["test_public_endpoints_reveal_no_tenant_data"],
+    ("GET", "/v1/dashboard/stream"): [ROLES_TEST, "test_a_dashboard_stream_shows_a_tenant_its_own_data_only"],
+    ("GET", "/v1/calls/{call_id}/auction"): [ROLES_TEST, "test_an_auction_replay_shows_a_buyer_its_own_candidates_only"],
     ("POST", "/v1/accounts"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/accounts/{account_id}/deposits"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/accounts/{account_id}/payouts"): [ROLES_TEST, OPERATOR_ONLY_TEST],
@@ -211,7 +219,7 @@ def test_every_route_enforces_its_roles(world: World):
     checked = 0
     for (method, path), allowed in POLICY.items():
         if allowed is PUBLIC:
-            assert http.get(path).status_code == 200, path
+            assert http.get(path).status_code == (307 if path == "/" else 200), path
             continue
         if method == "WS":
             for who, headers in [*strangers.items(), *((r, bearer(k)) for r, k in keys.items())]:
@@ -236,6 +244,11 @@ def test_every_route_enforces_its_roles(world: World):
             checked += 1
         for role, key in keys.items():
             url = _path(path, own[role], world.billed_call)
+            if path == "/v1/dashboard/stream":  # an endless stream: its status, then hang up
+                with http.stream(method, url, headers=bearer(key)) as r:
+                    assert r.status_code == 200 if role in allowed else r.status_code == 403, (path, role)
+                checked += 1
+                continue
             r = http.request(method, url, content=b"[]" if method == "POST" else None, headers=bearer(key))
             if role in allowed:
                 assert r.status_code not in (401, 403, 429) and r.status_code < 500, (method, path, role, r.text)
@@ -248,9 +261,9 @@ def test_every_route_enforces_its_roles(world: World):
 def test_public_endpoints_reveal_no_tenant_data(world: World):
     t = world.t
     secrets_ = [ADMIN, *(x.key for x in t), *(x.id for x in t), world.billed_call, "+13125550142", "3125550142"]
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/dashboard"):
         r = world.http.get(path)
-        assert r.status_code == 200
+        assert r.status_code == (307 if path == "/" else 200)
         leaked = [s for s in secrets_ if s in r.text]
         assert not leaked, (path, leaked)
 

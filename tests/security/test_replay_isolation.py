@@ -6,7 +6,7 @@ signed-in tenant's data."""
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -21,7 +21,7 @@ from routing.reasons import Outcome
 from routing.auction import Bid, clear
 from routing.standing import Standing
 from .core import CallRecord, Core, Notice
-from .replay import LIST_OFF, Refused, replay_of
+from .replay import LIST_OFF, LIST_REFUSED, Refused, replay_of
 from .ids import BuyerId
 from .instants import from_ns
 from .lifecycle import engage, route_wire
@@ -66,7 +66,7 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
             if why is None:
                 req = BidRequest(request_id=f"{call_id}.{n}", campaign=st.id, tmax_ms=tmax, floor_cents=floor, call=info)
                 requests.append((BuyerId(st.buyer), req))
-            elif s.auction_replay:
+            elif s.auction_replay and len(refused) < LIST_REFUSED:  # (the replay lists the first ones)
                 refused.append((st.buyer, st.id, None, why))
     return Prepared(call_id, publisher, call, consumer, caller, state, area_code, floor, verdict, tmax, tuple(requests), tuple(refused))
 
@@ -85,7 +85,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     core.stats.calls += 1
     if not p.verdict.allow:
         if s.auction_replay:
-            rec.replay = replay_of(p.floor_cents, s.pricing, (), (), (), {}, ())
+            rec.replay = replay_of(p.floor_cents, s.pricing, (), (), (), {}, (), {})
         rec = _reject(core, rec, p.verdict.reason, p.verdict.rule, now_ns)
         if p.verdict.retry_after_ns is not None and rec.decision is not None:
             rec.decision = msgspec.structs.replace(rec.decision, retry_after_utc=from_ns(p.verdict.retry_after_ns))
@@ -95,6 +95,15 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
 
     done: set[str] = set()  # buyers with their route, or refused whatever the campaign
     refused: list[Refused] | None = list(p.refused) if s.auction_replay else None  # the replay's ineligible candidates
+    unlisted: dict[str, int] = {}  # ... past LIST_REFUSED of them: counted by reason only
+
+    def note(st: Standing, why: str) -> None:
+        if refused is None:
+            return
+        if len(refused) < LIST_REFUSED:
+            refused.append((st.buyer, st.id, st.bid_cents, why))
+        else:
+            unlisted[why] = unlisted.get(why, 0) + 1
 
     def accept(st: Standing) -> bool:
         if st.buyer in done:
@@ -102,7 +111,7 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         why = refusal(core, st, p.consumer, call.direction, p.area_code, st.bid_cents, now_ns)
         if why is not None:
             if refused is not None:
-                refused.append((st.buyer, st.id, st.bid_cents, why))
+                note(st, why)
             if why in PARKABLE:  # the same for every call until an event or an instant: out of the index till then
                 core.book.park(st, why, None if why == FUNDS else reopens_at(core.clock, st, why, now_ns), now_ns)
             elif why in BUYER_WIDE:  # the compliance gate's per-buyer verdict: no campaign of this buyer may take it
@@ -118,7 +127,8 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         ledger.freed.clear()
     outbound = call.direction == "outbound"
     offs = core.book.offs(call.vertical, p.state, outbound, LIST_OFF) if refused is not None else None  # before the scan parks more
-    standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit, outbound, done, refused)
+    standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit, outbound, done,
+                                note if refused is not None else None)
     bidders = [Bid(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
     timeouts: list[tuple[BuyerId, BidRequest]] = []
     for buyer, req in p.bid_requests:
@@ -131,7 +141,10 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         why = refusal(core, st, p.consumer, call.direction, p.area_code, ans.bid_cents, now_ns)
         if why is not None:
             if refused is not None:
-                refused.append((buyer, st.id, ans.bid_cents, why))
+                if len(refused) < LIST_REFUSED:
+                    refused.append((buyer, st.id, ans.bid_cents, why))
+                else:
+                    unlisted[why] = unlisted.get(why, 0) + 1
             continue
         bidders.append(Bid(
             ans.bid_cents, arrival, buyer, st.id, ans.destination or st.destination,
@@ -154,7 +167,8 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     rec.bids = tuple((b.buyer, b.campaign, b.bid_cents, b.request_id is not None) for b in bidders)
     if refused is not None and offs is not None:
         rec.replay = replay_of(p.floor_cents, s.pricing, rec.bids, tuple(refused),
-                            tuple((buyer, req.campaign, Outcome.TIMEOUT) for buyer, req in timeouts) if timeouts else (), offs[0], offs[1])
+                            tuple((buyer, req.campaign, Outcome.TIMEOUT) for buyer, req in timeouts) if timeouts else (), offs[0], offs[1],
+                            unlisted)
     if cleared.reason != Outcome.OK:
         return _reject(core, rec, _number_reason(p.consumer) if cleared.reason == Outcome.NO_ELIGIBLE_BID else cleared.reason, None, now_ns), notices
     rec.routes = cleared.routes

@@ -11,7 +11,9 @@ considered (``CallRecord.bids``) and its plan. The replay adds, per call:
 - each campaign the book's scan *walked* and refused (a tuple appended in ``accept``: the scan
   stops after the routes and one runner-up, so these are the campaigns ranked above them), each
   wide campaign walked whose state filter leaves the call's state out, and each live (RTB)
-  campaign not asked or whose answer was refused;
+  campaign not asked or whose answer was refused -- the first ``LIST_REFUSED`` of them one by
+  one, the rest counted by reason (``ineligible_unlisted``), so a buyer that fills the top of the
+  book with campaigns no caller can reach cannot make every decision record thousands of them;
 - the campaigns out of the index in the call's buckets (parked until an event re-enables them:
   schedule closed, cap, budget, funds; or paused), which no decision walks: counted by reason
   from per-bucket counters (``Book.offs``, a few dict reads), and listed one by one only when
@@ -36,6 +38,7 @@ from typing import Any, NamedTuple
 from routing.reasons import replay_reason
 
 LIST_OFF = 16  # out-of-index campaigns in the call's buckets listed one by one, at most
+LIST_REFUSED = 64  # walked (or live) ineligible campaigns listed one by one per call, at most; the rest counted
 
 Refused = tuple[str, str, int | None, str]  # (buyer, campaign, bid_cents or None, refusal code)
 
@@ -48,22 +51,25 @@ class Replay(NamedTuple):
     unanswered: tuple[tuple[str, str, str], ...]  # live requests without an answer: (buyer, campaign, timeout | no_bid)
     off_counts: dict[str, int]  # out of the index in the call's buckets: refusal code -> campaigns
     off_listed: tuple[Refused, ...] | None  # ... each of them, or None when too many to list
+    unlisted: dict[str, int]  # walked and ineligible past the first LIST_REFUSED: refusal code -> campaigns
 
 
+_NO_COUNTS: dict[str, int] = {}  # shared, never written
 _EMPTY: dict[tuple[int, str], Replay] = {}  # one shared replay per (floor, pricing) for auctions that saw nobody
 
 
 def replay_of(floor_cents: int, pricing: str, bids: tuple[tuple[str, str, int, bool], ...], refused: tuple[Refused, ...],
-              unanswered: tuple[tuple[str, str, str], ...], off_counts: dict[str, int], off_listed: tuple[Refused, ...] | None) -> Replay:
+              unanswered: tuple[tuple[str, str, str], ...], off_counts: dict[str, int], off_listed: tuple[Refused, ...] | None,
+              unlisted: dict[str, int]) -> Replay:
     """The replay of one decision; an auction that saw no candidate at all (a compliance rejection,
     a vertical nobody bids on) shares one object, so the many such calls kept in memory cost nothing."""
-    if bids or refused or unanswered or off_counts or off_listed:
-        return Replay(floor_cents, pricing, bids, refused, unanswered, off_counts, off_listed)
+    if bids or refused or unanswered or off_counts or off_listed or unlisted:
+        return Replay(floor_cents, pricing, bids, refused, unanswered, off_counts, off_listed, unlisted or _NO_COUNTS)
     rep = _EMPTY.get((floor_cents, pricing))
     if rep is None:
         if len(_EMPTY) >= 1024:
             _EMPTY.clear()
-        rep = _EMPTY[(floor_cents, pricing)] = Replay(floor_cents, pricing, (), (), (), {}, ())
+        rep = _EMPTY[(floor_cents, pricing)] = Replay(floor_cents, pricing, (), (), (), _NO_COUNTS, (), _NO_COUNTS)
     return rep
 
 
@@ -75,6 +81,7 @@ def record(rep: Replay) -> dict[str, Any]:
         "unanswered": [list(u) for u in rep.unanswered],
         "off_counts": rep.off_counts,
         "off_listed": None if rep.off_listed is None else [list(r) for r in rep.off_listed],
+        "unlisted": rep.unlisted,
     }
 
 
@@ -114,14 +121,19 @@ def view(call_id: str, decision: str, reason: str, rep: dict[str, Any], bids: li
     off = {replay_reason(why): n for why, n in rep["off_counts"].items()}
     for r, n in off.items():
         counts[r] = counts.get(r, 0) + n
+    more = rep.get("unlisted") or {}
+    for why, n in more.items():
+        r = replay_reason(why)
+        counts[r] = counts.get(r, 0) + n
     clearing = routes[0][3] if routes else None
     body: dict[str, Any] = {"call_id": call_id, "decision": decision, "reason": reason, "clearing_price_cents": clearing,
                             "floor_cents": floor, "pricing": rep["pricing"]}
     if buyer is None:
         body["candidates"] = [{k: v for k, v in x.items() if v is not None} for x in out]
         body["ineligible_counts"] = dict(sorted(counts.items()))
-        if listed is None:
-            body["ineligible_unlisted"] = sum(off.values())
+        unlisted = (sum(off.values()) if listed is None else 0) + sum(more.values())
+        if unlisted:
+            body["ineligible_unlisted"] = unlisted
         return body
     mine = [{k: v for k, v in x.items() if v is not None} for x in out if x["buyer"] == buyer]
     if not mine:

@@ -288,7 +288,7 @@ class Book:
     # ------------------------------------------------------------------ reads
     def ranked(
         self, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000,
-        outbound: bool = False, done: set[str] | None = None, skipped: list[tuple[str, str, int | None, str]] | None = None,
+        outbound: bool = False, done: set[str] | None = None, skipped: Callable[[Standing, str], None] | None = None,
     ) -> list[Standing]:
         """Up to ``want`` accepted standing bids in price-time order, best first.
 
@@ -301,8 +301,8 @@ class Book:
         refusal that holds for all of a buyer's campaigns), filled by ``accept``. The scan stops
         once every buyer listed in these heaps is done, instead of walking the rest.
 
-        ``skipped``: where to note (buyer, campaign, bid, ``"state"``) for each wide campaign
-        walked whose state filter leaves the call's state out (the auction replay).
+        ``skipped``: called with (campaign, ``"state"``) for each wide campaign walked whose state
+        filter leaves the call's state out (the auction replay notes it).
         """
         buckets = self._buckets
         heaps = []
@@ -347,7 +347,7 @@ class Book:
             scanned += 1
             if s.wide_states is not None and state not in s.wide_states:
                 if skipped is not None:
-                    skipped.append((s.buyer, s.id, s.bid_cents, "state"))
+                    skipped(s, "state")
                 continue
             if accept(s):
                 out.append(s)

@@ -171,3 +171,20 @@ def test_live_bidders_won_timed_out_or_were_not_asked():
         "late_refusal": ("ineligible", "funds", 500_000_000),
     }
     assert v["ineligible_counts"] == {"area_code": 1, "funds": 1}
+
+
+def test_walked_refusals_past_the_listing_bound_are_counted_not_listed():
+    from exchange.replay import LIST_REFUSED
+
+    w = World()
+    w.place("b0", campaign("open", bid_cents=100))
+    n = LIST_REFUSED + 36
+    for i in range(n):  # the top of the book: campaigns no 212 caller can reach, walked by every call
+        w.place(f"far{i}", campaign(f"c{i}", bid_cents=5000 + i, area_codes=[415]))
+    rec, _ = w.submit()
+    assert rec.decision.route.campaign == "open"
+    v = _view(rec)
+    assert v["ineligible_counts"] == {"area_code": n}
+    assert v["ineligible_unlisted"] == 36
+    assert sum(c["outcome"] == "ineligible" for c in v["candidates"]) == LIST_REFUSED
+    assert len(rec.replay.refused) == LIST_REFUSED

@@ -185,10 +185,10 @@ async def stream(request: Request) -> Response:
     if _open.get(account.id, 0) >= MAX_STREAMS_PER_KEY:
         raise RateLimited("too_many_streams", f"at most {MAX_STREAMS_PER_KEY} dashboard streams per key at once", retry_after_s=5)
     ex = _exchange(request)
-    _open[account.id] = _open.get(account.id, 0) + 1
 
     async def events() -> AsyncIterator[bytes]:
         probe = Probe()
+        _open[account.id] = _open.get(account.id, 0) + 1  # counted once it runs: a stream never started holds no place
         try:
             yield b"retry: 2000\n\n"
             while ex.ready:

@@ -29,13 +29,9 @@ found once by a decision and parked: out of the heaps, into the ``ParkingLot``
 (``routing/parking.py``), which brings it back on the event that re-enables it.
 
 **Out of the index, counted.** Each bucket counts the campaigns it holds that are out of the
-index for a reason (parked, or ``paused``), by reason -- a wide campaign with a state filter
-under each of its states -- and keeps them in ``offs``: the auction replay reads, per
-decision, how many campaigns of the call's buckets were out and why (a few small dict reads),
-and lists them one by one only when they are few (``Book.offs``; the answer is kept per
-(vertical, state, direction) until any count changes, so the calls of a steady book share one
-answer). Counting costs each park,
-unpark, pause and resume one dict update per bucket (per state for filtered wide campaigns).
+index (parked, or ``paused``) by reason (``routing/outside.py``); ``Book.offs`` reads them for
+the auction replay, keeping its answer per (vertical, state, direction) until any count changes,
+so the calls of a steady book share one answer.
 
 **A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
 new one past it is refused with ``campaign_limit`` and nothing in the book changes.
@@ -47,6 +43,7 @@ from heapq import heapify, heappop, heappush
 from collections.abc import Callable
 
 from .capacity import Capacity
+from .outside import Listed, Outside, tally as outside_tally
 from .parking import ParkingLot
 from .schedule import ScheduleError
 from .standing import US_STATES, CampaignError, CampaignSpec, Key, Standing
@@ -56,7 +53,7 @@ MAX_PER_BUYER = 2_000
 _NO_COUNTS: dict[str, int] = {}  # shared, never written
 
 class Bucket:
-    __slots__ = ("heap", "members", "buyers", "limit", "slots", "off", "offs")
+    __slots__ = ("heap", "members", "buyers", "limit", "slots", "out")
 
     def __init__(self, slots: list[Standing]) -> None:
         self.slots = slots  # the book's: slot -> campaign
@@ -64,27 +61,7 @@ class Bucket:
         self.members: dict[Key, Standing] = {}  # the listed campaigns
         self.buyers: dict[str, int] = {}  # buyer -> how many of its campaigns are listed here
         self.limit = 64
-        self.off: dict[str | None, dict[str, int]] = {}  # state filter (None: any state) -> reason -> campaigns out
-        self.offs: dict[Key, Standing] = {}  # the campaigns out of the index
-
-    def count_off(self, s: Standing, why: str, n: int) -> None:
-        """Count ``s`` out of the index for ``why`` (n=1) or no longer (n=-1)."""
-        off = self.off
-        for k in (None,) if s.wide_states is None else s.wide_states:
-            d = off.get(k)
-            if d is None:
-                d = off[k] = {}
-            left = d.get(why, 0) + n
-            if left > 0:
-                d[why] = left
-            else:
-                d.pop(why, None)
-                if not d:
-                    del off[k]
-        if n > 0:
-            self.offs[s.key] = s
-        else:
-            self.offs.pop(s.key, None)
+        self.out = Outside()  # its campaigns out of the index (parked or paused), counted by reason
 
     def add(self, s: Standing) -> None:
         if s.key not in self.members:
@@ -132,7 +109,7 @@ class Book:
         self.relisted = 0  # campaigns re-listed because their price moved down since listing
         self.off_total = 0  # campaigns counted out of the index (parked or paused), all buckets
         self._off_version = 0  # bumped at each change of those counts
-        self._off_seen: dict[tuple[str, str | None, bool], tuple[int, dict[str, int], tuple[tuple[str, str, int | None, str], ...] | None]] = {}
+        self._off_seen: dict[tuple[str, str | None, bool], tuple[int, dict[str, int], Listed | None]] = {}
 
     def __len__(self) -> int:
         return len(self._campaigns)
@@ -229,9 +206,9 @@ class Book:
         self._off_version += 1
         for b in s.buckets:
             if old is not None:
-                b.count_off(s, old, -1)
+                b.out.count(s, old, -1)
             if why is not None:
-                b.count_off(s, why, 1)
+                b.out.count(s, why, 1)
 
     def _unparked(self, s: Standing) -> None:
         self._set_off(s, None)
@@ -364,8 +341,7 @@ class Book:
                     heappush(h, entry)
         return out
 
-    def offs(self, vertical: str, state: str | None, outbound: bool, list_at_most: int,
-             ) -> tuple[dict[str, int], tuple[tuple[str, str, int | None, str], ...] | None]:
+    def offs(self, vertical: str, state: str | None, outbound: bool, list_at_most: int) -> tuple[dict[str, int], Listed | None]:
         """The campaigns of the buckets a call of (vertical, state, direction) reads that are out
         of the index (parked or paused), by reason; and, when they are at most ``list_at_most``
         in those buckets, each one (buyer, campaign, bid, reason), else None. A few dict reads."""
@@ -374,24 +350,13 @@ class Book:
         seen = self._off_seen.get((vertical, state, outbound))
         if seen is not None and seen[0] == self._off_version:  # nothing parked or back since: the same answer, shared
             return seen[1], seen[2]
-        counts: dict[str, int] = {}
-        total = 0
         pool = []
-        buckets = self._buckets
         for ob in (True,) if outbound else (False, True):
             for key in ((vertical, state, ob), (vertical, None, ob)) if state is not None else ((vertical, None, ob),):
-                b = buckets.get(key)
-                if b is None or not b.off:
-                    continue
-                pool.append(b)
-                total += len(b.offs)
-                for k in (None, state) if state is not None else (None,):
-                    d = b.off.get(k)
-                    if d:
-                        for why, n in d.items():
-                            counts[why] = counts.get(why, 0) + n
-        listed = (None if pool else ()) if not pool or total > list_at_most else tuple(
-            (s.buyer, s.id, s.bid_cents, s.off) for b in pool for s in b.offs.values() if s.off is not None and (s.wide_states is None or state in s.wide_states))
+                b = self._buckets.get(key)
+                if b is not None and b.out.members:
+                    pool.append(b.out)
+        counts, listed = outside_tally(pool, state, list_at_most) if pool else (_NO_COUNTS, ())
         if len(self._off_seen) > 4096:
             self._off_seen.clear()
         self._off_seen[(vertical, state, outbound)] = (self._off_version, counts, listed)

@@ -45,15 +45,15 @@ def check_counts(book: Book) -> None:
         assert s.off == expected_off(s), (s.key, s.off, s.paused, s.parked)
         total += s.off is not None
         for b in s.buckets:
-            assert (s.key in b.offs) == (s.off is not None)
+            assert (s.key in b.out.members) == (s.off is not None)
     assert book.off_total == total
     for b in book._buckets.values():
         recount: dict = {}
-        for s in b.offs.values():
+        for s in b.out.members.values():
             for k in (None,) if s.wide_states is None else s.wide_states:
                 recount.setdefault(k, {})
                 recount[k][s.off] = recount[k].get(s.off, 0) + 1
-        assert b.off == recount
+        assert b.out.by_state == recount
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

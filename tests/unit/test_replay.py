@@ -108,7 +108,7 @@ def test_counts_follow_campaigns_back_into_the_index():
     assert v["ineligible_counts"] == {}
     assert [(c["campaign"], c["outcome"]) for c in v["candidates"]] == [("c1", "won"), ("c2", "fallback")]
     for b in w.core.book._buckets.values():
-        assert not b.off and not b.offs
+        assert not b.out.by_state and not b.out.members
 
 
 def test_a_wide_campaign_filtered_by_state_is_ineligible_for_state():

@@ -67,6 +67,7 @@ def call_view(account: Account, rec: CallRecord) -> dict[str, Any]:
             "charged_cents": rec.charged_cents,
             "payout_cents": rec.payout_cents,
             "evidence": rec.evidence,
+            "quality": rec.quality,
             "current": event_response(rec),
         }
     mine = rung(rec, account.id)

@@ -37,6 +37,7 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 from collections.abc import Callable
 
+from .attestation import ONE, UNATTESTED
 from .capacity import Capacity
 from .parking import ParkingLot
 from .schedule import ScheduleError
@@ -232,7 +233,7 @@ class Book:
     # ------------------------------------------------------------------ reads
     def ranked(
         self, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000,
-        outbound: bool = False, done: set[str] | None = None,
+        outbound: bool = False, done: set[str] | None = None, level: int = UNATTESTED,
     ) -> list[Standing]:
         """Up to ``want`` accepted standing bids in price-time order, best first.
 
@@ -244,6 +245,12 @@ class Book:
         ``done``: the buyers the caller needs no more campaigns of (one route per buyer, or a
         refusal that holds for all of a buyer's campaigns), filled by ``accept``. The scan stops
         once every buyer listed in these heaps is done, instead of walking the rest.
+
+        ``level``: the call's attestation level. A campaign with bid modifiers ranks at its bid
+        for that level (``routing.attestation.adjusted``), which is never above its listed price:
+        when its entry surfaces it goes into a per-call heap at that price and comes out when
+        it sorts first, as a price moved down is re-listed; campaigns without modifiers (the
+        common case) cost one attribute read more, and the book is never walked to adjust.
         """
         buckets = self._buckets
         heaps = []
@@ -263,28 +270,36 @@ class Book:
         slots = self._slots
         backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
         scanned = popped = 0
+        adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
         while len(out) < want and scanned < scan_limit:
             k = -1
             top = None
             for i, h in enumerate(heaps):
                 if h and (top is None or h[0] < top):
                     k, top = i, h[0]
-            if k < 0:
-                break
-            entry = heappop(heaps[k])
-            popped += 1
-            s = slots[entry[2]]
-            if s.listing != entry[1]:
-                continue  # an old listing, paused or replaced: drop the entry
-            if s.seq != entry[1]:
-                self._relist(s)  # the price moved down since listing: re-list at the true price
-                self.relisted += 1
-                continue
-            if s.expires_ns is not None and s.expires_ns <= now_ns:
-                for bucket in s.buckets:  # expired for good: drop it from the index
-                    bucket.remove(s)
-                continue
-            backs[k].append(entry)
+            if adjusted and (top is None or adjusted[0] < top):
+                s = slots[heappop(adjusted)[2]]  # its adjusted price sorts first now
+            else:
+                if k < 0:
+                    break
+                entry = heappop(heaps[k])
+                popped += 1
+                s = slots[entry[2]]
+                if s.listing != entry[1]:
+                    continue  # an old listing, paused or replaced: drop the entry
+                if s.seq != entry[1]:
+                    self._relist(s)  # the price moved down since listing: re-list at the true price
+                    self.relisted += 1
+                    continue
+                if s.expires_ns is not None and s.expires_ns <= now_ns:
+                    for bucket in s.buckets:  # expired for good: drop it from the index
+                        bucket.remove(s)
+                    continue
+                backs[k].append(entry)
+                m = s.multipliers
+                if m is not None and m[level] != ONE:
+                    heappush(adjusted, (-(s.bid_cents * m[level] // ONE), s.seq, s.slot))
+                    continue
             scanned += 1
             if s.wide_states is not None and state not in s.wide_states:
                 continue

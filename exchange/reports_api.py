@@ -201,7 +201,14 @@ async def get_reports(request: Request) -> Response:
     kind = account.kind
     rows = ex.desk.tally.report(group_by, kind, None if kind == "operator" else account.id, lo, hi, now)
     out = [report_row(kind, rfc3339(k) if group_by == "hour" else k, c) for k, c in rows]
+    if group_by == "publisher" and ex.settings.quality_signals:  # each publisher's risk score now, and its inputs
+        quality = ex.core.quality
+        for row in out:
+            q = quality.report(row["key"], now)
+            row["quality"] = q if kind != "buyer" else {"risk_score": q["risk_score"]}  # a buyer: the score it filters on
     if "text/csv" in request.headers.get("accept", ""):
+        if out and "quality" in out[0]:
+            return _csv(REPORT_COLUMNS + ("risk_score",), [tuple(r[c] for c in REPORT_COLUMNS) + (r["quality"]["risk_score"],) for r in out])
         return _csv(REPORT_COLUMNS, [tuple(r[c] for c in REPORT_COLUMNS) for r in out])
     return reply({"group_by": group_by, "from": rfc3339(lo // HOUR_NS * HOUR_NS), "to": rfc3339(-(-hi // HOUR_NS) * HOUR_NS), "rows": out})
 

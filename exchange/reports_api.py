@@ -204,8 +204,8 @@ async def get_reports(request: Request) -> Response:
     if group_by == "publisher" and ex.settings.quality_signals:  # each publisher's risk score now, and its inputs
         quality = ex.core.quality
         for row in out:
-            q = quality.report(row["key"], now)
-            row["quality"] = q if kind != "buyer" else {"risk_score": q["risk_score"]}  # a buyer: the score it filters on
+            signals = quality.report(row["key"], now)
+            row["quality"] = signals if kind != "buyer" else {"risk_score": signals["risk_score"]}  # a buyer: the score it filters on
     if "text/csv" in request.headers.get("accept", ""):
         if out and "quality" in out[0]:
             return _csv(REPORT_COLUMNS + ("risk_score",), [tuple(r[c] for c in REPORT_COLUMNS) + (r["quality"]["risk_score"],) for r in out])

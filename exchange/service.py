@@ -35,6 +35,8 @@ from .settings import Settings
 from .tallyreplay import relog, replay_audit
 from .treasury import Treasury
 
+NS = 1_000_000_000
+
 log = logging.getLogger("exchange")
 
 
@@ -71,10 +73,12 @@ class Exchange:
         now = self.clock.now_ns()
         self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now)
         await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
-        if self.settings.report_days:  # the report aggregate, from the audit trail of its window
+        st = self.settings
+        if st.report_days or st.quality_signals:  # the report aggregate and the quality windows, from the audit trail
             with self.journal.reading():
-                await replay_audit(self.journal.store, self.desk.tally, now - self.settings.report_days * 86_400 * 1_000_000_000,
-                                   self.settings.min_floor_cents)
+                await replay_audit(self.journal.store, self.desk.tally, now - st.report_days * 86_400 * NS if st.report_days else now,
+                                   st.min_floor_cents, self.core.quality if st.quality_signals else None,
+                                   now - st.quality_window_s * NS, now - st.quality_outcome_window_s * NS)
         relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))

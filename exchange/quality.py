@@ -8,14 +8,15 @@ written, logged or put in evidence.
 order, while ``t > now - window`` (at most ``max_events`` of them: past that the oldest go
 first). For a call it gives
 
-- ``caller_calls``: the caller's calls in the window, this one included, from any publisher
+- ``caller_calls``: the caller's calls in the window from this publisher, this one included
   (caller velocity; past ``EXCHANGE_QUALITY_VELOCITY_MAX_CALLS`` the call is rejected with
-  ``caller_velocity``);
+  ``caller_velocity``). Per publisher, so that no tenant can get a number refused at another
+  by submitting it;
 - ``near_duplicates``: the *other* numbers in the window, from the same publisher, equal to
   the caller's but for its last ``near_digits`` digits (rotating last digits to dodge dedupe).
 
-and per publisher: ``calls``, ``repeats`` (calls whose caller had called within the window
-before) and ``near_duplicate_calls`` (calls with ``near_duplicates >= 1``).
+and per publisher: ``calls``, ``repeats`` (calls whose caller had called this publisher within
+the window before) and ``near_duplicate_calls`` (calls with ``near_duplicates >= 1``).
 
 **Outcome window** (``outcome_window_s``, ``EXCHANGE_QUALITY_OUTCOME_WINDOW_S``), per
 publisher, from ``completed`` events: ``completed``; ``short`` (``duration_s <
@@ -45,7 +46,7 @@ BUCKETS = 60
 
 
 class Observation(NamedTuple):
-    caller_calls: int  # the caller's calls in the window, this one included
+    caller_calls: int  # the caller's calls to this publisher in the window, this one included
     near_duplicates: int  # other numbers of this publisher in the window differing in the last digits only
 
 
@@ -63,12 +64,13 @@ class Inputs(NamedTuple):
 
 def risk_score(i: Inputs) -> int:
     """The documented formula (module docstring): 0..100."""
-    s = i.short / (i.completed + PRIOR)
-    k = i.clustered / (i.payable + PRIOR)
-    n = i.near_duplicate_calls / (i.calls + PRIOR)
-    v = i.repeats / (i.calls + PRIOR)
+    return _score(i.calls, i.repeats, i.near_duplicate_calls, i.completed, i.short, i.payable, i.clustered)
+
+
+def _score(calls: int, repeats: int, near: int, completed: int, short: int, payable: int, clustered: int) -> int:
     ws, wk, wn, wv = WEIGHTS
-    return min(100, max(0, round(100 * (ws * s + wk * k + wn * n + wv * v))))
+    x = ws * short / (completed + PRIOR) + wk * clustered / (payable + PRIOR) + (wn * near + wv * repeats) / (calls + PRIOR)
+    return min(100, max(0, round(100 * x)))
 
 
 class QualityEvidence(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -91,7 +93,7 @@ def digits(e164: str) -> int | None:
 
 
 class Quality:
-    __slots__ = ("window_ns", "div", "max_events", "events", "by_caller", "groups", "pubs",
+    __slots__ = ("window_ns", "div", "max_events", "events", "groups", "pubs",
                  "width_ns", "cluster_s", "outcomes", "evicted")
 
     def __init__(self, window_s: int = 600, near_digits: int = 2, outcome_window_s: int = 86_400, cluster_s: int = 5,
@@ -101,7 +103,6 @@ class Quality:
         self.max_events = max_events
         # the call window: (t_ns, caller, publisher, repeat, near) per call, oldest first
         self.events: deque[tuple[int, int, str, bool, bool]] = deque()
-        self.by_caller: dict[int, int] = {}  # caller -> its calls in the window
         self.groups: dict[tuple[str, int], dict[int, int]] = {}  # (publisher, number // div) -> {caller: calls}
         self.pubs: dict[str, list[int]] = {}  # publisher -> [calls, repeats, near_duplicate_calls]
         self.width_ns = max(1, outcome_window_s * NS // BUCKETS)
@@ -113,17 +114,21 @@ class Quality:
     # ------------------------------------------------------------------ calls
     def observe(self, publisher: str, caller: int, now_ns: int) -> Observation:
         """Count an inbound call into the window and read its signals."""
-        self._expire(now_ns - self.window_ns)
-        if len(self.events) >= self.max_events:
+        events = self.events
+        if events and events[0][0] <= now_ns - self.window_ns:
+            self._expire(now_ns - self.window_ns)
+        if len(events) >= self.max_events:
             self._drop()
             self.evicted += 1
-        n = self.by_caller.get(caller, 0) + 1
-        self.by_caller[caller] = n
-        group = self.groups.get((publisher, caller // self.div))
+        key = (publisher, caller // self.div)
+        group = self.groups.get(key)
         if group is None:
-            group = self.groups[(publisher, caller // self.div)] = {}
-        near = len(group) - (caller in group)
-        group[caller] = group.get(caller, 0) + 1
+            self.groups[key] = {caller: 1}
+            n, near = 1, 0
+        else:
+            mine = group.get(caller)
+            near = len(group) - (mine is not None)
+            n = group[caller] = (mine or 0) + 1
         pub = self.pubs.get(publisher)
         if pub is None:
             pub = self.pubs[publisher] = [0, 0, 0]
@@ -132,7 +137,7 @@ class Quality:
             pub[1] += 1
         if near:
             pub[2] += 1
-        self.events.append((now_ns, caller, publisher, n > 1, near > 0))
+        events.append((now_ns, caller, publisher, n > 1, near > 0))
         return Observation(n, near)
 
     def _expire(self, cutoff_ns: int) -> None:
@@ -142,11 +147,6 @@ class Quality:
 
     def _drop(self) -> None:
         _, caller, publisher, repeat, near = self.events.popleft()
-        n = self.by_caller[caller] - 1
-        if n:
-            self.by_caller[caller] = n
-        else:
-            del self.by_caller[caller]
         key = (publisher, caller // self.div)
         group = self.groups[key]
         m = group[caller] - 1
@@ -202,7 +202,19 @@ class Quality:
         return Inputs(calls, repeats, near)
 
     def risk(self, publisher: str, now_ns: int) -> int:
-        return risk_score(self.inputs(publisher, now_ns))
+        """``risk_score(inputs(...))``, read straight from the counters (once per decision)."""
+        events = self.events
+        if events and events[0][0] <= now_ns - self.window_ns:
+            self._expire(now_ns - self.window_ns)
+        pub = self.pubs.get(publisher)
+        calls, repeats, near = pub if pub is not None else (0, 0, 0)
+        got = self.outcomes.get(publisher)
+        if got is None:
+            return _score(calls, repeats, near, 0, 0, 0, 0)
+        if got[0] and got[0][0][0] <= now_ns // self.width_ns - BUCKETS:
+            self._outcomes(publisher, now_ns)
+        t = got[1]
+        return _score(calls, repeats, near, t[1], t[2], t[3], t[4])
 
     def report(self, publisher: str, now_ns: int) -> dict[str, int]:
         """A publisher's score and its inputs, as ``GET /v1/reports`` shows them."""

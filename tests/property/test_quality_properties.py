@@ -111,7 +111,7 @@ def test_signals_are_exact_on_generated_call_streams(items, window_s, near_digit
             continue
         got = q.observe(pub, caller, t)
         window = [x for x in seen if x[0] > t - window_s * S][-(max_events - 1):]
-        n = 1 + sum(1 for x in window if x[2] == caller)
+        n = 1 + sum(1 for x in window if x[2] == caller and x[1] == pub)
         near = len({x[2] for x in window if x[1] == pub and x[2] // 10**near_digits == caller // 10**near_digits} - {caller})
         assert got == (n, near)
         seen.append((t, pub, caller, n, near))

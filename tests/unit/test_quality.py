@@ -20,6 +20,7 @@ def test_caller_velocity_past_the_limit_rejects_with_caller_velocity_and_records
     assert rec.decision.decision == "rejected" and rec.decision.reason == "caller_velocity" and notices == []
     assert rec.quality.caller_calls == 4 and rec.quality.velocity_max_calls == 3 and rec.quality.window_s == 60
     assert w.submit(call("+13125550100"))[0].decision.decision == "routed"  # another caller is not affected
+    assert w.submit(call("+12125550100"), publisher="p2")[0].decision.decision == "routed"  # nor another publisher
     w.clock.t += 61 * S  # the burst slid out of the window
     assert w.submit(call("+12125550100"))[0].decision.decision == "routed"
 
@@ -114,7 +115,7 @@ def test_the_window_is_bounded():
     q = Quality(window_s=3600, max_events=1000)
     for n in range(5000):
         q.observe("p", 12125550000 + n, n)
-    assert len(q.events) == 1000 and len(q.by_caller) == 1000 and q.evicted == 4000
+    assert len(q.events) == 1000 and sum(len(g) for g in q.groups.values()) == 1000 and q.evicted == 4000
     assert q.inputs("p", 5000).calls == 1000
 
 

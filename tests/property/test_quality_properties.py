@@ -96,7 +96,7 @@ calls = st.lists(
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(calls, st.integers(10, 120), st.integers(1, 3), st.integers(60, 600), st.integers(1000, 1003))
+@given(calls, st.integers(10, 120), st.integers(1, 3), st.integers(60, 600), st.integers(2, 40))
 def test_signals_are_exact_on_generated_call_streams(items, window_s, near_digits, outcome_s, max_events):
     q = Quality(window_s=window_s, near_digits=near_digits, outcome_window_s=outcome_s, cluster_s=5, max_events=max_events)
     t = NOON_NY_NS
@@ -137,3 +137,30 @@ def test_the_risk_score_is_within_0_and_100_and_grows_with_each_signal(calls, ba
     assert 0 <= r <= 100
     if worse < done:
         assert risk_score(base._replace(clustered=worse + 1)) >= r
+
+
+pipeline_calls = st.lists(
+    st.tuples(st.integers(0, 30), st.sampled_from(["p1", "p2"]), st.sampled_from(["+12125550100", "+12125550101", "+12125550142",
+                                                                                  "+13105550100"]), st.booleans()),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(pipeline_calls, st.integers(0, 4))
+def test_each_decision_carries_the_exact_signals_of_its_call(items, limit):
+    w = World(quality_window_s=60, quality_velocity_max_calls=limit)
+    w.place("b1", campaign("c", bid_cents=1000))
+    seen: list[tuple[int, str, str]] = []
+    for dt, pub, caller, completes in items:
+        w.clock.t += dt * S
+        t = w.clock.now_ns()
+        rec, _ = w.submit(call(caller), publisher=pub)
+        window = [x for x in seen if x[0] > t - 60 * S]
+        n = 1 + sum(1 for x in window if x[1] == pub and x[2] == caller)
+        near = len({x[2] for x in window if x[1] == pub and x[2][:-2] == caller[:-2]} - {caller})
+        assert (rec.quality.caller_calls, rec.quality.near_duplicates) == (n, near)
+        assert (rec.decision.reason == "caller_velocity") == (limit > 0 and n > limit)
+        seen.append((t, pub, caller))
+        if completes and rec.status == "routed":
+            w.event(rec, "completed", duration_s=95)

@@ -163,6 +163,13 @@ class Quality:
         if not pub[0]:
             del self.pubs[publisher]
 
+    def expire(self, now_ns: int) -> None:
+        """Drop what has left the windows (the sweeper, twice a second: so a decision after a lull
+        never pays for expiring a whole window of calls at once)."""
+        self._expire(now_ns - self.window_ns)
+        for publisher in [p for p, (buckets, _) in self.outcomes.items() if not buckets or buckets[-1][0] <= now_ns // self.width_ns - BUCKETS]:
+            del self.outcomes[publisher]
+
     # ------------------------------------------------------------------ outcomes
     def completed(self, publisher: str, duration_s: int, buffer_s: int, now_ns: int) -> None:
         """A ``completed`` event of a call of ``publisher`` on a route with payable buffer ``buffer_s``."""

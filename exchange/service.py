@@ -124,6 +124,7 @@ class Exchange:
                 self.journal.record()
                 self.core.forget_before(now - self.settings.call_retention_s * 1_000_000_000)
                 self.desk.forget_keys(now)
+                self.core.quality.expire(now)  # the quality windows' oldest calls, a little at a time
                 if ticks % 60 == 0:  # every 30 s: forgotten calls leave the heads of the call logs
                     self.desk.log.prune(self.core.calls)
             except Exception:  # the sweeper must outlive a bad record; the bug is logged

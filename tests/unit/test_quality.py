@@ -122,3 +122,11 @@ def test_the_window_is_bounded():
 def test_digits_of_an_e164_number():
     assert digits("+12125550100") == 12125550100
     assert digits("2125550100") is None and digits("+1212x") is None
+
+
+def test_expire_empties_the_windows_that_time_left():
+    q = Quality(window_s=10, outcome_window_s=60)
+    q.observe("p", 12125550100, 0)
+    q.completed("p", 100, 90, 0)
+    q.expire(61 * S)
+    assert not q.events and not q.groups and not q.pubs and not q.outcomes

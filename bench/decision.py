@@ -142,8 +142,8 @@ def run_quality(n: int, calls: int, seed: int, mode: str) -> list[int]:
     return samples
 
 
-def quality_series(sizes: list[int], calls: int, runs_n: int) -> list[dict]:
-    out = []
+def quality_series(sizes: list[int], calls: int, runs_n: int, path: Path) -> list[dict]:
+    out: list[dict] = []
     modes = ("off", "signals", "all")
     print(f"quality: {' / '.join(modes)} alternated run by run; p99 ratio target <= 1.15x off")
     for n in sizes:
@@ -155,6 +155,8 @@ def quality_series(sizes: list[int], calls: int, runs_n: int) -> list[dict]:
         med = {m: {k: statistics.median(x[k] for x in rs) for k in ("p50_us", "p99_us", "p999_us")} for m, rs in runs.items()}
         ratio = {m: {k: med[m][k] / med["off"][k] for k in ("p50_us", "p99_us")} for m in modes[1:]}
         out.append({"campaigns": n, "median": med, "ratio_to_off": ratio, "runs": runs})
+        path.write_text(json.dumps({"benchmark": "decision_quality", "python": platform.python_version(), "calls": calls,
+                                    "runs": runs_n, "quality": out}, indent=2))  # after each size: a cut run keeps what it measured
         print(f"{n:>10} " + " · ".join(f"{m} p50 {med[m]['p50_us']:.1f} p99 {med[m]['p99_us']:.1f}" for m in modes)
               + " · p99 ratio " + " ".join(f"{m} {ratio[m]['p99_us']:.3f}" for m in modes[1:]), flush=True)
     return out
@@ -174,11 +176,9 @@ def main() -> None:
     ap.add_argument("--quality", action="store_true", help="only the quality series: signals and attestation on vs off")
     args = ap.parse_args()
     if args.quality:
-        series = quality_series([int(x) for x in args.sizes.split(",")], args.calls, args.runs)
         out = Path(args.out if args.out != "bench/results/decision.json" else "bench/results/decision_quality.json")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"benchmark": "decision_quality", "python": platform.python_version(), "calls": args.calls,
-                                   "runs": args.runs, "quality": series}, indent=2))
+        quality_series([int(x) for x in args.sizes.split(",")], args.calls, args.runs, out)
         print(f"wrote {out}")
         return
     results = []

@@ -37,7 +37,7 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 from collections.abc import Callable
 
-from .attestation import ONE, UNATTESTED
+from .attestation import ONE, UNATTESTED, Multipliers
 from .capacity import Capacity
 from .parking import ParkingLot
 from .schedule import ScheduleError
@@ -47,10 +47,11 @@ from .standing import US_STATES, CampaignError, CampaignSpec, Key, Standing
 MAX_PER_BUYER = 2_000
 
 class Bucket:
-    __slots__ = ("heap", "members", "buyers", "limit", "slots")
+    __slots__ = ("heap", "members", "buyers", "limit", "slots", "mult")
 
-    def __init__(self, slots: list[Standing]) -> None:
+    def __init__(self, slots: list[Standing], mult: Multipliers | None = None) -> None:
         self.slots = slots  # the book's: slot -> campaign
+        self.mult = mult  # the attestation bid multipliers all its campaigns share (None: none)
         self.heap: list[tuple[int, int, int]] = []
         self.members: dict[Key, Standing] = {}  # the listed campaigns
         self.buyers: dict[str, int] = {}  # buyer -> how many of its campaigns are listed here
@@ -84,11 +85,13 @@ class Bucket:
         self.limit = len(heap) + len(heap) // 2 + 32
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots")
+    __slots__ = ("_campaigns", "_buckets", "_classes", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
-        self._buckets: dict[tuple[str, str | None, bool], Bucket] = {}  # (vertical, state or None: wide, accepts outbound)
+        # (vertical, state or None: wide, accepts outbound) -> its buckets, one per class of bid multipliers
+        self._buckets: dict[tuple[str, str | None, bool], list[Bucket]] = {}
+        self._classes: dict[tuple[str, str | None, bool, Multipliers | None], Bucket] = {}
         self._rtb: dict[str, dict[Key, Standing]] = {}
         self._seq = 0
         self._per_buyer: dict[str, int] = {}
@@ -139,15 +142,16 @@ class Book:
         else:
             ob = s.accepts_outbound
             keys = [(s.vertical, None, ob)] if s.wide_states is not None or not s.states else [(s.vertical, st, ob) for st in s.states]
-            s.buckets = [self._bucket(k) for k in keys]
+            s.buckets = [self._bucket(k, s.multipliers) for k in keys]
             if not s.paused:
                 self._list(s)
         return s
 
-    def _bucket(self, key: tuple[str, str | None, bool]) -> Bucket:
-        b = self._buckets.get(key)
+    def _bucket(self, key: tuple[str, str | None, bool], mult: Multipliers | None) -> Bucket:
+        b = self._classes.get((*key, mult))
         if b is None:
-            b = self._buckets[key] = Bucket(self._slots)
+            b = self._classes[(*key, mult)] = Bucket(self._slots, mult)
+            self._buckets.setdefault(key, []).append(b)
         return b
 
     def reprice(self, buyer: str, campaign_id: str, bid_cents: int) -> bool:
@@ -247,24 +251,26 @@ class Book:
         once every buyer listed in these heaps is done, instead of walking the rest.
 
         ``level``: the call's attestation level. A campaign with bid modifiers ranks at its bid
-        for that level (``routing.attestation.adjusted``), which is never above its listed price:
-        when its entry surfaces it goes into a per-call heap at that price and comes out when
-        it sorts first, as a price moved down is re-listed; campaigns without modifiers (the
-        common case) cost one attribute read more, and the book is never walked to adjust.
+        for that level, ``bid * m`` rounded down (``routing.attestation``). Campaigns are held in
+        one bucket per class of multipliers (the same ``m`` for every level), so a heap's top
+        bounds the whole heap's modified prices: ``listed * m`` rounded down. The merge pops a
+        class's heap only while that bound can beat the best modified price found so far (a
+        per-call heap of the exact ones), so a call reads about as many entries as without
+        modifiers, even when most campaigns have them; without modifiers (the common case) the
+        loop is the plain merge.
         """
         buckets = self._buckets
         heaps = []
         pool: list[Bucket] = []
+        mults: list[int] = []  # each heap's multiplier for this call's level
         for ob in (True,) if outbound else (False, True):
-            if state is not None:
-                own = buckets.get((vertical, state, ob))
-                if own is not None and own.heap:
-                    heaps.append(own.heap)
-                    pool.append(own)
-            wide = buckets.get((vertical, None, ob))
-            if wide is not None and wide.heap:
-                heaps.append(wide.heap)
-                pool.append(wide)
+            for where in (state, None) if state is not None else (None,):
+                for b in buckets.get((vertical, where, ob), ()):
+                    if b.heap:
+                        heaps.append(b.heap)
+                        pool.append(b)
+                        mults.append(ONE if b.mult is None else b.mult[level])
+        plain = all(m == ONE for m in mults)
         seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
         out: list[Standing] = []
         slots = self._slots
@@ -274,9 +280,17 @@ class Book:
         while len(out) < want and scanned < scan_limit:
             k = -1
             top = None
-            for i, h in enumerate(heaps):
-                if h and (top is None or h[0] < top):
-                    k, top = i, h[0]
+            if plain:
+                for i, h in enumerate(heaps):
+                    if h and (top is None or h[0] < top):
+                        k, top = i, h[0]
+            else:  # a class's bound: no entry of its heap is modified above its top's listed price, modified
+                for i, h in enumerate(heaps):
+                    if h:
+                        m = mults[i]
+                        key = h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1)  # (-(listed * m rounded down), before any seq)
+                        if top is None or key < top:
+                            k, top = i, key
             if adjusted and (top is None or adjusted[0] < top):
                 s = slots[heappop(adjusted)[2]]  # its adjusted price sorts first now
             else:
@@ -296,9 +310,8 @@ class Book:
                         bucket.remove(s)
                     continue
                 backs[k].append(entry)
-                m = s.multipliers
-                if m is not None and m[level] != ONE:
-                    heappush(adjusted, (-(s.bid_cents * m[level] // ONE), s.seq, s.slot))
+                if not plain and mults[k] != ONE:
+                    heappush(adjusted, (-(s.bid_cents * mults[k] // ONE), s.seq, s.slot))
                     continue
             scanned += 1
             if s.wide_states is not None and state not in s.wide_states:

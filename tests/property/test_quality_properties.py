@@ -36,8 +36,9 @@ def test_modifiers_never_raise_a_bid_and_round_down_to_the_cent(bid, mods, att):
         assert adjusted(bid, m, 0) <= adjusted(bid, m, level_of(other)) or mods.unattested is not None
 
 
-campaigns = st.lists(
-    st.tuples(st.integers(0, 5000), st.none() | modifiers, st.sampled_from(["b1", "b2", "b3", "b4"])), min_size=1, max_size=12,
+common = st.sampled_from([AttestationModifiers(C=0.5), AttestationModifiers(B=0.8, C=0.5), AttestationModifiers(unattested=0.3333)])
+campaigns = st.lists(  # a few shared classes of multipliers (buckets shared) and some of their own
+    st.tuples(st.integers(0, 5000), st.none() | common | modifiers, st.sampled_from(["b1", "b2", "b3", "b4"])), min_size=1, max_size=14,
 )
 reprices = st.lists(st.tuples(st.integers(0, 11), st.integers(0, 5000)), max_size=10)
 
@@ -46,8 +47,9 @@ reprices = st.lists(st.tuples(st.integers(0, 11), st.integers(0, 5000)), max_siz
 @given(campaigns, reprices, levels, st.integers(1, 12))
 def test_the_book_ranks_by_the_modified_bid_exactly_as_a_full_sort(cs, moves, att, want):
     book = Book()
-    for k, (bid, mods, buyer) in enumerate(cs):
-        book.upsert(buyer, campaign(f"c{k}", bid_cents=bid, bid_modifiers=BidModifiers(attestation=mods) if mods else None))
+    for k, (bid, mods, buyer) in enumerate(cs):  # every third in the call's state's bucket, the others wide
+        book.upsert(buyer, campaign(f"c{k}", bid_cents=bid, bid_modifiers=BidModifiers(attestation=mods) if mods else None,
+                                    states=["CA"] if k % 3 == 0 else []))
     for k, bid in moves:  # up and down: some listings become upper bounds
         if k < len(cs):
             book.reprice(cs[k][2], f"c{k}", bid)
@@ -81,6 +83,16 @@ def test_the_auction_clears_on_modified_bids_within_its_bounds(cs, att, pricing,
             assert floor <= r.price_cents <= r.bid_cents
     else:
         assert best is None or best < floor
+
+
+def test_a_c_call_reads_a_few_entries_even_when_every_campaign_discounts_c():
+    book = Book()
+    for k in range(3000):
+        book.upsert(f"b{k % 300}", campaign(f"c{k}", bid_cents=1000 + (k * 7919) % 5000, bid_modifiers=BidModifiers(attestation=AttestationModifiers(C=0.5))))
+    before = book.popped
+    got = book.ranked("auto_insurance", "CA", NOON_NY_NS, lambda s: True, 5, level=level_of("C"))
+    assert [s.bid_cents for s in got] == sorted((s.bid_cents for s in book._campaigns.values()), reverse=True)[:5]
+    assert book.popped - before <= 10  # not the ~1,500 listed above half the top price
 
 
 # ---------------------------------------------------------------- signals, against a naive recomputation

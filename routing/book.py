@@ -23,6 +23,11 @@ priority: the bid that has stood longest at that price wins.
 
 RTB campaigns have no standing price; they sit in a per-vertical set and are asked live.
 
+**Attestation bid modifiers.** Each (vertical, state) has one bucket per class of bid multipliers
+(``routing/attestation.py``): a call of attestation level L reads a class's heap at ``bid * m[L]``
+rounded down, bounded by its top (see ``ranked``). Campaigns without modifiers are in the plain
+bucket, and a call with no class to adjust runs the plain merge.
+
 **Parked campaigns.** A campaign that cannot take any call for a known period (its buyer
 cannot cover the bid, its schedule is closed, a cap, budget or its concurrency is spent) is
 found once by a decision and parked: out of the heaps, into the ``ParkingLot``

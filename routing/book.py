@@ -24,9 +24,10 @@ priority: the bid that has stood longest at that price wins.
 RTB campaigns have no standing price; they sit in a per-vertical set and are asked live.
 
 **Attestation bid modifiers.** Each (vertical, state) has one bucket per class of bid multipliers
-(``routing/attestation.py``): a call of attestation level L reads a class's heap at ``bid * m[L]``
-rounded down, bounded by its top (see ``ranked``). Campaigns without modifiers are in the plain
-bucket, and a call with no class to adjust runs the plain merge.
+(``routing/attestation.py``), up to ``MAX_CLASSES``: a call of attestation level L reads a class's
+heap at ``bid * m[L]`` rounded down, bounded by its top (see ``ranked``). Campaigns without
+modifiers are in the plain bucket, and so are those of classes past the first ``MAX_CLASSES``
+(each then re-ranked alone when it surfaces); a call with no class to adjust runs the plain merge.
 
 **Parked campaigns.** A campaign that cannot take any call for a known period (its buyer
 cannot cover the bid, its schedule is closed, a cap, budget or its concurrency is spent) is
@@ -50,6 +51,7 @@ from .standing import US_STATES, CampaignError, CampaignSpec, Key, Standing
 
 
 MAX_PER_BUYER = 2_000
+MAX_CLASSES = 4  # classes of bid multipliers with a bucket of their own, per place (each adds a heap to a call's merge)
 
 class Bucket:
     __slots__ = ("heap", "members", "buyers", "limit", "slots", "mult")
@@ -153,10 +155,15 @@ class Book:
         return s
 
     def _bucket(self, key: tuple[str, str | None, bool], mult: Multipliers | None) -> Bucket:
+        """The bucket of ``key`` for campaigns with multipliers ``mult``: the first ``MAX_CLASSES``
+        classes at a place get their own; later ones share the plain bucket (read one by one)."""
         b = self._classes.get((*key, mult))
         if b is None:
+            place = self._buckets.setdefault(key, [])
+            if mult is not None and sum(x.mult is not None for x in place) >= MAX_CLASSES:
+                return self._bucket(key, None)
             b = self._classes[(*key, mult)] = Bucket(self._slots, mult)
-            self._buckets.setdefault(key, []).append(b)
+            place.append(b)
         return b
 
     def reprice(self, buyer: str, campaign_id: str, bid_cents: int) -> bool:
@@ -315,8 +322,9 @@ class Book:
                         bucket.remove(s)
                     continue
                 backs[k].append(entry)
-                if not plain and mults[k] != ONE:
-                    heappush(adjusted, (-(s.bid_cents * mults[k] // ONE), s.seq, s.slot))
+                ms = s.multipliers  # its class's, or its own in the plain bucket (past MAX_CLASSES)
+                if ms is not None and ms[level] != ONE:
+                    heappush(adjusted, (-(s.bid_cents * ms[level] // ONE), s.seq, s.slot))
                     continue
             scanned += 1
             if s.wide_states is not None and state not in s.wide_states:

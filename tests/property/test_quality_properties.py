@@ -176,3 +176,17 @@ def test_each_decision_carries_the_exact_signals_of_its_call(items, limit):
         seen.append((t, pub, caller))
         if completes and rec.status == "routed":
             w.event(rec, "completed", duration_s=95)
+
+
+def test_classes_past_the_limit_share_the_plain_bucket_and_still_rank_exactly():
+    from routing.book import MAX_CLASSES
+
+    book = Book()
+    for k in range(40):  # 40 classes of their own: MAX_CLASSES get a bucket, the rest share the plain one
+        mods = AttestationModifiers(C=round(0.3 + k / 100, 4))
+        book.upsert(f"b{k}", campaign(f"c{k}", bid_cents=2000 + 13 * k, bid_modifiers=BidModifiers(attestation=mods)))
+    book.upsert("plain", campaign("p", bid_cents=900))
+    assert len(book._buckets[("auto_insurance", None, False)]) == MAX_CLASSES + 1
+    level = level_of("C")
+    oracle = sorted(book._campaigns.values(), key=lambda s: (-adjusted(s.bid_cents, s.multipliers, level), s.seq))
+    assert [s.key for s in book.ranked("auto_insurance", "CA", NOON_NY_NS, lambda s: True, 41, level=level)] == [s.key for s in oracle]

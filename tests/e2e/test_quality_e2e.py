@@ -75,6 +75,8 @@ def test_a_c_call_skips_the_campaign_that_needs_b_and_takes_the_modified_bid(wor
     assert q["adjusted"] == [[other_id, "discounts", 3000, 1500, "0.5"]]
     assert body["routes"][0]["price_cents"] == 1500 and body["bids"][0]["bid_cents"] == 1500
     assert q["caller_calls"] == 1 and "publisher_risk" in q
+    view = world["s"].http.get(f"/v1/calls/{d['call_id']}", headers=world["pub"][1]).json()
+    assert view["quality"] == q  # the publisher reads the same evidence
 
 
 def test_a_b_call_goes_to_the_campaign_that_needs_b(world):

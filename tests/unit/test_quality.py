@@ -115,7 +115,7 @@ def test_the_window_is_bounded():
     q = Quality(window_s=3600, max_events=1000)
     for n in range(5000):
         q.observe("p", 12125550000 + n, n)
-    assert len(q.events) == 1000 and sum(len(g) for g in q.groups.values()) == 1000 and q.evicted == 4000
+    assert len(q.events) == 1000 and len(q.callers) == 1000 and sum(q.groups.values()) == 1000 and q.evicted == 4000
     assert q.inputs("p", 5000).calls == 1000
 
 
@@ -129,4 +129,4 @@ def test_expire_empties_the_windows_that_time_left():
     q.observe("p", 12125550100, 0)
     q.completed("p", 100, 90, 0)
     q.expire(61 * S)
-    assert not q.events and not q.groups and not q.pubs and not q.outcomes
+    assert not q.events and not q.callers and not q.groups and not q.pubs and not q.outcomes

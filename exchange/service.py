@@ -144,6 +144,8 @@ class Exchange:
             "ledger_writer_batches": writer.batches,
             "ledger_writer_up": int(writer.state == "up"),
             "ledger_records_refused": writer.records_refused,  # records the database refused for their data
+            "quality_window_calls": len(core.quality.events),  # calls in the quality signals' window (exchange/quality.py)
+            "quality_window_evicted": core.quality.evicted,  # ... that left it early, past EXCHANGE_QUALITY_MAX_EVENTS
             **(self.relay.gauges() if self.relay is not None else {}),
             **(self.webhooks.gauges() if self.webhooks is not None else {}),
         }

@@ -141,6 +141,8 @@ def test_reports_show_each_publishers_risk_score_and_its_inputs(world):
     assert 0 < q["risk_score"] <= 100
     own = s.http.get("/v1/reports", params={"group_by": "publisher"}, headers=h).json()["rows"]
     assert own[0]["quality"] == q
+    metrics = s.http.get("/metrics").text
+    assert "quality_window_calls" in metrics and "quality_window_evicted" in metrics
     buyer_rows = s.http.get("/v1/reports", params={"group_by": "publisher"},
                             headers={"Authorization": f"Bearer {world['buyer_key']}"}).json()["rows"]
     assert buyer_rows and set(buyer_rows[0]["quality"]) == {"risk_score"}

@@ -275,14 +275,16 @@ class Book:
         heaps = []
         pool: list[Bucket] = []
         mults: list[int] = []  # each heap's multiplier for this call's level
+        plain = True  # no heap to read at a modified price: the plain merge
         for ob in (True,) if outbound else (False, True):
             for where in (state, None) if state is not None else (None,):
                 for b in buckets.get((vertical, where, ob), ()):
                     if b.heap:
                         heaps.append(b.heap)
                         pool.append(b)
-                        mults.append(ONE if b.mult is None else b.mult[level])
-        plain = all(m == ONE for m in mults)
+                        m = ONE if b.mult is None else b.mult[level]
+                        mults.append(m)
+                        plain = plain and m == ONE
         seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
         out: list[Standing] = []
         slots = self._slots

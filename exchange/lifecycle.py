@@ -112,6 +112,8 @@ def apply_event(core: Core, rec: CallRecord, key: str, ev: CallEvent, now_ns: in
         )
         _disengage(core, rec, "billable" if billable else "short", now_ns)
         core.finish(rec, "completed", now_ns)
+        if core.settings.quality_signals:  # the publisher's short and clustered durations (exchange/quality.py)
+            core.quality.completed(rec.publisher, duration, r.min_duration_s, now_ns)
         notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="completed", duration_s=duration, billable=billable, charged_cents=rec.charged_cents)))
     else:  # failed: release this leg, move to the next route that can take the call
         _disengage(core, rec, "failed", now_ns)

@@ -37,6 +37,7 @@ from routing.auction import PlannedRoute
 from .accounts import Accounts
 from .core import CallRecord, Core
 from .replay import record as replay_record
+from .quality import QualityEvidence
 from .messages import CallEvent, CallFields, CallRequest, DecisionFields, EventResponse
 from .settings import Settings
 
@@ -55,6 +56,7 @@ def decision_audit(rec: CallRecord, key: str | None = None) -> AuditEvent:
         "request": rec.request,
         "decision": rec.decision,
         "compliance": rec.evidence,
+        **({"quality": rec.quality} if rec.quality is not None else {}),  # call quality signals, attestation (exchange/quality.py)
         "bids": [{"buyer": b, "campaign": c, "bid_cents": x, "live": live} for b, c, x, live in rec.bids],
         "routes": [r.record() for r in rec.routes],
         **({} if rec.replay is None else {"replay": replay_record(rec.replay)}),
@@ -91,6 +93,7 @@ def rebuild(rows: list[AuditRow], hold: HoldEvent, now_ns: int, route_ttl_s: int
     rec.state = request.state or (rec.consumer.state if rec.consumer is not None else None)
     rec.decision = msgspec.convert(decision["decision"], DecisionFields)
     rec.evidence = decision.get("compliance", {})
+    rec.quality = msgspec.convert(decision["quality"], QualityEvidence) if decision.get("quality") else None
     rec.routes = tuple(PlannedRoute.from_record(r) for r in decision["routes"])
     rec.bids = tuple((b["buyer"], b["campaign"], b["bid_cents"], b["live"]) for b in decision.get("bids", ()))
     rec.index, rec.status = hold.route_index, "routed"

@@ -35,6 +35,8 @@ from .settings import Settings
 from .tallyreplay import relog, replay_audit
 from .treasury import Treasury
 
+NS = 1_000_000_000
+
 log = logging.getLogger("exchange")
 
 
@@ -71,10 +73,12 @@ class Exchange:
         now = self.clock.now_ns()
         self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now)
         await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
-        if self.settings.report_days:  # the report aggregate, from the audit trail of its window
+        st = self.settings
+        if st.report_days or st.quality_signals:  # the report aggregate and the quality windows, from the audit trail
             with self.journal.reading():
-                await replay_audit(self.journal.store, self.desk.tally, now - self.settings.report_days * 86_400 * 1_000_000_000,
-                                   self.settings.min_floor_cents)
+                await replay_audit(self.journal.store, self.desk.tally, now - st.report_days * 86_400 * NS if st.report_days else now,
+                                   st.min_floor_cents, self.core.quality if st.quality_signals else None,
+                                   now - st.quality_window_s * NS, now - st.quality_outcome_window_s * NS)
         relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
@@ -120,6 +124,7 @@ class Exchange:
                 self.journal.record()
                 self.core.forget_before(now - self.settings.call_retention_s * 1_000_000_000)
                 self.desk.forget_keys(now)
+                self.core.quality.expire(now)  # the quality windows' oldest calls, a little at a time
                 if ticks % 60 == 0:  # every 30 s: forgotten calls leave the heads of the call logs
                     self.desk.log.prune(self.core.calls)
             except Exception:  # the sweeper must outlive a bad record; the bug is logged
@@ -139,6 +144,8 @@ class Exchange:
             "ledger_writer_batches": writer.batches,
             "ledger_writer_up": int(writer.state == "up"),
             "ledger_records_refused": writer.records_refused,  # records the database refused for their data
+            "quality_window_calls": len(core.quality.events),  # calls in the quality signals' window (exchange/quality.py)
+            "quality_window_evicted": core.quality.evicted,  # ... that left it early, past EXCHANGE_QUALITY_MAX_EVENTS
             **(self.relay.gauges() if self.relay is not None else {}),
             **(self.webhooks.gauges() if self.webhooks is not None else {}),
         }

@@ -89,6 +89,16 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     webhook_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
     webhook_max_per_account: Annotated[int, Meta(ge=1)] = 20
     webhook_allow_loopback: bool = False
+    # Call quality signals (exchange/quality.py), computed inline by each decision: off, no signal is kept or
+    # recorded and neither caller_velocity nor max_publisher_risk applies. The call window (caller velocity,
+    # near-duplicate callers) holds at most quality_max_events calls; velocity_max_calls 0: no limit.
+    quality_signals: bool = True
+    quality_window_s: Annotated[int, Meta(ge=1, le=86_400)] = 600
+    quality_velocity_max_calls: Annotated[int, Meta(ge=0)] = 0
+    quality_near_digits: Annotated[int, Meta(ge=1, le=6)] = 2
+    quality_outcome_window_s: Annotated[int, Meta(ge=60, le=30 * 86_400)] = 86_400
+    quality_cluster_s: Annotated[int, Meta(ge=1, le=3600)] = 5
+    quality_max_events: Annotated[int, Meta(ge=1000)] = 1_000_000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -23,6 +23,12 @@ priority: the bid that has stood longest at that price wins.
 
 RTB campaigns have no standing price; they sit in a per-vertical set and are asked live.
 
+**Attestation bid modifiers.** Each (vertical, state) has one bucket per class of bid multipliers
+(``routing/attestation.py``), up to ``MAX_CLASSES``: a call of attestation level L reads a class's
+heap at ``bid * m[L]`` rounded down, bounded by its top (see ``ranked``). Campaigns without
+modifiers are in the plain bucket, and so are those of classes past the first ``MAX_CLASSES``
+(each then re-ranked alone when it surfaces); a call with no class to adjust runs the plain merge.
+
 **Parked campaigns.** A campaign that cannot take any call for a known period (its buyer
 cannot cover the bid, its schedule is closed, a cap, budget or its concurrency is spent) is
 found once by a decision and parked: out of the heaps, into the ``ParkingLot``
@@ -42,6 +48,7 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 from collections.abc import Callable
 
+from .attestation import ONE, UNATTESTED, Multipliers
 from .capacity import Capacity
 from .outside import Listed, Outside, tally as outside_tally
 from .parking import ParkingLot
@@ -51,12 +58,14 @@ from .standing import US_STATES, CampaignError, CampaignSpec, Key, Standing
 
 MAX_PER_BUYER = 2_000
 _NO_COUNTS: dict[str, int] = {}  # shared, never written
+MAX_CLASSES = 4  # classes of bid multipliers with a bucket of their own, per place (each adds a heap to a call's merge)
 
 class Bucket:
-    __slots__ = ("heap", "members", "buyers", "limit", "slots", "out")
+    __slots__ = ("heap", "members", "buyers", "limit", "slots", "out", "mult")
 
-    def __init__(self, slots: list[Standing]) -> None:
+    def __init__(self, slots: list[Standing], mult: Multipliers | None = None) -> None:
         self.slots = slots  # the book's: slot -> campaign
+        self.mult = mult  # the attestation bid multipliers all its campaigns share (None: none)
         self.heap: list[tuple[int, int, int]] = []
         self.members: dict[Key, Standing] = {}  # the listed campaigns
         self.buyers: dict[str, int] = {}  # buyer -> how many of its campaigns are listed here
@@ -91,12 +100,14 @@ class Bucket:
         self.limit = len(heap) + len(heap) // 2 + 32
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots", "off_total",
-                 "_off_version", "_off_seen")
+    __slots__ = ("_campaigns", "_buckets", "_classes", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted",
+                 "_slots", "off_total", "_off_version", "_off_seen")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
-        self._buckets: dict[tuple[str, str | None, bool], Bucket] = {}  # (vertical, state or None: wide, accepts outbound)
+        # (vertical, state or None: wide, accepts outbound) -> its buckets, one per class of bid multipliers
+        self._buckets: dict[tuple[str, str | None, bool], list[Bucket]] = {}
+        self._classes: dict[tuple[str, str | None, bool, Multipliers | None], Bucket] = {}
         self._rtb: dict[str, dict[Key, Standing]] = {}
         self._seq = 0
         self._per_buyer: dict[str, int] = {}
@@ -150,17 +161,23 @@ class Book:
         else:
             ob = s.accepts_outbound
             keys = [(s.vertical, None, ob)] if s.wide_states is not None or not s.states else [(s.vertical, st, ob) for st in s.states]
-            s.buckets = [self._bucket(k) for k in keys]
+            s.buckets = [self._bucket(k, s.multipliers) for k in keys]
             if not s.paused:
                 self._list(s)
             else:
                 self._set_off(s, "paused")
         return s
 
-    def _bucket(self, key: tuple[str, str | None, bool]) -> Bucket:
-        b = self._buckets.get(key)
+    def _bucket(self, key: tuple[str, str | None, bool], mult: Multipliers | None) -> Bucket:
+        """The bucket of ``key`` for campaigns with multipliers ``mult``: the first ``MAX_CLASSES``
+        classes at a place get their own; later ones share the plain bucket (read one by one)."""
+        b = self._classes.get((*key, mult))
         if b is None:
-            b = self._buckets[key] = Bucket(self._slots)
+            place = self._buckets.setdefault(key, [])
+            if mult is not None and sum(x.mult is not None for x in place) >= MAX_CLASSES:
+                return self._bucket(key, None)
+            b = self._classes[(*key, mult)] = Bucket(self._slots, mult)
+            place.append(b)
         return b
 
     def reprice(self, buyer: str, campaign_id: str, bid_cents: int) -> bool:
@@ -266,6 +283,7 @@ class Book:
     def ranked(
         self, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000,
         outbound: bool = False, done: set[str] | None = None, skipped: Callable[[Standing, str], None] | None = None,
+        level: int = UNATTESTED,
     ) -> list[Standing]:
         """Up to ``want`` accepted standing bids in price-time order, best first.
 
@@ -280,47 +298,73 @@ class Book:
 
         ``skipped``: called with (campaign, ``"state"``) for each wide campaign walked whose state
         filter leaves the call's state out (the auction replay notes it).
+
+        ``level``: the call's attestation level. A campaign with bid modifiers ranks at its bid
+        for that level, ``bid * m`` rounded down (``routing.attestation``). Campaigns are held in
+        one bucket per class of multipliers (the same ``m`` for every level), so a heap's top
+        bounds the whole heap's modified prices: ``listed * m`` rounded down. The merge pops a
+        class's heap only while that bound can beat the best modified price found so far (a
+        per-call heap of the exact ones), so a call reads about as many entries as without
+        modifiers, even when most campaigns have them; without modifiers (the common case) the
+        loop is the plain merge.
         """
         buckets = self._buckets
         heaps = []
         pool: list[Bucket] = []
+        mults: list[int] = []  # each heap's multiplier for this call's level
+        plain = True  # no heap to read at a modified price: the plain merge
         for ob in (True,) if outbound else (False, True):
-            if state is not None:
-                own = buckets.get((vertical, state, ob))
-                if own is not None and own.heap:
-                    heaps.append(own.heap)
-                    pool.append(own)
-            wide = buckets.get((vertical, None, ob))
-            if wide is not None and wide.heap:
-                heaps.append(wide.heap)
-                pool.append(wide)
+            for where in (state, None) if state is not None else (None,):
+                for b in buckets.get((vertical, where, ob), ()):
+                    if b.heap:
+                        heaps.append(b.heap)
+                        pool.append(b)
+                        m = ONE if b.mult is None else b.mult[level]
+                        mults.append(m)
+                        plain = plain and m == ONE
         seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
         out: list[Standing] = []
         slots = self._slots
         backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
         scanned = popped = 0
+        adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
         while len(out) < want and scanned < scan_limit:
             k = -1
             top = None
-            for i, h in enumerate(heaps):
-                if h and (top is None or h[0] < top):
-                    k, top = i, h[0]
-            if k < 0:
-                break
-            entry = heappop(heaps[k])
-            popped += 1
-            s = slots[entry[2]]
-            if s.listing != entry[1]:
-                continue  # an old listing, paused or replaced: drop the entry
-            if s.seq != entry[1]:
-                self._relist(s)  # the price moved down since listing: re-list at the true price
-                self.relisted += 1
-                continue
-            if s.expires_ns is not None and s.expires_ns <= now_ns:
-                for bucket in s.buckets:  # expired for good: drop it from the index
-                    bucket.remove(s)
-                continue
-            backs[k].append(entry)
+            if plain:
+                for i, h in enumerate(heaps):
+                    if h and (top is None or h[0] < top):
+                        k, top = i, h[0]
+            else:  # a class's bound: no entry of its heap is modified above its top's listed price, modified
+                for i, h in enumerate(heaps):
+                    if h:
+                        m = mults[i]
+                        key = h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1)  # (-(listed * m rounded down), before any seq)
+                        if top is None or key < top:
+                            k, top = i, key
+            if adjusted and (top is None or adjusted[0] < top):
+                s = slots[heappop(adjusted)[2]]  # its adjusted price sorts first now
+            else:
+                if k < 0:
+                    break
+                entry = heappop(heaps[k])
+                popped += 1
+                s = slots[entry[2]]
+                if s.listing != entry[1]:
+                    continue  # an old listing, paused or replaced: drop the entry
+                if s.seq != entry[1]:
+                    self._relist(s)  # the price moved down since listing: re-list at the true price
+                    self.relisted += 1
+                    continue
+                if s.expires_ns is not None and s.expires_ns <= now_ns:
+                    for bucket in s.buckets:  # expired for good: drop it from the index
+                        bucket.remove(s)
+                    continue
+                backs[k].append(entry)
+                ms = s.multipliers  # its class's, or its own in the plain bucket (past MAX_CLASSES)
+                if ms is not None and ms[level] != ONE:
+                    heappush(adjusted, (-(s.bid_cents * ms[level] // ONE), s.seq, s.slot))
+                    continue
             scanned += 1
             if s.wide_states is not None and state not in s.wide_states:
                 if skipped is not None:
@@ -353,9 +397,9 @@ class Book:
         pool = []
         for ob in (True,) if outbound else (False, True):
             for key in ((vertical, state, ob), (vertical, None, ob)) if state is not None else ((vertical, None, ob),):
-                b = self._buckets.get(key)
-                if b is not None and b.out.members:
-                    pool.append(b.out)
+                for b in self._buckets.get(key, ()):
+                    if b.out.members:
+                        pool.append(b.out)
         counts, listed = outside_tally(pool, state, list_at_most) if pool else (_NO_COUNTS, ())
         if len(self._off_seen) > 4096:
             self._off_seen.clear()

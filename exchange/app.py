@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
-from . import compliance_api, dashboard, events_api, http, reports_api, webhooks_api
+from . import compliance_api, dashboard, events_api, http, pings_api, reports_api, webhooks_api
 from .callpath import CallPath
 from .gateway import buyer_socket, publisher_socket
 from .errors import Refused
@@ -59,6 +59,8 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/v1/webhooks", webhooks_api.get_webhooks, methods=["GET"]),
         Route("/v1/webhooks/{webhook_id}", webhooks_api.delete_webhook, methods=["DELETE"]),
         Route("/v1/webhooks/{webhook_id}/deliveries", webhooks_api.get_deliveries),
+        Route("/v1/pings", pings_api.get_pings),
+        Route("/v1/campaigns", pings_api.post_campaign, methods=["POST"]),
         Route("/v1/suppressions", http.post_suppression, methods=["POST"]),
         Route("/v1/dnc/national", compliance_api.post_national, methods=["POST"]),
         Route("/v1/dnc/state/{state}", compliance_api.post_state, methods=["POST"]),

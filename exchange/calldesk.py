@@ -149,7 +149,7 @@ class CallDesk:
             v = await self.compliance.settle(p.verdict, call_id)
             p = p._replace(verdict=v) if v.allow else p._replace(verdict=v, bid_requests=())
         t1 = perf_counter_ns()
-        answers, wait_us, rnd = await self.rtb.ask(p.bid_requests, p.tmax_ms) if p.bid_requests else ({}, None, None)
+        answers, wait_us, rnd = await self.rtb.ask(p.bid_requests, p.tmax_ms, p.caller.e164 if p.caller else None) if p.bid_requests else ({}, None, None)
         t2 = perf_counter_ns()
         rec, notices = decide(core, p, answers, self.clock.now_ns())
         if rnd is not None and rnd.declined and rec.replay is not None and rec.replay.unanswered:  # said no_bid, not silent

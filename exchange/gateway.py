@@ -30,12 +30,15 @@ from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused
 from .access import http_limits, identify
 from .http import error_response, status_of
 from .ids import BuyerId
+from .pingspec import PingPlan, compile_ping
 from .rtb import send_all
 from .service import Exchange
+from .ssrf import UrlRefused
 
 log = logging.getLogger("exchange.gateway")
 JSON, MSGPACK = "dce.json.v1", "dce.msgpack.v1"
 MAX_CALLS_IN_FLIGHT = 256
+CHECKING: set[asyncio.Future[None]] = set()  # ping URLs by host name being resolved before their campaign is taken
 
 
 async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | None:
@@ -169,11 +172,7 @@ class BuyerFrames:
     def _other(self, msg: Message, path: str) -> Message | None:
         book, buyer = self.book, self.buyer
         if isinstance(msg, Campaign):
-            try:
-                self.exchange.core.upsert_campaign(buyer, msg, self.exchange.clock.now_ns())
-            except CampaignError as exc:  # the book's refusal, as the wire's error
-                return error_message(Invalid(exc.code, str(exc), exc.path), msg.seq, path)
-            self.metrics.campaign_upserts += 1
+            return self._campaign(msg, path)
         elif isinstance(msg, (Pause, Resume)):
             if not book.set_paused(buyer, msg.campaign, isinstance(msg, Pause)):
                 return _unknown_campaign(msg.campaign, path, msg.seq)
@@ -184,6 +183,46 @@ class BuyerFrames:
         elif isinstance(msg, Ping):
             return Pong(seq=msg.seq)
         return Ack(seq=msg.seq) if msg.seq is not None else None
+
+
+    def _campaign(self, msg: Campaign, path: str) -> Message | None:
+        """A campaign; one with a ``ping`` is compiled and its URL checked first. A URL by host
+        name is resolved before the campaign is taken: its ack (or error) comes after that."""
+        plan = None
+        if msg.ping is not None:
+            try:
+                plan = compile_ping(msg.ping, msg.rtb)
+                literal = self.exchange.pings.check_literal(plan)
+            except CampaignError as exc:
+                return error_message(Invalid(exc.code, str(exc), exc.path), msg.seq, path)
+            except UrlRefused as exc:
+                return error_message(Invalid("invalid_url", str(exc), "$.ping.url"), msg.seq, path)
+            if not literal:
+                task = asyncio.ensure_future(self._resolved(msg, plan, path))
+                CHECKING.add(task)
+                task.add_done_callback(CHECKING.discard)
+                return None
+        return self._upsert(msg, plan, path)
+
+    def _upsert(self, msg: Campaign, plan: PingPlan | None, path: str) -> Message | None:
+        try:
+            self.exchange.core.upsert_campaign(self.buyer, msg, self.exchange.clock.now_ns())
+        except CampaignError as exc:  # the book's refusal, as the wire's error
+            return error_message(Invalid(exc.code, str(exc), exc.path), msg.seq, path)
+        self.exchange.pings.register((self.buyer, msg.id), plan)
+        self.metrics.campaign_upserts += 1
+        return Ack(seq=msg.seq) if msg.seq is not None else None
+
+    async def _resolved(self, msg: Campaign, plan: PingPlan, path: str) -> None:
+        try:
+            await self.exchange.pings.check(plan)
+            reply = self._upsert(msg, plan, path)
+        except UrlRefused as exc:
+            reply = error_message(Invalid("invalid_url", str(exc), "$.ping.url"), msg.seq, path)
+        if reply is not None:
+            if type(reply) is Error:
+                self.metrics.reject_message(reply.code)
+            send_all(self.conn, [reply])
 
 
 def error_message(exc: Refused, seq: int | None, prefix: str = "$") -> Error:

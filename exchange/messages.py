@@ -24,6 +24,8 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
+from .pingspec import PingSpec
+
 # ---------------------------------------------------------------- field types
 NO_C0 = r"^[^\x00-\x1f]*(?!\n)$"  # no C0 control character (NUL .. US) anywhere
 PROSE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"  # the same, but tab, line feed and carriage return
@@ -99,6 +101,7 @@ class Campaign(Message, tag="campaign", frozen=True, kw_only=True):
     min_attestation: Attestation | None = None  # calls attested below this (or not at all) are ineligible
     bid_modifiers: BidModifiers | None = None
     max_publisher_risk: Annotated[int, Meta(ge=0, le=100)] | None = None  # skip calls of publishers riskier than this
+    ping: PingSpec | None = None  # an HTTP bidder (v2): price each call by pinging this endpoint
 
 
 class AttestationModifiers(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):

@@ -12,7 +12,7 @@ from . import messages as m
 
 _BODIES = [m.AccountCreate, m.AccountCreated, m.Deposit, m.Balance, m.CallRequest, m.DecisionResponse,
            m.CallEvent, m.EventResponse, m.Suppression, m.RefundRequest, m.RefundResponse, m.ErrorBody,
-           m.ConsentCreate, m.ConsentRevoke]
+           m.ConsentCreate, m.ConsentRevoke, m.Campaign]
 _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(_BODIES, ref_template="#/components/schemas/{name}")
 _REF: dict[type, dict[str, Any]] = {t: s for t, s in zip(_BODIES, _SCHEMAS)}
 _ERR = {"description": "error", "content": {"application/json": {"schema": _REF[m.ErrorBody]}}}
@@ -75,6 +75,10 @@ def document() -> dict:
                          "get": _op("The caller's webhooks", None, None)},
         "/v1/webhooks/{webhook_id}": {"delete": _op("Remove one of the caller's webhooks", None, None, params=("webhook_id",))},
         "/v1/webhooks/{webhook_id}/deliveries": {"get": _op("A webhook's delivery log, newest first", None, None, params=("webhook_id",))},
+        "/v1/campaigns": {"post": _op("Create or replace one of the caller's campaigns (a buyer), as the campaign message of "
+                                      "/v1/buyers/ws; a campaign with a ping prices calls over HTTP (no socket needed)", m.Campaign, None)},
+        "/v1/pings": {"get": _op("HTTP bidders: the caller's campaigns with a ping and their counts (pings, bids, no_bids by reason, "
+                                 "answer times); the operator: every one", None, None)},
         "/v1/dnc/national": {"post": _op("Import the national Do-Not-Call list (operator); query: snapshot_date=YYYY-MM-DD (required), "
                                          "kind=full|changes, force=true", None, None, "201")},
         "/v1/dnc/state/{state}": {"post": _op("Import a state's Do-Not-Call list (operator); query: snapshot_date=YYYY-MM-DD (required), force=true",

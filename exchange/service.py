@@ -3,6 +3,7 @@
 - ``core``: book, ledger, gate, dedupe index and calls (pure, synchronous);
 - ``desk`` (``CallDesk``): publishers' calls and events, idempotency;
 - ``rtb`` (``RtbDesk``): buyers' sockets, bid requests, rounds, notices;
+- ``pings`` (``HttpBidders``): campaigns priced over HTTP, their pool and counts;
 - ``treasury`` (``Treasury``): accounts, deposits, payouts, refunds;
 - ``journal`` (``Journal``): the durable writer and the waits on it;
 - ``compliance``: the gate's stores and shared counters.
@@ -24,6 +25,7 @@ from .accounts import Accounts
 from .calldesk import CallDesk
 from .clock import WallClock
 from .core import Core
+from .httpbid import HttpBidders
 from .journal import Journal
 from .lifecycle import expire_due
 from .metrics import Metrics
@@ -50,7 +52,8 @@ class Exchange:
         self.accounts = Accounts(self.admin_key)
         self.metrics = Metrics()
         self.journal = Journal(settings, self.core.ledger)
-        self.rtb = RtbDesk(self.metrics, self.core.book.next_seq)
+        self.pings = HttpBidders(settings, self.metrics)
+        self.rtb = RtbDesk(self.metrics, self.core.book.next_seq, self.pings)
         self.desk = CallDesk(self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock)
         self.treasury = Treasury(self.accounts, self.core.ledger, self.journal, self.clock, self.core.calls.__contains__)
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
@@ -104,6 +107,7 @@ class Exchange:
             await self.relay.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        await self.pings.close()
         await self.journal.close()
         await self.compliance.stop()
 
@@ -148,4 +152,5 @@ class Exchange:
             "quality_window_evicted": core.quality.evicted,  # ... that left it early, past EXCHANGE_QUALITY_MAX_EVENTS
             **(self.relay.gauges() if self.relay is not None else {}),
             **(self.webhooks.gauges() if self.webhooks is not None else {}),
+            **self.pings.gauges(),
         }

@@ -99,6 +99,15 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     quality_outcome_window_s: Annotated[int, Meta(ge=60, le=30 * 86_400)] = 86_400
     quality_cluster_s: Annotated[int, Meta(ge=1, le=3600)] = 5
     quality_max_events: Annotated[int, Meta(ge=1000)] = 1_000_000
+    # HTTP bidders (exchange.httpbid): pings in flight per buyer and endpoint (one more: no_bid "busy"),
+    # the largest answer read, how long a ping runs on after tmax_ms (its answer unused, its
+    # connection kept), connections open at once to all endpoints, and whether ping URLs may resolve to
+    # loopback or private addresses (link-local and metadata addresses: never)
+    ping_inflight: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    ping_max_body_bytes: Annotated[int, Meta(ge=256, le=16 << 20)] = 64 << 10
+    ping_grace_ms: Annotated[int, Meta(ge=0, le=60_000)] = 1_000
+    ping_max_connections: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
+    ping_allow_loopback: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

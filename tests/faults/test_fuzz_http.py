@@ -67,6 +67,8 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/webhooks"): ("operator", "publisher", "buyer"),
     ("DELETE", "/v1/webhooks/{webhook_id}"): ("operator", "publisher", "buyer"),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): ("operator", "publisher", "buyer"),
+    ("GET", "/v1/pings"): ("operator", "buyer"),
+    ("POST", "/v1/campaigns"): ("buyer",),
     ("POST", "/v1/dnc/national"): ("operator",),
     ("POST", "/v1/dnc/state/{state}"): ("operator",),
     ("POST", "/v1/consents"): ("operator", "publisher"),

@@ -56,6 +56,8 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/v1/webhooks"): frozenset({"operator", "buyer", "publisher"}),
     ("DELETE", "/v1/webhooks/{webhook_id}"): frozenset({"operator", "buyer", "publisher"}),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/pings"): frozenset({"operator", "buyer"}),
+    ("POST", "/v1/campaigns"): frozenset({"buyer"}),
     ("POST", "/v1/suppressions"): frozenset({"operator", "buyer"}),
     ("POST", "/v1/dnc/national"): OPERATOR,
     ("POST", "/v1/dnc/state/{state}"): OPERATOR,
@@ -97,6 +99,8 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
     ("GET", "/v1/webhooks"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
     ("DELETE", "/v1/webhooks/{webhook_id}"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
+    ("GET", "/v1/pings"): [ROLES_TEST, "test_http_bidder_campaigns_are_their_owners_only"],
+    ("POST", "/v1/campaigns"): [ROLES_TEST, "test_http_bidder_campaigns_are_their_owners_only"],
     ("POST", "/v1/suppressions"): [ROLES_TEST, "test_suppressions_stay_in_the_buyers_scope"],
     ("POST", "/v1/dnc/national"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/dnc/state/{state}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
@@ -163,7 +167,7 @@ def today() -> str:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    server, _ = start({"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true"})
+    server, _ = start({"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true", "EXCHANGE_PING_ALLOW_LOOPBACK": "true"})
     buyers: list[Buyer] = []
     try:
         t = make_tenants(server, "http")
@@ -557,3 +561,33 @@ def test_webhooks_are_their_owners_only(world: World):
     assert http.get(f"/v1/webhooks/{hook}/deliveries", headers=t.a.auth).status_code == 200
     assert http.delete(f"/v1/webhooks/{hook}", headers=t.a.auth).status_code == 204
     assert hook not in http.get("/v1/webhooks", headers=t.a.auth).text
+
+
+def test_http_bidder_campaigns_are_their_owners_only(world: World):
+    """A buyer's HTTP-bidder campaigns (their ping URLs and counts) are listed to it and the
+    operator only; another buyer sees none of them."""
+    from exchange.pingspec import PingMap, PingSpec
+
+    t, http = world.t, world.http
+    ws = Buyer(world.server.ws_url, t.a.key)
+    try:
+        ack = ws.request(lambda s: Campaign(id="pinged", vertical="sec_pings", bid_cents=0, destination="+18005550199", min_duration_s=30,
+                                            rtb=True, ping=PingSpec(url="http://127.0.0.1:9/a-secret-ping", map=PingMap(bid_cents="$.bid")),
+                                            seq=s))
+        assert type(ack).__name__ == "Ack", ack
+    finally:
+        ws.close()
+    own = http.get("/v1/pings", headers=t.a.auth)
+    assert own.status_code == 200 and [c["campaign"] for c in own.json()["campaigns"]] == ["pinged"]
+    other = http.get("/v1/pings", headers=t.b.auth)
+    assert other.status_code == 200 and other.json() == {"campaigns": []} and "a-secret-ping" not in other.text
+    assert "a-secret-ping" in http.get("/v1/pings", headers=world.server.admin).text
+    assert http.get("/v1/pings", headers=t.p1.auth).status_code == 403
+    # the same campaign id sent over HTTP by the other buyer is that buyer's own campaign: a's is untouched
+    theirs = {"id": "pinged", "vertical": "sec_pings", "bid_cents": 0, "destination": "+18005550199", "min_duration_s": 30, "rtb": True,
+              "ping": {"url": "http://127.0.0.1:9/b-ping", "map": {"bid_cents": "$.bid"}}}
+    r = http.post("/v1/campaigns", json=theirs, headers=t.b.auth)
+    assert r.status_code == 200 and r.json()["buyer"] == t.b.id, r.text
+    assert [c["url"] for c in http.get("/v1/pings", headers=t.a.auth).json()["campaigns"]] == ["http://127.0.0.1:9/a-secret-ping"]
+    assert [c["url"] for c in http.get("/v1/pings", headers=t.b.auth).json()["campaigns"]] == ["http://127.0.0.1:9/b-ping"]
+    assert http.post("/v1/campaigns", json=theirs, headers=t.p1.auth).status_code == 403

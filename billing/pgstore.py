@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from .store import Batch, BatchRefused, Store, StoreRefused, StoreUnavailable, migrations
+from .store import Batch, BatchRefused, CampaignRow, Store, StoreRefused, StoreUnavailable, migrations
 
 TRANSIENT = (
     OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
@@ -136,6 +136,19 @@ def refused_for_data(exc: asyncpg.PostgresError) -> bool:
     return state[:2] in DATA_CLASSES
 
 
+# The book store's upserts (exchange.bookstore): one statement each, the rows as arrays.
+SAVE_SPEC_SQL = """
+INSERT INTO campaigns (buyer, id, spec, bid_cents, paused, updated_ns)
+SELECT DISTINCT ON (b, i) b, i, sp, bc, p, u FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::int8[])
+    AS x (b, i, sp, bc, p, u) ORDER BY b, i, u DESC
+ON CONFLICT (buyer, id) DO UPDATE SET spec = EXCLUDED.spec, bid_cents = EXCLUDED.bid_cents, paused = EXCLUDED.paused,
+    updated_ns = EXCLUDED.updated_ns WHERE EXCLUDED.updated_ns >= campaigns.updated_ns
+"""
+SAVE_PRICE_SQL = """
+UPDATE campaigns c SET bid_cents = x.bc, paused = x.p, updated_ns = x.u
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::bool[], $5::int8[]) AS x (b, i, bc, p, u)
+WHERE c.buyer = x.b AND c.id = x.i AND c.updated_ns <= x.u
+"""
 RESERVE_SQL = "SELECT nextval('entries_id_seq') FROM generate_series(1, $1)"
 ID_BLOCK_SQL = "SELECT seqincrement FROM pg_sequence WHERE seqrelid = 'entries_id_seq'::regclass"
 
@@ -362,6 +375,21 @@ class PgStore(Store):
             if refused_for_data(exc):
                 raise BatchRefused(f"PostgreSQL refused the batch's data: {exc}") from exc
             raise StoreRefused(f"PostgreSQL refused the batch: {exc}") from exc
+
+    async def save_campaigns(self, rows: list[CampaignRow]) -> None:
+        if self.pool is None:
+            raise StoreUnavailable("the store is not open")
+        specs = [r for r in rows if r.spec is not None]
+        prices = [r for r in rows if r.spec is None]
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if specs:
+                    await conn.execute(SAVE_SPEC_SQL, *(list(c) for c in zip(*specs)))
+                if prices:
+                    b, i, _, bc, p, u = zip(*prices)
+                    await conn.execute(SAVE_PRICE_SQL, list(b), list(i), list(bc), list(p), list(u))
+        except TRANSIENT as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple]:
         if self.pool is None:

@@ -64,6 +64,18 @@ class Snapshot(NamedTuple):
     open_holds: list[HoldEvent]
 
 
+class CampaignRow(NamedTuple):
+    """A standing campaign as saved (exchange.bookstore): its message as JSON, the live price
+    and pause. ``spec`` None: a price/pause change only (the stored spec is kept)."""
+
+    buyer: str
+    id: str
+    spec: str | None
+    bid_cents: int
+    paused: bool
+    updated_ns: int
+
+
 class StatementLine(NamedTuple):
     at_ns: int
     kind: str
@@ -115,6 +127,20 @@ class Store(ABC):
     @abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[tuple]:
         """Run a read query written with ``?`` placeholders."""
+
+    @abstractmethod
+    async def save_campaigns(self, rows: list[CampaignRow]) -> None:
+        """Upsert standing campaigns in one transaction. A row with a spec replaces the
+        campaign; one without updates its price and pause only (a campaign not stored yet is
+        skipped: its spec comes with its own row). A row older than the stored one
+        (``updated_ns``) changes nothing, so two nodes saving the same campaign converge."""
+
+    async def load_campaigns(self, buyer: str | None = None) -> list[CampaignRow]:
+        """The saved standing campaigns (of one buyer, or all), oldest change first."""
+        cols = "SELECT buyer, id, spec, bid_cents, paused, updated_ns FROM campaigns"
+        rows = await (self.fetch(cols + " WHERE buyer = ? ORDER BY updated_ns, id", buyer) if buyer is not None
+                      else self.fetch(cols + " ORDER BY updated_ns, buyer, id"))
+        return [CampaignRow(b, i, sp, int(bc), bool(p), int(u)) for b, i, sp, bc, p, u in rows]
 
     # ------------------------------------------------------------------ shared reads
     async def last_audit(self) -> tuple[int, bytes]:

@@ -109,11 +109,13 @@ async def buyer_socket(ws: WebSocket) -> None:
     if conn is None:
         return
     exchange.rtb.attach(conn)
+    exchange.buyer_joined(conn.account.id)
     exchange.metrics.buyer_connections += 1
     try:
         await _read_frames(ws, BuyerFrames(exchange, conn).frame, "buyer", exchange.settings.ws_fair_share)
     finally:
         exchange.rtb.detach(conn)
+        exchange.buyer_left(conn.account.id)
         exchange.metrics.buyer_connections -= 1
         sockets_of(exchange).forget(conn)
         conn.writer.cancel()

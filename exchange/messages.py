@@ -94,6 +94,7 @@ class Campaign(Message, tag="campaign", frozen=True, kw_only=True):
     rtb: bool = False
     expires_at: AwareTime | None = None
     paused: bool = False
+    cancel_on_disconnect: bool = False  # PROTOCOL.md v2: paused while the buyer has no open socket
 
 
 class Bid(Message, tag="bid", frozen=True, kw_only=True):

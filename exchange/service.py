@@ -21,6 +21,7 @@ from compliance.runtime import ComplianceRuntime
 
 from . import gcpolicy
 from .accounts import Accounts
+from .bookstore import BookStore
 from .calldesk import CallDesk
 from .clock import WallClock
 from .core import Core
@@ -52,6 +53,8 @@ class Exchange:
         self.desk = CallDesk(self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock)
         self.treasury = Treasury(self.accounts, self.core.ledger, self.journal, self.clock, self.core.calls.__contains__)
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
+        self.bookstore = BookStore(self.journal.store, self.core, self.clock.now_ns, settings.book_save_ms)
+        self.campaigns_restored = (0, 0)  # (restored, skipped) at start
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: Relay | None = None
@@ -71,6 +74,7 @@ class Exchange:
         now = self.clock.now_ns()
         self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now)
         await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
+        self.campaigns_restored = await self.bookstore.restore(self.accounts.by_id.__contains__, now)
         if self.settings.report_days:  # the report aggregate, from the audit trail of its window
             with self.journal.reading():
                 await replay_audit(self.journal.store, self.desk.tally, now - self.settings.report_days * 86_400 * 1_000_000_000,
@@ -78,6 +82,7 @@ class Exchange:
         relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        self.bookstore.start()
         if self.relay is not None:
             self.relay.start()
         if self.webhooks is not None:
@@ -100,6 +105,7 @@ class Exchange:
             await self.relay.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        await self.bookstore.stop()
         await self.journal.close()
         await self.compliance.stop()
 
@@ -125,6 +131,16 @@ class Exchange:
             except Exception:  # the sweeper must outlive a bad record; the bug is logged
                 log.exception("sweeper_failed")
 
+    def buyer_joined(self, buyer: str) -> None:
+        """A buyer socket opened: on its first, its ``cancel_on_disconnect`` campaigns come back."""
+        if len(self.rtb.buyers.get(buyer, ())) == 1:
+            self.core.book.set_away(buyer, False)
+
+    def buyer_left(self, buyer: str) -> None:
+        """A buyer socket closed: with its last, its ``cancel_on_disconnect`` campaigns are held out."""
+        if buyer not in self.rtb.buyers:
+            self.core.book.set_away(buyer, True)
+
     def gauges(self) -> dict[str, int]:
         core, writer = self.core, self.journal.writer
         return {
@@ -139,6 +155,8 @@ class Exchange:
             "ledger_writer_batches": writer.batches,
             "ledger_writer_up": int(writer.state == "up"),
             "ledger_records_refused": writer.records_refused,  # records the database refused for their data
+            "book_rows_saved": self.bookstore.saved,
+            "book_save_failures": self.bookstore.failures,
             **(self.relay.gauges() if self.relay is not None else {}),
             **(self.webhooks.gauges() if self.webhooks is not None else {}),
         }

@@ -33,6 +33,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     report_days: Annotated[int, Meta(ge=0, le=400)] = 35
     scan_limit: Annotated[int, Meta(ge=10)] = 10_000
     max_campaigns_per_buyer: Annotated[int, Meta(ge=1)] = 2_000  # a new campaign past it: error campaign_limit
+    book_save_ms: Annotated[int, Meta(ge=10, le=600_000)] = 1_000  # standing campaigns saved this often (exchange.bookstore)
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
     send_queue: Annotated[int, Meta(ge=8)] = 4096

@@ -28,6 +28,14 @@ cannot cover the bid, its schedule is closed, a cap, budget or its concurrency i
 found once by a decision and parked: out of the heaps, into the ``ParkingLot``
 (``routing/parking.py``), which brings it back on the event that re-enables it.
 
+**Saved off the hot path.** Each change is marked in ``dirty_specs`` (a campaign created or
+replaced) or ``dirty_prices`` (repriced, paused, resumed): one set insert of its slot. The book
+store (``exchange/bookstore.py``) takes them now and then and saves them, so a restart finds the
+book as it stood (``take_dirty``).
+
+**Away.** A campaign with ``cancel_on_disconnect`` is held out of the index, like a pause, while
+its buyer has no open socket (``set_away``); its own ``paused`` is kept apart and saved.
+
 **A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
 new one past it is refused with ``campaign_limit`` and nothing in the book changes.
 """
@@ -83,7 +91,8 @@ class Bucket:
         self.limit = len(heap) + len(heap) // 2 + 32
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots")
+    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots",
+                 "dirty_specs", "dirty_prices", "_cod")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
@@ -98,6 +107,9 @@ class Book:
         self.scanned = 0  # live listings examined
         self.popped = 0  # heap entries popped (live, stale and moved down)
         self.relisted = 0  # campaigns re-listed because their price moved down since listing
+        self.dirty_specs: set[int] = set()  # slots created or replaced since the last save
+        self.dirty_prices: set[int] = set()  # slots repriced, paused or resumed since the last save
+        self._cod: dict[str, set[str]] = {}  # buyer -> its campaigns with cancel_on_disconnect
 
     def __len__(self) -> int:
         return len(self._campaigns)
@@ -111,8 +123,9 @@ class Book:
         return self._campaigns.get((buyer, campaign_id))
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, buyer: str, msg: CampaignSpec) -> Standing:
-        """Create or replace a campaign. Raises ``CampaignError`` (nothing changes)."""
+    def upsert(self, buyer: str, msg: CampaignSpec, away: bool = False) -> Standing:
+        """Create or replace a campaign. Raises ``CampaignError`` (nothing changes).
+        ``away``: its buyer has no open socket (a campaign restored at start)."""
         bad = sorted(set(msg.states) - US_STATES)
         if bad:
             raise CampaignError("invalid_field", f"unknown state {bad[0]}", f"$.states[{msg.states.index(bad[0])}]")
@@ -133,13 +146,22 @@ class Book:
             s.slot = len(self._slots)
             self._slots.append(s)
         self._campaigns[s.key] = s
+        self.dirty_specs.add(s.slot)
+        cod = self._cod.get(buyer)
+        if s.cancel_on_disconnect:
+            s.away = away
+            if cod is None:
+                cod = self._cod[buyer] = set()
+            cod.add(s.id)
+        elif cod is not None:
+            cod.discard(s.id)
         if s.rtb:
             self._rtb.setdefault(s.vertical, {})[s.key] = s
         else:
             ob = s.accepts_outbound
             keys = [(s.vertical, None, ob)] if s.wide_states is not None or not s.states else [(s.vertical, st, ob) for st in s.states]
             s.buckets = [self._bucket(k) for k in keys]
-            if not s.paused:
+            if not s.held:
                 self._list(s)
         return s
 
@@ -156,6 +178,7 @@ class Book:
             return False
         if s.bid_cents != bid_cents:
             old, s.bid_cents = s.bid_cents, bid_cents
+            self.dirty_prices.add(s.slot)
             self._seq += 1
             s.seq = seq = self._seq
             if bid_cents > s.listed_bid and s.listing >= 0:
@@ -192,12 +215,41 @@ class Book:
         if s is None:
             return False
         if s.paused != paused:
+            was = s.held
             s.paused = paused
-            if paused:
-                self._delist(s)
-            else:
-                self._list(s)
+            self.dirty_prices.add(s.slot)
+            self._hold(s, was)
         return True
+
+    def set_away(self, buyer: str, away: bool) -> int:
+        """Hold out (``away``) or bring back the buyer's ``cancel_on_disconnect`` campaigns:
+        its first socket opened, or its last one closed. Returns how many changed."""
+        n = 0
+        for cid in self._cod.get(buyer, ()):
+            s = self._campaigns[(buyer, cid)]
+            if s.away != away:
+                was = s.held
+                s.away = away
+                self._hold(s, was)
+                n += 1
+        return n
+
+    def _hold(self, s: Standing, was: bool) -> None:
+        """Out of the index or back into it, when ``held`` moved from ``was``."""
+        if s.held == was or s.rtb:
+            return
+        if s.held:
+            self._delist(s)
+        else:
+            self._list(s)
+
+    def take_dirty(self) -> tuple[list[Standing], list[Standing]]:
+        """(created or replaced, repriced or paused only) since the last call; both cleared."""
+        slots = self._slots
+        specs = [slots[i] for i in self.dirty_specs]
+        prices = [slots[i] for i in self.dirty_prices if i not in self.dirty_specs]
+        self.dirty_specs, self.dirty_prices = set(), set()
+        return specs, prices
 
     def _list(self, s: Standing) -> None:
         self.lot.forget(s)  # resumed while parked: listed now, and parked again by a decision if still refused
@@ -311,4 +363,4 @@ class Book:
         pool = self._rtb.get(vertical)
         if not pool:
             return []
-        return [s for s in pool.values() if not s.paused and s.covers(state) and not s.expired(now_ns)]
+        return [s for s in pool.values() if not s.held and s.covers(state) and not s.expired(now_ns)]

@@ -64,6 +64,8 @@ class CampaignSpec(Protocol):
     def destination(self) -> str: ...
     @property
     def accepts_outbound(self) -> bool: ...
+    @property
+    def cancel_on_disconnect(self) -> bool: ...
 
 
 class ScheduleSpec(Protocol):
@@ -90,6 +92,7 @@ class Standing:
         "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
         "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
         "destination", "accepts_outbound", "capacity", "buckets", "live", "account", "listing", "listed_bid", "parked", "slot",
+        "spec", "cancel_on_disconnect", "away",
     )
 
     def __init__(self, buyer: str, msg: CampaignSpec, capacity: Capacity) -> None:
@@ -119,6 +122,14 @@ class Standing:
         self.buckets: list[Bucket] = []
         self.live = True
         self.parked: str | None = None  # why it is out of the index for now (``routing/parking.py``)
+        self.spec = msg  # the message it was made from: what the book store saves (with the live price and pause)
+        self.cancel_on_disconnect = msg.cancel_on_disconnect
+        self.away = False  # cancel_on_disconnect and its buyer has no open socket: held out like a pause
+
+    @property
+    def held(self) -> bool:
+        """Out of the market by its buyer's doing: paused, or away (``cancel_on_disconnect``)."""
+        return self.paused or self.away
 
     def covers(self, state: str | None) -> bool:
         return not self.states or state in self.states

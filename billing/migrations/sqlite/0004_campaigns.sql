@@ -1,0 +1,13 @@
+-- The standing campaigns (exchange.bookstore): the book as it stood, restored at start.
+-- Not money: saved off the hot path by the book store, outside the ledger writer. `spec` is the
+-- buyer's campaign message (JSON) as last sent; `bid_cents` and `paused` are the live price and
+-- pause, saved more often than the spec. A row is replaced only by a change at least as new.
+CREATE TABLE campaigns (
+    buyer      TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    spec       TEXT NOT NULL,
+    bid_cents  INTEGER NOT NULL CHECK (bid_cents >= 0),
+    paused     INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    PRIMARY KEY (buyer, id)
+) WITHOUT ROWID;

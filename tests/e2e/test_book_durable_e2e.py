@@ -1,0 +1,83 @@
+"""The book survives a restart of the real server (graceful and kill -9), and
+``cancel_on_disconnect`` holds a campaign out while its buyer has no open socket."""
+
+from __future__ import annotations
+
+import re
+import signal
+import tempfile
+import time
+
+from exchange.messages import Ack, Bid, Campaign, Ping, Pong, Win
+from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.wsclient import Buyer
+
+
+def camp(cid: str, vertical: str, bid: int, **kw):
+    return lambda s: Campaign(id=cid, vertical=vertical, bid_cents=bid, destination="+18005550199", min_duration_s=60, seq=s, **kw)
+
+
+def call(server: Server, auth: dict[str, str], vertical: str, caller: str) -> dict:
+    r = server.http.post("/v1/calls", json={"caller": caller, "vertical": vertical, "state": "CA"}, headers=auth)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def gauge(server: Server, name: str) -> int:
+    text = server.http.get("/metrics").text
+    m = re.search(rf"^exchange_{name} (\d+)", text, re.M)
+    assert m is not None, text[-500:]
+    return int(m.group(1))
+
+
+def wait_saved(server: Server, rows: int, timeout_s: float = 10) -> None:
+    end = time.monotonic() + timeout_s
+    while gauge(server, "book_rows_saved") < rows:
+        assert time.monotonic() < end, "the book store saved nothing in time"
+        time.sleep(0.05)
+
+
+def test_campaigns_survive_restarts_and_cancel_on_disconnect_follows_the_socket() -> None:
+    env = {"EXCHANGE_DATABASE_URL": f"sqlite:///{tempfile.mkdtemp(prefix='dce-book-')}/ledger.db", "EXCHANGE_BOOK_SAVE_MS": "50"}
+    server = start_server(env)
+    try:
+        buyer_id, buyer_key = server.account("buyer", "durable-buyer", deposit=1_000_000)
+        _, pub_key = server.account("publisher", "durable-pub")
+        auth = {"Authorization": f"Bearer {pub_key}"}
+        b = Buyer(server.ws_url, buyer_key)
+        assert isinstance(b.request(camp("stay", "solar", 2000)), Ack)
+        assert isinstance(b.request(camp("cod", "roofing", 3000, cancel_on_disconnect=True)), Ack)
+        assert call(server, auth, "roofing", "+14155550101")["decision"] == "routed"
+        b.close()
+        time.sleep(0.3)  # the server sees the close
+        assert call(server, auth, "roofing", "+14155550102")["reason"] == "no_eligible_bid"  # held out: no socket
+        assert call(server, auth, "solar", "+14155550103")["decision"] == "routed"  # the other stays in the book
+    finally:
+        stop_server(server)  # graceful: the last changes are saved at shutdown
+
+    server = start_server(env)
+    try:
+        assert call(server, auth, "solar", "+14155550104")["decision"] == "routed"  # restored
+        assert call(server, auth, "roofing", "+14155550105")["reason"] == "no_eligible_bid"  # restored, held out
+        b = Buyer(server.ws_url, buyer_key)
+        assert isinstance(b.request(lambda s: Ping(seq=s)), Pong)  # the socket is registered
+        d = call(server, auth, "roofing", "+14155550106")
+        assert d["decision"] == "routed" and d["route"]["campaign"] == "cod"  # back with its buyer's socket
+        assert b.wait_for(lambda m: isinstance(m, Win) and m.call_id == d["call_id"]).campaign == "cod"
+        b.send(Bid(campaign="stay", bid_cents=2750))
+        b.request(camp("late", "hvac", 1500))
+        wait_saved(server, 2)  # the reprice and the new campaign are saved (then the process is killed)
+        b.close()
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        stop_server(server)
+
+    server = start_server(env)
+    try:
+        d = call(server, auth, "solar", "+14155550107")
+        assert d["route"]["campaign"] == "stay" and d["route"]["payout_cents"] == 2200  # the saved price (2750, 20 % take)
+        assert call(server, auth, "hvac", "+14155550108")["decision"] == "routed"
+        assert buyer_id
+    finally:
+        stop_server(server)

@@ -224,6 +224,17 @@ class Store(ABC):
             + " AND ".join(where) + " ORDER BY seq LIMIT ?", *args, limit)
         return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]
 
+    # ------------------------------------------------------------------ the nodes of a market (exchange.nodes)
+    async def node_seen(self, market: str, node_id: str, info: str, now_ns: int) -> None:
+        await self.fetch(
+            "INSERT INTO market_nodes (market, node_id, info, seen_ns) VALUES (?, ?, ?, ?) ON CONFLICT (market, node_id) "
+            "DO UPDATE SET info = excluded.info, seen_ns = excluded.seen_ns RETURNING seen_ns", market, node_id, info, now_ns)
+
+    async def nodes_seen(self, since_ns: int) -> list[tuple[str, str]]:
+        """(market, node id) of the nodes seen since ``since_ns``."""
+        return [(m, n) for m, n in await self.fetch(
+            "SELECT market, node_id FROM market_nodes WHERE seen_ns >= ? ORDER BY market, node_id", since_ns)]
+
     # ------------------------------------------------------------------ domain events (billing.events)
     async def event_rows(self, viewer: str | None, from_seq: int, limit: int) -> list[AuditRow]:
         """Audit records from ``from_seq`` on (seq order, at most ``limit``) with an event for

@@ -32,6 +32,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _JSON = (b"content-type", b"application/json")
 _PUBLISHER = ("publisher",)
 _EVENT_ROLES = ("publisher", "operator")
+_READS = ("GET", "HEAD", "OPTIONS")
 
 
 class ClientGone(Exception):
@@ -49,6 +50,11 @@ class CallPath:
         return getattr(self.app, name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        node = self.ex.node
+        if node is not None and scope["type"] == "http" and scope["method"] not in _READS:
+            refused = node.refusal()  # an edge, or a stale node: calls and writes go to the seller (exchange.nodes)
+            if refused is not None:
+                return await self._reply(send, *self._refusal(refused))
         if scope["type"] == "http" and scope["method"] == "POST" and not C0_QUERY.search(scope["query_string"]):
             path: str = scope["path"]  # (a URL with a control character goes to the app, whose UrlGuard refuses it)
             if path == "/v1/calls":
@@ -59,25 +65,35 @@ class CallPath:
                     return await self._serve(scope, receive, send, call_id)
         await self.app(scope, receive, send)
 
+    @staticmethod
+    def _refusal(exc: Refused) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        headers = [_JSON]
+        body = json_encoder.encode(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, path=exc.path)))
+        for name, value in (exc.headers or {}).items():
+            headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        if exc.retry_after_s is not None:
+            headers.append((b"retry-after", str(exc.retry_after_s).encode()))
+        return status_of(exc), headers, body
+
+    @staticmethod
+    async def _reply(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def _serve(self, scope: Scope, receive: Receive, send: Send, call_id: str | None) -> None:
         status, headers = 200, [_JSON]
         try:
             body = await self._answer(scope, receive, call_id)
         except Refused as exc:
-            status, body = status_of(exc), json_encoder.encode(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, path=exc.path)))
-            for name, value in (exc.headers or {}).items():
-                headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-            if exc.retry_after_s is not None:
-                headers.append((b"retry-after", str(exc.retry_after_s).encode()))
+            status, headers, body = self._refusal(exc)
         except ClientGone:
             log.info("client_disconnected", extra={"path": scope["path"], "method": "POST"})
             return
         except Exception:
             log.exception("request_failed", extra={"path": scope["path"]})
             status, body = 500, json_encoder.encode(ErrorBody(error=ErrorDetail(code="internal_error", message="the exchange failed to handle this request")))
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await self._reply(send, status, headers, body)
 
     async def _answer(self, scope: Scope, receive: Receive, call_id: str | None) -> bytes:
         authorization = declared = key = None

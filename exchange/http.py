@@ -383,7 +383,13 @@ async def readyz(request: Request) -> Response:
     writer = ex.journal.writer
     if writer.state != "up":  # the database's own text is for the operator's log, not for anyone asking
         return error_response(503, "ledger_" + writer.state, LEDGER_STATES.get(writer.state, "the ledger writer is not up"))
-    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend})
+    node = ex.node
+    if node is None:
+        return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend})
+    if not node.fresh():
+        return error_response(503, "node_stale", f"node {node.id!r} has lost its lease: it takes no call")
+    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend,
+                  "node": node.id, "market": node.market, "role": node.role})
 
 
 async def metrics(request: Request) -> Response:

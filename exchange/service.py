@@ -28,6 +28,7 @@ from .core import Core
 from .journal import Journal
 from .lifecycle import expire_due
 from .metrics import Metrics
+from .nodes import Node, refuse_beside_nodes
 from .recovery import restore
 from .relay import Relay
 from .webhooks import Webhooks
@@ -52,8 +53,11 @@ class Exchange:
         self.rtb = RtbDesk(self.metrics, self.core.book.next_seq)
         self.desk = CallDesk(self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock)
         self.treasury = Treasury(self.accounts, self.core.ledger, self.journal, self.clock, self.core.calls.__contains__)
+        self.node = Node(settings, self.journal.store) if settings.node_id else None  # one node of a market
+        self.desk.node = self.node
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
-        self.bookstore = BookStore(self.journal.store, self.core, self.clock.now_ns, settings.book_save_ms)
+        self.bookstore = BookStore(self.journal.store, self.core, self.clock.now_ns,
+                                   settings.book_save_ms or (100 if settings.node_id else 1_000))
         self.campaigns_restored = (0, 0)  # (restored, skipped) at start
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -70,6 +74,10 @@ class Exchange:
         gcpolicy.tune()
         gcpolicy.watch(self.metrics)
         await self.journal.open()
+        if self.node is not None:
+            await self.node.join()  # NodeRefused: another process holds this id, or the market uses another database
+        else:
+            await refuse_beside_nodes(self.journal.store, self.settings.node_lease_ms)
         await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
         now = self.clock.now_ns()
         self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now)
@@ -83,6 +91,8 @@ class Exchange:
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.bookstore.start()
+        if self.node is not None and not self.node.selling:  # an edge: the seller relays events and delivers webhooks
+            self.relay = self.webhooks = None
         if self.relay is not None:
             self.relay.start()
         if self.webhooks is not None:
@@ -108,6 +118,8 @@ class Exchange:
         await self.bookstore.stop()
         await self.journal.close()
         await self.compliance.stop()
+        if self.node is not None:
+            await self.node.leave()
 
     async def _sweeper(self) -> None:
         """Release legs whose ``expires_at`` passed and forget calls past retention."""

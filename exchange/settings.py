@@ -16,7 +16,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     admin_key: str | None = None
     database_url: str | None = None  # unset: the embedded SQLite file DEFAULT_DATABASE_URL
     redis_url: str | None = None
-    redis_prefix: str = "dce:"  # key prefix of the shared frequency counter in Redis
+    redis_prefix: str | None = None  # key prefix of the shared frequency counter in Redis (unset: "<market>:")
+    # Several nodes, one market (exchange.nodes): every key the nodes make in Redis starts with
+    # "<market>:"; a node id joins the market (needs PostgreSQL and Redis); leases last node_lease_ms
+    market: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "dce"
+    node_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    node_lease_ms: Annotated[int, Meta(ge=300, le=60_000)] = 3_000
     compliance_dir: str | None = None  # DNC files and the compliance journal; unset: a private temporary directory
     max_dnc_upload_bytes: Annotated[int, Meta(ge=1)] = 8 << 30  # POST /v1/dnc/* request bodies
     pricing: Literal["first", "second"] = "first"
@@ -33,7 +38,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     report_days: Annotated[int, Meta(ge=0, le=400)] = 35
     scan_limit: Annotated[int, Meta(ge=10)] = 10_000
     max_campaigns_per_buyer: Annotated[int, Meta(ge=1)] = 2_000  # a new campaign past it: error campaign_limit
-    book_save_ms: Annotated[int, Meta(ge=10, le=600_000)] = 1_000  # standing campaigns saved this often (exchange.bookstore)
+    # standing campaigns saved this often (exchange.bookstore); unset: 1,000, or 100 on a node of a market (the shared book)
+    book_save_ms: Annotated[int, Meta(ge=10, le=600_000)] | None = None
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
     send_queue: Annotated[int, Meta(ge=8)] = 4096
@@ -135,6 +141,22 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         except msgspec.ValidationError as exc:
             problems.append(f"EXCHANGE_{name.upper()}: {exc}")
             del raw[name]
+    if not problems:
+        problems += node_problems(msgspec.convert(raw, Settings))
     if problems:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
     return msgspec.convert(raw, Settings)
+
+
+def node_problems(settings: Settings) -> list[str]:
+    """What a node id needs that is missing (exchange.nodes): the nodes of a market share one
+    PostgreSQL database and one Redis."""
+    if not settings.node_id:
+        return []
+    out = []
+    if not settings.redis_url:
+        out.append("EXCHANGE_NODE_ID needs EXCHANGE_REDIS_URL: the node registry and its leases live in Redis")
+    if not database_url(settings).startswith(("postgresql://", "postgres://")):
+        out.append("EXCHANGE_NODE_ID needs a PostgreSQL EXCHANGE_DATABASE_URL: the nodes of a market share one database "
+                   "(the embedded SQLite file belongs to one process)")
+    return out

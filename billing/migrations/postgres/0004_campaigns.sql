@@ -11,3 +11,13 @@ CREATE TABLE campaigns (
     updated_ns bigint NOT NULL,
     PRIMARY KEY (buyer, id)
 );
+
+-- The nodes of a market seen on this database (exchange.nodes): refreshed by each node's lease
+-- renewal, read by a process started without a node id (it must not write beside them).
+CREATE TABLE market_nodes (
+    market  text NOT NULL,
+    node_id text NOT NULL,
+    info    text NOT NULL,
+    seen_ns bigint NOT NULL,
+    PRIMARY KEY (market, node_id)
+);

@@ -11,3 +11,13 @@ CREATE TABLE campaigns (
     updated_ns INTEGER NOT NULL,
     PRIMARY KEY (buyer, id)
 ) WITHOUT ROWID;
+
+-- The nodes of a market seen on this database (exchange.nodes): refreshed by each node's lease
+-- renewal, read by a process started without a node id (it must not write beside them).
+CREATE TABLE market_nodes (
+    market  TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    info    TEXT NOT NULL,
+    seen_ns INTEGER NOT NULL,
+    PRIMARY KEY (market, node_id)
+);

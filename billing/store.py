@@ -135,11 +135,13 @@ class Store(ABC):
         skipped: its spec comes with its own row). A row older than the stored one
         (``updated_ns``) changes nothing, so two nodes saving the same campaign converge."""
 
-    async def load_campaigns(self, buyer: str | None = None) -> list[CampaignRow]:
-        """The saved standing campaigns (of one buyer, or all), oldest change first."""
-        cols = "SELECT buyer, id, spec, bid_cents, paused, updated_ns FROM campaigns"
-        rows = await (self.fetch(cols + " WHERE buyer = ? ORDER BY updated_ns, id", buyer) if buyer is not None
-                      else self.fetch(cols + " ORDER BY updated_ns, buyer, id"))
+    async def load_campaigns(self, buyer: str | None = None, since_ns: int | None = None) -> list[CampaignRow]:
+        """The saved standing campaigns (of one buyer, or all; changed since ``since_ns``, or
+        ever), oldest change first."""
+        cols = "SELECT buyer, id, spec, bid_cents, paused, updated_ns FROM campaigns WHERE updated_ns >= ?"
+        lo = since_ns if since_ns is not None else -(1 << 62)
+        rows = await (self.fetch(cols + " AND buyer = ? ORDER BY updated_ns, id", lo, buyer) if buyer is not None
+                      else self.fetch(cols + " ORDER BY updated_ns, buyer, id", lo))
         return [CampaignRow(b, i, sp, int(bc), bool(p), int(u)) for b, i, sp, bc, p, u in rows]
 
     # ------------------------------------------------------------------ shared reads

@@ -55,11 +55,15 @@ def campaign_of(row: CampaignRow) -> Campaign:
 
 
 class BookStore:
-    __slots__ = ("store", "core", "clock_ns", "every_s", "saved", "failures", "_task")
+    __slots__ = ("store", "core", "clock_ns", "every_s", "saved", "failures", "_task", "spec_of", "high_ns", "on_saved", "track")
 
-    def __init__(self, store: Store, core: Core, clock_ns: Callable[[], int], every_ms: int) -> None:
+    def __init__(self, store: Store, core: Core, clock_ns: Callable[[], int], every_ms: int, track: bool = False) -> None:
         self.store, self.core, self.clock_ns = store, core, clock_ns
         self.every_s = every_ms / 1000
+        self.track = track  # a node of a market: remember what each stored spec is (``spec_of``)
+        self.spec_of: dict[tuple[str, str], int] = {}  # (buyer, campaign) -> hash of its stored spec (``track`` only)
+        self.high_ns = 0  # the newest change restored at start
+        self.on_saved: Callable[[list[tuple[str, str]], list[tuple[str, str, int, bool]], int], None] | None = None
         self.saved = 0  # rows saved since start
         self.failures = 0  # rounds the store refused or could not be reached
         self._task: asyncio.Task[None] | None = None
@@ -86,6 +90,9 @@ class BookStore:
                 skipped += 1
                 continue
             restored += 1
+            self.high_ns = max(self.high_ns, row.updated_ns)
+            if self.track:
+                self.spec_of[(row.buyer, row.id)] = hash(row.spec)
         self.core.book.take_dirty()  # what was just loaded is what is stored
         return restored, skipped
 
@@ -96,7 +103,8 @@ class BookStore:
         specs, prices = book.take_dirty()
         if not specs and not prices:
             return 0
-        rows = rows_of(specs, prices, self.clock_ns())
+        now = self.clock_ns()
+        rows = rows_of(specs, prices, now)
         try:
             if rows:
                 await self.store.save_campaigns(rows)
@@ -105,6 +113,13 @@ class BookStore:
             book.dirty_prices.update(s.slot for s in prices)
             raise
         self.saved += len(rows)
+        if self.track:
+            for r in rows:
+                if r.spec is not None:
+                    self.spec_of[(r.buyer, r.id)] = hash(r.spec)
+        if self.on_saved is not None:
+            self.on_saved([(r.buyer, r.id) for r in rows if r.spec is not None],
+                          [(r.buyer, r.id, r.bid_cents, r.paused) for r in rows if r.spec is None], now)
         return len(rows)
 
     def start(self) -> None:

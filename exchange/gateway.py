@@ -26,7 +26,8 @@ from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
 from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
 from routing.standing import CampaignError
 
-from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused
+from .accounts import Account
+from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused, Unauthenticated
 from .http import error_response, http_limits, identify, status_of
 from .ids import BuyerId
 from .rtb import send_all
@@ -42,6 +43,12 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     connection; while the exchange is not ready (draining) the socket is closed with 1013."""
     try:  # the same key check as HTTP: failed attempts are counted (and limited) per address
         account = identify(ws)
+    except Unauthenticated as exc:  # a node of a market: the account may have been made at the seller since
+        found = await _from_store(exchange, ws)
+        if found is None:
+            await _deny(ws, exc, 1008, "unauthorized")
+            return None
+        account = found
     except Refused as exc:
         await _deny(ws, exc, 1008, "too many failed attempts: retry later" if isinstance(exc, RateLimited) else "unauthorized")
         return None
@@ -66,6 +73,14 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     conn = Connection(ws, account, chosen == MSGPACK, exchange, limiter, key, reg.max_strikes)
     reg.open.add(conn)
     return conn
+
+
+async def _from_store(exchange: Exchange, ws: WebSocket) -> Account | None:
+    try:
+        return await exchange.account_of_key(ws.headers.get("authorization"))
+    except Exception as exc:  # noqa: BLE001 - the store unreachable: the key stays unknown (refused)
+        log.warning("account_lookup_failed", extra={"error": str(exc)})
+        return None
 
 
 async def _deny(ws: WebSocket, exc: Refused, code: int, reason: str) -> None:
@@ -179,7 +194,7 @@ class BuyerFrames:
             if not book.set_paused(buyer, msg.campaign, isinstance(msg, Pause)):
                 return _unknown_campaign(msg.campaign, path, msg.seq)
         elif isinstance(msg, (RtbBid, NoBid)):
-            err = self.exchange.rtb.answer(buyer, msg)
+            err = self.exchange.answer(buyer, msg)
             if err is not None:
                 return error_message(err, msg.seq, path)
         elif isinstance(msg, Ping):

@@ -106,9 +106,12 @@ def rebuild(rows: list[AuditRow], hold: HoldEvent, now_ns: int, route_ttl_s: int
     return rec
 
 
-async def restore(store: Store, core: Core, accounts: Accounts, settings: Settings, now: int) -> tuple[int, int, int]:
+async def restore(store: Store, core: Core, accounts: Accounts, settings: Settings, now: int,
+                  calls: bool = True) -> tuple[int, int, int]:
     """Load accounts, balances and replayable entries; bring back the calls in flight.
-    Returns (accounts, calls recovered, holds released)."""
+    Returns (accounts, calls recovered, holds released). ``calls`` False (an edge node of a
+    market, ``exchange.nodes``): accounts and balances only; the calls in flight and their
+    holds are the seller's, never released by an edge."""
     from billing.postings import buyer_account
 
     snap = await store.load()
@@ -118,6 +121,8 @@ async def restore(store: Store, core: Core, accounts: Accounts, settings: Settin
         if a.kind == "buyer":
             ledger.set_credit(buyer_account(a.id), a.credit_limit_cents)
     ledger.restore(snap.balances, snap.entries)
+    if not calls:
+        return len(snap.accounts), 0, 0
     for buyer, number, at_ns in await store.repeat_callers(now - MAX_DEDUPE_DAYS * NS_PER_DAY):
         core.dedupe.record(buyer, number, at_ns)
     s = settings

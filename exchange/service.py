@@ -20,7 +20,9 @@ import secrets
 from compliance.runtime import ComplianceRuntime
 
 from . import gcpolicy
-from .accounts import Accounts
+from .accounts import Account, Accounts, bearer, digest
+from .errors import Refused
+from .ids import BuyerId
 from .bookstore import BookStore
 from .calldesk import CallDesk
 from .clock import WallClock
@@ -28,6 +30,8 @@ from .core import Core
 from .journal import Journal
 from .lifecycle import expire_due
 from .metrics import Metrics
+from .market import MarketLink
+from .messages import NoBid, RtbBid
 from .nodes import Node, refuse_beside_nodes
 from .recovery import restore
 from .relay import Relay
@@ -57,7 +61,8 @@ class Exchange:
         self.desk.node = self.node
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
         self.bookstore = BookStore(self.journal.store, self.core, self.clock.now_ns,
-                                   settings.book_save_ms or (100 if settings.node_id else 1_000))
+                                   settings.book_save_ms or (100 if settings.node_id else 1_000), track=bool(settings.node_id))
+        self.link: MarketLink | None = None  # the links to the other nodes of the market (made once the node joined)
         self.campaigns_restored = (0, 0)  # (restored, skipped) at start
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -80,7 +85,8 @@ class Exchange:
             await refuse_beside_nodes(self.journal.store, self.settings.node_lease_ms)
         await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
         now = self.clock.now_ns()
-        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now)
+        edge = self.node is not None and not self.node.selling
+        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now, calls=not edge)
         await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         self.campaigns_restored = await self.bookstore.restore(self.accounts.by_id.__contains__, now)
         if self.settings.report_days:  # the report aggregate, from the audit trail of its window
@@ -91,6 +97,11 @@ class Exchange:
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         self.bookstore.start()
+        if self.node is not None and self.settings.redis_url:
+            self.link = MarketLink(self, self.node, self.settings.redis_url)
+            if not self.node.selling:
+                self.bookstore.on_saved = self.link.book_saved
+            await self.link.start()
         if self.node is not None and not self.node.selling:  # an edge: the seller relays events and delivers webhooks
             self.relay = self.webhooks = None
         if self.relay is not None:
@@ -111,6 +122,9 @@ class Exchange:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.link is not None:
+            await self.bookstore.stop()  # an edge's last changes saved and announced before the link closes
+            await self.link.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self.webhooks is not None:
@@ -144,14 +158,40 @@ class Exchange:
                 log.exception("sweeper_failed")
 
     def buyer_joined(self, buyer: str) -> None:
-        """A buyer socket opened: on its first, its ``cancel_on_disconnect`` campaigns come back."""
-        if len(self.rtb.buyers.get(buyer, ())) == 1:
+        """A buyer socket opened: on its first, its ``cancel_on_disconnect`` campaigns come back
+        (an edge tells the seller, whose RTB desk counts it as one more socket of the buyer)."""
+        n = len(self.rtb.buyers.get(buyer, ()))
+        if n == 1:
             self.core.book.set_away(buyer, False)
+        if self.link is not None and self.node is not None and not self.node.selling:
+            self.link.presence(buyer, n)
 
     def buyer_left(self, buyer: str) -> None:
         """A buyer socket closed: with its last, its ``cancel_on_disconnect`` campaigns are held out."""
         if buyer not in self.rtb.buyers:
             self.core.book.set_away(buyer, True)
+        if self.link is not None and self.node is not None and not self.node.selling:
+            self.link.presence(buyer, len(self.rtb.buyers.get(buyer, ())))
+
+    def answer(self, buyer: str, msg: RtbBid | NoBid) -> Refused | None:
+        """A buyer's answer to a bid request: to this node's round, or (an edge) to the seller's."""
+        if self.link is not None and self.node is not None and not self.node.selling:
+            self.link.answer(buyer, msg)
+            return None
+        return self.rtb.answer(BuyerId(buyer), msg)
+
+    async def account_of_key(self, authorization: str | None) -> Account | None:
+        """A node of a market: a key unknown here may belong to an account made at the seller
+        since this node started; read it from the store (None: no such key)."""
+        key = bearer(authorization)
+        if self.node is None or not key:
+            return None
+        rows = await self.journal.store.fetch(
+            "SELECT id, kind, name, key_digest, credit_limit_cents FROM accounts WHERE key_digest = ?", digest(key))
+        if not rows:
+            return None
+        a = rows[0]
+        return self.accounts.restore(a[0], a[1], a[2], a[3], int(a[4]))
 
     def gauges(self) -> dict[str, int]:
         core, writer = self.core, self.journal.writer
@@ -170,5 +210,6 @@ class Exchange:
             "book_rows_saved": self.bookstore.saved,
             "book_save_failures": self.bookstore.failures,
             **(self.relay.gauges() if self.relay is not None else {}),
+            **(self.link.gauges() if self.link is not None else {}),
             **(self.webhooks.gauges() if self.webhooks is not None else {}),
         }

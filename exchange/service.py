@@ -193,6 +193,11 @@ class Exchange:
         a = rows[0]
         return self.accounts.restore(a[0], a[1], a[2], a[3], int(a[4]))
 
+    def node_fields(self) -> dict[str, str]:
+        """What ``/readyz`` says of this node's place in its market (nothing for a lone process)."""
+        node = self.node
+        return {} if node is None else {"node": node.id, "market": node.market, "role": node.role}
+
     def gauges(self) -> dict[str, int]:
         core, writer = self.core, self.journal.writer
         return {

@@ -55,13 +55,15 @@ def campaign_of(row: CampaignRow) -> Campaign:
 
 
 class BookStore:
-    __slots__ = ("store", "core", "clock_ns", "every_s", "saved", "failures", "_task", "spec_of", "high_ns", "on_saved", "track")
+    __slots__ = ("store", "core", "clock_ns", "every_s", "saved", "failures", "_task", "seen", "high_ns", "on_saved", "track")
 
     def __init__(self, store: Store, core: Core, clock_ns: Callable[[], int], every_ms: int, track: bool = False) -> None:
         self.store, self.core, self.clock_ns = store, core, clock_ns
         self.every_s = every_ms / 1000
-        self.track = track  # a node of a market: remember what each stored spec is (``spec_of``)
-        self.spec_of: dict[tuple[str, str], int] = {}  # (buyer, campaign) -> hash of its stored spec (``track`` only)
+        self.track = track  # a node of a market: remember the version of each campaign (``seen``)
+        # (buyer, campaign) -> [hash of its stored spec, updated_ns of the change this node holds] (``track`` only):
+        # the seller applies another node's change only when it is newer (exchange.market)
+        self.seen: dict[tuple[str, str], list[int]] = {}
         self.high_ns = 0  # the newest change restored at start
         self.on_saved: Callable[[list[tuple[str, str]], list[tuple[str, str, int, bool]], int], None] | None = None
         self.saved = 0  # rows saved since start
@@ -92,7 +94,7 @@ class BookStore:
             restored += 1
             self.high_ns = max(self.high_ns, row.updated_ns)
             if self.track:
-                self.spec_of[(row.buyer, row.id)] = hash(row.spec)
+                self.seen[(row.buyer, row.id)] = [hash(row.spec), row.updated_ns]
         self.core.book.take_dirty()  # what was just loaded is what is stored
         return restored, skipped
 
@@ -114,9 +116,13 @@ class BookStore:
             raise
         self.saved += len(rows)
         if self.track:
+            seen = self.seen
             for r in rows:
-                if r.spec is not None:
-                    self.spec_of[(r.buyer, r.id)] = hash(r.spec)
+                v = seen.get((r.buyer, r.id))
+                if r.spec is not None or v is None:
+                    seen[(r.buyer, r.id)] = [hash(r.spec), now]
+                else:
+                    v[1] = now
         if self.on_saved is not None:
             self.on_saved([(r.buyer, r.id) for r in rows if r.spec is not None],
                           [(r.buyer, r.id, r.bid_cents, r.paused) for r in rows if r.spec is None], now)

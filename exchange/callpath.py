@@ -33,6 +33,7 @@ _JSON = (b"content-type", b"application/json")
 _PUBLISHER = ("publisher",)
 _EVENT_ROLES = ("publisher", "operator")
 _READS = ("GET", "HEAD", "OPTIONS")
+_OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json")  # what an edge answers over HTTP
 
 
 class ClientGone(Exception):
@@ -51,8 +52,8 @@ class CallPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         node = self.ex.node
-        if node is not None and scope["type"] == "http" and scope["method"] not in _READS:
-            refused = node.refusal()  # an edge, or a stale node: calls and writes go to the seller (exchange.nodes)
+        if node is not None and scope["type"] == "http" and (scope["method"] not in _READS or not (node.selling or scope["path"] in _OPEN)):
+            refused = node.refusal()  # a stale node takes no write; an edge serves buyers' sockets only (exchange.nodes)
             if refused is not None:
                 return await self._reply(send, *self._refusal(refused))
         if scope["type"] == "http" and scope["method"] == "POST" and not C0_QUERY.search(scope["query_string"]):

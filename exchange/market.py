@@ -7,10 +7,11 @@ self-repairing source:
 
 - ``<market>:book`` (edge -> seller): after an edge's book store saved a round of changes
   (``exchange.bookstore``, every 100 ms on a node): the (buyer, campaign) keys whose message
-  changed, read back by the seller from PostgreSQL, and the new prices and pauses inline (at
-  most ``INLINE_PRICES``; past it the seller reads those from PostgreSQL too). A lost notice
-  is repaired by the seller's catch-up read of every campaign saved since its last one (each
-  lease period).
+  changed, read back by the seller from PostgreSQL, and the new prices and pauses inline (in
+  notices of at most ``INLINE_PRICES``). The seller applies a change only if it is newer than
+  the one it holds (``BookStore.seen``). A lost notice is repaired by the seller's catch-up
+  read of every campaign saved since its last one (at each (re)subscription and every
+  ``CATCH_UP_LEASES`` lease periods).
 - ``<market>:presence`` (edge -> seller): ``<node> <buyer> <open sockets>`` when a buyer's
   socket count on an edge changes; the edge also keeps the counts in the hash
   ``<market>:presence:<node>`` (expiring with two leases unless refreshed), which the seller
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exchange.market")
 INLINE_PRICES = 2_000
+CATCH_UP_LEASES = 10
 MAX_QUEUED = 100_000
 CATCH_UP_SLACK_NS = 5_000_000_000  # clocks of the nodes may differ: re-read this much before the last catch-up
 _answer = msgspec.json.Decoder(RtbBid | NoBid).decode
@@ -64,7 +66,7 @@ class BookNotice(msgspec.Struct, frozen=True):
     node: str
     at_ns: int
     specs: list[tuple[str, str]]
-    prices: list[tuple[str, str, int, bool]] | None  # None: too many, read them from the store
+    prices: list[tuple[str, str, int, bool]]
 
 
 class RemoteSocket:
@@ -142,9 +144,10 @@ class MarketLink:
 
     def book_saved(self, specs: list[tuple[str, str]], prices: list[tuple[str, str, int, bool]], at_ns: int) -> None:
         """An edge: its book store saved these changes."""
-        if specs or prices:
-            notice = BookNotice(self.node.id, at_ns, specs, prices if len(prices) <= INLINE_PRICES else None)
-            self._put(self.key("book"), json_encoder.encode(notice))
+        for k in range(0, max(len(prices), 1), INLINE_PRICES):
+            if specs or prices:
+                self._put(self.key("book"), json_encoder.encode(BookNotice(self.node.id, at_ns, specs, prices[k:k + INLINE_PRICES])))
+                specs = []
 
     async def _write(self) -> None:
         out = self.out
@@ -237,42 +240,45 @@ class MarketLink:
         for buyer in sorted({b for b, _ in notice.specs}):
             wanted = {c for b, c in notice.specs if b == buyer}
             rows += [r for r in await self.ex.journal.store.load_campaigns(buyer) if r.id in wanted]
-        if notice.prices is None:
-            rows += await self.ex.journal.store.load_campaigns(since_ns=notice.at_ns - CATCH_UP_SLACK_NS)
         for row in rows:
             self.apply(row)
-        for buyer, cid, bid, paused in notice.prices or ():
-            self._price(buyer, cid, bid, paused)
+        for buyer, cid, bid, paused in notice.prices:
+            self._price(buyer, cid, bid, paused, notice.at_ns)
 
     def apply(self, row: CampaignRow) -> None:
-        """A campaign saved by another node, into the seller's book (its own saves skip it)."""
+        """A campaign saved by another node, into the seller's book, if newer than what it holds."""
         ex = self.ex
-        book = ex.core.book
-        s = book.get(row.buyer, row.id)
-        if row.spec is not None and (s is None or ex.bookstore.spec_of.get(s.key) != hash(row.spec)):
+        seen = ex.bookstore.seen.get((row.buyer, row.id))
+        if seen is not None and row.updated_ns <= seen[1]:
+            return  # this change, or a newer one, is held already (the seller's own saves included)
+        if row.spec is not None and (seen is None or seen[0] != hash(row.spec) or ex.core.book.get(row.buyer, row.id) is None):
             if row.buyer not in ex.accounts.by_id:
                 return
             try:
-                s = ex.core.upsert_campaign(row.buyer, campaign_of(row), ex.clock.now_ns(), away=row.buyer not in ex.rtb.buyers)
+                ex.core.upsert_campaign(row.buyer, campaign_of(row), ex.clock.now_ns(), away=row.buyer not in ex.rtb.buyers)
             except ValueError as exc:  # CampaignError: refused here as it would have been there
                 log.warning("campaign_not_applied", extra={"buyer": row.buyer, "campaign": row.id, "reason": str(exc)})
                 return
-            ex.bookstore.spec_of[s.key] = hash(row.spec)
-        self._price(row.buyer, row.id, row.bid_cents, row.paused)
+            ex.bookstore.seen[(row.buyer, row.id)] = seen = [hash(row.spec), 0]
+        self._price(row.buyer, row.id, row.bid_cents, row.paused, row.updated_ns)
 
-    def _price(self, buyer: str, cid: str, bid: int, paused: bool) -> None:
-        book = self.ex.core.book
+    def _price(self, buyer: str, cid: str, bid: int, paused: bool, at_ns: int) -> None:
+        ex = self.ex
+        book = ex.core.book
         s = book.get(buyer, cid)
-        if s is None:
+        seen = ex.bookstore.seen.get((buyer, cid))
+        if s is None or seen is None or at_ns < seen[1]:
             return
+        seen[1] = at_ns
         book.reprice(buyer, cid, bid)
         book.set_paused(buyer, cid, paused)
         book.dirty_specs.discard(s.slot)  # saved by the node that took it
         book.dirty_prices.discard(s.slot)
 
-    async def _refresh(self) -> None:
-        """The seller, each lease period: presence as the edges' hashes say, and every campaign
-        saved since the last catch-up (a notice lost on the way changes nothing for long)."""
+    async def _refresh(self, book: bool = True) -> None:
+        """The seller, each lease period: presence as the edges' hashes say; and (``book``)
+        every campaign saved since the last catch-up (a notice lost on the way changes
+        nothing for long)."""
         try:
             seen: set[tuple[str, str]] = set()
             async for k in self.client.scan_iter(match=self.key("presence", "*"), count=500):
@@ -284,6 +290,8 @@ class MarketLink:
                         self._present(b, node, int(n))
             for key in [k for k in self.remote if k not in seen]:
                 self._present(key[0], key[1], 0)
+            if not book:
+                return
             since, self.caught_up_ns = self.caught_up_ns - CATCH_UP_SLACK_NS, self.ex.clock.now_ns()
             for row in await self.ex.journal.store.load_campaigns(since_ns=since):
                 self.apply(row)
@@ -294,10 +302,12 @@ class MarketLink:
 
     async def _keep(self) -> None:
         every = self.node.lease.ttl_ms / 1000
+        ticks = 0
         while True:
             await asyncio.sleep(every)
+            ticks += 1
             if self.node.selling:
-                await self._refresh()
+                await self._refresh(book=ticks % CATCH_UP_LEASES == 0)
                 continue
             try:  # an edge: its presence counts, refreshed and kept alive as long as it is
                 counts = {b: len(c) for b, c in self.ex.rtb.buyers.items() if c}

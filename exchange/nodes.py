@@ -17,8 +17,9 @@ markets, or two test runs, share one Redis:
   budgets, balance plus credit, dedupe, frequency and idempotency keys stay exact in one
   process's memory (and its writer is the audit chain's only writer). Every other node is an
   **edge**: it takes buyers' sockets (their campaigns and bids join the shared book, their
-  notices reach them through Redis) and answers reads; a call or any other write sent to it is
-  refused with ``503 not_seller`` naming the seller. An edge never takes the seller's lease
+  notices reach them through Redis) and ``/healthz``, ``/readyz``, ``/metrics``; a call or any
+  other HTTP request sent to it is refused with ``503 not_seller`` naming the seller (its
+  memory of money and calls would be stale). An edge never takes the seller's lease
   while it runs (a seller's state is rebuilt by a restart, ``exchange.recovery``; taking over
   live is not built).
 
@@ -243,8 +244,8 @@ class Node:
                                "(Redis unreachable, or the id taken over): it takes no call; send it to another node",
                                retry_after_s=1)
         if not self.selling:
-            return Unavailable("not_seller", f"node {self.id!r} is an edge of market {self.market!r}: calls and writes go to "
-                               f"its seller ({_where(self.seller_info)}); buyers' sockets and reads are served here",
+            return Unavailable("not_seller", f"node {self.id!r} is an edge of market {self.market!r}: send calls and API "
+                               f"requests to its seller ({_where(self.seller_info)}); buyers' sockets are served here",
                                retry_after_s=1)
         if not self.seller.fresh():
             return Unavailable("node_stale", f"node {self.id!r} has lost the seller's lease of market {self.market!r}: "

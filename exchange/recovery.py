@@ -16,8 +16,10 @@ An outbound call's consumer gets the gate's call-level plan again (``Gate.screen
 decision's instant, counting nothing), so a failed leg can still move to a fallback buyer,
 each of which the per-buyer checks then judge as they stand now.
 
-The leg's concurrency slot is not re-taken: campaigns live in the buyers' sessions, which
-reconnect and re-send them.
+Once the saved book is back (``exchange.bookstore``), ``retake`` puts each recovered leg's
+concurrency slot and cap counts back on its campaign, counted in the current windows (a leg
+begun in an earlier hour or day counts once more than it did: fail closed). A leg whose
+campaign is not in the book holds its price but no slot.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from billing.records import AuditEvent, HoldEvent
 from billing.store import Store
 from compliance.numbers import parse_number
 from routing.dedupe import MAX_DEDUPE_DAYS, NS_PER_DAY
+from routing.schedule import UTC
 
 from routing.auction import PlannedRoute
 
@@ -142,6 +145,21 @@ async def restore(store: Store, core: Core, accounts: Accounts, settings: Settin
         core.active[rec.call_id] = rec
         recovered += 1
     return len(snap.accounts), recovered, released
+
+
+def retake(core: Core, now_ns: int) -> int:
+    """The recovered legs' slots on their restored campaigns (see the module's docstring);
+    returns how many were taken."""
+    n = 0
+    for rec in core.active.values():
+        r = rec.route
+        st = core.book.get(r.buyer, r.campaign) if r is not None and rec.taken is None else None
+        if r is None or st is None:
+            continue
+        lt = core.clock.at(st.schedule.zone if st.schedule is not None else UTC, now_ns)
+        rec.taken = (st.capacity, st.capacity.take(lt, r.price_cents))
+        n += 1
+    return n
 
 
 async def recorded_answer(store: Store, publisher: str | None, call_id: str, key: str, ev: CallEvent) -> EventResponse | None:

@@ -33,7 +33,7 @@ from .metrics import Metrics
 from .market import MarketLink
 from .messages import NoBid, RtbBid
 from .nodes import Node, refuse_beside_nodes
-from .recovery import restore
+from .recovery import restore, retake
 from .relay import Relay
 from .webhooks import Webhooks
 from .rtb import RtbDesk
@@ -89,6 +89,7 @@ class Exchange:
         self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now, calls=not edge)
         await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         self.campaigns_restored = await self.bookstore.restore(self.accounts.by_id.__contains__, now)
+        retake(self.core, now)  # the recovered legs' concurrency slots, on their restored campaigns
         if self.settings.report_days:  # the report aggregate, from the audit trail of its window
             with self.journal.reading():
                 await replay_audit(self.journal.store, self.desk.tally, now - self.settings.report_days * 86_400 * 1_000_000_000,

@@ -93,6 +93,9 @@ def test_an_edge_sends_calls_and_writes_to_the_seller(market: Market) -> None:
         res = edge.http.post("/v1/accounts", json={"kind": "buyer", "name": "x"}, headers=edge.admin)
         assert res.status_code == 503 and res.json()["error"]["code"] == "not_seller"
         assert f"127.0.0.1:{seller.port}" in res.json()["error"]["message"]
+        read = edge.http.get("/v1/calls", headers={"Authorization": f"Bearer {pub}"})  # its memory of calls and money is not the market's
+        assert read.status_code == 503 and read.json()["error"]["code"] == "not_seller"
+        assert edge.http.get("/metrics").status_code == 200
     finally:
         stop_server(edge)
         stop_server(seller)

@@ -8,7 +8,7 @@ import signal
 import tempfile
 import time
 
-from exchange.messages import Ack, Bid, Campaign, Ping, Pong, Win
+from exchange.messages import Ack, Bid, Campaign, Caps, Ping, Pong, Win
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.wsclient import Buyer
 
@@ -79,5 +79,37 @@ def test_campaigns_survive_restarts_and_cancel_on_disconnect_follows_the_socket(
         assert d["route"]["campaign"] == "stay" and d["route"]["payout_cents"] == 2200  # the saved price (2750, 20 % take)
         assert call(server, auth, "hvac", "+14155550108")["decision"] == "routed"
         assert buyer_id
+    finally:
+        stop_server(server)
+
+
+def test_a_leg_in_flight_at_a_crash_keeps_its_concurrency_slot_on_the_restored_campaign() -> None:
+    env = {"EXCHANGE_DATABASE_URL": f"sqlite:///{tempfile.mkdtemp(prefix='dce-book-')}/ledger.db", "EXCHANGE_BOOK_SAVE_MS": "50"}
+    server = start_server(env)
+    try:
+        _, buyer_key = server.account("buyer", "slot-buyer", deposit=1_000_000)
+        _, pub_key = server.account("publisher", "slot-pub")
+        auth = {"Authorization": f"Bearer {pub_key}"}
+        b = Buyer(server.ws_url, buyer_key)
+        assert isinstance(b.request(lambda s: Campaign(id="one", vertical="solar", bid_cents=2000, destination="+18005550199",
+                                                       min_duration_s=60, caps=Caps(concurrency=1), seq=s)), Ack)
+        wait_saved(server, 1)
+        first = call(server, auth, "solar", "+14155550201")
+        assert first["decision"] == "routed"
+        r = server.http.post(f"/v1/calls/{first['call_id']}/events", json={"event": "connected"},
+                             headers={**auth, "Idempotency-Key": "c1"})  # an event is answered once durable
+        assert r.status_code == 200, r.text
+        b.close()
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        stop_server(server)
+    server = start_server(env)
+    try:
+        assert call(server, auth, "solar", "+14155550202")["reason"] == "no_eligible_bid"  # its one slot is the recovered leg's
+        r = server.http.post(f"/v1/calls/{first['call_id']}/events", json={"event": "completed", "duration_s": 90},
+                             headers={**auth, "Idempotency-Key": "c2"})
+        assert r.status_code == 200 and r.json()["billable"], r.text
+        assert call(server, auth, "solar", "+14155550203")["decision"] == "routed"  # the slot is free again
     finally:
         stop_server(server)

@@ -21,3 +21,6 @@ CREATE TABLE market_nodes (
     seen_ns bigint NOT NULL,
     PRIMARY KEY (market, node_id)
 );
+
+-- A node of a market reads an account made at the seller by its key's digest (exchange.service).
+CREATE INDEX accounts_key_digest_idx ON accounts (key_digest);

@@ -18,6 +18,7 @@ from typing import Any
 
 from .codec import decode_body
 from .errors import BadRequest, Refused
+from .forward import Forwarder
 from .http import admit, check_key, limits_of, read_body, status_of
 from .messages import CallEvent, CallRequest, ErrorBody, ErrorDetail, json_encoder
 from .service import Exchange
@@ -41,11 +42,12 @@ class ClientGone(Exception):
 
 
 class CallPath:
-    __slots__ = ("app", "ex", "limit")
+    __slots__ = ("app", "ex", "limit", "forward")
 
     def __init__(self, app: Any, ex: Exchange) -> None:
         self.app, self.ex = app, ex
         self.limit = ex.settings.max_body_bytes
+        self.forward = Forwarder(ex) if ex.settings.node_id else None  # an edge's HTTP API goes to the seller
 
     def __getattr__(self, name: str) -> Any:  # the app's routes, state, router ...
         return getattr(self.app, name)
@@ -53,7 +55,12 @@ class CallPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         node = self.ex.node
         if node is not None and scope["type"] == "http" and (scope["method"] not in _READS or not (node.selling or scope["path"] in _OPEN)):
-            refused = node.refusal()  # a stale node takes no write; an edge serves buyers' sockets only (exchange.nodes)
+            refused: Refused | None = node.refusal()  # a stale node takes no write; an edge forwards to the seller (exchange.nodes)
+            if refused is not None and refused.code == "not_seller" and self.forward is not None:
+                try:
+                    return await self._reply(send, *await self.forward(scope, receive, send, self.app.state))
+                except Refused as exc:
+                    refused = exc
             if refused is not None:
                 return await self._reply(send, *self._refusal(refused))
         if scope["type"] == "http" and scope["method"] == "POST" and not C0_QUERY.search(scope["query_string"]):
@@ -78,6 +85,7 @@ class CallPath:
 
     @staticmethod
     async def _reply(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        headers = [h for h in headers if h[0] != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

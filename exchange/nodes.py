@@ -17,9 +17,10 @@ markets, or two test runs, share one Redis:
   budgets, balance plus credit, dedupe, frequency and idempotency keys stay exact in one
   process's memory (and its writer is the audit chain's only writer). Every other node is an
   **edge**: it takes buyers' sockets (their campaigns and bids join the shared book, their
-  notices reach them through Redis) and ``/healthz``, ``/readyz``, ``/metrics``; a call or any
-  other HTTP request sent to it is refused with ``503 not_seller`` naming the seller (its
-  memory of money and calls would be stale). An edge never takes the seller's lease
+  notices reach them through Redis) and answers ``/healthz``, ``/readyz``, ``/metrics``; every
+  other HTTP request is forwarded to the seller (``exchange.forward``: its own memory of money
+  and calls is not the market's); ``refusal`` says ``not_seller`` for what it cannot forward
+  (a call over its publisher WebSocket). An edge never takes the seller's lease
   while it runs (a seller's state is rebuilt by a restart, ``exchange.recovery``; taking over
   live is not built).
 

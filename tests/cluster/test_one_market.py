@@ -75,8 +75,12 @@ def test_a_buyer_on_one_node_wins_a_call_submitted_at_another(market: Market) ->
             r = seller.http.post(f"/v1/calls/{d['call_id']}/events", json=body, headers={**auth, "Idempotency-Key": f"{d['call_id']}-{event}"})
             assert r.status_code == 200, r.text
         assert r.json()["charged_cents"] == 2500
-        refused = edge.http.post("/v1/calls", json={"caller": "+14155550114", "vertical": "solar"}, headers=auth)
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_seller"
+        via_edge = submit(edge, auth, "solar", "+14155550114")  # a call at the edge: forwarded, decided by the seller
+        assert via_edge["decision"] == "routed" and via_edge["route"]["campaign"] == "far"
+        assert b.wait_for(lambda m: isinstance(m, Win) and m.call_id == via_edge["call_id"]).price_cents == 3000
+        r = edge.http.post(f"/v1/calls/{via_edge['call_id']}/events", json={"event": "completed", "duration_s": 5},
+                           headers={**auth, "Idempotency-Key": "short-1"})
+        assert r.status_code == 200 and r.json()["billable"] is False, r.text
 
         assert isinstance(b.request(lambda s: Ping(seq=s)), Pong)
         b.close()  # its only socket, on the edge: cancel_on_disconnect holds "far" out at the seller

@@ -87,10 +87,11 @@ class Exchange:
         now = self.clock.now_ns()
         edge = self.node is not None and not self.node.selling
         self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now, calls=not edge)
-        await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
+        if not edge:  # an edge forwards calls and reads to the seller: its keys and reports would be unused
+            await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         self.campaigns_restored = await self.bookstore.restore(self.accounts.by_id.__contains__, now)
         retake(self.core, now)  # the recovered legs' concurrency slots, on their restored campaigns
-        if self.settings.report_days:  # the report aggregate, from the audit trail of its window
+        if self.settings.report_days and not edge:  # the report aggregate, from the audit trail of its window
             with self.journal.reading():
                 await replay_audit(self.journal.store, self.desk.tally, now - self.settings.report_days * 86_400 * 1_000_000_000,
                                    self.settings.min_floor_cents)

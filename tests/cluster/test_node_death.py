@@ -58,7 +58,7 @@ def test_an_edge_killed_takes_its_buyers_presence_with_it_and_they_come_back_els
         b2 = Buyer(seller.ws_url, buyer_key)  # the buyer reconnects to another node: its campaigns are in the store
         assert isinstance(b2.request(lambda s: Ping(seq=s)), Pong)
         d = submit(seller, auth, "+14155550303")
-        assert d["decision"] == "routed" and d["route"]["campaign"] == "cod"
+        assert d["decision"] == "routed" and d["route"]["campaign"] == "cod", (d, seller.log()[-3000:])
         assert b2.wait_for(lambda m: isinstance(m, Win) and m.call_id == d["call_id"]).campaign == "cod"
         b2.close()
     finally:

@@ -37,7 +37,7 @@ from .recovery import restore, retake
 from .relay import Relay
 from .webhooks import Webhooks
 from .rtb import RtbDesk
-from .settings import Settings
+from .settings import Settings, nats_names
 from .tallyreplay import relog, replay_audit
 from .treasury import Treasury
 
@@ -71,7 +71,7 @@ class Exchange:
         self.webhooks: Webhooks | None = Webhooks(self.journal.store, self.journal.record, lambda: writer.head[0], settings,
                                                   self.clock.now_ns)
         if settings.nats_url:
-            self.relay = Relay(self.journal.store, settings.nats_url, settings.nats_stream, settings.nats_subject,
+            self.relay = Relay(self.journal.store, settings.nats_url, *nats_names(settings),
                                settings.relay_batch, settings.relay_inflight, settings.events_max_age_s,
                                head=lambda: writer.head[0], clock_ns=self.clock.now_ns)
 

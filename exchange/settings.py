@@ -75,8 +75,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # set: stream nats_stream on subjects <nats_subject>.<event type>, messages kept
     # events_max_age_s; relay_inflight publishes awaiting their acks at once.
     nats_url: str | None = None
-    nats_stream: str = "DCE_EVENTS"
-    nats_subject: str = "dce.events"
+    nats_stream: str | None = None  # unset: "<MARKET>_EVENTS" (DCE_EVENTS), so two markets share one NATS
+    nats_subject: str | None = None  # unset: "<market>.events" (dce.events)
     events_max_age_s: Annotated[int, Meta(ge=60)] = 7 * 86_400
     relay_batch: Annotated[int, Meta(ge=1, le=100_000)] = 500
     relay_inflight: Annotated[int, Meta(ge=1, le=100_000)] = 256
@@ -146,6 +146,12 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     if problems:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
     return msgspec.convert(raw, Settings)
+
+
+def nats_names(settings: Settings) -> tuple[str, str]:
+    """(stream, subject prefix) of the event relay: the settings, else scoped by the market."""
+    stream = settings.nats_stream or settings.market.upper().replace(".", "_").replace("-", "_") + "_EVENTS"
+    return stream, settings.nats_subject or settings.market + ".events"
 
 
 def node_problems(settings: Settings) -> list[str]:

@@ -14,7 +14,7 @@ import time
 import httpx
 import redis
 
-from exchange.settings import SettingsError, load
+from exchange.settings import SettingsError, load, nats_names
 from tests.cluster.conftest import REDIS_URL, ROOT, Market, refused_start, start_node
 from tests.e2e.conftest import ADMIN, free_port, stop_server
 from tests.integration.conftest import schema_url
@@ -30,6 +30,17 @@ def wait(pred, timeout_s: float = 10, what: str = "") -> None:
 def call(http: httpx.Client, key: str) -> httpx.Response:
     return http.post("/v1/calls", json={"caller": "+14155550100", "vertical": "solar", "state": "CA"},
                      headers={"Authorization": f"Bearer {key}"})
+
+
+def test_every_shared_name_is_scoped_by_the_market() -> None:
+    from compliance.runtime import ComplianceRuntime
+    from compliance.gate import Gate
+
+    assert nats_names(load({})) == ("DCE_EVENTS", "dce.events")  # the defaults as before
+    m = load({"EXCHANGE_MARKET": "blue-1"})
+    assert nats_names(m) == ("BLUE_1_EVENTS", "blue-1.events")
+    assert ComplianceRuntime.from_settings(Gate(), m).redis_prefix == "blue-1:"
+    assert nats_names(load({"EXCHANGE_MARKET": "blue", "EXCHANGE_NATS_SUBJECT": "x.y"}))[1] == "x.y"
 
 
 def test_a_node_id_needs_postgresql_and_redis() -> None:

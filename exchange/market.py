@@ -91,13 +91,14 @@ class MarketLink:
         self.caught_up_ns = 0  # the seller's last catch-up read of the saved book
         self.dropped = self.published = self.received = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._sub: aioredis.client.PubSub | None = None
 
     def key(self, *parts: str) -> str:
         return self.node.key(*parts)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        sub = self.client.pubsub(ignore_subscribe_messages=True)
+        sub = self._sub = self.client.pubsub(ignore_subscribe_messages=True)
         if self.node.selling:
             await sub.subscribe(self.key("book"), self.key("presence"), self.key("answers"))
             self.caught_up_ns = self.ex.bookstore.high_ns
@@ -119,6 +120,8 @@ class MarketLink:
                 await self.client.publish(self.key("presence"), f"{self.node.id} * 0".encode())
             except (aioredis.RedisError, OSError):
                 pass
+        if self._sub is not None:
+            await self._sub.aclose()
         await self.client.aclose()
 
     # ------------------------------------------------------------------ sending (never awaits)

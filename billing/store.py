@@ -176,6 +176,14 @@ class Store(ABC):
             "WHERE o.billable AND o.final_ns >= ? AND a.number IS NOT NULL ORDER BY o.final_ns", since_ns)
         return [(b, n, int(t)) for b, n, t in rows]
 
+    async def delivered_legs(self, since_ns: int) -> list[tuple[str, str, bool, int, int]]:
+        """(buyer, campaign, billable, price, final_ns) of each routed call completed since
+        ``since_ns``: what a restarted exchange counts its campaigns' caps and budgets from."""
+        rows = await self.fetch(
+            "SELECT buyer, campaign, billable, price_cents, final_ns FROM call_outcomes "
+            "WHERE status = 'completed' AND final_ns >= ? ORDER BY final_ns", since_ns)
+        return [(b, c, bool(x), int(p), int(t)) for b, c, x, p, t in rows]
+
     async def call_entries(self, call_id: str) -> list[Entry]:
         """The charge of a call and every refund of it, in posting order."""
         heads = await self.fetch(

@@ -16,7 +16,9 @@ An outbound call's consumer gets the gate's call-level plan again (``Gate.screen
 decision's instant, counting nothing), so a failed leg can still move to a fallback buyer,
 each of which the per-buyer checks then judge as they stand now.
 
-Once the saved book is back (``exchange.bookstore``), ``retake`` puts each recovered leg's
+Once the saved book is back (``exchange.bookstore``), ``recount`` counts the calls delivered in
+the current hour, day and month (and today's billable spend) into the caps and budgets of
+their campaigns again, and ``retake`` puts each recovered leg's
 concurrency slot and cap counts back on its campaign, counted in the current windows (a leg
 begun in an earlier hour or day counts once more than it did: fail closed). A leg whose
 campaign is not in the book holds its price but no slot.
@@ -33,7 +35,7 @@ from billing.records import AuditEvent, HoldEvent
 from billing.store import Store
 from compliance.numbers import parse_number
 from routing.dedupe import MAX_DEDUPE_DAYS, NS_PER_DAY
-from routing.schedule import UTC
+from routing.schedule import UTC, local_time
 
 from routing.auction import PlannedRoute
 
@@ -145,6 +147,25 @@ async def restore(store: Store, core: Core, accounts: Accounts, settings: Settin
         core.active[rec.call_id] = rec
         recovered += 1
     return len(snap.accounts), recovered, released
+
+
+def recount(core: Core, legs: list[tuple[str, str, bool, int, int]], now_ns: int) -> int:
+    """The delivered legs of the current windows back into their restored campaigns' caps and
+    daily budgets (``Store.delivered_legs``; counted by when each ended); returns how many
+    counted. Campaigns without hourly, daily or monthly caps or a budget are left alone."""
+    n = 0
+    book = core.book
+    for buyer, campaign, billable, price, final_ns in legs:
+        st = book.get(buyer, campaign)
+        if st is None:
+            continue
+        lim = st.limits
+        if lim.hourly is None and lim.daily is None and lim.monthly is None and lim.daily_budget_cents is None:
+            continue
+        zone = st.schedule.zone if st.schedule is not None else UTC
+        st.capacity.recount(local_time(zone, now_ns), local_time(zone, final_ns), price, billable)
+        n += 1
+    return n
 
 
 def retake(core: Core, now_ns: int) -> int:

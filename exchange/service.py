@@ -33,7 +33,7 @@ from .metrics import Metrics
 from .market import MarketLink
 from .messages import NoBid, RtbBid
 from .nodes import Node, refuse_beside_nodes
-from .recovery import restore, retake
+from .recovery import recount, restore, retake
 from .relay import Relay
 from .webhooks import Webhooks
 from .rtb import RtbDesk
@@ -90,6 +90,9 @@ class Exchange:
         if not edge:  # an edge forwards calls and reads to the seller: its keys and reports would be unused
             await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         self.campaigns_restored = await self.bookstore.restore(self.accounts.by_id.__contains__, now)
+        if not edge:  # the current windows' delivered calls, into the restored campaigns' caps and budgets
+            with self.journal.reading():
+                recount(self.core, await self.journal.store.delivered_legs(now - 32 * 86_400 * 1_000_000_000), now)
         retake(self.core, now)  # the recovered legs' concurrency slots, on their restored campaigns
         if self.settings.report_days and not edge:  # the report aggregate, from the audit trail of its window
             with self.journal.reading():

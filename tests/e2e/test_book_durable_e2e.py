@@ -113,3 +113,31 @@ def test_a_leg_in_flight_at_a_crash_keeps_its_concurrency_slot_on_the_restored_c
         assert call(server, auth, "solar", "+14155550203")["decision"] == "routed"  # the slot is free again
     finally:
         stop_server(server)
+
+
+def test_caps_and_budget_count_the_calls_delivered_before_a_restart() -> None:
+    env = {"EXCHANGE_DATABASE_URL": f"sqlite:///{tempfile.mkdtemp(prefix='dce-book-')}/ledger.db"}
+    server = start_server(env)
+    try:
+        _, buyer_key = server.account("buyer", "cap-buyer", deposit=1_000_000)
+        _, pub_key = server.account("publisher", "cap-pub")
+        auth = {"Authorization": f"Bearer {pub_key}"}
+        b = Buyer(server.ws_url, buyer_key)
+        for cid, vertical, kw in (("daily", "solar", {"caps": Caps(daily=1)}), ("budget", "hvac", {"daily_budget_cents": 3000})):
+            assert isinstance(b.request(lambda s, c=cid, v=vertical, k=kw: Campaign(
+                id=c, vertical=v, bid_cents=2000, destination="+18005550199", min_duration_s=60, seq=s, **k)), Ack)
+        for vertical, caller in (("solar", "+14155550301"), ("hvac", "+14155550302")):
+            d = call(server, auth, vertical, caller)
+            assert d["decision"] == "routed", d
+            r = server.http.post(f"/v1/calls/{d['call_id']}/events", json={"event": "completed", "duration_s": 90},
+                                 headers={**auth, "Idempotency-Key": caller})
+            assert r.status_code == 200 and r.json()["billable"], r.text
+        b.close()
+    finally:
+        stop_server(server)  # graceful: the book saved at shutdown
+    server = start_server(env)
+    try:
+        assert call(server, auth, "solar", "+14155550303")["reason"] == "no_eligible_bid"  # 1 of 1 today, before the restart
+        assert call(server, auth, "hvac", "+14155550304")["reason"] == "no_eligible_bid"  # 2000 spent: another 2000 is over 3000
+    finally:
+        stop_server(server)

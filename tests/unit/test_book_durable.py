@@ -72,3 +72,18 @@ def test_restored_away_and_replaced_without_the_flag() -> None:
     assert listed(book) == ["c1"]
     assert book.set_away("b1", True) == 0
     assert listed(book) == ["c1"]
+
+
+def test_recount_puts_delivered_legs_in_the_windows_current_now() -> None:
+    from routing.capacity import Capacity, Limits
+    from routing.schedule import UTC, local_time
+
+    t = NOON_NY_NS + 30 * 60 * 10**9  # 16:30 UTC on the 15th
+    now = local_time(UTC, t)
+    cap = Capacity()
+    hour = 3600 * 10**9
+    cap.recount(now, local_time(UTC, t - 10 * 60 * 10**9), 700, True)  # this hour
+    cap.recount(now, local_time(UTC, t - 2 * hour), 500, False)  # today, not billable
+    cap.recount(now, local_time(UTC, t - 30 * hour), 900, True)  # yesterday: this month only
+    assert cap.counts(now) == (1, 2, 3, 700)
+    assert cap.refusal(Limits(daily=2), now, 100) is not None and cap.refusal(Limits(daily=3), now, 100) is None

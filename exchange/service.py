@@ -91,8 +91,9 @@ class Exchange:
             await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         self.campaigns_restored = await self.bookstore.restore(self.accounts.by_id.__contains__, now)
         if not edge:  # the current windows' delivered calls, into the restored campaigns' caps and budgets
+            days = 32 if any(s.limits.monthly is not None for s in self.core.book.standing()) else 2
             with self.journal.reading():
-                recount(self.core, await self.journal.store.delivered_legs(now - 32 * 86_400 * 1_000_000_000), now)
+                recount(self.core, await self.journal.store.delivered_legs(now - days * 86_400 * 1_000_000_000), now)
         retake(self.core, now)  # the recovered legs' concurrency slots, on their restored campaigns
         if self.settings.report_days and not edge:  # the report aggregate, from the audit trail of its window
             with self.journal.reading():

@@ -119,6 +119,10 @@ class Book:
         self._seq += 1
         return self._seq
 
+    def standing(self) -> list[Standing]:
+        """Every campaign in the book (a copy of the list: for start-up passes, not the hot path)."""
+        return list(self._campaigns.values())
+
     def get(self, buyer: str, campaign_id: str) -> Standing | None:
         return self._campaigns.get((buyer, campaign_id))
 

@@ -5,6 +5,7 @@ takes calls again once it holds its lease; an edge forwards the HTTP API to the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import redis
 from exchange.settings import SettingsError, load, nats_names
 from tests.cluster.conftest import REDIS_URL, ROOT, Market, refused_start, start_node
 from tests.e2e.conftest import ADMIN, free_port, stop_server
-from tests.integration.conftest import schema_url
+from tests.integration.conftest import _drop, schema_url
 
 
 def wait(pred, timeout_s: float = 10, what: str = "") -> None:
@@ -61,8 +62,11 @@ def test_the_registry_refuses_a_live_id_another_database_and_a_process_without_a
         assert a.http.get("/readyz").json()["role"] == "seller"
         code, out = refused_start(market, "a")
         assert code == 2 and f"node id 'a' is already alive in market '{market.name}'" in out, out
-        other = schema_url(market.database_url.rsplit("schema=", 1)[1] + "_other")
-        code, out = refused_start(market, "b", EXCHANGE_DATABASE_URL=other)
+        other = market.database_url.rsplit("schema=", 1)[1] + "_other"
+        try:
+            code, out = refused_start(market, "b", EXCHANGE_DATABASE_URL=schema_url(other))
+        finally:
+            asyncio.run(_drop(other))  # made by the refused node's check of its database
         assert code == 2 and f"market '{market.name}' uses the database" in out, out
         code, out = refused_start(market, None)
         assert code == 2 and f"used by the live nodes {market.name}/a" in out, out

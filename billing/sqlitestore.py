@@ -18,7 +18,7 @@ import time
 from typing import Any, TypeVar
 from collections.abc import Callable
 
-from .store import Batch, BatchRefused, Store, StoreUnavailable, migrations
+from .store import Batch, BatchRefused, CampaignRow, Store, StoreUnavailable, migrations
 
 T = TypeVar("T")
 
@@ -67,6 +67,12 @@ class _Thread:
     def stop(self) -> None:
         self.calls.put(None)
         self.thread.join()
+
+
+SAVE_SPEC = ("INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (buyer, id) DO UPDATE SET spec = excluded.spec, "
+             "bid_cents = excluded.bid_cents, paused = excluded.paused, updated_ns = excluded.updated_ns "
+             "WHERE excluded.updated_ns >= campaigns.updated_ns")
+SAVE_PRICE = "UPDATE campaigns SET bid_cents = ?, paused = ?, updated_ns = ? WHERE buyer = ? AND id = ? AND updated_ns <= ?"
 
 
 class SqliteStore(Store):
@@ -144,6 +150,20 @@ class SqliteStore(Store):
                 db.execute("ROLLBACK")
             raise
 
+    def _save_campaigns(self, rows: list[CampaignRow]) -> None:
+        db = self.db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(SAVE_SPEC, [r for r in rows if r.spec is not None])
+            db.executemany(SAVE_PRICE, [(r.bid_cents, r.paused, r.updated_ns, r.buyer, r.id, r.updated_ns)
+                                        for r in rows if r.spec is None])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     def _fetch(self, sql: str, args: tuple) -> list[tuple]:
         assert self.db is not None
         return self.db.execute(sql, args).fetchall()
@@ -179,6 +199,14 @@ class SqliteStore(Store):
             # some record of the batch is at fault (a constraint, an integer over 64 bits, text
             # that cannot be encoded): the writer splits the batch to find it
             raise BatchRefused(f"SQLite refused the batch's data: {type(exc).__name__}: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+    async def save_campaigns(self, rows: list[CampaignRow]) -> None:
+        if self.db is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            await self._run(self._save_campaigns, rows)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
 

@@ -93,7 +93,8 @@ class ComplianceRuntime:
         imports the exchange): ``compliance_dir``, ``redis_url``, ``redis_prefix``,
         ``max_dnc_upload_bytes``."""
         root = settings.compliance_dir
-        return cls(gate, Path(root) if root else None, settings.redis_url, settings.redis_prefix,
+        prefix = settings.redis_prefix or settings.market + ":"  # unset: the market's prefix (exchange.nodes)
+        return cls(gate, Path(root) if root else None, settings.redis_url, prefix,
                    settings.max_dnc_upload_bytes)
 
     # ------------------------------------------------------------------ lifecycle

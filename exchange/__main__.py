@@ -1,4 +1,4 @@
-"""``python -m exchange serve | demo | dnc import ... | billing invoice|reconcile | audit verify``."""
+"""``python -m exchange serve | cluster --nodes N | demo | dnc import ... | billing invoice|reconcile | audit verify``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the exchange (embedded defaults, no external server needed)")
     p_serve.add_argument("--host", default=None)
     p_serve.add_argument("--port", type=int, default=None)
+    p_cluster = sub.add_parser("cluster", help="run N local nodes of one market (N > 1: PostgreSQL and Redis)")
+    p_cluster.add_argument("--nodes", type=int, required=True)
+    p_cluster.add_argument("--port", type=int, default=None, help="the first node's port (default EXCHANGE_PORT, 8080)")
     p_demo = sub.add_parser("demo", help="run the exchange with simulated buyers and publishers, then print a summary")
     p_demo.add_argument("--seconds", type=float, default=20.0)
     p_demo.add_argument("--calls-per-s", type=float, default=40.0)
@@ -34,15 +37,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return billing_main([args.command, *getattr(args, f"{args.command}_args")])
     try:
-        settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None))
+        settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None) if args.command == "serve" else None)
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "cluster":
+        from .cluster import run_cluster
+
+        return run_cluster(settings, args.nodes, args.port)
     if args.command == "serve":
         from .server import serve
 
-        serve(settings)
-        return 0
+        return serve(settings)
     from .demo import run_demo
 
     return run_demo(settings, seconds=args.seconds, calls_per_s=args.calls_per_s, seed=args.seed)

@@ -30,6 +30,7 @@ from .journal import Journal
 from .lifecycle import apply_event
 from .messages import BidRequest, CallEvent, CallFields, DecisionFields, EventResponse
 from .metrics import Metrics
+from .nodes import Node
 from .pipeline import decide, prepare
 from .recovery import decision_audit, event_audit, recorded_answer, recorded_decision, recorded_keys
 from .rtb import RtbDesk, RtbRound
@@ -39,7 +40,7 @@ from .tally import Tally
 
 class CallDesk:
     __slots__ = ("core", "compliance", "rtb", "journal", "metrics", "clock", "keys", "recorded", "recorded_until_ns", "in_flight", "draining",
-                 "tally", "log")
+                 "tally", "log", "node")
 
     def __init__(self, core: Core, compliance: ComplianceRuntime, rtb: RtbDesk, journal: Journal, metrics: Metrics, clock: WallClock) -> None:
         self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock = core, compliance, rtb, journal, metrics, clock
@@ -50,6 +51,7 @@ class CallDesk:
         self.draining = False
         self.tally = Tally(core.settings.report_days)  # the report aggregate (GET /v1/reports)
         self.log = CallLog()  # who may list which calls (GET /v1/calls)
+        self.node: Node | None = None  # one node of a market: it decides only while it sells with a fresh lease
 
     async def drain(self, timeout_s: float) -> int:
         """Stop taking calls (``draining``) and wait for the decisions in flight; returns how
@@ -91,6 +93,10 @@ class CallDesk:
     async def submit(self, publisher: Account, call: CallFields, idem_key: str | None = None) -> DecisionFields:
         if self.draining:
             raise Unavailable("draining", "the exchange is shutting down; submit the call again", retry_after_s=1)
+        if self.node is not None:
+            refused = self.node.refusal()
+            if refused is not None:
+                raise refused
         self.in_flight += 1
         try:
             return await self._submit(publisher, call, idem_key)

@@ -300,7 +300,9 @@ async def readyz(request: Request) -> Response:
     writer = ex.journal.writer
     if writer.state != "up":  # the database's own text is for the operator's log, not for anyone asking
         return error_response(503, "ledger_" + writer.state, LEDGER_STATES.get(writer.state, "the ledger writer is not up"))
-    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend})
+    if ex.node is not None and not ex.node.fresh():
+        return error_response(503, "node_stale", "this node has lost its lease in its market: it takes no call")
+    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend, **ex.node_fields()})
 
 
 async def metrics(request: Request) -> Response:

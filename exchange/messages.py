@@ -24,6 +24,7 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
+from .modifiers import Attestation, BidModifiers
 from .pingspec import PingSpec
 
 # ---------------------------------------------------------------- field types
@@ -55,8 +56,6 @@ TagValue = Union[TagText, int, float, bool, None]  # an int: signed or unsigned 
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what MessagePack can carry (msgspec bounds stop at int64)
 Tags = Annotated[dict[TagText, TagValue], Meta(max_length=32)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-Attestation = Literal["A", "B", "C"]  # STIR/SHAKEN level of the caller id (absent: unattested, the lowest)
-Multiplier = Annotated[float, Meta(ge=0)]  # at most 1 and 4 decimal places (AttestationModifiers.__post_init__)
 
 
 class Message(Struct, tag_field="type", frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -102,30 +101,7 @@ class Campaign(Message, tag="campaign", frozen=True, kw_only=True):
     bid_modifiers: BidModifiers | None = None
     max_publisher_risk: Annotated[int, Meta(ge=0, le=100)] | None = None  # skip calls of publishers riskier than this
     ping: PingSpec | None = None  # an HTTP bidder (v2): price each call by pinging this endpoint
-
-
-class AttestationModifiers(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """The bid multiplier per attestation level (absent: 1); ``unattested`` defaults to the
-    lowest multiplier given (an unattested call is the lowest level)."""
-
-    A: Multiplier | None = None
-    B: Multiplier | None = None
-    C: Multiplier | None = None
-    unattested: Multiplier | None = None
-
-    def __post_init__(self) -> None:  # at decode: the path of the field at fault, inside this struct
-        for name in ("A", "B", "C", "unattested"):
-            m = getattr(self, name)
-            if m is None:
-                continue
-            if m > 1:
-                raise ValueError(f"a bid modifier is at most 1 (modifiers never raise a bid) - at `$.{name}`")
-            if m != round(m, 4):
-                raise ValueError(f"a bid modifier has at most 4 decimal places - at `$.{name}`")
-
-
-class BidModifiers(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    attestation: AttestationModifiers | None = None
+    cancel_on_disconnect: bool = False  # PROTOCOL.md v2: paused while the buyer has no open socket
 
 
 class Bid(Message, tag="bid", frozen=True, kw_only=True):

@@ -16,8 +16,12 @@ An outbound call's consumer gets the gate's call-level plan again (``Gate.screen
 decision's instant, counting nothing), so a failed leg can still move to a fallback buyer,
 each of which the per-buyer checks then judge as they stand now.
 
-The leg's concurrency slot is not re-taken: campaigns live in the buyers' sessions, which
-reconnect and re-send them.
+Once the saved book is back (``exchange.bookstore``), ``recount`` counts the calls delivered in
+the current hour, day and month (and today's billable spend) into the caps and budgets of
+their campaigns again, and ``retake`` puts each recovered leg's
+concurrency slot and cap counts back on its campaign, counted in the current windows (a leg
+begun in an earlier hour or day counts once more than it did: fail closed). A leg whose
+campaign is not in the book holds its price but no slot.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from billing.records import AuditEvent, HoldEvent
 from billing.store import Store
 from compliance.numbers import parse_number
 from routing.dedupe import MAX_DEDUPE_DAYS, NS_PER_DAY
+from routing.schedule import UTC, local_time
 
 from routing.auction import PlannedRoute
 
@@ -111,9 +116,12 @@ def rebuild(rows: list[AuditRow], hold: HoldEvent, now_ns: int, route_ttl_s: int
     return rec
 
 
-async def restore(store: Store, core: Core, accounts: Accounts, settings: Settings, now: int) -> tuple[int, int, int]:
+async def restore(store: Store, core: Core, accounts: Accounts, settings: Settings, now: int,
+                  calls: bool = True) -> tuple[int, int, int]:
     """Load accounts, balances and replayable entries; bring back the calls in flight.
-    Returns (accounts, calls recovered, holds released)."""
+    Returns (accounts, calls recovered, holds released). ``calls`` False (an edge node of a
+    market, ``exchange.nodes``): accounts and balances only; the calls in flight and their
+    holds are the seller's, never released by an edge."""
     from billing.postings import buyer_account
 
     snap = await store.load()
@@ -123,6 +131,8 @@ async def restore(store: Store, core: Core, accounts: Accounts, settings: Settin
         if a.kind == "buyer":
             ledger.set_credit(buyer_account(a.id), a.credit_limit_cents)
     ledger.restore(snap.balances, snap.entries)
+    if not calls:
+        return len(snap.accounts), 0, 0
     for buyer, number, at_ns in await store.repeat_callers(now - MAX_DEDUPE_DAYS * NS_PER_DAY):
         core.dedupe.record(buyer, number, at_ns)
     s = settings
@@ -142,6 +152,40 @@ async def restore(store: Store, core: Core, accounts: Accounts, settings: Settin
         core.active[rec.call_id] = rec
         recovered += 1
     return len(snap.accounts), recovered, released
+
+
+def recount(core: Core, legs: list[tuple[str, str, bool, int, int]], now_ns: int) -> int:
+    """The delivered legs of the current windows back into their restored campaigns' caps and
+    daily budgets (``Store.delivered_legs``; counted by when each ended); returns how many
+    counted. Campaigns without hourly, daily or monthly caps or a budget are left alone."""
+    n = 0
+    book = core.book
+    for buyer, campaign, billable, price, final_ns in legs:
+        st = book.get(buyer, campaign)
+        if st is None:
+            continue
+        lim = st.limits
+        if lim.hourly is None and lim.daily is None and lim.monthly is None and lim.daily_budget_cents is None:
+            continue
+        zone = st.schedule.zone if st.schedule is not None else UTC
+        st.capacity.recount(local_time(zone, now_ns), local_time(zone, final_ns), price, billable)
+        n += 1
+    return n
+
+
+def retake(core: Core, now_ns: int) -> int:
+    """The recovered legs' slots on their restored campaigns (see the module's docstring);
+    returns how many were taken."""
+    n = 0
+    for rec in core.active.values():
+        r = rec.route
+        st = core.book.get(r.buyer, r.campaign) if r is not None and rec.taken is None else None
+        if r is None or st is None:
+            continue
+        lt = core.clock.at(st.schedule.zone if st.schedule is not None else UTC, now_ns)
+        rec.taken = (st.capacity, st.capacity.take(lt, r.price_cents))
+        n += 1
+    return n
 
 
 async def recorded_answer(store: Store, publisher: str | None, call_id: str, key: str, ev: CallEvent) -> EventResponse | None:

@@ -39,17 +39,26 @@ index (parked, or ``paused``) by reason (``routing/outside.py``); ``Book.offs`` 
 the auction replay, keeping its answer per (vertical, state, direction) until any count changes,
 so the calls of a steady book share one answer.
 
+**Saved off the hot path.** Each change is marked in ``dirty_specs`` (a campaign created or
+replaced) or ``dirty_prices`` (repriced, paused, resumed): one set insert of its slot. The book
+store (``exchange/bookstore.py``) takes them now and then and saves them, so a restart finds the
+book as it stood (``take_dirty``).
+
+**Away.** A campaign with ``cancel_on_disconnect`` is held out of the index, like a pause, while
+its buyer has no open socket (``set_away``); its own ``paused`` is kept apart and saved.
+
 **A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
 new one past it is refused with ``campaign_limit`` and nothing in the book changes.
 """
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heappush
 from collections.abc import Callable
 
-from .attestation import ONE, UNATTESTED, Multipliers
+from .attestation import UNATTESTED, Multipliers
 from .capacity import Capacity
+from .merge import ranked as merged
 from .outside import Listed, Outside, tally as outside_tally
 from .parking import ParkingLot
 from .schedule import ScheduleError
@@ -101,7 +110,7 @@ class Bucket:
 
 class Book:
     __slots__ = ("_campaigns", "_buckets", "_classes", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted",
-                 "_slots", "off_total", "_off_version", "_off_seen")
+                 "_slots", "off_total", "_off_version", "_off_seen", "dirty_specs", "dirty_prices", "_cod")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
@@ -121,6 +130,9 @@ class Book:
         self.off_total = 0  # campaigns counted out of the index (parked or paused), all buckets
         self._off_version = 0  # bumped at each change of those counts
         self._off_seen: dict[tuple[str, str | None, bool], tuple[int, dict[str, int], Listed | None]] = {}
+        self.dirty_specs: set[int] = set()  # slots created or replaced since the last save
+        self.dirty_prices: set[int] = set()  # slots repriced, paused or resumed since the last save
+        self._cod: dict[str, set[str]] = {}  # buyer -> its campaigns with cancel_on_disconnect
 
     def __len__(self) -> int:
         return len(self._campaigns)
@@ -130,12 +142,17 @@ class Book:
         self._seq += 1
         return self._seq
 
+    def standing(self) -> list[Standing]:
+        """Every campaign in the book (a copy of the list: for start-up passes, not the hot path)."""
+        return list(self._campaigns.values())
+
     def get(self, buyer: str, campaign_id: str) -> Standing | None:
         return self._campaigns.get((buyer, campaign_id))
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, buyer: str, msg: CampaignSpec) -> Standing:
-        """Create or replace a campaign. Raises ``CampaignError`` (nothing changes)."""
+    def upsert(self, buyer: str, msg: CampaignSpec, away: bool = False) -> Standing:
+        """Create or replace a campaign. Raises ``CampaignError`` (nothing changes).
+        ``away``: its buyer has no open socket (a campaign restored at start)."""
         bad = sorted(set(msg.states) - US_STATES)
         if bad:
             raise CampaignError("invalid_field", f"unknown state {bad[0]}", f"$.states[{msg.states.index(bad[0])}]")
@@ -156,13 +173,22 @@ class Book:
             s.slot = len(self._slots)
             self._slots.append(s)
         self._campaigns[s.key] = s
+        self.dirty_specs.add(s.slot)
+        cod = self._cod.get(buyer)
+        if s.cancel_on_disconnect:
+            s.away = away
+            if cod is None:
+                cod = self._cod[buyer] = set()
+            cod.add(s.id)
+        elif cod is not None:
+            cod.discard(s.id)
         if s.rtb:
             self._rtb.setdefault(s.vertical, {})[s.key] = s
         else:
             ob = s.accepts_outbound
             keys = [(s.vertical, None, ob)] if s.wide_states is not None or not s.states else [(s.vertical, st, ob) for st in s.states]
             s.buckets = [self._bucket(k, s.multipliers) for k in keys]
-            if not s.paused:
+            if not s.held:
                 self._list(s)
             else:
                 self._set_off(s, "paused")
@@ -187,6 +213,7 @@ class Book:
             return False
         if s.bid_cents != bid_cents:
             old, s.bid_cents = s.bid_cents, bid_cents
+            self.dirty_prices.add(s.slot)
             self._seq += 1
             s.seq = seq = self._seq
             if bid_cents > s.listed_bid and s.listing >= 0:
@@ -238,14 +265,42 @@ class Book:
         if s is None:
             return False
         if s.paused != paused:
+            was = s.held
             s.paused = paused
-            if paused:
-                self._delist(s)
-                if not s.rtb:
-                    self._set_off(s, "paused")
-            else:
-                self._list(s)
+            self.dirty_prices.add(s.slot)
+            self._hold(s, was)
         return True
+
+    def set_away(self, buyer: str, away: bool) -> int:
+        """Hold out (``away``) or bring back the buyer's ``cancel_on_disconnect`` campaigns:
+        its first socket opened, or its last one closed. Returns how many changed."""
+        n = 0
+        for cid in self._cod.get(buyer, ()):
+            s = self._campaigns[(buyer, cid)]
+            if s.away != away:
+                was = s.held
+                s.away = away
+                self._hold(s, was)
+                n += 1
+        return n
+
+    def _hold(self, s: Standing, was: bool) -> None:
+        """Out of the index or back into it, when ``held`` moved from ``was``."""
+        if s.held == was or s.rtb:
+            return
+        if s.held:
+            self._delist(s)
+            self._set_off(s, "paused")  # counted out of the index for the replay (a pause, or away)
+        else:
+            self._list(s)
+
+    def take_dirty(self) -> tuple[list[Standing], list[Standing]]:
+        """(created or replaced, repriced or paused only) since the last call; both cleared."""
+        slots = self._slots
+        specs = [slots[i] for i in self.dirty_specs]
+        prices = [slots[i] for i in self.dirty_prices if i not in self.dirty_specs]
+        self.dirty_specs, self.dirty_prices = set(), set()
+        return specs, prices
 
     def _list(self, s: Standing) -> None:
         self.lot.forget(s)  # resumed while parked: listed now, and parked again by a decision if still refused
@@ -285,105 +340,8 @@ class Book:
         outbound: bool = False, done: set[str] | None = None, skipped: Callable[[Standing, str], None] | None = None,
         level: int = UNATTESTED,
     ) -> list[Standing]:
-        """Up to ``want`` accepted standing bids in price-time order, best first.
-
-        Pops the candidate heaps in merged order -- the call's state and the wide campaigns,
-        each split by whether the campaigns take outbound calls (an outbound call reads only
-        those that do) -- drops stale and expired entries for good, and pushes every live
-        entry it popped back, so the book is unchanged.
-
-        ``done``: the buyers the caller needs no more campaigns of (one route per buyer, or a
-        refusal that holds for all of a buyer's campaigns), filled by ``accept``. The scan stops
-        once every buyer listed in these heaps is done, instead of walking the rest.
-
-        ``skipped``: called with (campaign, ``"state"``) for each wide campaign walked whose state
-        filter leaves the call's state out (the auction replay notes it).
-
-        ``level``: the call's attestation level. A campaign with bid modifiers ranks at its bid
-        for that level, ``bid * m`` rounded down (``routing.attestation``). Campaigns are held in
-        one bucket per class of multipliers (the same ``m`` for every level), so a heap's top
-        bounds the whole heap's modified prices: ``listed * m`` rounded down. The merge pops a
-        class's heap only while that bound can beat the best modified price found so far (a
-        per-call heap of the exact ones), so a call reads about as many entries as without
-        modifiers, even when most campaigns have them; without modifiers (the common case) the
-        loop is the plain merge.
-        """
-        buckets = self._buckets
-        heaps = []
-        pool: list[Bucket] = []
-        mults: list[int] = []  # each heap's multiplier for this call's level
-        plain = True  # no heap to read at a modified price: the plain merge
-        for ob in (True,) if outbound else (False, True):
-            for where in (state, None) if state is not None else (None,):
-                for b in buckets.get((vertical, where, ob), ()):
-                    if b.heap:
-                        heaps.append(b.heap)
-                        pool.append(b)
-                        m = ONE if b.mult is None else b.mult[level]
-                        mults.append(m)
-                        plain = plain and m == ONE
-        seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
-        out: list[Standing] = []
-        slots = self._slots
-        backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
-        scanned = popped = 0
-        adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
-        while len(out) < want and scanned < scan_limit:
-            k = -1
-            top = None
-            if plain:
-                for i, h in enumerate(heaps):
-                    if h and (top is None or h[0] < top):
-                        k, top = i, h[0]
-            else:  # a class's bound: no entry of its heap is modified above its top's listed price, modified
-                for i, h in enumerate(heaps):
-                    if h:
-                        m = mults[i]
-                        key = h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1)  # (-(listed * m rounded down), before any seq)
-                        if top is None or key < top:
-                            k, top = i, key
-            if adjusted and (top is None or adjusted[0] < top):
-                s = slots[heappop(adjusted)[2]]  # its adjusted price sorts first now
-            else:
-                if k < 0:
-                    break
-                entry = heappop(heaps[k])
-                popped += 1
-                s = slots[entry[2]]
-                if s.listing != entry[1]:
-                    continue  # an old listing, paused or replaced: drop the entry
-                if s.seq != entry[1]:
-                    self._relist(s)  # the price moved down since listing: re-list at the true price
-                    self.relisted += 1
-                    continue
-                if s.expires_ns is not None and s.expires_ns <= now_ns:
-                    for bucket in s.buckets:  # expired for good: drop it from the index
-                        bucket.remove(s)
-                    continue
-                backs[k].append(entry)
-                ms = s.multipliers  # its class's, or its own in the plain bucket (past MAX_CLASSES)
-                if ms is not None and ms[level] != ONE:
-                    heappush(adjusted, (-(s.bid_cents * ms[level] // ONE), s.seq, s.slot))
-                    continue
-            scanned += 1
-            if s.wide_states is not None and state not in s.wide_states:
-                if skipped is not None:
-                    skipped(s, "state")
-                continue
-            if accept(s):
-                out.append(s)
-            if done is not None and (len(done), self.lot.count) != seen:
-                seen = (len(done), self.lot.count)  # (parking during the scan can take a buyer out of these heaps)
-                n = seen[0]
-                if n >= max(len(b.buyers) for b in pool) and n >= len(set().union(*(b.buyers for b in pool))):
-                    break  # every buyer listed here has its route or its refusal
-        self.scanned += scanned
-        self.popped += popped
-        for h, back in zip(heaps, backs):
-            for entry in back:
-                if slots[entry[2]].listing == entry[1]:  # (not parked meanwhile by ``accept``)
-                    heappush(h, entry)
-        return out
+        """Up to ``want`` accepted standing bids in price-time order, best first (``routing.merge``)."""
+        return merged(self, vertical, state, now_ns, accept, want, scan_limit, outbound, done, skipped, level)
 
     def offs(self, vertical: str, state: str | None, outbound: bool, list_at_most: int) -> tuple[dict[str, int], Listed | None]:
         """The campaigns of the buckets a call of (vertical, state, direction) reads that are out
@@ -414,4 +372,4 @@ class Book:
         pool = self._rtb.get(vertical)
         if not pool:
             return []
-        return [s for s in pool.values() if not s.paused and s.covers(state) and not s.expired(now_ns)]
+        return [s for s in pool.values() if not s.held and s.covers(state) and not s.expired(now_ns)]

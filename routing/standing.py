@@ -71,6 +71,8 @@ class CampaignSpec(Protocol):
     def bid_modifiers(self) -> ModifiersSpec | None: ...
     @property
     def max_publisher_risk(self) -> int | None: ...
+    @property
+    def cancel_on_disconnect(self) -> bool: ...
 
 
 class ModifiersSpec(Protocol):
@@ -102,7 +104,7 @@ class Standing:
         "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
         "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
         "destination", "accepts_outbound", "capacity", "buckets", "live", "account", "listing", "listed_bid", "parked", "slot",
-        "off", "min_level", "multipliers", "max_risk",
+        "off", "min_level", "multipliers", "max_risk", "spec", "cancel_on_disconnect", "away",
     )
 
     def __init__(self, buyer: str, msg: CampaignSpec, capacity: Capacity) -> None:
@@ -138,6 +140,14 @@ class Standing:
         self.min_level = level_of(msg.min_attestation)
         self.multipliers = compile_multipliers(msg.bid_modifiers.attestation if msg.bid_modifiers is not None else None)
         self.max_risk = msg.max_publisher_risk if msg.max_publisher_risk is not None else 100
+        self.spec = msg  # the message it was made from: what the book store saves (with the live price and pause)
+        self.cancel_on_disconnect = msg.cancel_on_disconnect
+        self.away = False  # cancel_on_disconnect and its buyer has no open socket: held out like a pause
+
+    @property
+    def held(self) -> bool:
+        """Out of the market by its buyer's doing: paused, or away (``cancel_on_disconnect``)."""
+        return self.paused or self.away
 
     def covers(self, state: str | None) -> bool:
         return not self.states or state in self.states

@@ -8,7 +8,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from exchange.messages import AttestationModifiers, BidModifiers
+from exchange.modifiers import AttestationModifiers, BidModifiers
 from exchange.quality import Inputs, Quality, risk_score
 from routing.attestation import NAMES, adjusted, compile_multipliers, level_of
 from routing.book import Book

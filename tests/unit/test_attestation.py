@@ -7,7 +7,8 @@ import pytest
 
 from exchange.codec import decode_body
 from exchange.errors import Refused
-from exchange.messages import AttestationModifiers, BidModifiers, CallRequest, Campaign, publisher_json_one
+from exchange.messages import CallRequest, Campaign, publisher_json_one
+from exchange.modifiers import AttestationModifiers, BidModifiers
 from routing.attestation import adjusted, compile_multipliers, level_of, multiplier_text
 from tests.builders import World, call, campaign
 

@@ -41,7 +41,8 @@ from billing.postings import buyer_account, deposit
 from exchange import gcpolicy
 from exchange.core import Core
 from exchange.lifecycle import apply_event
-from exchange.messages import AttestationModifiers, BidModifiers, CallEvent, CallRequest, Campaign, Caps, Schedule
+from exchange.messages import CallEvent, CallRequest, Campaign, Caps, Schedule
+from exchange.modifiers import AttestationModifiers, BidModifiers
 from exchange.pipeline import decide, prepare
 from exchange.settings import Settings
 

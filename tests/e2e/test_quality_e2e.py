@@ -13,7 +13,8 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from exchange.messages import AttestationModifiers, BidModifiers, Campaign
+from exchange.messages import Campaign
+from exchange.modifiers import AttestationModifiers, BidModifiers
 from tests.e2e.conftest import start_server, stop_server
 from tests.e2e.wsclient import Buyer
 

@@ -8,7 +8,11 @@ process keeps uploads in a private temporary directory and nothing survives a re
 * ``rnd.csv`` (``number,disconnected_date``), ``flags.json`` (``emergency_states``,
   ``abandon_campaigns``), ``holidays.json`` (``{"version", "dates": {ST: [...]}}``): optional;
 * ``journal.jsonl``: every opt-out, consent and revocation taken through the API, appended
-  and fsynced, replayed at start and tailed by every process.
+  and fsynced, replayed at start and tailed by every process. With ``privacy`` set (the
+  exchange's sealer, duck-typed: ``seal``, ``blind``, ``load``, ``open``), no number is written
+  in clear: an opt-out's ``number`` and a consent's ``phone`` are sealed under the number's
+  data key, beside its blind index (``blind``, ``phone_blind``); a line whose number was erased
+  replays as an opt-out by blind index (still honoured) or a consent without a number.
 
 ``scan`` (run in a worker thread: it opens files and checks their CRCs) finds what changed
 and loads it; ``apply`` swaps the new values into the gate's stores in one assignment each,
@@ -78,6 +82,7 @@ class ComplianceRuntime:
         self._journal_pos = 0
         self._replaying = False
         self._task: asyncio.Task | None = None
+        self.privacy: Any = None  # exchange.privacy.Sealer: numbers sealed in the journal and Redis keys blinded
         self.stores.suppressions.listener = self._journal_suppression
 
     @property
@@ -98,7 +103,9 @@ class ComplianceRuntime:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.apply(await asyncio.to_thread(self.scan))
+        changes = await asyncio.to_thread(self.scan)
+        await self._unseal(changes)
+        self.apply(changes)
         if self.redis_url:
             from .redis_frequency import RedisFrequency
 
@@ -119,7 +126,9 @@ class ComplianceRuntime:
             await asyncio.sleep(REFRESH_S)
             ticks += 1
             try:
-                self.apply(await asyncio.to_thread(self.scan))
+                changes = await asyncio.to_thread(self.scan)
+                await self._unseal(changes)
+                self.apply(changes)
                 self.gate.prebuild_windows(time.time_ns())  # next week's calling-window tables, ahead
                 if ticks % SWEEP_EVERY == 0:
                     self.sweep()
@@ -242,6 +251,20 @@ class ComplianceRuntime:
                 log.error("compliance_journal_bad_line", extra={"line": repr(raw[:200])})
         return [("journal", entries)] if entries else []
 
+    async def _unseal(self, changes: list[tuple[str, Any]]) -> None:
+        """Load the data keys the journal lines among ``changes`` were sealed with."""
+        if self.privacy is None:
+            return
+        values = [v for what, entries in changes if what == "journal" for e in entries
+                  for v in (e.get("number"), (e.get("record") or {}).get("phone") if isinstance(e.get("record"), dict) else None)
+                  if isinstance(v, str)]
+        if values:
+            await self.privacy.load(values)
+
+    def _open(self, value: Any) -> Any:
+        """A journal line's number in clear (None: erased); as it is without a sealer."""
+        return self.privacy.open(value) if self.privacy is not None and isinstance(value, str) else value
+
     def _apply_journal(self, entries: list[dict[str, Any]]) -> None:
         st = self.stores
         self._replaying = True
@@ -250,9 +273,16 @@ class ComplianceRuntime:
                 try:
                     kind = e.get("t")
                     if kind == "suppression":
-                        st.suppressions.add(e["number"], e["scope"], int(e["added_ns"]), e.get("source", ""))
+                        number = self._open(e["number"])
+                        if number is None:  # erased: the opt-out stays, by the number's blind index
+                            st.suppressions.add_blind(e["blind"], e["scope"], int(e["added_ns"]), e.get("source", ""))
+                        else:
+                            st.suppressions.add(number, e["scope"], int(e["added_ns"]), e.get("source", ""))
                     elif kind == "consent":
-                        st.consents.add(consent_from_record(e["token"], e["record"], e.get("publisher", "")))
+                        record = e["record"]
+                        if "phone_blind" in e and isinstance(record, dict):
+                            record = {**record, "phone": self._open(record.get("phone")) or "erased"}
+                        st.consents.add(consent_from_record(e["token"], record, e.get("publisher", "")))
                     elif kind == "revoke":
                         st.consents.revoke(e["token"], int(e["at_ns"]), e.get("channel", ""), e.get("publisher"))
                 except (KeyError, ValueError, TypeError) as exc:
@@ -262,6 +292,11 @@ class ComplianceRuntime:
 
     def _journal_suppression(self, s: Suppressed) -> None:
         if not self._replaying:
+            if self.privacy is not None:
+                sealed, blind = self.privacy.seal(s.number, s.added_ns)
+                self._append({"t": "suppression", "number": sealed, "blind": blind, "scope": s.scope, "added_ns": s.added_ns,
+                              "source": s.source})
+                return
             self._append({"t": "suppression", "number": s.number, "scope": s.scope, "added_ns": s.added_ns, "source": s.source})
 
     # ------------------------------------------------------------------ writes
@@ -270,7 +305,13 @@ class ComplianceRuntime:
         consent = consent_from_record(token, record, publisher)
         status = self.stores.consents.add(consent)
         if status == "created":
-            self._append({"t": "consent", "token": token, "record": record, "publisher": publisher})
+            phone = record.get("phone")
+            if self.privacy is not None and phone is not None:
+                sealed, blind = self.privacy.seal(consent.phone or str(phone), consent.created_ns or time.time_ns())
+                self._append({"t": "consent", "token": token, "record": {**record, "phone": sealed}, "phone_blind": blind,
+                              "publisher": publisher})
+            else:
+                self._append({"t": "consent", "token": token, "record": record, "publisher": publisher})
         return status
 
     def revoke(self, token: str, at_ns: int, channel: str, scope: str, source: str, publisher: str | None = None) -> Any:
@@ -342,7 +383,11 @@ class ComplianceRuntime:
         if self.frequency is None or plan is None:
             return Verdict(False, "internal_error", None, None, None, plan)
         try:
-            allowed_from = await self.frequency.check_and_record(pend.key, plan.at_ns, pend.cap, pend.window_ns, member)
+            key = pend.key
+            if self.privacy is not None:  # "<vertical>:<e164>": the shared counter's key names the number's blind index
+                vertical, _, e164 = key.rpartition(":")
+                key = f"{vertical}:{self.privacy.blind(e164)}"
+            allowed_from = await self.frequency.check_and_record(key, plan.at_ns, pend.cap, pend.window_ns, member)
         except Exception as exc:  # fail closed: no shared count, no capped call
             log.error("compliance_frequency_unavailable", extra={"error": repr(exc)})
             return Verdict(False, "internal_error", "frequency_counter_unavailable", None, None, plan)

@@ -1,4 +1,4 @@
-"""``python -m exchange serve | demo | dnc import ... | billing invoice|reconcile | audit verify``."""
+"""``python -m exchange serve | demo | dnc import ... | billing invoice|reconcile | audit verify | privacy ...``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     p_billing.add_argument("billing_args", nargs=argparse.REMAINDER)
     p_audit = sub.add_parser("audit", help="the audit trail: audit verify", add_help=False)
     p_audit.add_argument("audit_args", nargs=argparse.REMAINDER)
+    p_privacy = sub.add_parser("privacy", help="consumer privacy: privacy erase <E.164> | hold | release | holds | retention | "
+                               "rotate-key | keys", add_help=False)
+    p_privacy.add_argument("privacy_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "privacy":
+        from .privacy_cli import main as privacy_main
+
+        return privacy_main(args.privacy_args)
     if args.command == "dnc":
         from compliance.cli import main as dnc_main
 

@@ -27,6 +27,7 @@ from .core import Core
 from .journal import Journal
 from .lifecycle import expire_due
 from .metrics import Metrics
+from .privacy import Privacy, Sealer, scrub_call
 from .recovery import restore
 from .relay import Relay
 from .webhooks import Webhooks
@@ -50,6 +51,7 @@ class Exchange:
         self.journal = Journal(settings, self.core.ledger)
         self.rtb = RtbDesk(self.metrics, self.core.book.next_seq)
         self.desk = CallDesk(self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock)
+        self.privacy = Privacy(settings, self.journal, self._forget_number)
         self.treasury = Treasury(self.accounts, self.core.ledger, self.journal, self.clock, self.core.calls.__contains__)
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
         self.ready = False
@@ -66,10 +68,14 @@ class Exchange:
     async def start(self) -> None:
         gcpolicy.tune()
         gcpolicy.watch(self.metrics)
-        await self.journal.open()
+        await self.journal.open()  # and the vault: a master key that cannot read the database refuses the start here
+        vault = self.journal.vault
+        if vault is not None:
+            self.privacy.sealer = self.compliance.privacy = Sealer(vault, self.journal.store)
+            self.core.gate.stores.suppressions.blinder = vault.blind
         await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
         now = self.clock.now_ns()
-        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now)
+        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now, vault)
         await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         if self.settings.report_days:  # the report aggregate, from the audit trail of its window
             with self.journal.reading():
@@ -78,6 +84,8 @@ class Exchange:
         relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        if self.settings.retention_days and vault is not None:
+            self._tasks.append(asyncio.create_task(self.privacy.sweeper(self.clock.now_ns), name="retention"))
         if self.relay is not None:
             self.relay.start()
         if self.webhooks is not None:
@@ -125,6 +133,16 @@ class Exchange:
             except Exception:  # the sweeper must outlive a bad record; the bug is logged
                 log.exception("sweeper_failed")
 
+    def _forget_number(self, e164: str, blind: str) -> None:
+        """An erasure: the number leaves the exchange's memory (calls show "erased", the
+        repeat-caller index and consents drop it) but its opt-outs, kept by blind index."""
+        for rec in self.core.calls.values():
+            scrub_call(rec, e164)
+        self.core.dedupe.forget_caller(e164)
+        stores = self.core.gate.stores
+        stores.suppressions.seal(e164, blind)
+        stores.consents.forget_phone(e164)
+
     def gauges(self) -> dict[str, int]:
         core, writer = self.core, self.journal.writer
         return {
@@ -139,6 +157,9 @@ class Exchange:
             "ledger_writer_batches": writer.batches,
             "ledger_writer_up": int(writer.state == "up"),
             "ledger_records_refused": writer.records_refused,  # records the database refused for their data
+            "privacy_erasures": self.privacy.erasures,
+            "privacy_keys_destroyed": self.privacy.keys_destroyed + self.privacy.keys_expired,
+            "privacy_keys_made": self.journal.vault.keys_made if self.journal.vault is not None else 0,
             **(self.relay.gauges() if self.relay is not None else {}),
             **(self.webhooks.gauges() if self.webhooks is not None else {}),
         }

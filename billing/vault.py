@@ -1,0 +1,268 @@
+"""Consumer numbers at rest: envelope encryption with one data key per number, and blind indexes.
+
+- A **data key** (AES-256-GCM) belongs to one consumer number. A number is stored as
+  ``enc1:<kid>:<base64url(nonce ‖ ciphertext ‖ tag)>``, the associated data being the key id.
+  Keys live in the ``privacy_keys`` table, each wrapped (AES-GCM) by the operator's **master
+  key** and naming it by its id (``master_kid``). Destroying a number's rows there
+  (crypto-shredding) makes every stored trace of it unreadable; nothing else has to change,
+  so the audit chain, which covers the ciphertext, still verifies.
+- A **blind index** ``h1:<32 hex>`` (HMAC-SHA-256, truncated to 128 bits) stands in for the
+  number wherever the exchange looks numbers up (the audit's ``number`` column, suppressions,
+  the shared frequency counter). Its key, the *index key*, is random, kept in
+  ``privacy_meta`` wrapped by the master key like the data keys: so rotating the master key
+  re-wraps it and every stored blind index stays valid.
+- A data key seals for one ``epoch`` (a day) after it was made, then the number gets a new
+  one: retention shreds whole keys, so a key must not cover data of very different ages.
+- The vault makes keys in memory (no I/O on the writer's path); the writer stores each new
+  key's row in the same transaction as the first record it sealed (``unsaved``). Opening
+  needs the keys loaded first (``load``, async, from the store); a key that is gone opens as
+  ``ERASED``.
+
+Master keys come from ``EXCHANGE_MASTER_KEY`` (or ``EXCHANGE_MASTER_KEY_FILE``): one or more
+32-byte keys, base64 or hex, separated by commas or new lines; the first seals, the others
+only unwrap (a rotation in progress). A key's id is the first 16 hex digits of SHA-256 over a
+label and the key, so the id of the wrong key never matches the stored one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+SEALED_PREFIX = "enc1:"
+BLIND_PREFIX = "h1:"
+ERASED = "erased"
+INDEX_NAME = "index"
+DAY_NS = 86_400 * 1_000_000_000
+SEALED_RE = re.compile(r"enc1:([0-9a-f]{16}):")
+
+
+class MasterKeyError(RuntimeError):
+    """The master key is missing, malformed, or cannot unwrap the keys the database holds:
+    the exchange refuses to start rather than write data it could not read back."""
+
+
+class MasterKey(NamedTuple):
+    kid: str
+    key: bytes
+
+
+class KeyRow(NamedTuple):
+    """A row of ``privacy_keys``."""
+
+    kid: str
+    blind: str
+    master_kid: str
+    wrapped: str  # base64(nonce ‖ AES-GCM(master, data key))
+    created_ns: int
+
+
+def master_kid(key: bytes) -> str:
+    return hashlib.sha256(b"dce-master-key-id\x00" + key).hexdigest()[:16]
+
+
+def _decode_key(text: str) -> bytes:
+    t = text.strip()
+    for decode in (bytes.fromhex, lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)), base64.b64decode):
+        try:
+            raw = decode(t)
+        except (ValueError, binascii.Error):
+            continue
+        if len(raw) == 32:
+            return raw
+    raise MasterKeyError("a master key must be 32 bytes, written as 64 hex digits or base64 (44 characters)")
+
+
+def parse_master_keys(text: str) -> list[MasterKey]:
+    """Keys separated by commas or new lines (blank lines and ``#`` comments skipped)."""
+    parts = [p for line in text.splitlines() for p in line.split(",")]
+    keys = [_decode_key(p) for p in parts if p.strip() and not p.strip().startswith("#")]
+    if not keys:
+        raise MasterKeyError("no master key given")
+    return [MasterKey(master_kid(k), k) for k in keys]
+
+
+def new_master_key_text() -> str:
+    return base64.b64encode(AESGCM.generate_key(256)).decode()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def is_sealed(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(SEALED_PREFIX)
+
+
+def kids_in(text: str) -> set[str]:
+    """Key ids of every sealed value in ``text`` (a stored body, a journal line)."""
+    return set(SEALED_RE.findall(text))
+
+
+class Vault:
+    """The master keys, the index key and the data keys in use, cached (bounded)."""
+
+    def __init__(self, masters: list[MasterKey], index_key: bytes, cache_size: int = 100_000,
+                 epoch_ns: int = DAY_NS) -> None:
+        if not masters:
+            raise MasterKeyError("no master key")
+        self.masters = masters
+        self._by_master = {m.kid: m for m in masters}
+        self.index_key = index_key
+        self.cache_size, self.epoch_ns = cache_size, epoch_ns
+        self._sealing: OrderedDict[str, tuple[str, AESGCM, int]] = OrderedDict()  # blind -> (kid, key, created_ns)
+        self._opening: OrderedDict[str, tuple[str, AESGCM] | None] = OrderedDict()  # kid -> (blind, key) | None: gone
+        self.unsaved: dict[str, KeyRow] = {}  # keys made here whose rows are not committed yet
+        self.keys_made = 0
+
+    def set_masters(self, masters: list[MasterKey]) -> None:
+        """Adopt new master keys (a rotation: the first seals from now on); the rows of keys
+        made here but not stored yet are re-wrapped under it."""
+        if not masters:
+            raise MasterKeyError("no master key")
+        old = self._by_master
+        self.masters, self._by_master = masters, {m.kid: m for m in masters}
+        for kid, r in list(self.unsaved.items()):
+            m = old.get(r.master_kid) or self._by_master.get(r.master_kid)
+            if m is None:
+                continue
+            key = AESGCM(m.key).decrypt(base64.b64decode(r.wrapped)[:12], base64.b64decode(r.wrapped)[12:], f"{kid}|{r.blind}".encode())
+            mkid, wrapped = self.wrap(kid, r.blind, key)
+            self.unsaved[kid] = r._replace(master_kid=mkid, wrapped=wrapped)
+
+    @property
+    def current(self) -> MasterKey:
+        return self.masters[0]
+
+    # ------------------------------------------------------------------ blind indexes
+    def blind(self, e164: str) -> str:
+        return BLIND_PREFIX + hmac.new(self.index_key, e164.encode(), hashlib.sha256).hexdigest()[:32]
+
+    # ------------------------------------------------------------------ wrapping
+    def wrap(self, kid: str, blind: str, key: bytes, master: MasterKey | None = None) -> tuple[str, str]:
+        """(master kid, wrapped) of a data key."""
+        m = master or self.current
+        nonce = os.urandom(12)
+        return m.kid, base64.b64encode(nonce + AESGCM(m.key).encrypt(nonce, key, f"{kid}|{blind}".encode())).decode()
+
+    def unwrap(self, kid: str, blind: str, mkid: str, wrapped: str) -> bytes:
+        m = self._by_master.get(mkid)
+        if m is None:
+            raise MasterKeyError(f"data key {kid} is wrapped by master key {mkid}, which is not configured "
+                                 f"(configured: {', '.join(self._by_master)})")
+        raw = base64.b64decode(wrapped)
+        try:
+            return AESGCM(m.key).decrypt(raw[:12], raw[12:], f"{kid}|{blind}".encode())
+        except InvalidTag:
+            raise MasterKeyError(f"data key {kid} does not unwrap with master key {mkid} (altered?)") from None
+
+    # ------------------------------------------------------------------ sealing (the writer's edge)
+    def seal(self, e164: str, now_ns: int) -> str:
+        """``e164`` encrypted under its number's data key (made now if none is in use)."""
+        b = self.blind(e164)
+        ent = self._sealing.get(b)
+        if ent is None or now_ns - ent[2] >= self.epoch_ns:
+            ent = self._new_key(b, now_ns)
+        else:
+            self._sealing.move_to_end(b)
+        kid, aes, _ = ent
+        nonce = os.urandom(12)
+        return f"{SEALED_PREFIX}{kid}:{_b64(nonce + aes.encrypt(nonce, e164.encode(), kid.encode()))}"
+
+    def _new_key(self, b: str, now_ns: int) -> tuple[str, AESGCM, int]:
+        key = AESGCM.generate_key(256)
+        kid = os.urandom(8).hex()
+        mkid, wrapped = self.wrap(kid, b, key)
+        self.unsaved[kid] = KeyRow(kid, b, mkid, wrapped, now_ns)
+        aes = AESGCM(key)
+        ent = (kid, aes, now_ns)
+        self._sealing[b] = ent
+        if len(self._sealing) > self.cache_size:
+            self._sealing.popitem(last=False)
+        self._remember(kid, (b, aes))
+        self.keys_made += 1
+        return ent
+
+    def _remember(self, kid: str, value: tuple[str, AESGCM] | None) -> None:
+        self._opening[kid] = value
+        self._opening.move_to_end(kid)
+        if len(self._opening) > self.cache_size:
+            self._opening.popitem(last=False)
+
+    def unsaved_rows(self, kids: Iterable[str]) -> list[KeyRow]:
+        u = self.unsaved
+        return [u[k] for k in kids if k in u]
+
+    def saved(self, rows: Iterable[KeyRow]) -> None:
+        for r in rows:
+            self.unsaved.pop(r.kid, None)
+
+    # ------------------------------------------------------------------ opening (reads, at the edges)
+    def missing(self, kids: Iterable[str]) -> list[str]:
+        return [k for k in kids if k not in self._opening]
+
+    def learn(self, rows: Iterable[tuple[str, str, str, str]], asked: Iterable[str]) -> None:
+        """Cache the keys of ``rows`` (kid, blind, master_kid, wrapped); every other ``asked``
+        kid is gone (shredded)."""
+        found = set()
+        for kid, blind, mkid, wrapped in rows:
+            self._remember(kid, (blind, AESGCM(self.unwrap(kid, blind, mkid, wrapped))))
+            found.add(kid)
+        for kid in asked:
+            if kid not in found:
+                self._remember(kid, None)
+
+    def open(self, value: str) -> str:
+        """The number in a sealed value (its key must have been ``load``-ed): ``ERASED`` when
+        the key is gone. A value that is not sealed is returned as it is."""
+        if not is_sealed(value):
+            return value
+        kid, _, rest = value[len(SEALED_PREFIX):].partition(":")
+        if kid not in self._opening:
+            raise KeyError(f"data key {kid} is not loaded")
+        ent = self._opening[kid]
+        if ent is None:
+            return ERASED
+        raw = _unb64(rest)
+        try:
+            return ent[1].decrypt(raw[:12], raw[12:], kid.encode()).decode()
+        except InvalidTag:
+            return ERASED
+
+    def forget(self, blind: str) -> list[str]:
+        """Drop every cached key of ``blind`` (an erasure); the kids dropped from memory."""
+        self._sealing.pop(blind, None)
+        gone = [k for k, v in self._opening.items() if v is not None and v[0] == blind]
+        for k in gone:
+            self._opening[k] = None
+        for k in [k for k, r in self.unsaved.items() if r.blind == blind]:
+            del self.unsaved[k]
+            self._opening[k] = None
+        return gone
+
+    def forget_kids(self, kids: Iterable[str]) -> None:
+        """The keys ``kids`` were shredded (retention): they open as erased from now on."""
+        for k in kids:
+            if k in self._opening:
+                self._opening[k] = None
+        live = {k for k, v in self._opening.items() if v is not None}
+        for b in [b for b, (k, _, _) in self._sealing.items() if k not in live]:
+            del self._sealing[b]
+
+    def sealing_kid(self, blind: str) -> str | None:
+        ent = self._sealing.get(blind)
+        return ent[0] if ent is not None else None

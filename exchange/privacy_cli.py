@@ -34,7 +34,7 @@ from .privacy import HeldError, Privacy, open_for
 from .settings import Settings, SettingsError, database_url, load
 
 
-class _Journal:
+class ToolJournal:
     """What ``Privacy`` needs of the exchange's journal, for one command."""
 
     def __init__(self, store: Store, vault: Vault) -> None:
@@ -61,7 +61,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> tuple[int, Any]:
     await store.open()
     try:
         vault = await open_for(settings, store, time.time_ns())
-        j = _Journal(store, vault)
+        j = ToolJournal(store, vault)
         await j.writer.start()
         p = Privacy(settings, j)
         now = time.time_ns()

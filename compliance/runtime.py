@@ -12,7 +12,10 @@ process keeps uploads in a private temporary directory and nothing survives a re
   exchange's sealer, duck-typed: ``seal``, ``blind``, ``load``, ``open``), no number is written
   in clear: an opt-out's ``number`` and a consent's ``phone`` are sealed under the number's
   data key, beside its blind index (``blind``, ``phone_blind``); a line whose number was erased
-  replays as an opt-out by blind index (still honoured) or a consent without a number.
+  replays as an opt-out by blind index (still honoured) or a consent without a number. Each
+  such line names the database's index key (``ix``): the keys live in the ledger database, so
+  a journal paired with another database cannot be read, and the exchange refuses to start
+  on one (``JournalForeign``) rather than drop its opt-outs silently.
 
 ``scan`` (run in a worker thread: it opens files and checks their CRCs) finds what changed
 and loads it; ``apply`` swaps the new values into the gate's stores in one assignment each,
@@ -67,6 +70,11 @@ def number_list(arr: DncArray) -> NumberList:
     return NumberList(arr, day, f"{meta.get('list', meta.get('kind'))}:{snap}:n={len(arr)}:crc={crc}")
 
 
+class JournalForeign(RuntimeError):
+    """The compliance journal was sealed under another database's keys: its opt-outs cannot be
+    applied (fail closed: the exchange does not start)."""
+
+
 class ComplianceRuntime:
     def __init__(self, gate: Gate, data_dir: Path | None = None, redis_url: str | None = None,
                  redis_prefix: str = "dce:", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
@@ -83,6 +91,7 @@ class ComplianceRuntime:
         self._replaying = False
         self._task: asyncio.Task | None = None
         self.privacy: Any = None  # exchange.privacy.Sealer: numbers sealed in the journal and Redis keys blinded
+        self.foreign_lines = 0  # journal lines sealed under another database's keys
         self.stores.suppressions.listener = self._journal_suppression
 
     @property
@@ -106,6 +115,10 @@ class ComplianceRuntime:
         changes = await asyncio.to_thread(self.scan)
         await self._unseal(changes)
         self.apply(changes)
+        if self.foreign_lines:
+            raise JournalForeign(f"{self.foreign_lines} lines of {self.journal_path} were sealed under another database's keys "
+                                 "(the compliance directory and EXCHANGE_DATABASE_URL must stay together): their opt-outs "
+                                 "and consents cannot be applied; refusing to start")
         if self.redis_url:
             from .redis_frequency import RedisFrequency
 
@@ -272,6 +285,10 @@ class ComplianceRuntime:
             for e in entries:
                 try:
                     kind = e.get("t")
+                    if self.privacy is not None and "ix" in e and e["ix"] != self.privacy.index_id:
+                        self.foreign_lines += 1
+                        log.critical("compliance_journal_foreign_line", extra={"kind": kind, "index_id": e["ix"]})
+                        continue
                     if kind == "suppression":
                         number = self._open(e["number"])
                         if number is None:  # erased: the opt-out stays, by the number's blind index
@@ -293,9 +310,9 @@ class ComplianceRuntime:
     def _journal_suppression(self, s: Suppressed) -> None:
         if not self._replaying:
             if self.privacy is not None:
-                sealed, blind = self.privacy.seal(s.number, s.added_ns)
-                self._append({"t": "suppression", "number": sealed, "blind": blind, "scope": s.scope, "added_ns": s.added_ns,
-                              "source": s.source})
+                sealed, blind = self.privacy.seal(s.number, time.time_ns())
+                self._append({"t": "suppression", "number": sealed, "blind": blind, "ix": self.privacy.index_id, "scope": s.scope,
+                              "added_ns": s.added_ns, "source": s.source})
                 return
             self._append({"t": "suppression", "number": s.number, "scope": s.scope, "added_ns": s.added_ns, "source": s.source})
 
@@ -307,9 +324,9 @@ class ComplianceRuntime:
         if status == "created":
             phone = record.get("phone")
             if self.privacy is not None and phone is not None:
-                sealed, blind = self.privacy.seal(consent.phone or str(phone), consent.created_ns or time.time_ns())
+                sealed, blind = self.privacy.seal(consent.phone or str(phone), time.time_ns())
                 self._append({"t": "consent", "token": token, "record": {**record, "phone": sealed}, "phone_blind": blind,
-                              "publisher": publisher})
+                              "ix": self.privacy.index_id, "publisher": publisher})
             else:
                 self._append({"t": "consent", "token": token, "record": record, "publisher": publisher})
         return status

@@ -214,6 +214,10 @@ class Sealer:
     def blind(self, e164: str) -> str:
         return self.vault.blind(e164)
 
+    @property
+    def index_id(self) -> str:
+        return self.vault.index_id
+
     async def idle(self) -> None:
         """Wait for the keys being stored now (an erasure then destroys them after)."""
         if self._saving is not None:

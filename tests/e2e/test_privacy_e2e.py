@@ -6,6 +6,7 @@ key refuses to start; the embedded default generates its key next to the databas
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -179,3 +180,24 @@ def test_the_embedded_default_generates_its_key_next_to_the_database_and_refuses
         start_server(env)
     back = start_server({**env, "EXCHANGE_MASTER_KEY_FILE": str(tmp_path / "elsewhere.key")})
     stop_server(back)
+
+
+def test_a_journal_written_in_clear_is_read_and_one_sealed_for_another_database_refuses_the_start(tmp_path):
+    """Migration: opt-outs journalled in clear before numbers were sealed still apply; a
+    journal paired with another database (its keys elsewhere) is a refusal, not dropped opt-outs."""
+    data = tmp_path / "compliance"
+    data.mkdir()
+    line = {"t": "suppression", "number": VICTIM, "scope": "exchange", "added_ns": 1, "source": "old"}
+    (data / "journal.jsonl").write_text(json.dumps(line) + "\n")
+    env = {"EXCHANGE_COMPLIANCE_DIR": str(data), "EXCHANGE_DATABASE_URL": f"sqlite:///{tmp_path / 'one.db'}"}
+    server = start_server(env)
+    try:
+        _, key = server.account("publisher", "mig-p")
+        auth = {"Authorization": f"Bearer {key}"}
+        assert outbound_reason(server, auth, VICTIM) == "internal_dnc"
+        assert server.http.post("/v1/suppressions", json={"number": OTHER}, headers=server.admin).status_code == 201
+    finally:
+        stop_server(server)
+    assert not digits_anywhere((data / "journal.jsonl").read_bytes().split(b"\n", 1)[1], OTHER)
+    with pytest.raises(RuntimeError, match="another database"):
+        start_server({**env, "EXCHANGE_DATABASE_URL": f"sqlite:///{tmp_path / 'two.db'}"})

@@ -16,7 +16,7 @@ import contextlib
 import os
 import struct
 from pathlib import Path
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -26,7 +26,7 @@ from billing.backends import open_store
 from billing.cli import _reconcile, _verify
 from billing.records import AuditEvent, Record
 from billing.store import Store
-from billing.vault import ERASED, MasterKeyError, Vault, kids_in, new_master_key_text, parse_master_keys
+from billing.vault import ERASED, MasterKeyError, kids_in, new_master_key_text, parse_master_keys
 from billing.writer import Writer
 from exchange.privacy import HeldError, Privacy
 from exchange.privacy_cli import ToolJournal

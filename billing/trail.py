@@ -95,17 +95,19 @@ def seal_audit(ev: AuditEvent, vault: Vault) -> AuditEvent:
     if isinstance(body, dict) and "request" in body:
         req = body["request"]
         as_dict = isinstance(req, dict)
-        changes = {}
+        changes: dict[str, str] = {}
+        plain: dict[str, str] = {}
         for f in PHONE_FIELDS:
             v = req.get(f) if as_dict else getattr(req, f, None)
             if isinstance(v, str) and v:
                 changes[f] = vault.seal(v, at)
+                plain[v] = changes[f]
         if changes:
             req = {**req, **changes} if as_dict else msgspec.structs.replace(req, **changes)
         body = {**body, "request": req}
         if number is not None:
             info = parse_number(number)
-            body["consumer"] = vault.seal(number, at)
+            body["consumer"] = plain.get(number) or vault.seal(number, at)  # (the caller's or callee's sealed value)
             body["consumer_state"] = info.state if info is not None else None
     return AuditEvent(ev.at_ns, ev.kind, ev.call_id, vault.blind(number) if number is not None else None, body)
 

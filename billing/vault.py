@@ -124,7 +124,11 @@ class Vault:
         self._by_master = {m.kid: m for m in masters}
         self.index_key = index_key
         self.cache_size, self.epoch_ns = cache_size, epoch_ns
-        self._sealing: OrderedDict[str, tuple[str, AESGCM, int]] = OrderedDict()  # blind -> (kid, key, created_ns)
+        # blind -> (kid, key, created_ns, nonce prefix, [counter]): a sealing key is only ever made here, so
+        # its nonces are a random 4-byte prefix and a counter (never repeated under one key, no syscall per seal)
+        self._sealing: OrderedDict[str, tuple[str, AESGCM, int, bytes, list[int]]] = OrderedDict()
+        self._blinds: dict[str, str] = {}  # e164 -> blind index, bounded like the keys
+        self._wrappers = {m.kid: AESGCM(m.key) for m in masters}
         self._opening: OrderedDict[str, tuple[str, AESGCM] | None] = OrderedDict()  # kid -> (blind, key) | None: gone
         self.unsaved: dict[str, KeyRow] = {}  # keys made here whose rows are not committed yet
         self.keys_made = 0
@@ -136,6 +140,7 @@ class Vault:
             raise MasterKeyError("no master key")
         old = self._by_master
         self.masters, self._by_master = masters, {m.kid: m for m in masters}
+        self._wrappers = {m.kid: AESGCM(m.key) for m in masters}
         for kid, r in list(self.unsaved.items()):
             m = old.get(r.master_kid) or self._by_master.get(r.master_kid)
             if m is None:
@@ -155,14 +160,20 @@ class Vault:
         return hmac.new(self.index_key, b"dce-index-key-id", hashlib.sha256).hexdigest()[:16]
 
     def blind(self, e164: str) -> str:
-        return BLIND_PREFIX + hmac.new(self.index_key, e164.encode(), hashlib.sha256).hexdigest()[:32]
+        b = self._blinds.get(e164)
+        if b is None:
+            if len(self._blinds) >= self.cache_size:
+                self._blinds.clear()
+            b = self._blinds[e164] = BLIND_PREFIX + hmac.digest(self.index_key, e164.encode(), "sha256")[:16].hex()
+        return b
 
     # ------------------------------------------------------------------ wrapping
     def wrap(self, kid: str, blind: str, key: bytes, master: MasterKey | None = None) -> tuple[str, str]:
         """(master kid, wrapped) of a data key."""
         m = master or self.current
         nonce = os.urandom(12)
-        return m.kid, base64.b64encode(nonce + AESGCM(m.key).encrypt(nonce, key, f"{kid}|{blind}".encode())).decode()
+        wrapper = self._wrappers.get(m.kid) or AESGCM(m.key)
+        return m.kid, base64.b64encode(nonce + wrapper.encrypt(nonce, key, f"{kid}|{blind}".encode())).decode()
 
     def unwrap(self, kid: str, blind: str, mkid: str, wrapped: str) -> bytes:
         m = self._by_master.get(mkid)
@@ -171,7 +182,7 @@ class Vault:
                                  f"(configured: {', '.join(self._by_master)})")
         raw = base64.b64decode(wrapped)
         try:
-            return AESGCM(m.key).decrypt(raw[:12], raw[12:], f"{kid}|{blind}".encode())
+            return (self._wrappers.get(mkid) or AESGCM(m.key)).decrypt(raw[:12], raw[12:], f"{kid}|{blind}".encode())
         except InvalidTag:
             raise MasterKeyError(f"data key {kid} does not unwrap with master key {mkid} (altered?)") from None
 
@@ -184,17 +195,18 @@ class Vault:
             ent = self._new_key(b, now_ns)
         else:
             self._sealing.move_to_end(b)
-        kid, aes, _ = ent
-        nonce = os.urandom(12)
+        kid, aes, _, prefix, counter = ent
+        counter[0] += 1
+        nonce = prefix + counter[0].to_bytes(8, "big")
         return f"{SEALED_PREFIX}{kid}:{_b64(nonce + aes.encrypt(nonce, e164.encode(), kid.encode()))}"
 
-    def _new_key(self, b: str, now_ns: int) -> tuple[str, AESGCM, int]:
-        key = AESGCM.generate_key(256)
-        kid = os.urandom(8).hex()
+    def _new_key(self, b: str, now_ns: int) -> tuple[str, AESGCM, int, bytes, list[int]]:
+        raw = os.urandom(44)
+        key, kid, prefix = raw[:32], raw[32:40].hex(), raw[40:]
         mkid, wrapped = self.wrap(kid, b, key)
         self.unsaved[kid] = KeyRow(kid, b, mkid, wrapped, now_ns)
         aes = AESGCM(key)
-        ent = (kid, aes, now_ns)
+        ent = (kid, aes, now_ns, prefix, [0])
         self._sealing[b] = ent
         if len(self._sealing) > self.cache_size:
             self._sealing.popitem(last=False)
@@ -265,7 +277,7 @@ class Vault:
             if k in self._opening:
                 self._opening[k] = None
         live = {k for k, v in self._opening.items() if v is not None}
-        for b in [b for b, (k, _, _) in self._sealing.items() if k not in live]:
+        for b in [b for b, ent in self._sealing.items() if ent[0] not in live]:
             del self._sealing[b]
 
     def sealing_kid(self, blind: str) -> str | None:

@@ -174,7 +174,21 @@ def test_the_embedded_default_generates_its_key_next_to_the_database_and_refuses
     key = Path(str(db) + ".master-key")
     assert key.exists() and oct(key.stat().st_mode & 0o777) == "0o600"
     restarted = start_server(env)  # the same key is found again
-    stop_server(restarted)
+    try:  # rotation while running: the new key first in the file, the old one after it
+        old = key.read_text().strip()
+        key.write_text(f"{OTHER_KEY}\n{old}\n")
+        r = restarted.http.post("/v1/privacy/key-rotations", headers=restarted.admin)
+        assert r.status_code == 200 and r.json()["rewrapped"] >= 2, r.text  # the index key and the caller's data key
+        assert set(r.json()["keys"]) == {f"data:{r.json()['master_key_id']}", f"index:{r.json()['master_key_id']}"}
+        assert restarted.http.get("/v1/audit", params={"number": VICTIM}, headers=restarted.admin).json()["records"][0]["number"] == VICTIM
+    finally:
+        stop_server(restarted)
+    key.write_text(OTHER_KEY + "\n")  # the old key dropped: the new one alone reads everything
+    rotated = start_server(env)
+    try:
+        assert rotated.http.get("/v1/audit", params={"number": VICTIM}, headers=rotated.admin).json()["records"][0]["number"] == VICTIM
+    finally:
+        stop_server(rotated)
     key.rename(tmp_path / "elsewhere.key")
     with pytest.raises(RuntimeError, match="no master key is configured"):
         start_server(env)

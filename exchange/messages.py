@@ -364,6 +364,20 @@ class ErrorBody(Struct, frozen=True, kw_only=True):
     error: ErrorDetail
 
 
+# ---------------------------------------------------------------- privacy (operator; exchange.privacy_api)
+class ErasureRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/privacy/erasures: the consumer's number to erase (any form a phone number takes)."""
+
+    number: Phone
+
+
+class LegalHoldRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/privacy/holds: a number whose data retention and erasure must spare."""
+
+    number: Phone
+    reason: Annotated[str, text(500)] = ""
+
+
 # ---------------------------------------------------------------- codecs, built once
 json_encoder = msgspec.json.Encoder()
 msgpack_encoder = msgspec.msgpack.Encoder()

@@ -12,7 +12,7 @@ from . import messages as m
 
 _BODIES = [m.AccountCreate, m.AccountCreated, m.Deposit, m.Balance, m.CallRequest, m.DecisionResponse,
            m.CallEvent, m.EventResponse, m.Suppression, m.RefundRequest, m.RefundResponse, m.ErrorBody,
-           m.ConsentCreate, m.ConsentRevoke]
+           m.ConsentCreate, m.ConsentRevoke, m.ErasureRequest, m.LegalHoldRequest]
 _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(_BODIES, ref_template="#/components/schemas/{name}")
 _REF: dict[type, dict[str, Any]] = {t: s for t, s in zip(_BODIES, _SCHEMAS)}
 _ERR = {"description": "error", "content": {"application/json": {"schema": _REF[m.ErrorBody]}}}
@@ -83,9 +83,9 @@ def document() -> dict:
         "/v1/audit": {"get": _op("Audit records by call_id, number and from/to (operator), oldest first; after_seq and limit page", None, None)},
         "/v1/suppressions": {"post": _op("Add a permanent opt-out (operator: exchange scope; buyer: its own)", m.Suppression, None, "201")},
         "/v1/privacy/erasures": {"post": _op("Erase a consumer's number (operator): its data keys are destroyed, every stored "
-                                             "trace unreadable; body {number}; 409 legal_hold", None, None)},
+                                             "trace unreadable; 409 legal_hold", m.ErasureRequest, None)},
         "/v1/privacy/holds": {"post": _op("Put a number under a legal hold (operator): retention and erasure spare it; "
-                                          "body {number, reason?}", None, None, "201"),
+                                          "a hold already there: 200", m.LegalHoldRequest, None, "201"),
                               "get": _op("The legal holds, by number hash (operator)", None, None)},
         "/v1/privacy/holds/{number_hash}": {"delete": _op("Release a legal hold (operator)", None, None, params=("number_hash",))},
         "/v1/privacy/key-rotations": {"post": _op("Re-read the master key file and re-wrap every key under its first key (operator)",

@@ -16,10 +16,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import msgspec
-from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,16 +24,8 @@ from compliance.numbers import parse_number
 
 from .errors import Conflict, Invalid, NotFound
 from .http import _exchange, auth, body, reply
+from .messages import ErasureRequest, LegalHoldRequest
 from .privacy import HeldError
-
-
-class Erasure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    number: Annotated[str, Meta(min_length=1, max_length=32)]
-
-
-class HoldCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    number: Annotated[str, Meta(min_length=1, max_length=32)]
-    reason: Annotated[str, Meta(max_length=500)] = ""
 
 
 def _e164(raw: str) -> str:
@@ -49,7 +37,7 @@ def _e164(raw: str) -> str:
 
 async def post_erasure(request: Request) -> Response:
     auth(request, "operator")
-    req: Erasure = await body(request, Erasure)
+    req: ErasureRequest = await body(request, ErasureRequest)
     number = _e164(req.number)
     ex = _exchange(request)
     try:
@@ -62,7 +50,7 @@ async def post_erasure(request: Request) -> Response:
 
 async def post_hold(request: Request) -> Response:
     auth(request, "operator")
-    req: HoldCreate = await body(request, HoldCreate)
+    req: LegalHoldRequest = await body(request, LegalHoldRequest)
     number = _e164(req.number)
     ex = _exchange(request)
     with ex.journal.reading():

@@ -240,7 +240,12 @@ class Vault:
             self._remember(kid, (blind, AESGCM(self.unwrap(kid, blind, mkid, wrapped))))
             found.add(kid)
         for kid in asked:
-            if kid not in found:
+            if kid in found:
+                continue
+            row = self.unsaved.get(kid)  # made here, evicted from the cache before its row was stored
+            if row is not None:
+                self._remember(kid, (row.blind, AESGCM(self.unwrap(kid, row.blind, row.master_kid, row.wrapped))))
+            else:
                 self._remember(kid, None)
 
     def open(self, value: str) -> str:

@@ -88,3 +88,14 @@ def test_the_cache_is_bounded():
     for i in range(100):
         v.seal(f"+1415555{i:04d}", 0)
     assert len(v._sealing) <= 16 and len(v._opening) <= 16
+
+
+def test_a_key_evicted_before_its_row_is_stored_still_opens_what_it_sealed():
+    v = vault(cache_size=16)
+    first = v.seal("+14155550100", 0)
+    for i in range(40):  # push the first key out of both caches
+        v.seal(f"+1212555{i:04d}", 0)
+    kid = first.split(":")[1]
+    assert v.missing([kid]) == [kid]
+    v.learn([], [kid])  # the store does not have it yet: the unsaved row does
+    assert v.open(first) == "+14155550100"

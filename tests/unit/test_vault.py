@@ -99,3 +99,20 @@ def test_a_key_evicted_before_its_row_is_stored_still_opens_what_it_sealed():
     assert v.missing([kid]) == [kid]
     v.learn([], [kid])  # the store does not have it yet: the unsaved row does
     assert v.open(first) == "+14155550100"
+
+
+def test_the_decision_path_does_no_cryptography():
+    """Sealing happens in the writer (billing.trail.seal_audit); the pure core imports none of it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    pure = [*(root / "routing").glob("*.py"), root / "exchange/pipeline.py", root / "exchange/core.py",
+            root / "exchange/lifecycle.py", root / "compliance/gate.py", root / "compliance/suppression.py"]
+    banned = ("cryptography", "billing.vault", "billing.keystore", "hmac", "hashlib")
+    for path in pure:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for n in names:
+                assert not n.startswith(banned), f"{path.name} imports {n}"

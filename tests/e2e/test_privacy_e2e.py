@@ -215,3 +215,42 @@ def test_a_journal_written_in_clear_is_read_and_one_sealed_for_another_database_
     assert not digits_anywhere((data / "journal.jsonl").read_bytes().split(b"\n", 1)[1], OTHER)
     with pytest.raises(RuntimeError, match="another database"):
         start_server({**env, "EXCHANGE_DATABASE_URL": f"sqlite:///{tmp_path / 'two.db'}"})
+
+
+def test_the_privacy_cli_erases_holds_retains_and_rotates_on_the_database(tmp_path):
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    server = start_server({"EXCHANGE_DATABASE_URL": db})
+    try:
+        m = market(server, "cli", VERT, 4000, 50_000)
+        for n in (VICTIM, OTHER):
+            assert server.http.post("/v1/calls", json={"caller": n, "vertical": VERT, "state": "IL"}, headers=m.auth).json()["decision"] == "routed"
+        m.buyer.close()
+    finally:
+        stop_server(server)
+    run = lambda *a, **env: cli(db, "privacy", *a, **env)  # noqa: E731
+    held = run("hold", OTHER, "--reason", "subpoena")
+    assert held.returncode == 0 and json.loads(held.stdout)["created"] is True, held.stderr
+    refused = run("erase", OTHER)
+    assert refused.returncode == 1 and "legal hold" in refused.stderr
+    erased = run("erase", VICTIM)
+    assert erased.returncode == 0 and json.loads(erased.stdout)["keys_destroyed"] >= 1, erased.stderr
+    assert json.loads(run("erase", NEVER).stdout)["keys_destroyed"] == 0
+    assert run("erase", "not-a-number").returncode == 2
+    assert [h["reason"] for h in json.loads(run("holds").stdout)["holds"]] == ["subpoena"]
+    swept = run("retention", "--days", "0")
+    assert swept.returncode == 2  # no retention asked for
+    new = "bmV3LW1hc3Rlci1rZXktMzItYnl0ZXMtbG9uZy4uLi4="
+    rotated = run("rotate-key", EXCHANGE_MASTER_KEY=f"{new},{os.environ['EXCHANGE_MASTER_KEY']}")
+    assert rotated.returncode == 0 and json.loads(rotated.stdout)["rewrapped"] >= 2, rotated.stderr
+    assert run("keys").returncode == 1  # the old key alone no longer opens the database
+    assert json.loads(run("keys", EXCHANGE_MASTER_KEY=new).stdout)["keys"]
+    assert cli(db, "audit", "verify").returncode == 0
+    assert cli(db, "billing", "reconcile").returncode == 0
+    again = start_server({"EXCHANGE_DATABASE_URL": db, "EXCHANGE_MASTER_KEY": new})
+    try:
+        trail = again.http.get("/v1/audit", params={"number": VICTIM}, headers=again.admin).json()["records"]
+        assert [r["kind"] for r in trail] == ["decision", "erasure"] and trail[0]["number"] == "erased"
+        kept = again.http.get("/v1/audit", params={"number": OTHER}, headers=again.admin).json()["records"]
+        assert kept[0]["number"] == OTHER
+    finally:
+        stop_server(again)

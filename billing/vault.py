@@ -45,6 +45,7 @@ ERASED = "erased"
 INDEX_NAME = "index"
 DAY_NS = 86_400 * 1_000_000_000
 SEALED_RE = re.compile(r"enc1:([0-9a-f]{16}):")
+HOT_CIPHERS = 64  # AES-GCM ciphers kept ready (~1.3 KB each; the rest are rebuilt from the key's bytes, ~3 µs)
 
 
 class MasterKeyError(RuntimeError):
@@ -124,12 +125,16 @@ class Vault:
         self._by_master = {m.kid: m for m in masters}
         self.index_key = index_key
         self.cache_size, self.epoch_ns = cache_size, epoch_ns
-        # blind -> (kid, key, created_ns, nonce prefix, [counter]): a sealing key is only ever made here, so
-        # its nonces are a random 4-byte prefix and a counter (never repeated under one key, no syscall per seal)
-        self._sealing: OrderedDict[str, tuple[str, AESGCM, int, bytes, list[int]]] = OrderedDict()
-        self._blinds: dict[str, str] = {}  # e164 -> blind index, bounded like the keys
+        # blind -> [kid, key, created_ns, nonce prefix, counter]: a sealing key is only ever made here, so its
+        # nonces are a random 4-byte prefix and a counter (never repeated under one key, no syscall per seal).
+        # Keys are cached as their 32 bytes (a used AESGCM object holds ~1.3 KB of OpenSSL context): the
+        # ciphers of the most recent keys only are kept (_ciphers).
+        self._sealing: OrderedDict[str, list[Any]] = OrderedDict()
+        self._ciphers: OrderedDict[str, AESGCM] = OrderedDict()  # kid -> cipher, the last HOT_CIPHERS keys used
+        self._seen: set[int] = set()  # marks of numbers sealed once (their keys are not cached until they come back)
+        self._last_blind = ("", "")  # (e164, blind): a decision asks for its consumer's index more than once
         self._wrappers = {m.kid: AESGCM(m.key) for m in masters}
-        self._opening: OrderedDict[str, tuple[str, AESGCM] | None] = OrderedDict()  # kid -> (blind, key) | None: gone
+        self._opening: OrderedDict[str, tuple[str, bytes] | None] = OrderedDict()  # kid -> (blind, key) | None: gone
         self.unsaved: dict[str, KeyRow] = {}  # keys made here whose rows are not committed yet
         self.keys_made = 0
 
@@ -160,12 +165,20 @@ class Vault:
         return hmac.new(self.index_key, b"dce-index-key-id", hashlib.sha256).hexdigest()[:16]
 
     def blind(self, e164: str) -> str:
-        b = self._blinds.get(e164)
-        if b is None:
-            if len(self._blinds) >= self.cache_size:
-                self._blinds.clear()
-            b = self._blinds[e164] = BLIND_PREFIX + hmac.digest(self.index_key, e164.encode(), "sha256")[:16].hex()
+        last = self._last_blind
+        if last[0] == e164:
+            return last[1]
+        b = BLIND_PREFIX + hmac.digest(self.index_key, e164.encode(), "sha256")[:16].hex()
+        self._last_blind = (e164, b)
         return b
+
+    def _cipher(self, kid: str, key: bytes) -> AESGCM:
+        c = self._ciphers.get(kid)
+        if c is None:
+            c = self._ciphers[kid] = AESGCM(key)
+            if len(self._ciphers) > HOT_CIPHERS:
+                self._ciphers.popitem(last=False)
+        return c
 
     # ------------------------------------------------------------------ wrapping
     def wrap(self, kid: str, blind: str, key: bytes, master: MasterKey | None = None) -> tuple[str, str]:
@@ -192,29 +205,37 @@ class Vault:
         b = self.blind(e164)
         ent = self._sealing.get(b)
         if ent is None or now_ns - ent[2] >= self.epoch_ns:
-            ent = self._new_key(b, now_ns)
+            ent = self._new_key(b, now_ns, admit=ent is not None)
         else:
             self._sealing.move_to_end(b)
-        kid, aes, _, prefix, counter = ent
-        counter[0] += 1
-        nonce = prefix + counter[0].to_bytes(8, "big")
-        return f"{SEALED_PREFIX}{kid}:{_b64(nonce + aes.encrypt(nonce, e164.encode(), kid.encode()))}"
+        kid = ent[0]
+        ent[4] += 1
+        nonce = ent[3] + ent[4].to_bytes(8, "big")
+        return f"{SEALED_PREFIX}{kid}:{_b64(nonce + self._cipher(kid, ent[1]).encrypt(nonce, e164.encode(), kid.encode()))}"
 
-    def _new_key(self, b: str, now_ns: int) -> tuple[str, AESGCM, int, bytes, list[int]]:
+    def _new_key(self, b: str, now_ns: int, admit: bool) -> list[Any]:
+        """A new data key for ``b``. It is cached for the number's next seals only when the
+        number comes back (seen before, or its cached key expired): most consumers call once,
+        and a cached key costs ~0.4 KB, so one-time numbers cost a small mark instead (and a
+        repeat caller one extra key)."""
         raw = os.urandom(44)
         key, kid, prefix = raw[:32], raw[32:40].hex(), raw[40:]
         mkid, wrapped = self.wrap(kid, b, key)
         self.unsaved[kid] = KeyRow(kid, b, mkid, wrapped, now_ns)
-        aes = AESGCM(key)
-        ent = (kid, aes, now_ns, prefix, [0])
-        self._sealing[b] = ent
-        if len(self._sealing) > self.cache_size:
-            self._sealing.popitem(last=False)
-        self._remember(kid, (b, aes))
+        ent = [kid, key, now_ns, prefix, 0]
+        mark = hash(b)
+        if admit or mark in self._seen:
+            self._sealing[b] = ent
+            if len(self._sealing) > self.cache_size:
+                self._sealing.popitem(last=False)
+        else:
+            if len(self._seen) >= self.cache_size:
+                self._seen.clear()
+            self._seen.add(mark)
         self.keys_made += 1
         return ent
 
-    def _remember(self, kid: str, value: tuple[str, AESGCM] | None) -> None:
+    def _remember(self, kid: str, value: tuple[str, bytes] | None) -> None:
         self._opening[kid] = value
         self._opening.move_to_end(kid)
         if len(self._opening) > self.cache_size:
@@ -230,21 +251,21 @@ class Vault:
 
     # ------------------------------------------------------------------ opening (reads, at the edges)
     def missing(self, kids: Iterable[str]) -> list[str]:
-        return [k for k in kids if k not in self._opening]
+        return [k for k in kids if k not in self._opening and k not in self.unsaved]
 
     def learn(self, rows: Iterable[tuple[str, str, str, str]], asked: Iterable[str]) -> None:
         """Cache the keys of ``rows`` (kid, blind, master_kid, wrapped); every other ``asked``
         kid is gone (shredded)."""
         found = set()
         for kid, blind, mkid, wrapped in rows:
-            self._remember(kid, (blind, AESGCM(self.unwrap(kid, blind, mkid, wrapped))))
+            self._remember(kid, (blind, self.unwrap(kid, blind, mkid, wrapped)))
             found.add(kid)
         for kid in asked:
             if kid in found:
                 continue
-            row = self.unsaved.get(kid)  # made here, evicted from the cache before its row was stored
+            row = self.unsaved.get(kid)  # made here, its row not stored yet
             if row is not None:
-                self._remember(kid, (row.blind, AESGCM(self.unwrap(kid, row.blind, row.master_kid, row.wrapped))))
+                self._remember(kid, (row.blind, self.unwrap(kid, row.blind, row.master_kid, row.wrapped)))
             else:
                 self._remember(kid, None)
 
@@ -255,34 +276,40 @@ class Vault:
             return value
         kid, _, rest = value[len(SEALED_PREFIX):].partition(":")
         if kid not in self._opening:
-            raise KeyError(f"data key {kid} is not loaded")
+            row = self.unsaved.get(kid)
+            if row is None:
+                raise KeyError(f"data key {kid} is not loaded")
+            self.learn([], [kid])
         ent = self._opening[kid]
         if ent is None:
             return ERASED
         raw = _unb64(rest)
         try:
-            return ent[1].decrypt(raw[:12], raw[12:], kid.encode()).decode()
+            return self._cipher(kid, ent[1]).decrypt(raw[:12], raw[12:], kid.encode()).decode()
         except InvalidTag:
             return ERASED
 
     def forget(self, blind: str) -> list[str]:
         """Drop every cached key of ``blind`` (an erasure); the kids dropped from memory."""
-        self._sealing.pop(blind, None)
+        ent = self._sealing.pop(blind, None)
         gone = [k for k, v in self._opening.items() if v is not None and v[0] == blind]
-        for k in gone:
-            self._opening[k] = None
-        for k in [k for k, r in self.unsaved.items() if r.blind == blind]:
-            del self.unsaved[k]
-            self._opening[k] = None
+        gone += [k for k, r in self.unsaved.items() if r.blind == blind]
+        if ent is not None:
+            gone.append(ent[0])
+        for k in set(gone):
+            self.unsaved.pop(k, None)
+            self._ciphers.pop(k, None)
+            self._remember(k, None)
         return gone
 
     def forget_kids(self, kids: Iterable[str]) -> None:
         """The keys ``kids`` were shredded (retention): they open as erased from now on."""
-        for k in kids:
+        dead = set(kids)
+        for k in dead:
+            self._ciphers.pop(k, None)
             if k in self._opening:
                 self._opening[k] = None
-        live = {k for k, v in self._opening.items() if v is not None}
-        for b in [b for b, ent in self._sealing.items() if ent[0] not in live]:
+        for b in [b for b, ent in self._sealing.items() if ent[0] in dead]:
             del self._sealing[b]
 
     def sealing_kid(self, blind: str) -> str | None:

@@ -9,6 +9,11 @@ from .settings import SettingsError, load
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["privacy"]:  # (its own parser: "privacy --help" would be taken by this one)
+        from .privacy_cli import main as privacy_main
+
+        return privacy_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m exchange", description="Pay-per-call real-time bidding exchange")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the exchange (embedded defaults, no external server needed)")

@@ -6,7 +6,7 @@ once with ``?`` placeholders and run by either backend.
 
 from __future__ import annotations
 
-import os
+import hmac
 from typing import Any, NamedTuple
 from collections.abc import Iterable
 
@@ -35,7 +35,10 @@ async def open_vault(store: Store, masters: list[MasterKey], now_ns: int, cache_
     if not rows:
         if await store.fetch("SELECT 1 FROM privacy_keys LIMIT 1"):
             raise MasterKeyError("the database holds data keys but no index key (privacy_meta): refusing to start")
-        mkid, wrapped = probe.wrap(INDEX_NAME, INDEX_NAME, os.urandom(32))
+        # derived from the master key (exchanges given one master key compute the same blind
+        # indexes: a Redis counter they share), then stored wrapped: a rotation leaves it as it is
+        index = hmac.digest(masters[0].key, b"dce-index-key", "sha256")
+        mkid, wrapped = probe.wrap(INDEX_NAME, INDEX_NAME, index)
         await store.fetch("INSERT INTO privacy_meta (name, master_kid, wrapped, updated_ns) VALUES (?, ?, ?, ?) "
                           "ON CONFLICT (name) DO NOTHING RETURNING name", INDEX_NAME, mkid, wrapped, now_ns)
         rows = await store.fetch("SELECT master_kid, wrapped FROM privacy_meta WHERE name = ?", INDEX_NAME)

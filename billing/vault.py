@@ -8,9 +8,9 @@
   so the audit chain, which covers the ciphertext, still verifies.
 - A **blind index** ``h1:<32 hex>`` (HMAC-SHA-256, truncated to 128 bits) stands in for the
   number wherever the exchange looks numbers up (the audit's ``number`` column, suppressions,
-  the shared frequency counter). Its key, the *index key*, is random, kept in
-  ``privacy_meta`` wrapped by the master key like the data keys: so rotating the master key
-  re-wraps it and every stored blind index stays valid.
+  the shared frequency counter). Its key, the *index key*, is derived from the master key when
+  the database is first opened and kept in ``privacy_meta`` wrapped by it like the data keys:
+  rotating the master key re-wraps it, so every stored blind index stays valid.
 - A data key seals for one ``epoch`` (a day) after it was made, then the number gets a new
   one: retention shreds whole keys, so a key must not cover data of very different ages.
 - The vault makes keys in memory (no I/O on the writer's path); the writer stores each new

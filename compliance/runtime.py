@@ -13,9 +13,11 @@ process keeps uploads in a private temporary directory and nothing survives a re
   in clear: an opt-out's ``number`` and a consent's ``phone`` are sealed under the number's
   data key, beside its blind index (``blind``, ``phone_blind``); a line whose number was erased
   replays as an opt-out by blind index (still honoured) or a consent without a number. Each
-  such line names the database's index key (``ix``): the keys live in the ledger database, so
-  a journal paired with another database cannot be read, and the exchange refuses to start
-  on one (``JournalForeign``) rather than drop its opt-outs silently.
+  such line names the index key it was blinded with (``ix``): a journal whose lines another
+  master key wrote cannot be matched at all, and the exchange refuses to start on one
+  (``JournalForeign``) rather than drop its opt-outs silently. (Under the same master key but
+  another database, the data keys are elsewhere: its opt-outs still hold by blind index and
+  its consents match nothing, both failing closed.)
 
 ``scan`` (run in a worker thread: it opens files and checks their CRCs) finds what changed
 and loads it; ``apply`` swaps the new values into the gate's stores in one assignment each,
@@ -71,8 +73,8 @@ def number_list(arr: DncArray) -> NumberList:
 
 
 class JournalForeign(RuntimeError):
-    """The compliance journal was sealed under another database's keys: its opt-outs cannot be
-    applied (fail closed: the exchange does not start)."""
+    """The compliance journal was blinded under another index key (another master key): its
+    opt-outs cannot be applied (fail closed: the exchange does not start)."""
 
 
 class ComplianceRuntime:
@@ -116,9 +118,9 @@ class ComplianceRuntime:
         await self._unseal(changes)
         self.apply(changes)
         if self.foreign_lines:
-            raise JournalForeign(f"{self.foreign_lines} lines of {self.journal_path} were sealed under another database's keys "
-                                 "(the compliance directory and EXCHANGE_DATABASE_URL must stay together): their opt-outs "
-                                 "and consents cannot be applied; refusing to start")
+            raise JournalForeign(f"{self.foreign_lines} lines of {self.journal_path} were sealed under another index key "
+                                 "(another master key, or another database): their opt-outs and consents cannot be applied; "
+                                 "refusing to start (keep the compliance directory with its database and master key)")
         if self.redis_url:
             from .redis_frequency import RedisFrequency
 

@@ -197,8 +197,9 @@ def test_the_embedded_default_generates_its_key_next_to_the_database_and_refuses
 
 
 def test_a_journal_written_in_clear_is_read_and_one_sealed_for_another_database_refuses_the_start(tmp_path):
-    """Migration: opt-outs journalled in clear before numbers were sealed still apply; a
-    journal paired with another database (its keys elsewhere) is a refusal, not dropped opt-outs."""
+    """Migration: opt-outs journalled in clear before numbers were sealed still apply; a journal
+    paired with another database keeps its opt-outs by blind index, and one blinded under another
+    master key is a refusal to start, not dropped opt-outs."""
     data = tmp_path / "compliance"
     data.mkdir()
     line = {"t": "suppression", "number": VICTIM, "scope": "exchange", "added_ns": 1, "source": "old"}
@@ -213,8 +214,17 @@ def test_a_journal_written_in_clear_is_read_and_one_sealed_for_another_database_
     finally:
         stop_server(server)
     assert not digits_anywhere((data / "journal.jsonl").read_bytes().split(b"\n", 1)[1], OTHER)
-    with pytest.raises(RuntimeError, match="another database"):
-        start_server({**env, "EXCHANGE_DATABASE_URL": f"sqlite:///{tmp_path / 'two.db'}"})
+    # another database, the same master key: the sealed number cannot be opened there (its key is
+    # in the first database) but the opt-out still holds by its blind index
+    two = start_server({**env, "EXCHANGE_DATABASE_URL": f"sqlite:///{tmp_path / 'two.db'}"})
+    try:
+        _, key = two.account("publisher", "mig-p2")
+        assert outbound_reason(two, {"Authorization": f"Bearer {key}"}, OTHER) == "internal_dnc"
+    finally:
+        stop_server(two)
+    # another master key: the journal cannot be matched at all, a refusal to start
+    with pytest.raises(RuntimeError, match="another index key"):
+        start_server({**env, "EXCHANGE_DATABASE_URL": f"sqlite:///{tmp_path / 'three.db'}", "EXCHANGE_MASTER_KEY": OTHER_KEY})
 
 
 def test_the_privacy_cli_erases_holds_retains_and_rotates_on_the_database(tmp_path):

@@ -87,6 +87,11 @@ WITH a AS (
     INSERT INTO event_parties (account, seq)
     SELECT * FROM unnest(@text, @int8)
     {conflict}
+), pk AS (
+    -- data keys first used by this batch (billing.vault); a key may ride in two batches
+    INSERT INTO privacy_keys (kid, blind, master_kid, wrapped, created_ns)
+    SELECT * FROM unnest(@text, @text, @text, @text, @int8)
+    ON CONFLICT DO NOTHING
 )
 SELECT count(*) FROM e
 """
@@ -327,6 +332,10 @@ class PgStore(Store):
         p_account, p_seq = _columns(batch.parties, 2)
         _text(p_account, out)
         out.append(p_seq)
+        k_id, k_blind, k_master, k_wrapped, k_created = _columns(batch.keys, 5)
+        for c in (k_id, k_blind, k_master, k_wrapped):
+            _text(c, out)
+        out.append(k_created)
         return out
 
     def prepare(self, batch: Batch) -> None:

@@ -98,6 +98,7 @@ class SqliteStore(Store):
         db.execute(f"PRAGMA synchronous={'NORMAL' if self.synchronous == 'NORMAL' else 'FULL'}")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA secure_delete=ON")  # a shredded data key's bytes are overwritten, not left in a free page
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)")
         done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
@@ -135,6 +136,8 @@ class SqliteStore(Store):
                 db.executemany("INSERT INTO balances VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
                                "SET balance_cents = balance_cents + excluded.balance_cents", delta.items())
                 new = len(heads)
+            if batch.keys:
+                db.executemany("INSERT INTO privacy_keys VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.keys)
             if batch.holds:
                 db.executemany("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.holds)
             if batch.outcomes:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from .audit import AuditRow
 from .postings import Entry, Leg
 from .records import AccountRow, CallOutcome, HoldEvent
+from .vault import KeyRow
 
 
 class StoreUnavailable(Exception):
@@ -50,6 +51,7 @@ class Batch:
     accounts: list[AccountRow] = field(default_factory=list)
     audit: list[AuditRow] = field(default_factory=list)
     parties: list[tuple[str, int]] = field(default_factory=list)  # (account, audit seq): who its domain events address
+    keys: list[KeyRow] = field(default_factory=list)  # data keys (billing.vault) first used by this batch's records
 
     def __len__(self) -> int:
         return len(self.entries) + len(self.holds) + len(self.outcomes) + len(self.accounts) + len(self.audit)
@@ -169,9 +171,12 @@ class Store(ABC):
 
     async def repeat_callers(self, since_ns: int) -> list[tuple[str, str, int]]:
         """(buyer, consumer number, billed at) of each billable call finished since ``since_ns``,
-        oldest first: what the repeat-caller (dedupe) index is rebuilt from at start."""
+        oldest first: what the repeat-caller (dedupe) index is rebuilt from at start. The number
+        is sealed (billing.vault: the decision body's ``consumer``) unless it was written
+        before numbers were (then the ``number`` column holds it)."""
+        consumer = "a.body::jsonb->>'consumer'" if self.backend == "postgres" else "json_extract(a.body, '$.consumer')"
         rows = await self.fetch(
-            "SELECT o.buyer, a.number, o.final_ns FROM call_outcomes o "
+            f"SELECT o.buyer, coalesce({consumer}, a.number), o.final_ns FROM call_outcomes o "
             "JOIN audit a ON a.call_id = o.call_id AND a.kind = 'decision' "
             "WHERE o.billable AND o.final_ns >= ? AND a.number IS NOT NULL ORDER BY o.final_ns", since_ns)
         return [(b, n, int(t)) for b, n, t in rows]

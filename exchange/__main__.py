@@ -1,4 +1,4 @@
-"""``python -m exchange serve | cluster --nodes N | demo | dnc import ... | billing invoice|reconcile | audit verify``."""
+"""``python -m exchange serve | cluster --nodes N | demo | dnc import ... | billing invoice|reconcile | audit verify | privacy ...``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from .settings import SettingsError, load
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["privacy"]:  # (its own parser: "privacy --help" would be taken by this one)
+        from .privacy_cli import main as privacy_main
+
+        return privacy_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m exchange", description="Pay-per-call real-time bidding exchange")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the exchange (embedded defaults, no external server needed)")
@@ -27,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     p_billing.add_argument("billing_args", nargs=argparse.REMAINDER)
     p_audit = sub.add_parser("audit", help="the audit trail: audit verify", add_help=False)
     p_audit.add_argument("audit_args", nargs=argparse.REMAINDER)
+    p_privacy = sub.add_parser("privacy", help="consumer privacy: privacy erase <E.164> | hold | release | holds | retention | "
+                               "rotate-key | keys", add_help=False)
+    p_privacy.add_argument("privacy_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "privacy":
+        from .privacy_cli import main as privacy_main
+
+        return privacy_main(args.privacy_args)
     if args.command == "dnc":
         from compliance.cli import main as dnc_main
 

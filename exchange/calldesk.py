@@ -140,7 +140,7 @@ class CallDesk:
         call_id = self.recorded[(publisher.id, idem_key)]
         try:
             with self.journal.reading():
-                decision = await recorded_decision(self.journal.store, publisher.id, call_id, call)
+                decision = await recorded_decision(self.journal.store, publisher.id, call_id, call, self.journal.vault)
         except ValueError as exc:
             raise Conflict("idempotency_conflict", str(exc)) from None
         if decision is None:

@@ -9,10 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import messages as m
+from .privacy_wire import ErasureRequest, LegalHoldRequest
 
 _BODIES = [m.AccountCreate, m.AccountCreated, m.Deposit, m.Balance, m.CallRequest, m.DecisionResponse,
            m.CallEvent, m.EventResponse, m.Suppression, m.RefundRequest, m.RefundResponse, m.ErrorBody,
-           m.ConsentCreate, m.ConsentRevoke, m.Campaign]
+           m.ConsentCreate, m.ConsentRevoke, m.Campaign, ErasureRequest, LegalHoldRequest]
 _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(_BODIES, ref_template="#/components/schemas/{name}")
 _REF: dict[type, dict[str, Any]] = {t: s for t, s in zip(_BODIES, _SCHEMAS)}
 _ERR = {"description": "error", "content": {"application/json": {"schema": _REF[m.ErrorBody]}}}
@@ -94,6 +95,14 @@ def document() -> dict:
         "/v1/calls/{call_id}/refund": {"post": _op("Refund part or the rest of a call's charge (operator); a reversing entry", m.RefundRequest, m.RefundResponse, "201", call, headers=("Idempotency-Key-Optional",))},
         "/v1/audit": {"get": _op("Audit records by call_id, number and from/to (operator), oldest first; after_seq and limit page", None, None)},
         "/v1/suppressions": {"post": _op("Add a permanent opt-out (operator: exchange scope; buyer: its own)", m.Suppression, None, "201")},
+        "/v1/privacy/erasures": {"post": _op("Erase a consumer's number (operator): its data keys are destroyed, every stored "
+                                             "trace unreadable; 409 legal_hold", ErasureRequest, None)},
+        "/v1/privacy/holds": {"post": _op("Put a number under a legal hold (operator): retention and erasure spare it; "
+                                          "a hold already there: 200", LegalHoldRequest, None, "201"),
+                              "get": _op("The legal holds, by number hash (operator)", None, None)},
+        "/v1/privacy/holds/{number_hash}": {"delete": _op("Release a legal hold (operator)", None, None, params=("number_hash",))},
+        "/v1/privacy/key-rotations": {"post": _op("Re-read the master key file and re-wrap every key under its first key (operator)",
+                                                  None, None)},
         "/healthz": {"get": _op("Liveness", None, None, security=False)},
         "/readyz": {"get": _op("Readiness", None, None, security=False)},
         "/metrics": {"get": _op("Prometheus metrics", None, None, security=False)},

@@ -30,9 +30,11 @@ from typing import Any
 
 import msgspec
 
+from billing import keystore
 from billing.audit import AuditRow
 from billing.records import AuditEvent, HoldEvent
 from billing.store import Store
+from billing.vault import ERASED, Vault
 from compliance.numbers import parse_number
 from routing.dedupe import MAX_DEDUPE_DAYS, NS_PER_DAY
 from routing.schedule import UTC, local_time
@@ -117,11 +119,13 @@ def rebuild(rows: list[AuditRow], hold: HoldEvent, now_ns: int, route_ttl_s: int
 
 
 async def restore(store: Store, core: Core, accounts: Accounts, settings: Settings, now: int,
-                  calls: bool = True) -> tuple[int, int, int]:
+                  vault: Vault | None = None, calls: bool = True) -> tuple[int, int, int]:
     """Load accounts, balances and replayable entries; bring back the calls in flight.
-    Returns (accounts, calls recovered, holds released). ``calls`` False (an edge node of a
-    market, ``exchange.nodes``): accounts and balances only; the calls in flight and their
-    holds are the seller's, never released by an edge."""
+    Returns (accounts, calls recovered, holds released). With a ``vault``, the sealed numbers
+    read back are opened (an erased number's calls keep no number: not in the repeat-caller
+    index, no consumer). ``calls`` False (an edge node of a market, ``exchange.nodes``):
+    accounts and balances only; the calls in flight and their holds are the seller's, never
+    released by an edge."""
     from billing.postings import buyer_account
 
     snap = await store.load()
@@ -133,12 +137,15 @@ async def restore(store: Store, core: Core, accounts: Accounts, settings: Settin
     ledger.restore(snap.balances, snap.entries)
     if not calls:
         return len(snap.accounts), 0, 0
-    for buyer, number, at_ns in await store.repeat_callers(now - MAX_DEDUPE_DAYS * NS_PER_DAY):
-        core.dedupe.record(buyer, number, at_ns)
+    repeat = await store.repeat_callers(now - MAX_DEDUPE_DAYS * NS_PER_DAY)
+    numbers = await keystore.open_values(store, vault, [n for _, n, _ in repeat])
+    for (buyer, _, at_ns), number in zip(repeat, numbers):
+        if number and number != ERASED and not number.startswith("h1:"):
+            core.dedupe.record(buyer, number, at_ns)
     s = settings
     recovered = released = 0
     for h in snap.open_holds:
-        rows = await store.audit_query(h.call_id, None, None, None, limit=10_000)
+        rows = await keystore.reveal(store, vault, await store.audit_query(h.call_id, None, None, None, limit=10_000))
         rec = rebuild(rows, h, now, s.route_ttl_s, s.max_call_s)
         if rec is None:
             ledger.outbox.append(HoldEvent(h.call_id, h.route_index, "release", h.account, h.amount_cents, now))
@@ -219,13 +226,27 @@ async def recorded_keys(store: Store, since_ns: int) -> dict[tuple[str, str], st
     return {(p, k): c for c, p, k in rows if p is not None and k is not None}
 
 
-async def recorded_decision(store: Store, publisher: str, call_id: str, call: CallFields) -> DecisionFields | None:
+async def recorded_decision(store: Store, publisher: str, call_id: str, call: CallFields,
+                            vault: Vault | None = None) -> DecisionFields | None:
     """The recorded decision of a keyed call no longer in memory (None: not on record).
-    Raises ValueError when ``call`` is not the body the key was first used with."""
-    rows = await store.audit_query(call_id, None, None, None, limit=10)
+    Raises ValueError when ``call`` is not the body the key was first used with (a number
+    erased since is compared by its blind index)."""
+    stored = await store.audit_query(call_id, None, None, None, limit=10)
+    rows = await keystore.reveal(store, vault, stored)
     decision = next((_body(r) for r in rows if r.kind == "decision"), None)
     if decision is None or decision["publisher"] != publisher:
         return None
-    if msgspec.convert(decision["request"], type(call)) != call:
+    recorded = msgspec.convert(decision["request"], type(call))
+    if vault is not None:  # a number erased since: the consumer's is compared by its blind index
+        head = next(r for r in stored if r.kind == "decision")
+        consumer = "callee" if recorded.direction == "outbound" else "caller"
+        same = {}
+        for f in ("caller", "callee"):
+            given = getattr(call, f)
+            if getattr(recorded, f) == ERASED and given and (f != consumer or head.number == vault.blind(given)):
+                same[f] = given
+        if same:
+            recorded = msgspec.structs.replace(recorded, **same)
+    if recorded != call:
         raise ValueError("this Idempotency-Key was used with a different body")
     return msgspec.convert(decision["decision"], DecisionFields)

@@ -36,6 +36,7 @@ from .market import MarketLink
 from .messages import NoBid, RtbBid
 from .nodes import Node, refuse_beside_nodes
 from .recovery import recount, restore, retake
+from .privacy import Privacy, Sealer, scrub_call
 from .relay import Relay
 from .webhooks import Webhooks
 from .rtb import RtbDesk
@@ -61,6 +62,7 @@ class Exchange:
         self.pings = HttpBidders(settings, self.metrics)
         self.rtb = RtbDesk(self.metrics, self.core.book.next_seq, self.pings)
         self.desk = CallDesk(self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock)
+        self.privacy = Privacy(settings, self.journal, self._forget_number)
         self.treasury = Treasury(self.accounts, self.core.ledger, self.journal, self.clock, self.core.calls.__contains__)
         self.node = Node(settings, self.journal.store) if settings.node_id else None  # one node of a market
         self.desk.node = self.node
@@ -83,7 +85,11 @@ class Exchange:
     async def start(self) -> None:
         gcpolicy.tune()
         gcpolicy.watch(self.metrics)
-        await self.journal.open()
+        await self.journal.open()  # and the vault: a master key that cannot read the database refuses the start here
+        vault = self.journal.vault
+        if vault is not None:
+            self.privacy.sealer = self.compliance.privacy = Sealer(vault, self.journal.store)
+            self.core.gate.stores.suppressions.blinder = vault.blind
         if self.node is not None:
             await self.node.join()  # NodeRefused: another process holds this id, or the market uses another database
         else:
@@ -91,7 +97,7 @@ class Exchange:
         await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
         now = self.clock.now_ns()
         edge = self.node is not None and not self.node.selling
-        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now, calls=not edge)
+        self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now, vault, calls=not edge)
         if not edge:  # an edge forwards calls and reads to the seller: its keys and reports would be unused
             await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)
         self.campaigns_restored = await self.bookstore.restore(self.accounts.by_id.__contains__, now)
@@ -117,6 +123,8 @@ class Exchange:
             await self.link.start()
         if self.node is not None and not self.node.selling:  # an edge: the seller relays events and delivers webhooks
             self.relay = self.webhooks = None
+        if self.settings.retention_days and vault is not None:
+            self._tasks.append(asyncio.create_task(self.privacy.sweeper(self.clock.now_ns), name="retention"))
         if self.relay is not None:
             self.relay.start()
         if self.webhooks is not None:
@@ -213,6 +221,16 @@ class Exchange:
         node = self.node
         return {} if node is None else {"node": node.id, "market": node.market, "role": node.role}
 
+    def _forget_number(self, e164: str, blind: str) -> None:
+        """An erasure: the number leaves the exchange's memory (calls show "erased", the
+        repeat-caller index and consents drop it) but its opt-outs, kept by blind index."""
+        for rec in self.core.calls.values():
+            scrub_call(rec, e164)
+        self.core.dedupe.forget_caller(e164)
+        stores = self.core.gate.stores
+        stores.suppressions.seal(e164, blind)
+        stores.consents.forget_phone(e164)
+
     def gauges(self) -> dict[str, int]:
         core, writer = self.core, self.journal.writer
         return {
@@ -231,6 +249,9 @@ class Exchange:
             "quality_window_evicted": core.quality.evicted,  # ... that left it early, past EXCHANGE_QUALITY_MAX_EVENTS
             "book_rows_saved": self.bookstore.saved,
             "book_save_failures": self.bookstore.failures,
+            "privacy_erasures": self.privacy.erasures,
+            "privacy_keys_destroyed": self.privacy.keys_destroyed + self.privacy.keys_expired,
+            "privacy_keys_made": self.journal.vault.keys_made if self.journal.vault is not None else 0,
             **(self.relay.gauges() if self.relay is not None else {}),
             **(self.link.gauges() if self.link is not None else {}),
             **(self.webhooks.gauges() if self.webhooks is not None else {}),

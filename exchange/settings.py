@@ -77,6 +77,14 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     checkpoint_key_file: str | None = None
     checkpoint_file: str | None = None
     checkpoint_every_s: Annotated[int, Meta(ge=1)] = 300
+    # Consumer numbers at rest (README: Privacy): the master key (text, or a file of one key a
+    # line, the first sealing and the others unwrapping during a rotation; neither: SQLite's
+    # <database file>.master-key, generated on a new database), data keys cached in memory, and
+    # how many days call data stays readable (0: kept).
+    master_key: str | None = None
+    master_key_file: str | None = None
+    privacy_key_cache: Annotated[int, Meta(ge=16)] = 100_000
+    retention_days: Annotated[int, Meta(ge=0, le=36_500)] = 0
     # Domain events (billing.events) relayed to NATS JetStream (exchange.relay) when nats_url is
     # set: stream nats_stream on subjects <nats_subject>.<event type>, messages kept
     # events_max_age_s; relay_inflight publishes awaiting their acks at once.

@@ -86,8 +86,8 @@ def _quality(q: Quality, buffers: dict[str, tuple[str, list[int]]], kind: str, c
 
 def _decision(tally: Tally, calls: dict, call_id: str, at_ns: int, number: str | None, b: dict[str, Any], min_floor: int) -> None:
     req, dec = b.get("request") or {}, b.get("decision") or {}
-    state = req.get("state")
-    if state is None and number:
+    state = req.get("state") or b.get("consumer_state")  # (the consumer's state, kept beside its sealed number)
+    if state is None and number and not number.startswith("h1:"):  # a record written before numbers were sealed
         info = parse_number(number)
         state = info.state if info is not None else None
     routes = [(r["buyer"], r["campaign"]) for r in b.get("routes") or ()]

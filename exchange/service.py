@@ -111,7 +111,7 @@ class Exchange:
             with self.journal.reading():
                 await replay_audit(self.journal.store, self.desk.tally, now - st.report_days * 86_400 * NS if st.report_days else now,
                                    st.min_floor_cents, self.core.quality if st.quality_signals else None,
-                                   now - st.quality_window_s * NS, now - st.quality_outcome_window_s * NS)
+                                   now - st.quality_window_s * NS, now - st.quality_outcome_window_s * NS, vault)
         relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))

@@ -25,6 +25,8 @@ from compliance.numbers import parse_number
 from .calllog import CallLog
 from .core import CallRecord
 from .quality import Quality, digits
+from billing import keystore
+from billing.vault import Vault, kids_in
 from .tally import Tally
 
 PAGE = 5_000
@@ -35,18 +37,28 @@ _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 async def replay_audit(store: Store, tally: Tally, since_ns: int, min_floor_cents: int,
-                       quality: Quality | None = None, calls_since_ns: int = 0, outcomes_since_ns: int = 0) -> int:
+                       quality: Quality | None = None, calls_since_ns: int = 0, outcomes_since_ns: int = 0,
+                       vault: Vault | None = None) -> int:
     """Feed the decisions and events recorded since ``since_ns`` to ``tally`` (and those since
-    ``calls_since_ns`` / ``outcomes_since_ns`` to ``quality``); how many calls."""
+    ``calls_since_ns`` / ``outcomes_since_ns`` to ``quality``); how many calls. The quality
+    windows need the callers' numbers: with a ``vault``, a decision's sealed caller is opened
+    (an erased one counts nothing)."""
     calls: dict[str, tuple[int, str, str, str | None, list[tuple[str, str]], int]] = {}  # routed: facts + route in use
     buffers: dict[str, tuple[str, list[int]]] = {}  # routed: publisher, each route's min_duration_s (for quality)
     after, n = 0, 0
     first = since_ns if quality is None else min(since_ns, calls_since_ns, outcomes_since_ns)
     while True:
         rows = await store.fetch(SQL, after, first, PAGE)
+        sealed: set[int] = set()  # the seqs of decisions whose sealed caller the quality windows need
+        if quality is not None and vault is not None:
+            sealed = {r[0] for r in rows if r[2] == "decision" and r[1] >= calls_since_ns and "enc1:" in str(r[5])}
+            if sealed:
+                await keystore.load_keys(store, vault, {k for r in rows if r[0] in sealed for k in kids_in(str(r[5]))})
         for seq, at_ns, kind, call_id, number, body in rows:
             after = seq
             b = _decode(body if isinstance(body, (str, bytes)) else str(body))
+            if seq in sealed and vault is not None:
+                b = keystore.open_all(vault, b)
             if quality is not None:
                 _quality(quality, buffers, kind, call_id, at_ns, b, calls_since_ns, outcomes_since_ns)
             if at_ns < since_ns:

@@ -26,16 +26,20 @@ from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
 from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
 from routing.standing import CampaignError
 
-from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused
+from .accounts import Account
+from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused, Unauthenticated
 from .access import http_limits, identify
 from .http import error_response, status_of
 from .ids import BuyerId
+from .pingspec import PingPlan, compile_ping
 from .rtb import send_all
 from .service import Exchange
+from .ssrf import UrlRefused
 
 log = logging.getLogger("exchange.gateway")
 JSON, MSGPACK = "dce.json.v1", "dce.msgpack.v1"
 MAX_CALLS_IN_FLIGHT = 256
+CHECKING: set[asyncio.Future[None]] = set()  # ping URLs by host name being resolved before their campaign is taken
 
 
 async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | None:
@@ -43,6 +47,12 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     connection; while the exchange is not ready (draining) the socket is closed with 1013."""
     try:  # the same key check as HTTP: failed attempts are counted (and limited) per address
         account = identify(ws)
+    except Unauthenticated as exc:  # a node of a market: the account may have been made at the seller since
+        found = await _from_store(exchange, ws)
+        if found is None:
+            await _deny(ws, exc, 1008, "unauthorized")
+            return None
+        account = found
     except Refused as exc:
         await _deny(ws, exc, 1008, "too many failed attempts: retry later" if isinstance(exc, RateLimited) else "unauthorized")
         return None
@@ -67,6 +77,14 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     conn = Connection(ws, account, chosen == MSGPACK, exchange, limiter, key, reg.max_strikes)
     reg.open.add(conn)
     return conn
+
+
+async def _from_store(exchange: Exchange, ws: WebSocket) -> Account | None:
+    try:
+        return await exchange.account_of_key(ws.headers.get("authorization"))
+    except Exception as exc:  # noqa: BLE001 - the store unreachable: the key stays unknown (refused)
+        log.warning("account_lookup_failed", extra={"error": str(exc)})
+        return None
 
 
 async def _deny(ws: WebSocket, exc: Refused, code: int, reason: str) -> None:
@@ -110,11 +128,13 @@ async def buyer_socket(ws: WebSocket) -> None:
     if conn is None:
         return
     exchange.rtb.attach(conn)
+    exchange.buyer_joined(conn.account.id)
     exchange.metrics.buyer_connections += 1
     try:
         await _read_frames(ws, BuyerFrames(exchange, conn).frame, "buyer", exchange.settings.ws_fair_share)
     finally:
         exchange.rtb.detach(conn)
+        exchange.buyer_left(conn.account.id)
         exchange.metrics.buyer_connections -= 1
         sockets_of(exchange).forget(conn)
         conn.writer.cancel()
@@ -169,21 +189,57 @@ class BuyerFrames:
     def _other(self, msg: Message, path: str) -> Message | None:
         book, buyer = self.book, self.buyer
         if isinstance(msg, Campaign):
-            try:
-                self.exchange.core.upsert_campaign(buyer, msg, self.exchange.clock.now_ns())
-            except CampaignError as exc:  # the book's refusal, as the wire's error
-                return error_message(Invalid(exc.code, str(exc), exc.path), msg.seq, path)
-            self.metrics.campaign_upserts += 1
+            return self._campaign(msg, path)
         elif isinstance(msg, (Pause, Resume)):
             if not book.set_paused(buyer, msg.campaign, isinstance(msg, Pause)):
                 return _unknown_campaign(msg.campaign, path, msg.seq)
         elif isinstance(msg, (RtbBid, NoBid)):
-            err = self.exchange.rtb.answer(buyer, msg)
+            err = self.exchange.answer(buyer, msg)
             if err is not None:
                 return error_message(err, msg.seq, path)
         elif isinstance(msg, Ping):
             return Pong(seq=msg.seq)
         return Ack(seq=msg.seq) if msg.seq is not None else None
+
+
+    def _campaign(self, msg: Campaign, path: str) -> Message | None:
+        """A campaign; one with a ``ping`` is compiled and its URL checked first. A URL by host
+        name is resolved before the campaign is taken: its ack (or error) comes after that."""
+        plan = None
+        if msg.ping is not None:
+            try:
+                plan = compile_ping(msg.ping, msg.rtb)
+                literal = self.exchange.pings.check_literal(plan)
+            except CampaignError as exc:
+                return error_message(Invalid(exc.code, str(exc), exc.path), msg.seq, path)
+            except UrlRefused as exc:
+                return error_message(Invalid("invalid_url", str(exc), "$.ping.url"), msg.seq, path)
+            if not literal:
+                task = asyncio.ensure_future(self._resolved(msg, plan, path))
+                CHECKING.add(task)
+                task.add_done_callback(CHECKING.discard)
+                return None
+        return self._upsert(msg, plan, path)
+
+    def _upsert(self, msg: Campaign, plan: PingPlan | None, path: str) -> Message | None:
+        try:
+            self.exchange.core.upsert_campaign(self.buyer, msg, self.exchange.clock.now_ns())
+        except CampaignError as exc:  # the book's refusal, as the wire's error
+            return error_message(Invalid(exc.code, str(exc), exc.path), msg.seq, path)
+        self.exchange.pings.register((self.buyer, msg.id), plan)
+        self.metrics.campaign_upserts += 1
+        return Ack(seq=msg.seq) if msg.seq is not None else None
+
+    async def _resolved(self, msg: Campaign, plan: PingPlan, path: str) -> None:
+        try:
+            await self.exchange.pings.check(plan)
+            reply = self._upsert(msg, plan, path)
+        except UrlRefused as exc:
+            reply = error_message(Invalid("invalid_url", str(exc), "$.ping.url"), msg.seq, path)
+        if reply is not None:
+            if type(reply) is Error:
+                self.metrics.reject_message(reply.code)
+            send_all(self.conn, [reply])
 
 
 def error_message(exc: Refused, seq: int | None, prefix: str = "$") -> Error:

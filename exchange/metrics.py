@@ -57,6 +57,8 @@ class Metrics:
         self.rtb_answers = 0
         self.rtb_timeouts = 0
         self.events: dict[str, int] = {}
+        self.pings = self.ping_bids = 0  # HTTP bidders (exchange.httpbid): pings sent, answered with a bid
+        self.ping_no_bids: dict[str, int] = {}  # ... and no_bid, by reason
         self.buyer_connections = 0
         self.publisher_connections = 0
         self.slow_consumers_closed = 0
@@ -91,6 +93,10 @@ class Metrics:
         metric("exchange_rtb_requests_total", "counter", "bid_request messages sent.", [("", self.rtb_requests)])
         metric("exchange_rtb_answers_total", "counter", "rtb_bid answers in time.", [("", self.rtb_answers)])
         metric("exchange_rtb_timeouts_total", "counter", "bid_requests unanswered by tmax_ms.", [("", self.rtb_timeouts)])
+        metric("exchange_pings_total", "counter", "HTTP bidder pings (campaigns with a ping).", [("", self.pings)])
+        metric("exchange_ping_bids_total", "counter", "HTTP bidder pings answered in time with a bid.", [("", self.ping_bids)])
+        metric("exchange_ping_no_bids_total", "counter", "HTTP bidder pings counted as no_bid, by reason (GET /v1/pings: per campaign).",
+               [(f'{{reason="{r}"}}', n) for r, n in sorted(self.ping_no_bids.items())])
         metric("exchange_call_events_total", "counter", "Publisher call events applied, by event.",
                [(f'{{event="{e}"}}', n) for e, n in sorted(self.events.items())])
         metric("exchange_slow_consumers_closed_total", "counter", "Connections closed for a full send queue.", [("", self.slow_consumers_closed)])

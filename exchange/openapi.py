@@ -9,10 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import messages as m
+from .privacy_wire import ErasureRequest, LegalHoldRequest
 
 _BODIES = [m.AccountCreate, m.AccountCreated, m.Deposit, m.Balance, m.CallRequest, m.DecisionResponse,
            m.CallEvent, m.EventResponse, m.Suppression, m.RefundRequest, m.RefundResponse, m.ErrorBody,
-           m.ConsentCreate, m.ConsentRevoke]
+           m.ConsentCreate, m.ConsentRevoke, m.Campaign, ErasureRequest, LegalHoldRequest]
 _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(_BODIES, ref_template="#/components/schemas/{name}")
 _REF: dict[type, dict[str, Any]] = {t: s for t, s in zip(_BODIES, _SCHEMAS)}
 _ERR = {"description": "error", "content": {"application/json": {"schema": _REF[m.ErrorBody]}}}
@@ -75,6 +76,10 @@ def document() -> dict:
                          "get": _op("The caller's webhooks", None, None)},
         "/v1/webhooks/{webhook_id}": {"delete": _op("Remove one of the caller's webhooks", None, None, params=("webhook_id",))},
         "/v1/webhooks/{webhook_id}/deliveries": {"get": _op("A webhook's delivery log, newest first", None, None, params=("webhook_id",))},
+        "/v1/campaigns": {"post": _op("Create or replace one of the caller's campaigns (a buyer), as the campaign message of "
+                                      "/v1/buyers/ws; a campaign with a ping prices calls over HTTP (no socket needed)", m.Campaign, None)},
+        "/v1/pings": {"get": _op("HTTP bidders: the caller's campaigns with a ping and their counts (pings, bids, no_bids by reason, "
+                                 "answer times); the operator: every one", None, None)},
         "/v1/dnc/national": {"post": _op("Import the national Do-Not-Call list (operator); query: snapshot_date=YYYY-MM-DD (required), "
                                          "kind=full|changes, force=true", None, None, "201")},
         "/v1/dnc/state/{state}": {"post": _op("Import a state's Do-Not-Call list (operator); query: snapshot_date=YYYY-MM-DD (required), force=true",
@@ -90,6 +95,14 @@ def document() -> dict:
         "/v1/calls/{call_id}/refund": {"post": _op("Refund part or the rest of a call's charge (operator); a reversing entry", m.RefundRequest, m.RefundResponse, "201", call, headers=("Idempotency-Key-Optional",))},
         "/v1/audit": {"get": _op("Audit records by call_id, number and from/to (operator), oldest first; after_seq and limit page", None, None)},
         "/v1/suppressions": {"post": _op("Add a permanent opt-out (operator: exchange scope; buyer: its own)", m.Suppression, None, "201")},
+        "/v1/privacy/erasures": {"post": _op("Erase a consumer's number (operator): its data keys are destroyed, every stored "
+                                             "trace unreadable; 409 legal_hold", ErasureRequest, None)},
+        "/v1/privacy/holds": {"post": _op("Put a number under a legal hold (operator): retention and erasure spare it; "
+                                          "a hold already there: 200", LegalHoldRequest, None, "201"),
+                              "get": _op("The legal holds, by number hash (operator)", None, None)},
+        "/v1/privacy/holds/{number_hash}": {"delete": _op("Release a legal hold (operator)", None, None, params=("number_hash",))},
+        "/v1/privacy/key-rotations": {"post": _op("Re-read the master key file and re-wrap every key under its first key (operator)",
+                                                  None, None)},
         "/healthz": {"get": _op("Liveness", None, None, security=False)},
         "/readyz": {"get": _op("Readiness", None, None, security=False)},
         "/metrics": {"get": _op("Prometheus metrics", None, None, security=False)},

@@ -15,8 +15,9 @@ import msgspec
 
 from compliance.gate import BUYER_WIDE, Verdict
 from compliance.numbers import NumberInfo, is_us_region, parse_number
+from routing.attestation import NAMES, adjusted, level_of, multiplier_text
 from routing.eligibility import refusal, reopens_at
-from routing.reasons import Outcome
+from routing.reasons import Outcome, Refusal
 
 from routing.auction import Bid, clear
 from routing.standing import Standing
@@ -26,6 +27,7 @@ from .ids import BuyerId
 from .instants import from_ns
 from .lifecycle import engage, route_wire
 from .messages import BidRequest, CallFields, CallInfo, DecisionFields, Loss, RtbBid
+from .quality import Observation, QualityEvidence, digits
 from routing.parking import FUNDS, PARKABLE
 
 
@@ -42,11 +44,25 @@ class Prepared(NamedTuple):
     tmax_ms: int
     bid_requests: tuple[tuple[BuyerId, BidRequest], ...]  # (buyer, request) to send now
     refused: tuple[Refused, ...] = ()  # live (RTB) campaigns not asked, and why (the auction replay)
+    level: int = 0  # the call's attestation level (routing/attestation.py)
+    risk: int = 0  # the publisher's risk score now (0 with the signals off)
+    observed: Observation | None = None  # the caller's signals (inbound calls, signals on)
+    quality_reason: str | None = None  # caller_velocity: rejected whatever the campaigns
+    skipped: dict[str, int] | None = None  # campaigns passed over for attestation / publisher_risk, filled as they are
 
 
 def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: int) -> Prepared:
     s = core.settings
     caller = parse_number(call.caller)
+    level, risk, observed, why = level_of(call.attestation), 0, None, None
+    if s.quality_signals:  # counted before the gate: a denied call is still a call of that caller and publisher
+        number = digits(caller.e164) if caller is not None and call.direction == "inbound" else None
+        if number is not None:
+            observed = core.quality.observe(publisher, number, now_ns)
+            if s.quality_velocity_max_calls and observed.caller_calls > s.quality_velocity_max_calls:
+                why = Outcome.CALLER_VELOCITY
+        risk = core.quality.risk(publisher, now_ns)
+    skipped: dict[str, int] = {}
     consumer = caller if call.direction == "inbound" else parse_number(call.callee)
     consumer, verdict = core.gate.screen(call, consumer, now_ns, publisher)  # consumer now carries the gate's plan
     state = call.state or (consumer.state if consumer is not None else None)
@@ -57,18 +73,26 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
         tmax = min(tmax, call.tmax_ms)
     requests: list[tuple[BuyerId, BidRequest]] = []
     refused: list[Refused] = []
-    if verdict.allow and tmax > 0:
-        info = CallInfo(vertical=call.vertical, state=state, area_code=area_code, direction=call.direction, tags=call.tags)
+    if verdict.allow and why is None and tmax > 0:
+        info = CallInfo(vertical=call.vertical, state=state, area_code=area_code, direction=call.direction, tags=call.tags,
+                        attestation=call.attestation)
         for n, st in enumerate(core.book.rtb_candidates(call.vertical, state, now_ns)):
             if len(requests) >= s.rtb_max_fanout:
                 break
-            why = refusal(core, st, consumer, call.direction, area_code, 0, now_ns)
-            if why is None:
+            if level < st.min_level or risk > st.max_risk:
+                skip = Refusal.ATTESTATION if level < st.min_level else Refusal.PUBLISHER_RISK
+                skipped[skip] = skipped.get(skip, 0) + 1
+                if s.auction_replay and len(refused) < LIST_REFUSED:
+                    refused.append((st.buyer, st.id, None, skip))
+                continue
+            no = refusal(core, st, consumer, call.direction, area_code, 0, now_ns)
+            if no is None:
                 req = BidRequest(request_id=f"{call_id}.{n}", campaign=st.id, tmax_ms=tmax, floor_cents=floor, call=info)
                 requests.append((BuyerId(st.buyer), req))
             elif s.auction_replay and len(refused) < LIST_REFUSED:  # (the replay lists the first ones)
-                refused.append((st.buyer, st.id, None, why))
-    return Prepared(call_id, publisher, call, consumer, caller, state, area_code, floor, verdict, tmax, tuple(requests), tuple(refused))
+                refused.append((st.buyer, st.id, None, no))
+    return Prepared(call_id, publisher, call, consumer, caller, state, area_code, floor, verdict, tmax, tuple(requests),
+                    tuple(refused), level, risk, observed, why, skipped)
 
 
 def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_ns: int) -> tuple[CallRecord, list[Notice]]:
@@ -83,6 +107,11 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     rec.evidence = {**core.gate.evidence(p.verdict), "allow": p.verdict.allow, "reason": p.verdict.reason, "rule": p.verdict.rule}
     notices: list[Notice] = []
     core.stats.calls += 1
+    level, risk = p.level, p.risk
+    skipped = p.skipped if p.skipped is not None else {}
+    changed: list[tuple[str, str, int, int, str]] = []  # the bids a modifier lowered for this call
+    if s.quality_signals or level:
+        rec.quality = _evidence(p, s.quality_signals, s.quality_window_s, s.quality_velocity_max_calls, skipped, changed)
     if not p.verdict.allow:
         if s.auction_replay:
             rec.replay = replay_of(p.floor_cents, s.pricing, (), (), (), {}, (), {})
@@ -90,6 +119,10 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         if p.verdict.retry_after_ns is not None and rec.decision is not None:
             rec.decision = msgspec.structs.replace(rec.decision, retry_after_utc=from_ns(p.verdict.retry_after_ns))
         return rec, notices
+    if p.quality_reason is not None:
+        if s.auction_replay:
+            rec.replay = replay_of(p.floor_cents, s.pricing, (), (), (), {}, (), {})
+        return _reject(core, rec, p.quality_reason, None, now_ns), notices
 
     want = s.max_fallbacks + 2  # the routes plus one runner-up to price the last of them
 
@@ -108,7 +141,14 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     def accept(st: Standing) -> bool:
         if st.buyer in done:
             return False
-        why = refusal(core, st, p.consumer, call.direction, p.area_code, st.bid_cents, now_ns)
+        if level < st.min_level or risk > st.max_risk:  # this call's quality: this campaign only, nothing to park
+            skip = Refusal.ATTESTATION if level < st.min_level else Refusal.PUBLISHER_RISK
+            skipped[skip] = skipped.get(skip, 0) + 1
+            if refused is not None:
+                note(st, skip)
+            return False
+        price = st.bid_cents if st.multipliers is None else adjusted(st.bid_cents, st.multipliers, level)
+        why = refusal(core, st, p.consumer, call.direction, p.area_code, price, now_ns)
         if why is not None:
             if refused is not None:
                 note(st, why)
@@ -128,8 +168,12 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     outbound = call.direction == "outbound"
     offs = core.book.offs(call.vertical, p.state, outbound, LIST_OFF) if refused is not None else None  # before the scan parks more
     standing = core.book.ranked(call.vertical, p.state, now_ns, accept, want, s.scan_limit, outbound, done,
-                                note if refused is not None else None)
+                                note if refused is not None else None, level)
     bidders = [Bid(st.bid_cents, st.seq, st.buyer, st.id, st.destination, st.min_duration_s, st.dedupe_days) for st in standing]
+    for k, c in enumerate(standing):
+        if c.multipliers is not None and (price := adjusted(c.bid_cents, c.multipliers, level)) != c.bid_cents:
+            bidders[k] = bidders[k]._replace(bid_cents=price)  # the modifier, before the auction (the book ranked by it)
+            changed.append((c.buyer, c.id, c.bid_cents, price, multiplier_text(c.multipliers, level)))
     timeouts: list[tuple[BuyerId, BidRequest]] = []
     for buyer, req in p.bid_requests:
         got = answers.get(req.request_id)
@@ -169,8 +213,15 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
         rec.replay = replay_of(p.floor_cents, s.pricing, rec.bids, tuple(refused),
                             tuple((buyer, req.campaign, Outcome.TIMEOUT) for buyer, req in timeouts) if timeouts else (), offs[0], offs[1],
                             unlisted)
+    if skipped or changed:
+        rec.quality = _evidence(p, s.quality_signals, s.quality_window_s, s.quality_velocity_max_calls, skipped, changed)
     if cleared.reason != Outcome.OK:
-        return _reject(core, rec, _number_reason(p.consumer) if cleared.reason == Outcome.NO_ELIGIBLE_BID else cleared.reason, None, now_ns), notices
+        reason: str = cleared.reason
+        if reason == Outcome.NO_ELIGIBLE_BID:
+            reason = _number_reason(p.consumer)
+            if reason == Outcome.NO_ELIGIBLE_BID and skipped:  # passed over for this call's quality: say so
+                reason = max(sorted(skipped), key=skipped.__getitem__)
+        return _reject(core, rec, reason, None, now_ns), notices
     rec.routes = cleared.routes
     rec.status = "routed"
     core.calls[rec.call_id] = rec
@@ -186,6 +237,20 @@ def decide(core: Core, p: Prepared, answers: dict[str, tuple[RtbBid, int]], now_
     core.stats.routed += 1
     core.stats.by_reason["ok"] = core.stats.by_reason.get("ok", 0) + 1
     return rec, notices
+
+
+def _evidence(p: Prepared, on: bool, window_s: int, max_calls: int, skipped: dict[str, int],
+              changed: list[tuple[str, str, int, int, str]]) -> QualityEvidence:
+    """The decision's call quality evidence: its attestation, and with the signals on the
+    caller's and the publisher's signals and the limits applied; the campaigns passed over."""
+    o = p.observed
+    if not on:
+        return QualityEvidence(attestation=NAMES[p.level], skipped=dict(skipped) or None, adjusted=list(changed) or None)
+    return QualityEvidence(
+        attestation=NAMES[p.level], caller_calls=o.caller_calls if o else None, near_duplicates=o.near_duplicates if o else None,
+        publisher_risk=p.risk, window_s=window_s, velocity_max_calls=max_calls or None,
+        skipped=dict(skipped) or None, adjusted=list(changed) or None,
+    )
 
 
 def _number_reason(consumer: NumberInfo | None) -> str:

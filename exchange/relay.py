@@ -70,11 +70,8 @@ class Relay:
     async def _close(self) -> None:
         nc, self._nc = self._nc, None
         self.up = False
-        if nc is not None:
-            try:
-                await asyncio.wait_for(nc.close(), 2.0)
-            except Exception:  # noqa: BLE001 - already gone, or not closing: dropped either way
-                pass
+        if nc is not None and not await close_client(nc):
+            log.warning("event_relay_close_stuck")
 
     # ------------------------------------------------------------------ the loop
     async def _run(self) -> None:
@@ -99,8 +96,8 @@ class Relay:
         import nats
 
         if self._nc is None:
-            self._nc = await nats.connect(self.url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False,
-                                          name="dce-event-relay")
+            self._nc = await bounded(nats.connect(self.url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False,
+                                                  name="dce-event-relay"), 10.0)
         js = self._nc.jetstream(timeout=5, publish_async_max_pending=max(1, self.inflight))
         from nats.js.api import StorageType, StreamConfig
         from nats.js.errors import NotFoundError
@@ -154,7 +151,9 @@ class Relay:
         expected = self.last_seq
         for ev in events:
             headers = {"Nats-Msg-Id": ev.id, "Nats-Expected-Last-Sequence": str(expected), "DCE-Account": ev.account or ""}
-            fut = await js.publish_async(f"{self.subject}.{ev.type}", _encode(ev), headers=headers, wait_stall=10.0)
+            # bounded: the client awaits its flusher, which waits for the socket to drain (a server
+            # that stops reading would hold the relay, and its stop, for ever)
+            fut = await bounded(js.publish_async(f"{self.subject}.{ev.type}", _encode(ev), headers=headers, wait_stall=10.0), 15.0)
             pending.append((ev, fut))
             expected += 1
         failure: BaseException | None = None
@@ -180,3 +179,50 @@ class Relay:
     def gauges(self) -> dict[str, int]:
         return {"events_relay_up": int(self.up), "events_relay_position": self.at[0], "events_relayed": self.published,
                 "events_relay_resyncs": self.resyncs}
+
+
+async def bounded(aw: Any, timeout_s: float) -> Any:
+    """``aw``'s result, or ``TimeoutError`` after ``timeout_s``, bounded even if ``aw`` swallows
+    its cancellation (``asyncio.wait_for`` then waits for it to finish: for ever, at worst)."""
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()  # not awaited
+        task.add_done_callback(_retrieve)
+        raise TimeoutError(f"no answer within {timeout_s} s")
+    return task.result()
+
+
+async def close_client(nc: Any, timeout_s: float = 2.0) -> bool:
+    """Close a NATS client, bounded in time whatever the client does; whether it closed.
+
+    Not ``asyncio.wait_for(nc.close(), t)``: at its deadline ``wait_for`` cancels the close and
+    then waits for it to *finish*, and nats-py's close can swallow a cancellation (its
+    ``_flush_pending`` catches ``CancelledError``) and go on to await the socket's ``drain()`` and
+    ``wait_closed()``, which do not end while the server reads nothing more. Here the close is
+    waited for with a deadline only; past it the socket is aborted (pending bytes dropped, so
+    those awaits end at once) and the close gets a second, short deadline; a close still running
+    then is cancelled and left."""
+    closing = asyncio.ensure_future(nc.close())
+    closing.add_done_callback(_retrieve)
+    done, _ = await asyncio.wait({closing}, timeout=timeout_s)
+    if not done:
+        _abort(nc)
+        done, _ = await asyncio.wait({closing}, timeout=1.0)
+        if not done:
+            closing.cancel()
+    return bool(done)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # already gone, or failed closing: dropped either way, not "never retrieved"
+
+
+def _abort(nc: Any) -> None:
+    """Drop a NATS client's socket at once (nats-py keeps its asyncio writer in
+    ``_transport._io_writer``); nothing if the client has none."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None:
+        transport.abort()

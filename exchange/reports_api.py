@@ -73,6 +73,7 @@ def call_view(account: Account, rec: CallRecord) -> dict[str, Any]:
             "charged_cents": rec.charged_cents,
             "payout_cents": rec.payout_cents,
             "evidence": rec.evidence,
+            "quality": rec.quality,
             "current": event_response(rec),
         }
     mine = rung(rec, account.id)
@@ -256,7 +257,14 @@ async def get_reports(request: Request) -> Response:
     await warm(ex.desk.tally, group_by, kind, owner, lo, hi, now)
     rows = ex.desk.tally.report(group_by, kind, owner, lo, hi, now)
     out = [report_row(kind, rfc3339(k) if group_by == "hour" else k, c) for k, c in rows]
+    if group_by == "publisher" and ex.settings.quality_signals:  # each publisher's risk score now, and its inputs
+        quality = ex.core.quality
+        for row in out:
+            signals = quality.report(row["key"], now)
+            row["quality"] = signals if kind != "buyer" else {"risk_score": signals["risk_score"]}  # a buyer: the score it filters on
     if "text/csv" in request.headers.get("accept", ""):
+        if out and "quality" in out[0]:
+            return _csv(REPORT_COLUMNS + ("risk_score",), [tuple(r[c] for c in REPORT_COLUMNS) + (r["quality"]["risk_score"],) for r in out])
         return _csv(REPORT_COLUMNS, [tuple(r[c] for c in REPORT_COLUMNS) for r in out])
     return reply({"group_by": group_by, "from": rfc3339(lo // HOUR_NS * HOUR_NS), "to": rfc3339(-(-hi // HOUR_NS) * HOUR_NS), "rows": out})
 

@@ -4,6 +4,10 @@ A round is the live bids of one call: filled by buyers' answers until all arrive
 buyer still awaited has gone (its socket closed: a timeout at once), or ``tmax_ms``. An
 answer after its round closed is ``late_answer``; one to a request never sent is
 ``unknown_request``. Notices go to the buyer's oldest open connection.
+
+A campaign with a ``ping`` (an HTTP bidder, exchange.httpbid) is asked over HTTP instead, in
+the same round: its answer, mapped to a bid or to a ``no_bid`` reason, fills the round like a
+socket's; none by ``tmax_ms`` is ``late``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from .accounts import Account
 from .core import Notice
 from .errors import NotFound, Refused
 from .ids import BuyerId, RequestId
+from .httpbid import HttpBidders
 from .messages import BidRequest, Message, NoBid, RtbBid
 from .metrics import Metrics
+from .pingspec import CallView, PingPlan, Priced
 
 Answers = dict[str, tuple[RtbBid, int]]  # request id -> (answer, arrival sequence)
 CLOSED_REMEMBERED = 100_000  # closed request ids kept to tell a late answer from an unknown one
@@ -36,7 +42,7 @@ class LateAnswer(Refused):
 
 
 class RtbRound:
-    __slots__ = ("expected", "via", "answers", "done", "declined", "answer_ms", "t0_ns")
+    __slots__ = ("expected", "via", "answers", "done", "declined", "answer_ms", "t0_ns", "http")
 
     def __init__(self) -> None:
         self.expected: dict[str, BuyerId] = {}  # request id -> buyer id
@@ -46,13 +52,15 @@ class RtbRound:
         self.answer_ms: dict[str, int] = {}  # request id -> ms from the round's start to its answer (bid or no_bid)
         self.t0_ns = perf_counter_ns()
         self.done = asyncio.Event()
+        self.http: dict[str, tuple[str, str]] = {}  # request id -> (buyer, campaign) of the pings awaited
 
 
 class RtbDesk:
-    __slots__ = ("metrics", "next_seq", "buyers", "rounds", "closed")
+    __slots__ = ("metrics", "next_seq", "buyers", "rounds", "closed", "http")
 
-    def __init__(self, metrics: Metrics, next_seq: SeqSource) -> None:
+    def __init__(self, metrics: Metrics, next_seq: SeqSource, http: HttpBidders | None = None) -> None:
         self.metrics = metrics
+        self.http = http  # HTTP bidders: campaigns with a ping
         self.next_seq = next_seq  # the book's sequence: a live answer's time priority
         self.buyers: dict[str, list[Sender]] = {}
         self.rounds: dict[str, RtbRound] = {}
@@ -86,13 +94,20 @@ class RtbDesk:
                 conns[0].send(msg)
 
     # ------------------------------------------------------------------ rounds
-    async def ask(self, requests: Sequence[tuple[BuyerId, BidRequest]], tmax_ms: int) -> tuple[Answers, int, RtbRound]:
-        """Send the bid requests to the buyers' sockets and wait for their answers, at most
-        ``tmax_ms``; returns (answers, microseconds waited, the round: who declined, how fast each answered)."""
+    async def ask(self, requests: Sequence[tuple[BuyerId, BidRequest]], tmax_ms: int,
+                  caller: str | None = None) -> tuple[Answers, int, RtbRound]:
+        """Send the bid requests to the buyers' sockets (or ping them over HTTP) and wait for
+        their answers, at most ``tmax_ms``; returns (answers, microseconds waited, the round:
+        who declined, how fast each answered). ``caller``: for a ping template that asks for it."""
         rnd = RtbRound()
         t0 = rnd.t0_ns
+        plans = self.http.plans if self.http is not None else None
         try:
             for buyer, req in requests:
+                plan = plans.get((buyer, req.campaign)) if plans else None
+                if plan is not None:
+                    self._ping(rnd, buyer, req, plan, caller, tmax_ms)
+                    continue
                 conns = self.buyers.get(buyer)
                 if conns and conns[0].send(req):
                     rnd.expected[req.request_id] = buyer
@@ -108,8 +123,48 @@ class RtbDesk:
             for rid, buyer in rnd.expected.items():
                 self.rounds.pop(rid, None)
                 self._close(rid, buyer)
+                key = rnd.http.pop(rid, None)
+                if key is not None and self.http is not None:
+                    self.http.outcome(key, "late", None)
             self.metrics.rtb_timeouts += len(rnd.expected)
+            rnd.expected = {}  # closed: a ping answering now finds nothing to fill
         return rnd.answers, (perf_counter_ns() - t0) // 1000, rnd
+
+    def _ping(self, rnd: RtbRound, buyer: BuyerId, req: BidRequest, plan: PingPlan, caller: str | None, tmax_ms: int) -> None:
+        assert self.http is not None
+        rid, key = req.request_id, (buyer, req.campaign)
+        c = req.call
+        view = CallView(rid.rsplit(".", 1)[0], rid, req.campaign, c.vertical, c.state, c.area_code, c.direction, req.floor_cents,
+                        tmax_ms, caller, c.tags)
+        task = self.http.start(key, plan, view, req, tmax_ms)
+        if isinstance(task, str):  # busy: a no_bid at once
+            rnd.declined.add(rid)
+            self.http.outcome(key, task, None)
+            return
+        rnd.expected[rid] = buyer
+        rnd.http[rid] = key
+        task.add_done_callback(lambda t: self._pinged(rnd, rid, buyer, t))
+
+    def _pinged(self, rnd: RtbRound, rid: str, buyer: BuyerId, task: asyncio.Task[Priced | str]) -> None:
+        """A ping's outcome: into its round if the round is still open (else it was ``late``)."""
+        if rnd.expected.get(rid) != buyer:
+            return
+        key = rnd.http.pop(rid)
+        result = "connect_error" if task.cancelled() else task.result()
+        ms = (perf_counter_ns() - rnd.t0_ns) // 1_000_000
+        assert self.http is not None
+        self.http.outcome(key, result, ms)
+        if isinstance(result, Priced):
+            rnd.answers[rid] = (RtbBid(request_id=rid, bid_cents=result.bid_cents, destination=result.destination,
+                                       min_duration_s=result.min_duration_s), self.next_seq())
+            self.metrics.rtb_answers += 1
+        else:
+            rnd.declined.add(rid)
+        rnd.answer_ms[rid] = ms
+        del rnd.expected[rid]
+        self._close(rid, buyer)
+        if not rnd.expected:
+            rnd.done.set()
 
     def answer(self, buyer: BuyerId, msg: RtbBid | NoBid) -> Refused | None:
         """Take one buyer's answer to a bid request; the refusal to send back, if any."""

@@ -11,18 +11,19 @@ from typing import NamedTuple
 import msgspec
 import pytest
 
+from exchange.relay import bounded, close_client
+
 NATS_URL = os.environ.get("EXCHANGE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 _problem: list[str | None] = []
 
 
 async def _ping() -> None:
-    import nats
 
-    nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0)
+    nc = await _connect(NATS_URL)
     try:
-        await nc.jetstream().account_info()
+        await bounded(nc.jetstream(timeout=5).account_info(), 10.0)
     finally:
-        await nc.close()
+        await close_client(nc)
 
 
 def require_nats() -> None:
@@ -50,17 +51,22 @@ def new_bus() -> Bus:
     return Bus(NATS_URL, f"DCETEST_{tag.upper()}", f"dcetest.{tag}")
 
 
-async def delete_stream(bus: Bus) -> None:
+async def _connect(url: str):  # every await on NATS here is bounded in time (exchange.relay.bounded): a test fails, never hangs
     import nats
+
+    return await bounded(nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0), 10.0)
+
+
+async def delete_stream(bus: Bus) -> None:
     from nats.js.errors import NotFoundError
 
-    nc = await nats.connect(bus.url)
+    nc = await _connect(bus.url)
     try:
-        await nc.jetstream().delete_stream(bus.stream)
+        await bounded(nc.jetstream(timeout=5).delete_stream(bus.stream), 10.0)
     except NotFoundError:
         pass
     finally:
-        await nc.close()
+        await close_client(nc)
 
 
 async def consume(bus: Bus, want: int, timeout_s: float = 20.0) -> list[tuple[str, str | None, dict]]:
@@ -68,23 +74,23 @@ async def consume(bus: Bus, want: int, timeout_s: float = 20.0) -> list[tuple[st
     real ordered push consumer until ``want`` arrived and the stream is quiet (or the deadline)."""
     import nats
 
-    nc = await nats.connect(bus.url)
+    nc = await _connect(bus.url)
     out: list[tuple[str, str | None, dict]] = []
     try:
-        js = nc.jetstream()
-        sub = await js.subscribe(f"{bus.subject}.>", stream=bus.stream, ordered_consumer=True)
+        js = nc.jetstream(timeout=5)
+        sub = await bounded(js.subscribe(f"{bus.subject}.>", stream=bus.stream, ordered_consumer=True), 10.0)
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         while loop.time() < end:
             try:
-                msg = await sub.next_msg(timeout=0.5 if len(out) >= want else 2.0)
+                msg = await bounded(sub.next_msg(timeout=0.5 if len(out) >= want else 2.0), 5.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 if len(out) >= want:
                     break
                 continue
             headers = msg.headers or {}
             out.append((headers.get("Nats-Msg-Id", ""), headers.get("DCE-Account"), msgspec.json.decode(msg.data)))
-        await sub.unsubscribe()
+        await bounded(sub.unsubscribe(), 5.0)
     finally:
-        await nc.close()
+        await close_client(nc)
     return out

@@ -129,3 +129,42 @@ def test_a_relay_cut_off_mid_batch_resumes_from_what_the_stream_holds(db_url, bu
             _check(await consume(bus, len(want)), want)
 
     asyncio.run(main())
+
+
+def test_a_nats_server_that_stops_reading_cannot_hang_the_relays_awaits():
+    """A real socket speaking just enough of the NATS protocol to connect, then reading nothing:
+    the client's publish blocks (its flusher waits for the socket to drain) and so would a close
+    with pending bytes. The relay's bounded awaits give up on time instead of hanging."""
+    import nats
+
+    from exchange.relay import bounded, close_client
+
+    async def stalled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"stalled","version":"2.10.0","proto":1,"max_payload":1048576,"headers":true}\r\n')
+        buf = b""
+        while b"PING\r\n" not in buf:
+            buf += await reader.read(4096)
+        writer.write(b"PONG\r\n")
+        await asyncio.sleep(3600)  # reads nothing more
+
+    async def main() -> None:
+        server = await asyncio.start_server(stalled, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        nc = await bounded(nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2, allow_reconnect=False,
+                                        max_reconnect_attempts=0), 10.0)
+        loop = asyncio.get_running_loop()
+        stalled_at = None
+        for _ in range(100_000):  # until the socket's buffers are full and a publish blocks
+            t0 = loop.time()
+            try:
+                await bounded(nc.publish("x", b"y" * 4096), 0.5)
+            except TimeoutError:
+                stalled_at = loop.time() - t0
+                break
+        assert stalled_at is not None and stalled_at < 1.5, "the publish never blocked, or its bound did not hold"
+        t0 = loop.time()
+        await close_client(nc, timeout_s=1.0)
+        assert loop.time() - t0 < 3.5
+        server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

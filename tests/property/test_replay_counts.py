@@ -47,7 +47,7 @@ def check_counts(book: Book) -> None:
         for b in s.buckets:
             assert (s.key in b.out.members) == (s.off is not None)
     assert book.off_total == total
-    for b in book._buckets.values():
+    for b in book._classes.values():
         recount: dict = {}
         for s in b.out.members.values():
             for k in (None,) if s.wide_states is None else s.wide_states:

@@ -56,11 +56,18 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/v1/webhooks"): frozenset({"operator", "buyer", "publisher"}),
     ("DELETE", "/v1/webhooks/{webhook_id}"): frozenset({"operator", "buyer", "publisher"}),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/pings"): frozenset({"operator", "buyer"}),
+    ("POST", "/v1/campaigns"): frozenset({"buyer"}),
     ("POST", "/v1/suppressions"): frozenset({"operator", "buyer"}),
     ("POST", "/v1/dnc/national"): OPERATOR,
     ("POST", "/v1/dnc/state/{state}"): OPERATOR,
     ("POST", "/v1/consents"): frozenset({"operator", "publisher"}),
     ("POST", "/v1/consents/{token}/revoke"): frozenset({"operator", "buyer", "publisher"}),
+    ("POST", "/v1/privacy/erasures"): OPERATOR,
+    ("POST", "/v1/privacy/holds"): OPERATOR,
+    ("GET", "/v1/privacy/holds"): OPERATOR,
+    ("DELETE", "/v1/privacy/holds/{number_hash}"): OPERATOR,
+    ("POST", "/v1/privacy/key-rotations"): OPERATOR,
     ("WS", "/v1/buyers/ws"): frozenset({"buyer"}),
     ("WS", "/v1/publishers/ws"): frozenset({"publisher"}),
 }
@@ -97,11 +104,18 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
     ("GET", "/v1/webhooks"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
     ("DELETE", "/v1/webhooks/{webhook_id}"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): [ROLES_TEST, "test_webhooks_are_their_owners_only"],
+    ("GET", "/v1/pings"): [ROLES_TEST, "test_http_bidder_campaigns_are_their_owners_only"],
+    ("POST", "/v1/campaigns"): [ROLES_TEST, "test_http_bidder_campaigns_are_their_owners_only"],
     ("POST", "/v1/suppressions"): [ROLES_TEST, "test_suppressions_stay_in_the_buyers_scope"],
     ("POST", "/v1/dnc/national"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/dnc/state/{state}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/consents"): [ROLES_TEST, "test_consents_cannot_be_taken_over_or_revoked_by_another_tenant"],
     ("POST", "/v1/consents/{token}/revoke"): [ROLES_TEST, "test_consents_cannot_be_taken_over_or_revoked_by_another_tenant"],
+    ("POST", "/v1/privacy/erasures"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("POST", "/v1/privacy/holds"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("GET", "/v1/privacy/holds"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("DELETE", "/v1/privacy/holds/{number_hash}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("POST", "/v1/privacy/key-rotations"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("WS", "/v1/buyers/ws"): [ROLES_TEST, "test_buyer_messages_cannot_touch_another_buyers_campaigns",
                               "test_rtb_answers_cannot_be_given_for_another_buyer",
                               "test_wins_and_call_notices_go_only_to_the_owner"],
@@ -163,7 +177,7 @@ def today() -> str:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    server, _ = start({"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true"})
+    server, _ = start({"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true", "EXCHANGE_PING_ALLOW_LOOPBACK": "true"})
     buyers: list[Buyer] = []
     try:
         t = make_tenants(server, "http")
@@ -203,7 +217,7 @@ def test_every_route_has_a_policy_and_isolation_tests():
 
 def _path(path: str, account_id: str, call_id: str) -> str:
     return (path.replace("{account_id}", account_id).replace("{call_id}", call_id)
-            .replace("{token}", "tok-nobody").replace("{state}", "TX"))
+            .replace("{token}", "tok-nobody").replace("{state}", "TX").replace("{number_hash}", "h1:" + "0" * 32))
 
 
 def test_every_route_enforces_its_roles(world: World):
@@ -281,6 +295,11 @@ def test_operator_only_endpoints_refuse_tenant_keys_and_change_nothing(world: Wo
         ("GET", "/v1/audit?number=%2B13125550142", {}),
         ("POST", f"/v1/dnc/national?snapshot_date={today()}&force=true", {"content": dnc}),
         ("POST", f"/v1/dnc/state/TX?snapshot_date={today()}", {"content": dnc}),
+        ("POST", "/v1/privacy/erasures", {"json": {"number": world.numbers[0]}}),
+        ("POST", "/v1/privacy/holds", {"json": {"number": world.numbers[0], "reason": "mine"}}),
+        ("GET", "/v1/privacy/holds", {}),
+        ("DELETE", "/v1/privacy/holds/h1:" + "0" * 32, {}),
+        ("POST", "/v1/privacy/key-rotations", {}),
     ]
     for tenant in t:
         for method, url, kw in attempts:
@@ -293,6 +312,8 @@ def test_operator_only_endpoints_refuse_tenant_keys_and_change_nothing(world: Wo
     assert {x.id: world.balance(x.id) for x in t} == before
     rec = http.get(f"/v1/calls/{call}", headers=world.server.admin).json()
     assert rec["billable"] and rec["charged_cents"] == 3000
+    assert rec["request"]["caller"] != "erased"  # no tenant erased a consumer or put one under a hold
+    assert http.get("/v1/privacy/holds", headers=world.server.admin).json() == {"holds": []}
     statement = http.get(f"/v1/accounts/{t.a.id}/statement", headers=t.a.auth).json()["lines"]
     assert [x["kind"] for x in statement if x["reference"].startswith(call)] == ["charge"]  # no refund
     # the national list in force is unchanged: an unconsented callee the refused uploads
@@ -557,3 +578,33 @@ def test_webhooks_are_their_owners_only(world: World):
     assert http.get(f"/v1/webhooks/{hook}/deliveries", headers=t.a.auth).status_code == 200
     assert http.delete(f"/v1/webhooks/{hook}", headers=t.a.auth).status_code == 204
     assert hook not in http.get("/v1/webhooks", headers=t.a.auth).text
+
+
+def test_http_bidder_campaigns_are_their_owners_only(world: World):
+    """A buyer's HTTP-bidder campaigns (their ping URLs and counts) are listed to it and the
+    operator only; another buyer sees none of them."""
+    from exchange.pingspec import PingMap, PingSpec
+
+    t, http = world.t, world.http
+    ws = Buyer(world.server.ws_url, t.a.key)
+    try:
+        ack = ws.request(lambda s: Campaign(id="pinged", vertical="sec_pings", bid_cents=0, destination="+18005550199", min_duration_s=30,
+                                            rtb=True, ping=PingSpec(url="http://127.0.0.1:9/a-secret-ping", map=PingMap(bid_cents="$.bid")),
+                                            seq=s))
+        assert type(ack).__name__ == "Ack", ack
+    finally:
+        ws.close()
+    own = http.get("/v1/pings", headers=t.a.auth)
+    assert own.status_code == 200 and [c["campaign"] for c in own.json()["campaigns"]] == ["pinged"]
+    other = http.get("/v1/pings", headers=t.b.auth)
+    assert other.status_code == 200 and other.json() == {"campaigns": []} and "a-secret-ping" not in other.text
+    assert "a-secret-ping" in http.get("/v1/pings", headers=world.server.admin).text
+    assert http.get("/v1/pings", headers=t.p1.auth).status_code == 403
+    # the same campaign id sent over HTTP by the other buyer is that buyer's own campaign: a's is untouched
+    theirs = {"id": "pinged", "vertical": "sec_pings", "bid_cents": 0, "destination": "+18005550199", "min_duration_s": 30, "rtb": True,
+              "ping": {"url": "http://127.0.0.1:9/b-ping", "map": {"bid_cents": "$.bid"}}}
+    r = http.post("/v1/campaigns", json=theirs, headers=t.b.auth)
+    assert r.status_code == 200 and r.json()["buyer"] == t.b.id, r.text
+    assert [c["url"] for c in http.get("/v1/pings", headers=t.a.auth).json()["campaigns"]] == ["http://127.0.0.1:9/a-secret-ping"]
+    assert [c["url"] for c in http.get("/v1/pings", headers=t.b.auth).json()["campaigns"]] == ["http://127.0.0.1:9/b-ping"]
+    assert http.post("/v1/campaigns", json=theirs, headers=t.p1.auth).status_code == 403

@@ -107,7 +107,7 @@ def test_counts_follow_campaigns_back_into_the_index():
     v = _view(rec)
     assert v["ineligible_counts"] == {}
     assert [(c["campaign"], c["outcome"]) for c in v["candidates"]] == [("c1", "won"), ("c2", "fallback")]
-    for b in w.core.book._buckets.values():
+    for b in w.core.book._classes.values():
         assert not b.out.by_state and not b.out.members
 
 

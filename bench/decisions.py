@@ -1,6 +1,7 @@
 """Decisions per second over the publisher WebSocket, against the pure core in the same run.
 
-    python -m bench.decisions [--seconds 10] [--batch 100] [--campaigns 1000] [--runs 3] [--compression on|off] [--out FILE]
+    python -m bench.decisions [--seconds 10] [--batch 100] [--campaigns 1000] [--runs 3] [--compression on|off]
+                              [--replay on|off|both] [--out FILE]
 
 A publisher batches calls over ``/v1/publishers/ws`` (frames of ``--batch`` calls, at most 200
 awaiting their decisions, under the server's 256 in flight); ten buyers hold their sockets open
@@ -13,6 +14,10 @@ the target (>= 0.6). The same run compares the decision's own time: ``decision_u
 server reports it on every decision (``prepare`` + ``decide``, RTB wait excluded) against the
 same two steps timed one by one in the pure core (target: server p50 <= 1.3x pure p50).
 Medians over runs; JSON out.
+
+``--replay both`` runs each run twice, the server (and the pure core) with the auction replay
+recorded (``EXCHANGE_AUCTION_REPLAY``) and without, one after the other, and prints the ratios
+of ``decision_us`` (p50, p99) and of decisions per CPU-second, on to off.
 """
 
 from __future__ import annotations
@@ -51,8 +56,8 @@ def calls(n: int, seed: int) -> list[PublisherCall]:
     return [PublisherCall(caller=us_caller(rng)[0], vertical=rng.choice(VERTICALS[:4]), seq=i) for i in range(n)]
 
 
-def pure_rate(book: list[list[Campaign]], reqs: list[PublisherCall], times_us: list[float] | None = None) -> float:
-    core = Core(Settings(rtb_tmax_ms=0, max_campaigns_per_buyer=10**6))
+def pure_rate(book: list[list[Campaign]], reqs: list[PublisherCall], times_us: list[float] | None = None, replay: bool = True) -> float:
+    core = Core(Settings(rtb_tmax_ms=0, max_campaigns_per_buyer=10**6, auction_replay=replay))
     for b, cs in enumerate(book):
         core.ledger.post(deposit(buyer_account(f"b{b}"), 10**13, f"d{b}", 0))
         for c in cs:
@@ -154,36 +159,53 @@ def main() -> None:
     ap.add_argument("--campaigns", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compression", choices=("on", "off"), default="off", help="EXCHANGE_WS_COMPRESSION of the server")
+    ap.add_argument("--replay", choices=("on", "off", "both"), default="on", help="EXCHANGE_AUCTION_REPLAY of the server and the pure core")
     ap.add_argument("--out", default="bench/results/decisions.json")
     args = ap.parse_args()
     book, reqs = campaigns(args.campaigns, 1), calls(20_000, 1)
     runs = []
+    by_mode: dict[str, list[dict]] = {"on": [], "off": []}
+    modes = ("on", "off") if args.replay == "both" else (args.replay,)
     for r in range(args.runs):
-        target = start_exchange(Path(f"bench/results/decisions-exchange-{r}.log"), {"EXCHANGE_LOG_LEVEL": "warning",
-                                "EXCHANGE_WS_COMPRESSION": "true" if args.compression == "on" else "false"})
-        server_us: list[int] = []
-        try:
-            srv, detail = server_rate(target, book, reqs, args.seconds, args.batch, server_us)
-        finally:
-            target.stop()
-        pure_us: list[float] = []
-        pure = statistics.median(pure_rate(book, reqs[:5000], pure_us if k == 0 else None) for k in range(3))
-        s50, p50 = pct(server_us, 50), pct(pure_us, 50)
-        runs.append({"server_decisions_per_cpu_s": round(srv), "pure_decisions_per_s": round(pure), "ratio": round(srv / pure, 3),
-                     "server_decision_us_p50": s50, "server_decision_us_p99": pct(server_us, 99), "pure_decision_us_p50": p50,
-                     "pure_decision_us_p99": pct(pure_us, 99), "decision_us_ratio_p50": round(s50 / p50, 3), **detail})
-        print(f"run {r + 1}: server {srv:,.0f} decisions per CPU-second ({detail['per_wall_s']:,}/s wall, "
-              f"{detail['errors']} errors) · pure core {pure:,.0f}/s · ratio {srv / pure:.2f} · decision_us p50 in the server "
-              f"{s50:.0f} vs pure {p50:.0f} ({s50 / p50:.2f}x)", flush=True)
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            target = start_exchange(Path(f"bench/results/decisions-exchange-{r}.log"), {"EXCHANGE_LOG_LEVEL": "warning",
+                                    "EXCHANGE_WS_COMPRESSION": "true" if args.compression == "on" else "false",
+                                    "EXCHANGE_AUCTION_REPLAY": "true" if mode == "on" else "false"})
+            server_us: list[int] = []
+            try:
+                srv, detail = server_rate(target, book, reqs, args.seconds, args.batch, server_us)
+            finally:
+                target.stop()
+            pure_us: list[float] = []
+            pure = statistics.median(pure_rate(book, reqs[:5000], pure_us if k == 0 else None, mode == "on") for k in range(3))
+            s50, p50 = pct(server_us, 50), pct(pure_us, 50)
+            run = {"replay": mode, "server_decisions_per_cpu_s": round(srv), "pure_decisions_per_s": round(pure), "ratio": round(srv / pure, 3),
+                   "server_decision_us_p50": s50, "server_decision_us_p99": pct(server_us, 99), "pure_decision_us_p50": p50,
+                   "pure_decision_us_p99": pct(pure_us, 99), "decision_us_ratio_p50": round(s50 / p50, 3), **detail}
+            runs.append(run)
+            by_mode[mode].append(run)
+            print(f"run {r + 1} (replay {mode}): server {srv:,.0f} decisions per CPU-second ({detail['per_wall_s']:,}/s wall, "
+                  f"{detail['errors']} errors) · pure core {pure:,.0f}/s · ratio {srv / pure:.2f} · decision_us p50 in the server "
+                  f"{s50:.0f} vs pure {p50:.0f} ({s50 / p50:.2f}x)", flush=True)
+    replay_ratio = None
+    if args.replay == "both":
+        med_of = {m: {k: statistics.median(x[k] for x in by_mode[m]) for k in
+                      ("server_decision_us_p50", "server_decision_us_p99", "pure_decision_us_p50", "pure_decision_us_p99",
+                       "server_decisions_per_cpu_s")} for m in ("on", "off")}
+        replay_ratio = {k: round(med_of["on"][k] / med_of["off"][k], 3) for k in med_of["on"] if med_of["off"][k]}
+        print(f"replay on/off (medians): server decision_us p50 {replay_ratio.get('server_decision_us_p50')}x, p99 "
+              f"{replay_ratio.get('server_decision_us_p99')}x; pure p50 {replay_ratio.get('pure_decision_us_p50')}x; "
+              f"server decisions per CPU-second {replay_ratio.get('server_decisions_per_cpu_s')}x")
     keys = ("server_decisions_per_cpu_s", "pure_decisions_per_s", "ratio", "server_decision_us_p50", "pure_decision_us_p50",
             "decision_us_ratio_p50")
-    med = {k: statistics.median(x[k] for x in runs) for k in keys}
+    med = {k: statistics.median(x[k] for x in by_mode["off" if args.replay == "off" else "on"]) for k in keys}
     print(f"median: server {med['server_decisions_per_cpu_s']:,.0f}/CPU-s, pure {med['pure_decisions_per_s']:,.0f}/s, "
           f"ratio {med['ratio']:.2f} (target >= 0.6); decision_us p50 server {med['server_decision_us_p50']:.0f} vs pure "
           f"{med['pure_decision_us_p50']:.0f}: {med['decision_us_ratio_p50']:.2f}x (target <= 1.3x)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "decisions", "args": vars(args), "median": med, "runs": runs}, indent=2))
+    out.write_text(json.dumps({"benchmark": "decisions", "args": vars(args), "median": med, "replay_on_to_off": replay_ratio, "runs": runs},
+                              indent=2))
     print(f"wrote {out}")
 
 

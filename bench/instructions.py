@@ -2,11 +2,17 @@
 
     python -m bench.instructions [--ops decision,bid,lifecycle] [--out FILE]
 
-Each figure is measured under ``valgrind --tool=callgrind`` as the difference between two
-runs of the same child process that differ only in how many operations they perform after an
-identical set-up (``PYTHONHASHSEED=0``, seeded data, the cyclic collector off for the decision
-and the bid: ``quiet_gc``): (instructions with N operations − instructions with none) / N. Times on these hosts vary by up to 4x between sessions; these
-counts change only when the code does, so a regression shows in them.
+Each figure is measured under ``valgrind --tool=callgrind`` over the measured region only: the
+worker calls ``os.getppid()`` right before its N operations and ``os.getpgrp()`` right after,
+and callgrind zeroes its counters when entering the first (``--zero-before``) and dumps them
+when entering the second (``--dump-before``): instructions per op = that dump's total / N.
+The set-up is identical in every run (``PYTHONHASHSEED=0``, seeded data, the cyclic collector
+off for the decision and the bid: ``quiet_gc``), and the BLAS/OpenMP pools that numpy starts
+are held to one thread: their idle workers spin, and a spinning thread's instructions depend on
+wall time (that is what made the decision's count drift by millions between runs of the same
+code until 2026-12-07). Each op is counted in two runs and both are reported, so a count that
+does drift shows. Times on these hosts vary by up to 4x between sessions; these counts change
+only when the code does, so a regression shows in them.
 
 - ``decision``: ``prepare`` + ``decide`` for one inbound call, book of 100,000 campaigns
   (``bench.decision``'s book), no bid updates between calls.
@@ -32,14 +38,21 @@ import tempfile
 from pathlib import Path
 
 N = {"decision": 200, "bid": 20_000, "lifecycle": 100, "bare": 300}
+START, STOP = "os_getppid", "os_getpgrp"  # the C functions behind the region's two markers
+
+
+def region_start() -> None:
+    os.getppid()
+
+
+def region_stop() -> None:
+    os.getpgrp()
 
 
 # ---------------------------------------------------------------- the measured child
 def quiet_gc() -> None:
     """No collection inside the measured region: whether the cyclic collector happens to run
-    there (a full one walks 100,000 campaigns) depends on allocation counts far from the ops.
-    (The decision's count still varies between runs of the same code, 396K-631K on 2026-12-06:
-    another source remains, suspected to be iteration orders that follow object addresses.)"""
+    there (a full one walks 100,000 campaigns) depends on allocation counts far from the ops."""
     import gc
 
     gc.collect()
@@ -61,8 +74,11 @@ def _decision(n: int) -> None:
     warm = len(reqs)  # every request once first: the compliance week tables of each candidate set are built then
     quiet_gc()
     for i in range(warm + n):
+        if i == warm:
+            region_start()
         p = prepare(core, reqs[i % len(reqs)], "pub", f"call{i}", NOW_NS + i)
         decide(core, p, {}, NOW_NS + i)
+    region_stop()
 
 
 def _bid(n: int) -> None:
@@ -98,8 +114,10 @@ def _bid(n: int) -> None:
     quiet_gc()
     for f in frames[:20]:  # warm-up, the same in both runs
         apply(f)
+    region_start()
     for f in frames[20:20 + n // 100]:
         apply(f)
+    region_stop()
 
 
 def _lifecycle(n: int) -> None:
@@ -134,8 +152,10 @@ def _lifecycle(n: int) -> None:
                         assert r.status_code == 200, r.text
                 for i in range(10):  # warm-up
                     await one(i)
+                region_start()
                 for i in range(n):
                     await one(100 + i)
+                region_stop()
 
     asyncio.run(main())
 
@@ -155,8 +175,12 @@ def _bare(n: int) -> None:
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as http:
-            for _ in range(10 + n):
+            for _ in range(10):
                 assert (await http.get("/x")).status_code == 200
+            region_start()
+            for _ in range(n):
+                assert (await http.get("/x")).status_code == 200
+            region_stop()
 
     asyncio.run(main())
 
@@ -166,12 +190,16 @@ WORKERS = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle, "bare": 
 
 # ---------------------------------------------------------------- the driver
 def count(op: str, n: int) -> int:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    """Instructions of ``op``'s measured region (N operations) in one child under callgrind."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", sys.executable, "-m", "bench.instructions",
-             "--worker", op, str(n)], env=env, capture_output=True, text=True, check=True)
-    m = re.search(r"Collected : (\d+)", out.stderr)
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", f"--zero-before={START}*", f"--dump-before={STOP}*",
+             sys.executable, "-m", "bench.instructions", "--worker", op, str(n)], env=env, capture_output=True, text=True, check=True)
+        dump = Path(f"{tmp}/cg.out.1")
+        if not dump.exists():
+            raise RuntimeError("callgrind never reached the region's end marker:\n" + out.stderr[-2000:])
+        m = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
     if m is None:
         raise RuntimeError(out.stderr[-2000:])
     return int(m.group(1))
@@ -182,6 +210,7 @@ def main() -> None:
     ap.add_argument("--ops", default="decision,bid,lifecycle,bare")
     ap.add_argument("--worker", nargs=2, metavar=("OP", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default="bench/results/instructions.json")
+    ap.add_argument("--runs", type=int, default=2, help="children per op (their counts should agree)")
     args = ap.parse_args()
     if args.worker:
         WORKERS[args.worker[0]](int(args.worker[1]))
@@ -189,10 +218,13 @@ def main() -> None:
     results = {}
     for op in args.ops.split(","):
         n = N[op]
-        base, full = count(op, 0), count(op, n)
-        per = (full - base) / n
-        results[op] = {"instructions_per_op": round(per), "ops": n, "baseline_instructions": base, "with_ops_instructions": full}
-        print(f"{op:>10}: {per:,.0f} instructions per op  ({n} ops; callgrind, difference of two runs)", flush=True)
+        runs = [count(op, n) for _ in range(args.runs)]
+        per = [r / n for r in runs]
+        spread = (max(per) - min(per)) / min(per)
+        results[op] = {"instructions_per_op": round(min(per)), "ops": n, "per_op_each_run": [round(x) for x in per],
+                       "region_instructions": runs, "spread": round(spread, 6)}
+        print(f"{op:>10}: {min(per):,.0f} instructions per op  ({n} ops; runs {', '.join(f'{x:,.0f}' for x in per)}; "
+              f"spread {spread:.4%})", flush=True)
     if "lifecycle" in results and "bare" in results:
         ratio = results["lifecycle"]["instructions_per_op"] / results["bare"]["instructions_per_op"]
         results["lifecycle_over_bare_request"] = round(ratio, 2)

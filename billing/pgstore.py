@@ -25,7 +25,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from .store import Batch, BatchRefused, Store, StoreRefused, StoreUnavailable, migrations
+from .pgbook import save_campaigns
+from .store import Batch, BatchRefused, CampaignRow, Store, StoreRefused, StoreUnavailable, migrations
 
 TRANSIENT = (
     OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
@@ -86,6 +87,11 @@ WITH a AS (
     INSERT INTO event_parties (account, seq)
     SELECT * FROM unnest(@text, @int8)
     {conflict}
+), pk AS (
+    -- data keys first used by this batch (billing.vault); a key may ride in two batches
+    INSERT INTO privacy_keys (kid, blind, master_kid, wrapped, created_ns)
+    SELECT * FROM unnest(@text, @text, @text, @text, @int8)
+    ON CONFLICT DO NOTHING
 )
 SELECT count(*) FROM e
 """
@@ -326,6 +332,10 @@ class PgStore(Store):
         p_account, p_seq = _columns(batch.parties, 2)
         _text(p_account, out)
         out.append(p_seq)
+        k_id, k_blind, k_master, k_wrapped, k_created = _columns(batch.keys, 5)
+        for c in (k_id, k_blind, k_master, k_wrapped):
+            _text(c, out)
+        out.append(k_created)
         return out
 
     def prepare(self, batch: Batch) -> None:
@@ -363,19 +373,27 @@ class PgStore(Store):
                 raise BatchRefused(f"PostgreSQL refused the batch's data: {exc}") from exc
             raise StoreRefused(f"PostgreSQL refused the batch: {exc}") from exc
 
-    async def fetch(self, sql: str, *args: Any) -> list[tuple]:
+    def _live(self) -> asyncpg.Pool:
         if self.pool is None:
             raise StoreUnavailable("the store is not open")
+        return self.pool
+
+    async def save_campaigns(self, rows: list[CampaignRow]) -> None:
+        try:
+            await save_campaigns(self._live(), rows)
+        except TRANSIENT as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple]:
+        pool = self._live()
         q = self._sql.get(sql)
         if q is None:
             q = self._sql[sql] = _placeholders(sql)
         try:
-            return [tuple(r) for r in await self.pool.fetch(q, *args)]
+            return [tuple(r) for r in await pool.fetch(q, *args)]
         except TRANSIENT as exc:
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def execute_raw(self, sql: str, *args: Any) -> str:
         """Run one statement outside the writer (tests and the operator's tools)."""
-        if self.pool is None:
-            raise StoreUnavailable("the store is not open")
-        return await self.pool.execute(sql, *args)
+        return await self._live().execute(sql, *args)

@@ -18,7 +18,7 @@ import time
 from typing import Any, TypeVar
 from collections.abc import Callable
 
-from .store import Batch, BatchRefused, Store, StoreUnavailable, migrations
+from .store import Batch, BatchRefused, CampaignRow, Store, StoreUnavailable, migrations
 
 T = TypeVar("T")
 
@@ -69,6 +69,12 @@ class _Thread:
         self.thread.join()
 
 
+SAVE_SPEC = ("INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (buyer, id) DO UPDATE SET spec = excluded.spec, "
+             "bid_cents = excluded.bid_cents, paused = excluded.paused, updated_ns = excluded.updated_ns "
+             "WHERE excluded.updated_ns >= campaigns.updated_ns")
+SAVE_PRICE = "UPDATE campaigns SET bid_cents = ?, paused = ?, updated_ns = ? WHERE buyer = ? AND id = ? AND updated_ns <= ?"
+
+
 class SqliteStore(Store):
     backend = "sqlite"
 
@@ -92,6 +98,7 @@ class SqliteStore(Store):
         db.execute(f"PRAGMA synchronous={'NORMAL' if self.synchronous == 'NORMAL' else 'FULL'}")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA secure_delete=ON")  # a shredded data key's bytes are overwritten, not left in a free page
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)")
         done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
@@ -129,6 +136,8 @@ class SqliteStore(Store):
                 db.executemany("INSERT INTO balances VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
                                "SET balance_cents = balance_cents + excluded.balance_cents", delta.items())
                 new = len(heads)
+            if batch.keys:
+                db.executemany("INSERT INTO privacy_keys VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.keys)
             if batch.holds:
                 db.executemany("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.holds)
             if batch.outcomes:
@@ -139,6 +148,20 @@ class SqliteStore(Store):
                 db.executemany("INSERT INTO event_parties VALUES (?, ?) ON CONFLICT DO NOTHING", batch.parties)
             db.execute("COMMIT")
             return new
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _save_campaigns(self, rows: list[CampaignRow]) -> None:
+        db = self.db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(SAVE_SPEC, [r for r in rows if r.spec is not None])
+            db.executemany(SAVE_PRICE, [(r.bid_cents, r.paused, r.updated_ns, r.buyer, r.id, r.updated_ns)
+                                        for r in rows if r.spec is None])
+            db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -179,6 +202,14 @@ class SqliteStore(Store):
             # some record of the batch is at fault (a constraint, an integer over 64 bits, text
             # that cannot be encoded): the writer splits the batch to find it
             raise BatchRefused(f"SQLite refused the batch's data: {type(exc).__name__}: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+    async def save_campaigns(self, rows: list[CampaignRow]) -> None:
+        if self.db is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            await self._run(self._save_campaigns, rows)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
 

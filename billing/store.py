@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from .audit import AuditRow
 from .postings import Entry, Leg
 from .records import AccountRow, CallOutcome, HoldEvent
+from .vault import KeyRow
 
 
 class StoreUnavailable(Exception):
@@ -50,6 +51,7 @@ class Batch:
     accounts: list[AccountRow] = field(default_factory=list)
     audit: list[AuditRow] = field(default_factory=list)
     parties: list[tuple[str, int]] = field(default_factory=list)  # (account, audit seq): who its domain events address
+    keys: list[KeyRow] = field(default_factory=list)  # data keys (billing.vault) first used by this batch's records
 
     def __len__(self) -> int:
         return len(self.entries) + len(self.holds) + len(self.outcomes) + len(self.accounts) + len(self.audit)
@@ -62,6 +64,18 @@ class Snapshot(NamedTuple):
     balances: dict[str, int]
     entries: list[Entry]  # deposits, payouts and refunds (replays of these must stay no-ops)
     open_holds: list[HoldEvent]
+
+
+class CampaignRow(NamedTuple):
+    """A standing campaign as saved (exchange.bookstore): its message as JSON, the live price
+    and pause. ``spec`` None: a price/pause change only (the stored spec is kept)."""
+
+    buyer: str
+    id: str
+    spec: str | None
+    bid_cents: int
+    paused: bool
+    updated_ns: int
 
 
 class StatementLine(NamedTuple):
@@ -116,6 +130,22 @@ class Store(ABC):
     async def fetch(self, sql: str, *args: Any) -> list[tuple]:
         """Run a read query written with ``?`` placeholders."""
 
+    @abstractmethod
+    async def save_campaigns(self, rows: list[CampaignRow]) -> None:
+        """Upsert standing campaigns in one transaction. A row with a spec replaces the
+        campaign; one without updates its price and pause only (a campaign not stored yet is
+        skipped: its spec comes with its own row). A row older than the stored one
+        (``updated_ns``) changes nothing, so two nodes saving the same campaign converge."""
+
+    async def load_campaigns(self, buyer: str | None = None, since_ns: int | None = None) -> list[CampaignRow]:
+        """The saved standing campaigns (of one buyer, or all; changed since ``since_ns``, or
+        ever), oldest change first."""
+        cols = "SELECT buyer, id, spec, bid_cents, paused, updated_ns FROM campaigns WHERE updated_ns >= ?"
+        lo = since_ns if since_ns is not None else -(1 << 62)
+        rows = await (self.fetch(cols + " AND buyer = ? ORDER BY updated_ns, id", lo, buyer) if buyer is not None
+                      else self.fetch(cols + " ORDER BY updated_ns, buyer, id", lo))
+        return [CampaignRow(b, i, sp, int(bc), bool(p), int(u)) for b, i, sp, bc, p, u in rows]
+
     # ------------------------------------------------------------------ shared reads
     async def last_audit(self) -> tuple[int, bytes]:
         rows = await self.fetch("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
@@ -141,12 +171,23 @@ class Store(ABC):
 
     async def repeat_callers(self, since_ns: int) -> list[tuple[str, str, int]]:
         """(buyer, consumer number, billed at) of each billable call finished since ``since_ns``,
-        oldest first: what the repeat-caller (dedupe) index is rebuilt from at start."""
+        oldest first: what the repeat-caller (dedupe) index is rebuilt from at start. The number
+        is sealed (billing.vault: the decision body's ``consumer``) unless it was written
+        before numbers were (then the ``number`` column holds it)."""
+        consumer = "a.body::jsonb->>'consumer'" if self.backend == "postgres" else "json_extract(a.body, '$.consumer')"
         rows = await self.fetch(
-            "SELECT o.buyer, a.number, o.final_ns FROM call_outcomes o "
+            f"SELECT o.buyer, coalesce({consumer}, a.number), o.final_ns FROM call_outcomes o "
             "JOIN audit a ON a.call_id = o.call_id AND a.kind = 'decision' "
             "WHERE o.billable AND o.final_ns >= ? AND a.number IS NOT NULL ORDER BY o.final_ns", since_ns)
         return [(b, n, int(t)) for b, n, t in rows]
+
+    async def delivered_legs(self, since_ns: int) -> list[tuple[str, str, bool, int, int]]:
+        """(buyer, campaign, billable, price, final_ns) of each routed call completed since
+        ``since_ns``: what a restarted exchange counts its campaigns' caps and budgets from."""
+        rows = await self.fetch(
+            "SELECT buyer, campaign, billable, price_cents, final_ns FROM call_outcomes "
+            "WHERE status = 'completed' AND final_ns >= ? ORDER BY final_ns", since_ns)
+        return [(b, c, bool(x), int(p), int(t)) for b, c, x, p, t in rows]
 
     async def call_entries(self, call_id: str) -> list[Entry]:
         """The charge of a call and every refund of it, in posting order."""
@@ -197,6 +238,17 @@ class Store(ABC):
             "SELECT seq, at_ns, kind, call_id, number, body, prev_hash, hash FROM audit WHERE "
             + " AND ".join(where) + " ORDER BY seq LIMIT ?", *args, limit)
         return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]
+
+    # ------------------------------------------------------------------ the nodes of a market (exchange.nodes)
+    async def node_seen(self, market: str, node_id: str, info: str, now_ns: int) -> None:
+        await self.fetch(
+            "INSERT INTO market_nodes (market, node_id, info, seen_ns) VALUES (?, ?, ?, ?) ON CONFLICT (market, node_id) "
+            "DO UPDATE SET info = excluded.info, seen_ns = excluded.seen_ns RETURNING seen_ns", market, node_id, info, now_ns)
+
+    async def nodes_seen(self, since_ns: int) -> list[tuple[str, str]]:
+        """(market, node id) of the nodes seen since ``since_ns``."""
+        return [(m, n) for m, n in await self.fetch(
+            "SELECT market, node_id FROM market_nodes WHERE seen_ns >= ? ORDER BY market, node_id", since_ns)]
 
     # ------------------------------------------------------------------ domain events (billing.events)
     async def event_rows(self, viewer: str | None, from_seq: int, limit: int) -> list[AuditRow]:

@@ -7,11 +7,16 @@ import msgspec
 
 from collections.abc import Callable
 
+from compliance.numbers import parse_number
+
 from .audit import AuditRow
 from .events import parties
 from .postings import Entry
 from .records import AccountRow, AuditEvent, CallOutcome, HoldEvent, Record
 from .store import Batch
+from .vault import Vault
+
+PHONE_FIELDS = ("caller", "callee")  # a request's numbers, sealed in a decision's body
 
 
 class _LegBody(msgspec.Struct):
@@ -77,6 +82,36 @@ def outcome_audit(o: CallOutcome) -> AuditEvent:
     return AuditEvent(o.final_ns, "outcome", o.call_id, None, body)
 
 
+def seal_audit(ev: AuditEvent, vault: Vault) -> AuditEvent:
+    """``ev`` as stored: its ``number`` (the consumer's) replaced by the number's blind index,
+    and in its body the request's ``caller`` and ``callee`` sealed under their numbers' data
+    keys, plus ``consumer`` (the consumer's number, sealed) and ``consumer_state`` (the state
+    of its area code, for the reports rebuilt at start: a state is not a number). Records
+    without a number or a request are stored as they are."""
+    number, body = ev.number, ev.body
+    if number is None and not (isinstance(body, dict) and "request" in body):
+        return ev
+    at = ev.at_ns
+    if isinstance(body, dict) and "request" in body:
+        req = body["request"]
+        as_dict = isinstance(req, dict)
+        changes: dict[str, str] = {}
+        plain: dict[str, str] = {}
+        for f in PHONE_FIELDS:
+            v = req.get(f) if as_dict else getattr(req, f, None)
+            if isinstance(v, str) and v:
+                changes[f] = vault.seal(v, at)
+                plain[v] = changes[f]
+        if changes:
+            req = {**req, **changes} if as_dict else msgspec.structs.replace(req, **changes)
+        body = {**body, "request": req}
+        if number is not None:
+            info = parse_number(number)
+            body["consumer"] = plain.get(number) or vault.seal(number, at)  # (the caller's or callee's sealed value)
+            body["consumer_state"] = info.state if info is not None else None
+    return AuditEvent(ev.at_ns, ev.kind, ev.call_id, vault.blind(number) if number is not None else None, body)
+
+
 def describe(r: Record) -> str:
     """A record named by its key, for a refusal's message."""
     if isinstance(r, Entry):
@@ -90,9 +125,11 @@ def describe(r: Record) -> str:
     return f"audit {r.kind} record" + (f" of call {r.call_id!r}" if r.call_id else "")
 
 
-def fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], AuditRow]) -> None:
+def fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], AuditRow], vault: Vault | None = None) -> None:
     """Sort ``records`` into ``batch``, putting each row on the audit chain with it, and
-    address each audit record's domain events (``batch.parties``: (account, seq))."""
+    address each audit record's domain events (``batch.parties``: (account, seq)). With a
+    ``vault``, numbers are sealed before they are chained (the chain covers the ciphertext)
+    and the rows of data keys not stored yet ride in the same batch (``batch.keys``)."""
     entries, holds, outcomes, audit, party = batch.entries, batch.holds, batch.outcomes, batch.audit, batch.parties
     for r in records:
         ev: AuditEvent
@@ -103,7 +140,7 @@ def fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], Audi
             entries.append(r)
             ev = entry_audit(r)
         elif isinstance(r, AuditEvent):
-            ev = r
+            ev = r if vault is None else seal_audit(r, vault)
         elif isinstance(r, CallOutcome):
             outcomes.append(r)
             ev = outcome_audit(r)
@@ -116,3 +153,5 @@ def fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], Audi
         audit.append(row)
         for p in parties(ev):
             party.append((p, row.seq))
+    if vault is not None and vault.unsaved:
+        batch.keys.extend(vault.unsaved.values())

@@ -45,6 +45,7 @@ from typing import NamedTuple
 from .audit import Chain
 from .trail import describe, fill as _fill
 from .records import Record
+from .vault import Vault
 from .store import Batch, BatchRefused, RecordRefused, Store, StoreRefused, StoreUnavailable
 
 log = logging.getLogger("exchange.writer")
@@ -81,8 +82,9 @@ def _expire(fut: asyncio.Future) -> None:
 
 class Writer:
     def __init__(self, store: Store, max_batch: int = 5000, max_pending: int = 200_000, retry_max_s: float = 2.0,
-                 linger_s: float = 0.0) -> None:
+                 linger_s: float = 0.0, vault: Vault | None = None) -> None:
         self.store = store
+        self.vault = vault  # seals consumer numbers as records are taken (billing.vault); None: stored as given
         self.max_batch, self.max_pending, self.retry_max_s = max_batch, max_pending, retry_max_s
         self.linger_s = linger_s
         self.chain = Chain()
@@ -194,7 +196,7 @@ class Writer:
         start = (self.chain.seq, self.chain.last_hash)
         batch = Batch()
         try:
-            _fill(batch, records, self.chain.append)
+            _fill(batch, records, self.chain.append, self.vault)
         except Exception:  # noqa: BLE001 - a record that cannot be put on the chain: find it, unit by unit
             self.chain = Chain(*start)
             batch = self._build(_split(records, first, ends))
@@ -209,13 +211,15 @@ class Writer:
             state = (self.chain.seq, self.chain.last_hash)
             part = Batch()
             try:
-                _fill(part, records, self.chain.append)
+                _fill(part, records, self.chain.append, self.vault)
             except Exception as exc:  # noqa: BLE001 - e.g. a body the canonical encoder refuses
                 self.chain = Chain(*state)
                 self._refuse(end, records, f"{type(exc).__name__}: {exc}")
                 continue
             for name in ("entries", "holds", "outcomes", "accounts", "audit", "parties"):
                 getattr(batch, name).extend(getattr(part, name))
+            if part.keys:
+                batch.keys[:] = part.keys  # every key not stored yet (the last part's list holds them all)
         return batch
 
     def _refuse(self, end: int, records: list[Record], why: object) -> None:
@@ -304,6 +308,8 @@ class Writer:
     def _written(self, batch: Batch) -> None:
         self.batches += 1
         self.records_written += len(batch)
+        if batch.keys and self.vault is not None:
+            self.vault.saved(batch.keys)
         if batch.audit:
             last = batch.audit[-1]
             self.head = (last.seq, last.hash)

@@ -88,6 +88,18 @@ class ConsentStore:
             self.version += 1
         return records[publisher] if publisher is not None else self.get(token)
 
+    def forget_phone(self, e164: str) -> int:
+        """The number was erased: its records keep no number (and so match no call); how many."""
+        n = 0
+        for records in self._by_token.values():
+            for who, c in list(records.items()):
+                if c.phone == e164:
+                    records[who] = c._replace(phone=None)
+                    n += 1
+        if n:
+            self.version += 1
+        return n
+
     def __len__(self) -> int:
         return sum(len(r) for r in self._by_token.values())
 

@@ -8,7 +8,16 @@ process keeps uploads in a private temporary directory and nothing survives a re
 * ``rnd.csv`` (``number,disconnected_date``), ``flags.json`` (``emergency_states``,
   ``abandon_campaigns``), ``holidays.json`` (``{"version", "dates": {ST: [...]}}``): optional;
 * ``journal.jsonl``: every opt-out, consent and revocation taken through the API, appended
-  and fsynced, replayed at start and tailed by every process.
+  and fsynced, replayed at start and tailed by every process. With ``privacy`` set (the
+  exchange's sealer, duck-typed: ``seal``, ``blind``, ``load``, ``open``), no number is written
+  in clear: an opt-out's ``number`` and a consent's ``phone`` are sealed under the number's
+  data key, beside its blind index (``blind``, ``phone_blind``); a line whose number was erased
+  replays as an opt-out by blind index (still honoured) or a consent without a number. Each
+  such line names the index key it was blinded with (``ix``): a journal whose lines another
+  master key wrote cannot be matched at all, and the exchange refuses to start on one
+  (``JournalForeign``) rather than drop its opt-outs silently. (Under the same master key but
+  another database, the data keys are elsewhere: its opt-outs still hold by blind index and
+  its consents match nothing, both failing closed.)
 
 ``scan`` (run in a worker thread: it opens files and checks their CRCs) finds what changed
 and loads it; ``apply`` swaps the new values into the gate's stores in one assignment each,
@@ -33,9 +42,9 @@ from .dncarray import DncArray
 from .dncfile import DncFileError, open_array, read_meta, replace
 from .gate import Gate, Verdict
 from .importer import ImportAborted, Report, import_changes, import_full
-from .numbers import parse_number
-from .rules import RulesError, compile_holidays, parse_day
-from .stores import Flags, NumberList, Rnd
+from .loaders import load_flags, load_holidays, load_rnd
+from .rules import RulesError, parse_day
+from .stores import NumberList
 from .suppression import Suppressed
 
 log = logging.getLogger("exchange.compliance")
@@ -63,6 +72,11 @@ def number_list(arr: DncArray) -> NumberList:
     return NumberList(arr, day, f"{meta.get('list', meta.get('kind'))}:{snap}:n={len(arr)}:crc={crc}")
 
 
+class JournalForeign(RuntimeError):
+    """The compliance journal was blinded under another index key (another master key): its
+    opt-outs cannot be applied (fail closed: the exchange does not start)."""
+
+
 class ComplianceRuntime:
     def __init__(self, gate: Gate, data_dir: Path | None = None, redis_url: str | None = None,
                  redis_prefix: str = "dce:", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
@@ -78,6 +92,8 @@ class ComplianceRuntime:
         self._journal_pos = 0
         self._replaying = False
         self._task: asyncio.Task | None = None
+        self.privacy: Any = None  # exchange.privacy.Sealer: numbers sealed in the journal and Redis keys blinded
+        self.foreign_lines = 0  # journal lines sealed under another database's keys
         self.stores.suppressions.listener = self._journal_suppression
 
     @property
@@ -93,12 +109,19 @@ class ComplianceRuntime:
         imports the exchange): ``compliance_dir``, ``redis_url``, ``redis_prefix``,
         ``max_dnc_upload_bytes``."""
         root = settings.compliance_dir
-        return cls(gate, Path(root) if root else None, settings.redis_url, settings.redis_prefix,
+        prefix = settings.redis_prefix or settings.market + ":"  # unset: the market's prefix (exchange.nodes)
+        return cls(gate, Path(root) if root else None, settings.redis_url, prefix,
                    settings.max_dnc_upload_bytes)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.apply(await asyncio.to_thread(self.scan))
+        changes = await asyncio.to_thread(self.scan)
+        await self._unseal(changes)
+        self.apply(changes)
+        if self.foreign_lines:
+            raise JournalForeign(f"{self.foreign_lines} lines of {self.journal_path} were sealed under another index key "
+                                 "(another master key, or another database): their opt-outs and consents cannot be applied; "
+                                 "refusing to start (keep the compliance directory with its database and master key)")
         if self.redis_url:
             from .redis_frequency import RedisFrequency
 
@@ -119,7 +142,9 @@ class ComplianceRuntime:
             await asyncio.sleep(REFRESH_S)
             ticks += 1
             try:
-                self.apply(await asyncio.to_thread(self.scan))
+                changes = await asyncio.to_thread(self.scan)
+                await self._unseal(changes)
+                self.apply(changes)
                 self.gate.prebuild_windows(time.time_ns())  # next week's calling-window tables, ahead
                 if ticks % SWEEP_EVERY == 0:
                     self.sweep()
@@ -157,7 +182,7 @@ class ComplianceRuntime:
                     out.append((what, number_list(open_array(path))))
                 except (DncFileError, RulesError, OSError) as exc:
                     log.error("compliance_list_rejected", extra={"path": str(path), "error": str(exc), "note": "the previous list stays in force"})
-        for name, loader in (("rnd.csv", self._load_rnd), ("flags.json", self._load_flags), ("holidays.json", self._load_holidays)):
+        for name, loader in (("rnd.csv", load_rnd), ("flags.json", load_flags), ("holidays.json", load_holidays)):
             path = self.dir / name
             if self._changed(path):
                 try:
@@ -185,30 +210,6 @@ class ComplianceRuntime:
                 st.swap(holidays=value)
             elif what == "journal":
                 self._apply_journal(value)
-
-    @staticmethod
-    def _load_rnd(path: Path) -> Rnd:
-        out: dict[str, int] = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) < 2 or not parts[0] or parts[0].lower() in ("number", "phone"):
-                continue
-            info = parse_number(parts[0])
-            if info is None:
-                continue
-            out[info.e164] = parse_day(parts[1])
-        return Rnd(f"rnd:{path.stat().st_mtime_ns}:n={len(out)}", out)
-
-    @staticmethod
-    def _load_flags(path: Path) -> Flags:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return Flags(str(raw.get("version", f"flags:{path.stat().st_mtime_ns}")), frozenset(raw.get("emergency_states", ())),
-                     frozenset(raw.get("abandon_campaigns", ())))
-
-    @staticmethod
-    def _load_holidays(path: Path) -> Any:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return compile_holidays(str(raw.get("version", "holidays-file")), raw.get("dates", {}))
 
     # ------------------------------------------------------------------ journal
     @property
@@ -242,6 +243,20 @@ class ComplianceRuntime:
                 log.error("compliance_journal_bad_line", extra={"line": repr(raw[:200])})
         return [("journal", entries)] if entries else []
 
+    async def _unseal(self, changes: list[tuple[str, Any]]) -> None:
+        """Load the data keys the journal lines among ``changes`` were sealed with."""
+        if self.privacy is None:
+            return
+        values = [v for what, entries in changes if what == "journal" for e in entries
+                  for v in (e.get("number"), (e.get("record") or {}).get("phone") if isinstance(e.get("record"), dict) else None)
+                  if isinstance(v, str)]
+        if values:
+            await self.privacy.load(values)
+
+    def _open(self, value: Any) -> Any:
+        """A journal line's number in clear (None: erased); as it is without a sealer."""
+        return self.privacy.open(value) if self.privacy is not None and isinstance(value, str) else value
+
     def _apply_journal(self, entries: list[dict[str, Any]]) -> None:
         st = self.stores
         self._replaying = True
@@ -249,10 +264,21 @@ class ComplianceRuntime:
             for e in entries:
                 try:
                     kind = e.get("t")
+                    if self.privacy is not None and "ix" in e and e["ix"] != self.privacy.index_id:
+                        self.foreign_lines += 1
+                        log.critical("compliance_journal_foreign_line", extra={"kind": kind, "index_id": e["ix"]})
+                        continue
                     if kind == "suppression":
-                        st.suppressions.add(e["number"], e["scope"], int(e["added_ns"]), e.get("source", ""))
+                        number = self._open(e["number"])
+                        if number is None:  # erased: the opt-out stays, by the number's blind index
+                            st.suppressions.add_blind(e["blind"], e["scope"], int(e["added_ns"]), e.get("source", ""))
+                        else:
+                            st.suppressions.add(number, e["scope"], int(e["added_ns"]), e.get("source", ""))
                     elif kind == "consent":
-                        st.consents.add(consent_from_record(e["token"], e["record"], e.get("publisher", "")))
+                        record = e["record"]
+                        if "phone_blind" in e and isinstance(record, dict):
+                            record = {**record, "phone": self._open(record.get("phone")) or "erased"}
+                        st.consents.add(consent_from_record(e["token"], record, e.get("publisher", "")))
                     elif kind == "revoke":
                         st.consents.revoke(e["token"], int(e["at_ns"]), e.get("channel", ""), e.get("publisher"))
                 except (KeyError, ValueError, TypeError) as exc:
@@ -262,6 +288,11 @@ class ComplianceRuntime:
 
     def _journal_suppression(self, s: Suppressed) -> None:
         if not self._replaying:
+            if self.privacy is not None:
+                sealed, blind = self.privacy.seal(s.number, time.time_ns())
+                self._append({"t": "suppression", "number": sealed, "blind": blind, "ix": self.privacy.index_id, "scope": s.scope,
+                              "added_ns": s.added_ns, "source": s.source})
+                return
             self._append({"t": "suppression", "number": s.number, "scope": s.scope, "added_ns": s.added_ns, "source": s.source})
 
     # ------------------------------------------------------------------ writes
@@ -270,7 +301,13 @@ class ComplianceRuntime:
         consent = consent_from_record(token, record, publisher)
         status = self.stores.consents.add(consent)
         if status == "created":
-            self._append({"t": "consent", "token": token, "record": record, "publisher": publisher})
+            phone = record.get("phone")
+            if self.privacy is not None and phone is not None:
+                sealed, blind = self.privacy.seal(consent.phone or str(phone), time.time_ns())
+                self._append({"t": "consent", "token": token, "record": {**record, "phone": sealed}, "phone_blind": blind,
+                              "ix": self.privacy.index_id, "publisher": publisher})
+            else:
+                self._append({"t": "consent", "token": token, "record": record, "publisher": publisher})
         return status
 
     def revoke(self, token: str, at_ns: int, channel: str, scope: str, source: str, publisher: str | None = None) -> Any:
@@ -342,7 +379,11 @@ class ComplianceRuntime:
         if self.frequency is None or plan is None:
             return Verdict(False, "internal_error", None, None, None, plan)
         try:
-            allowed_from = await self.frequency.check_and_record(pend.key, plan.at_ns, pend.cap, pend.window_ns, member)
+            key = pend.key
+            if self.privacy is not None:  # "<vertical>:<e164>": the shared counter's key names the number's blind index
+                vertical, _, e164 = key.rpartition(":")
+                key = f"{vertical}:{self.privacy.blind(e164)}"
+            allowed_from = await self.frequency.check_and_record(key, plan.at_ns, pend.cap, pend.window_ns, member)
         except Exception as exc:  # fail closed: no shared count, no capped call
             log.error("compliance_frequency_unavailable", extra={"error": repr(exc)})
             return Verdict(False, "internal_error", "frequency_counter_unavailable", None, None, plan)

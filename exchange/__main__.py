@@ -1,4 +1,4 @@
-"""``python -m exchange serve | demo | dnc import ... | billing invoice|reconcile | audit verify``."""
+"""``python -m exchange serve | cluster --nodes N | demo | dnc import ... | billing invoice|reconcile | audit verify | privacy ...``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ from .settings import SettingsError, load
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["privacy"]:  # (its own parser: "privacy --help" would be taken by this one)
+        from .privacy_cli import main as privacy_main
+
+        return privacy_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m exchange", description="Pay-per-call real-time bidding exchange")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the exchange (embedded defaults, no external server needed)")
     p_serve.add_argument("--host", default=None)
     p_serve.add_argument("--port", type=int, default=None)
+    p_cluster = sub.add_parser("cluster", help="run N local nodes of one market (N > 1: PostgreSQL and Redis)")
+    p_cluster.add_argument("--nodes", type=int, required=True)
+    p_cluster.add_argument("--port", type=int, default=None, help="the first node's port (default EXCHANGE_PORT, 8080)")
     p_demo = sub.add_parser("demo", help="run the exchange with simulated buyers and publishers, then print a summary")
     p_demo.add_argument("--seconds", type=float, default=20.0)
     p_demo.add_argument("--calls-per-s", type=float, default=40.0)
@@ -24,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     p_billing.add_argument("billing_args", nargs=argparse.REMAINDER)
     p_audit = sub.add_parser("audit", help="the audit trail: audit verify", add_help=False)
     p_audit.add_argument("audit_args", nargs=argparse.REMAINDER)
+    p_privacy = sub.add_parser("privacy", help="consumer privacy: privacy erase <E.164> | hold | release | holds | retention | "
+                               "rotate-key | keys", add_help=False)
+    p_privacy.add_argument("privacy_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "privacy":
+        from .privacy_cli import main as privacy_main
+
+        return privacy_main(args.privacy_args)
     if args.command == "dnc":
         from compliance.cli import main as dnc_main
 
@@ -34,15 +49,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return billing_main([args.command, *getattr(args, f"{args.command}_args")])
     try:
-        settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None))
+        settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None) if args.command == "serve" else None)
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "cluster":
+        from .cluster import run_cluster
+
+        return run_cluster(settings, args.nodes, args.port)
     if args.command == "serve":
         from .server import serve
 
-        serve(settings)
-        return 0
+        return serve(settings)
     from .demo import run_demo
 
     return run_demo(settings, seconds=args.seconds, calls_per_s=args.calls_per_s, seed=args.seed)

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
-from . import compliance_api, events_api, http, pings_api, reports_api, webhooks_api
+from . import audit_api, compliance_api, dashboard, events_api, http, pings_api, privacy_api, reports_api, webhooks_api
 from .callpath import CallPath
 from .gateway import buyer_socket, publisher_socket
 from .errors import Refused
@@ -38,6 +38,9 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/readyz", http.readyz),
         Route("/metrics", http.metrics),
         Route("/openapi.json", openapi),
+        Route("/", dashboard.home),
+        Route("/dashboard", dashboard.page),
+        Route("/v1/dashboard/stream", dashboard.stream),
         Route("/v1/accounts", http.create_account, methods=["POST"]),
         Route("/v1/accounts/{account_id}/deposits", http.create_deposit, methods=["POST"]),
         Route("/v1/accounts/{account_id}/payouts", http.create_payout, methods=["POST"]),
@@ -46,9 +49,10 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/v1/calls", http.post_call, methods=["POST"]),
         Route("/v1/calls", reports_api.list_calls, methods=["GET"]),
         Route("/v1/calls/{call_id}", reports_api.get_call),
+        Route("/v1/calls/{call_id}/auction", reports_api.get_auction),
         Route("/v1/calls/{call_id}/events", http.post_event, methods=["POST"]),
         Route("/v1/calls/{call_id}/refund", http.post_refund, methods=["POST"]),
-        Route("/v1/audit", http.get_audit),
+        Route("/v1/audit", audit_api.get_audit),
         Route("/v1/reports", reports_api.get_reports),
         Route("/v1/events", events_api.get_events),
         Route("/v1/webhooks", webhooks_api.post_webhook, methods=["POST"]),
@@ -58,6 +62,11 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         Route("/v1/pings", pings_api.get_pings),
         Route("/v1/campaigns", pings_api.post_campaign, methods=["POST"]),
         Route("/v1/suppressions", http.post_suppression, methods=["POST"]),
+        Route("/v1/privacy/erasures", privacy_api.post_erasure, methods=["POST"]),
+        Route("/v1/privacy/holds", privacy_api.post_hold, methods=["POST"]),
+        Route("/v1/privacy/holds", privacy_api.get_holds, methods=["GET"]),
+        Route("/v1/privacy/holds/{number_hash}", privacy_api.delete_hold, methods=["DELETE"]),
+        Route("/v1/privacy/key-rotations", privacy_api.post_rotation, methods=["POST"]),
         Route("/v1/dnc/national", compliance_api.post_national, methods=["POST"]),
         Route("/v1/dnc/state/{state}", compliance_api.post_state, methods=["POST"]),
         Route("/v1/consents", compliance_api.post_consent, methods=["POST"]),

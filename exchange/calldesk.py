@@ -30,6 +30,7 @@ from .journal import Journal
 from .lifecycle import apply_event
 from .messages import BidRequest, CallEvent, CallFields, DecisionFields, EventResponse
 from .metrics import Metrics
+from .nodes import Node
 from .pipeline import decide, prepare
 from .recovery import decision_audit, event_audit, recorded_answer, recorded_decision, recorded_keys
 from .rtb import RtbDesk, RtbRound
@@ -39,7 +40,7 @@ from .tally import Tally
 
 class CallDesk:
     __slots__ = ("core", "compliance", "rtb", "journal", "metrics", "clock", "keys", "recorded", "recorded_until_ns", "in_flight", "draining",
-                 "tally", "log")
+                 "tally", "log", "node")
 
     def __init__(self, core: Core, compliance: ComplianceRuntime, rtb: RtbDesk, journal: Journal, metrics: Metrics, clock: WallClock) -> None:
         self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock = core, compliance, rtb, journal, metrics, clock
@@ -50,6 +51,7 @@ class CallDesk:
         self.draining = False
         self.tally = Tally(core.settings.report_days)  # the report aggregate (GET /v1/reports)
         self.log = CallLog()  # who may list which calls (GET /v1/calls)
+        self.node: Node | None = None  # one node of a market: it decides only while it sells with a fresh lease
 
     async def drain(self, timeout_s: float) -> int:
         """Stop taking calls (``draining``) and wait for the decisions in flight; returns how
@@ -91,6 +93,10 @@ class CallDesk:
     async def submit(self, publisher: Account, call: CallFields, idem_key: str | None = None) -> DecisionFields:
         if self.draining:
             raise Unavailable("draining", "the exchange is shutting down; submit the call again", retry_after_s=1)
+        if self.node is not None:
+            refused = self.node.refusal()
+            if refused is not None:
+                raise refused
         self.in_flight += 1
         try:
             return await self._submit(publisher, call, idem_key)
@@ -134,7 +140,7 @@ class CallDesk:
         call_id = self.recorded[(publisher.id, idem_key)]
         try:
             with self.journal.reading():
-                decision = await recorded_decision(self.journal.store, publisher.id, call_id, call)
+                decision = await recorded_decision(self.journal.store, publisher.id, call_id, call, self.journal.vault)
         except ValueError as exc:
             raise Conflict("idempotency_conflict", str(exc)) from None
         if decision is None:
@@ -152,6 +158,10 @@ class CallDesk:
         answers, wait_us, rnd = await self.rtb.ask(p.bid_requests, p.tmax_ms, p.caller.e164 if p.caller else None) if p.bid_requests else ({}, None, None)
         t2 = perf_counter_ns()
         rec, notices = decide(core, p, answers, self.clock.now_ns())
+        if rnd is not None and rnd.declined and rec.replay is not None and rec.replay.unanswered:  # said no_bid, not silent
+            declined = {(b, q.campaign) for b, q in p.bid_requests if q.request_id in rnd.declined}
+            rec.replay = rec.replay._replace(unanswered=tuple(
+                (b, c, "no_bid" if (b, c) in declined else why) for b, c, why in rec.replay.unanswered))
         if rec.status == "routed" and rec.route is not None:  # an inbound call is the consumer's inquiry (EBR)
             core.gate.note_inquiry(rec.direction, rec.consumer, rec.route.buyer, rec.created_ns)
         t3 = perf_counter_ns()

@@ -19,6 +19,7 @@ from typing import Any
 from .codec import decode_body
 from .errors import BadRequest, Refused
 from .access import admit, check_key, limits_of
+from .forward import Forwarder
 from .http import read_body, status_of
 from .messages import CallEvent, CallRequest, ErrorBody, ErrorDetail, json_encoder
 from .service import Exchange
@@ -33,6 +34,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _JSON = (b"content-type", b"application/json")
 _PUBLISHER = ("publisher",)
 _EVENT_ROLES = ("publisher", "operator")
+_READS = ("GET", "HEAD", "OPTIONS")
+_OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json")  # what an edge answers over HTTP
 
 
 class ClientGone(Exception):
@@ -40,16 +43,27 @@ class ClientGone(Exception):
 
 
 class CallPath:
-    __slots__ = ("app", "ex", "limit")
+    __slots__ = ("app", "ex", "limit", "forward")
 
     def __init__(self, app: Any, ex: Exchange) -> None:
         self.app, self.ex = app, ex
         self.limit = ex.settings.max_body_bytes
+        self.forward = Forwarder(ex) if ex.settings.node_id else None  # an edge's HTTP API goes to the seller
 
     def __getattr__(self, name: str) -> Any:  # the app's routes, state, router ...
         return getattr(self.app, name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        node = self.ex.node
+        if node is not None and scope["type"] == "http" and (scope["method"] not in _READS or not (node.selling or scope["path"] in _OPEN)):
+            refused: Refused | None = node.refusal()  # a stale node takes no write; an edge forwards to the seller (exchange.nodes)
+            if refused is not None and refused.code == "not_seller" and self.forward is not None:
+                try:
+                    return await self._reply(send, *await self.forward(scope, receive, send, self.app.state))
+                except Refused as exc:
+                    refused = exc
+            if refused is not None:
+                return await self._reply(send, *self._refusal(refused))
         if scope["type"] == "http" and scope["method"] == "POST" and not C0_QUERY.search(scope["query_string"]):
             path: str = scope["path"]  # (a URL with a control character goes to the app, whose UrlGuard refuses it)
             if path == "/v1/calls":
@@ -60,25 +74,36 @@ class CallPath:
                     return await self._serve(scope, receive, send, call_id)
         await self.app(scope, receive, send)
 
+    @staticmethod
+    def _refusal(exc: Refused) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        headers = [_JSON]
+        body = json_encoder.encode(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, path=exc.path)))
+        for name, value in (exc.headers or {}).items():
+            headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        if exc.retry_after_s is not None:
+            headers.append((b"retry-after", str(exc.retry_after_s).encode()))
+        return status_of(exc), headers, body
+
+    @staticmethod
+    async def _reply(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        headers = [h for h in headers if h[0] != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def _serve(self, scope: Scope, receive: Receive, send: Send, call_id: str | None) -> None:
         status, headers = 200, [_JSON]
         try:
             body = await self._answer(scope, receive, call_id)
         except Refused as exc:
-            status, body = status_of(exc), json_encoder.encode(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, path=exc.path)))
-            for name, value in (exc.headers or {}).items():
-                headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-            if exc.retry_after_s is not None:
-                headers.append((b"retry-after", str(exc.retry_after_s).encode()))
+            status, headers, body = self._refusal(exc)
         except ClientGone:
             log.info("client_disconnected", extra={"path": scope["path"], "method": "POST"})
             return
         except Exception:
             log.exception("request_failed", extra={"path": scope["path"]})
             status, body = 500, json_encoder.encode(ErrorBody(error=ErrorDetail(code="internal_error", message="the exchange failed to handle this request")))
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await self._reply(send, status, headers, body)
 
     async def _answer(self, scope: Scope, receive: Receive, call_id: str | None) -> bytes:
         authorization = declared = key = None

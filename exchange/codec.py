@@ -33,6 +33,7 @@ _seq_msgpack = msgspec.msgpack.Decoder(_SeqOnly)
 _raw_list_json = msgspec.json.Decoder(list[msgspec.Raw])
 _raw_list_msgpack = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _MISSING = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"contains unknown field `([^`]+)`")
 
 
 def error_from_exception(exc: Exception, prefix: str = "$", root: Any = None) -> ErrorDetail:
@@ -44,10 +45,13 @@ def error_from_exception(exc: Exception, prefix: str = "$", root: Any = None) ->
         if " - at `" in text:
             text, _, at = text.rpartition(" - at `")
             at = at.rstrip("`")
+            if " - at `$" in text:  # a nested struct's __post_init__ named its field: `$.B` inside `$.bid_modifiers.attestation`
+                text, _, inner = text.rpartition(" - at `$")
+                at += inner.rstrip("`")
             if at.startswith("key` in `"):  # "Invalid enum value 'x' - at `key` in `$.hours`"
                 at, at_key = at[len("key` in `"):], True
             path = prefix + at[1:] if at.startswith("$") else at
-        missing = _MISSING.search(text)
+        missing = _MISSING.search(text) or _UNKNOWN.search(text)
         if missing:
             path = f"{path}.{missing.group(1)}"
         code = "unknown_type" if path.endswith(".type") and text.startswith("Invalid value") else "invalid_message"

@@ -26,7 +26,8 @@ from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
 from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
 from routing.standing import CampaignError
 
-from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused
+from .accounts import Account
+from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused, Unauthenticated
 from .access import http_limits, identify
 from .http import error_response, status_of
 from .ids import BuyerId
@@ -46,6 +47,12 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     connection; while the exchange is not ready (draining) the socket is closed with 1013."""
     try:  # the same key check as HTTP: failed attempts are counted (and limited) per address
         account = identify(ws)
+    except Unauthenticated as exc:  # a node of a market: the account may have been made at the seller since
+        found = await _from_store(exchange, ws)
+        if found is None:
+            await _deny(ws, exc, 1008, "unauthorized")
+            return None
+        account = found
     except Refused as exc:
         await _deny(ws, exc, 1008, "too many failed attempts: retry later" if isinstance(exc, RateLimited) else "unauthorized")
         return None
@@ -70,6 +77,14 @@ async def _open(ws: WebSocket, exchange: Exchange, role: str) -> Connection | No
     conn = Connection(ws, account, chosen == MSGPACK, exchange, limiter, key, reg.max_strikes)
     reg.open.add(conn)
     return conn
+
+
+async def _from_store(exchange: Exchange, ws: WebSocket) -> Account | None:
+    try:
+        return await exchange.account_of_key(ws.headers.get("authorization"))
+    except Exception as exc:  # noqa: BLE001 - the store unreachable: the key stays unknown (refused)
+        log.warning("account_lookup_failed", extra={"error": str(exc)})
+        return None
 
 
 async def _deny(ws: WebSocket, exc: Refused, code: int, reason: str) -> None:
@@ -113,11 +128,13 @@ async def buyer_socket(ws: WebSocket) -> None:
     if conn is None:
         return
     exchange.rtb.attach(conn)
+    exchange.buyer_joined(conn.account.id)
     exchange.metrics.buyer_connections += 1
     try:
         await _read_frames(ws, BuyerFrames(exchange, conn).frame, "buyer", exchange.settings.ws_fair_share)
     finally:
         exchange.rtb.detach(conn)
+        exchange.buyer_left(conn.account.id)
         exchange.metrics.buyer_connections -= 1
         sockets_of(exchange).forget(conn)
         conn.writer.cancel()
@@ -177,7 +194,7 @@ class BuyerFrames:
             if not book.set_paused(buyer, msg.campaign, isinstance(msg, Pause)):
                 return _unknown_campaign(msg.campaign, path, msg.seq)
         elif isinstance(msg, (RtbBid, NoBid)):
-            err = self.exchange.rtb.answer(buyer, msg)
+            err = self.exchange.answer(buyer, msg)
             if err is not None:
                 return error_message(err, msg.seq, path)
         elif isinstance(msg, Ping):

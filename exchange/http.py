@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import msgspec
+
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -232,36 +233,6 @@ async def post_refund(request: Request) -> Response:
     ), 201 if created else 200)
 
 
-async def get_audit(request: Request) -> Response:
-    """Operator only: audit records by call, number and time range (oldest first, paged by seq)."""
-    auth(request, "operator")
-    ex = _exchange(request)
-    q = request.query_params
-    call_id, number = q.get("call_id") or None, q.get("number") or None
-    if number is not None:
-        from compliance.numbers import parse_number
-
-        info = parse_number(number)
-        if info is None:
-            raise Invalid("invalid_number", f"{number!r} is not a valid phone number", "$.number")
-        number = info.e164
-    lo, hi = _when(q.get("from"), "from"), _when(q.get("to"), "to")
-    try:
-        limit = min(max(int(q.get("limit", "100")), 1), 1000)
-        after = min(max(int(q.get("after_seq", "0")), 0), (1 << 63) - 1)
-    except ValueError:
-        raise Invalid("invalid_query", "limit and after_seq must be integers") from None
-    if call_id is None and number is None and lo is None and hi is None:
-        raise Invalid("invalid_query", "give call_id, number or a from/to time range")
-    with ex.journal.reading():
-        rows = await ex.journal.store.audit_query(call_id, number, lo, hi, limit, after)
-    records = [{
-        "seq": r.seq, "at": rfc3339(r.at_ns), "kind": r.kind, "call_id": r.call_id, "number": r.number,
-        "body": msgspec.Raw(r.body.encode()), "prev_hash": r.prev_hash.hex(), "hash": r.hash.hex(),
-    } for r in rows]
-    return reply({"records": records, "next_after_seq": rows[-1].seq if len(rows) == limit else None})
-
-
 # ------------------------------------------------------------------ compliance data
 async def post_suppression(request: Request) -> Response:
     caller = auth(request, "operator", "buyer")
@@ -300,7 +271,9 @@ async def readyz(request: Request) -> Response:
     writer = ex.journal.writer
     if writer.state != "up":  # the database's own text is for the operator's log, not for anyone asking
         return error_response(503, "ledger_" + writer.state, LEDGER_STATES.get(writer.state, "the ledger writer is not up"))
-    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend})
+    if ex.node is not None and not ex.node.fresh():
+        return error_response(503, "node_stale", "this node has lost its lease in its market: it takes no call")
+    return reply({"status": "ready", "campaigns": len(ex.core.book), "ledger": ex.journal.store.backend, **ex.node_fields()})
 
 
 async def metrics(request: Request) -> Response:

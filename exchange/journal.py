@@ -26,6 +26,7 @@ from billing import checkpoint
 from billing.ledger import Ledger
 from billing.records import Record
 from billing.backends import open_store
+from billing.vault import MasterKeyError, Vault
 from billing.store import RecordRefused, Store, StoreRefused, StoreUnavailable
 from billing.writer import Writer
 
@@ -50,13 +51,16 @@ def checkpoint_config(settings: Settings) -> tuple[str, bytes] | None:
 
 
 class Journal:
-    __slots__ = ("store", "writer", "ledger", "ack_timeout_s", "checkpoints", "checkpoint_every_s", "_checkpointer", "_signed")
+    __slots__ = ("store", "writer", "ledger", "ack_timeout_s", "checkpoints", "checkpoint_every_s", "_checkpointer", "_signed",
+                 "settings", "vault")
 
     def __init__(self, settings: Settings, ledger: Ledger) -> None:
         self.store: Store = open_store(database_url(settings))
         self.writer = Writer(self.store, settings.writer_max_batch, settings.writer_max_pending,
                              linger_s=settings.writer_linger_ms / 1000)
         self.ledger = ledger
+        self.settings = settings
+        self.vault: Vault | None = None  # opened with the store (exchange.privacy): numbers are sealed by the writer
         self.ack_timeout_s = settings.ack_timeout_ms / 1000
         self.checkpoints = checkpoint_config(settings)
         self.checkpoint_every_s = settings.checkpoint_every_s
@@ -65,6 +69,15 @@ class Journal:
 
     async def open(self) -> None:
         await self.store.open()
+        from .privacy import open_for
+
+        try:
+            self.vault = await open_for(self.settings, self.store, time.time_ns())
+        except MasterKeyError as exc:
+            log.critical("master_key_refused", extra={"error": str(exc)})
+            await self.store.close()
+            raise
+        self.writer.vault = self.vault
 
     async def start(self) -> None:
         if self.checkpoints is not None:

@@ -36,7 +36,7 @@ def engage(core: Core, rec: CallRecord, start: int, now_ns: int, recheck: bool =
     for k in range(start, len(rec.routes)):
         r = rec.routes[k]
         st = core.book.get(r.buyer, r.campaign)
-        if st is None or st.paused or st.expired(now_ns):
+        if st is None or st.held or st.expired(now_ns):
             continue
         if recheck and refusal(core, st, rec.consumer, rec.direction, rec.consumer.npa if rec.consumer else None, r.price_cents, now_ns) is not None:
             continue
@@ -56,7 +56,7 @@ def engage(core: Core, rec: CallRecord, start: int, now_ns: int, recheck: bool =
 
 def _disengage(core: Core, rec: CallRecord, outcome: str, now_ns: int) -> None:
     """Release the leg in use. ``outcome``: billable | short | failed. A call recovered after
-    a restart holds its price but no capacity slot (the campaigns came back with the buyers)."""
+    a restart whose campaign was not restored holds its price but no capacity slot."""
     if rec.taken is None and rec.call_id not in core.ledger.holds:
         return
     if rec.taken is not None:
@@ -112,6 +112,8 @@ def apply_event(core: Core, rec: CallRecord, key: str, ev: CallEvent, now_ns: in
         )
         _disengage(core, rec, "billable" if billable else "short", now_ns)
         core.finish(rec, "completed", now_ns)
+        if core.settings.quality_signals:  # the publisher's short and clustered durations (exchange/quality.py)
+            core.quality.completed(rec.publisher, duration, r.min_duration_s, now_ns)
         notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="completed", duration_s=duration, billable=billable, charged_cents=rec.charged_cents)))
     else:  # failed: release this leg, move to the next route that can take the call
         _disengage(core, rec, "failed", now_ns)

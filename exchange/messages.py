@@ -24,6 +24,7 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
+from .modifiers import Attestation, BidModifiers
 from .pingspec import PingSpec
 
 # ---------------------------------------------------------------- field types
@@ -96,7 +97,11 @@ class Campaign(Message, tag="campaign", frozen=True, kw_only=True):
     rtb: bool = False
     expires_at: AwareTime | None = None
     paused: bool = False
+    min_attestation: Attestation | None = None  # calls attested below this (or not at all) are ineligible
+    bid_modifiers: BidModifiers | None = None
+    max_publisher_risk: Annotated[int, Meta(ge=0, le=100)] | None = None  # skip calls of publishers riskier than this
     ping: PingSpec | None = None  # an HTTP bidder (v2): price each call by pinging this endpoint
+    cancel_on_disconnect: bool = False  # PROTOCOL.md v2: paused while the buyer has no open socket
 
 
 class Bid(Message, tag="bid", frozen=True, kw_only=True):
@@ -156,6 +161,7 @@ class CallInfo(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     area_code: int | None = None
     direction: Direction = "inbound"
     tags: dict[str, TagValue] = {}
+    attestation: str | None = None
 
 
 class BidRequest(Message, tag="bid_request", frozen=True, kw_only=True):
@@ -209,6 +215,7 @@ class CallFields(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False
     floor_cents: Cents = 0
     origin: Literal["consumer_dialed", "callback", "warm_transfer"] | None = None
     dial_mode: Literal["manual", "autodialed", "prerecorded"] | None = None
+    attestation: Attestation | None = None  # STIR/SHAKEN, as the publisher's carrier reports it
 
     def __post_init__(self) -> None:  # at decode (msgspec makes the ValueError a ValidationError)
         if self.tags:

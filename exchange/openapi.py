@@ -9,10 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import messages as m
+from .privacy_wire import ErasureRequest, LegalHoldRequest
 
 _BODIES = [m.AccountCreate, m.AccountCreated, m.Deposit, m.Balance, m.CallRequest, m.DecisionResponse,
            m.CallEvent, m.EventResponse, m.Suppression, m.RefundRequest, m.RefundResponse, m.ErrorBody,
-           m.ConsentCreate, m.ConsentRevoke, m.Campaign]
+           m.ConsentCreate, m.ConsentRevoke, m.Campaign, ErasureRequest, LegalHoldRequest]
 _SCHEMAS, _COMPONENTS = msgspec.json.schema_components(_BODIES, ref_template="#/components/schemas/{name}")
 _REF: dict[type, dict[str, Any]] = {t: s for t, s in zip(_BODIES, _SCHEMAS)}
 _ERR = {"description": "error", "content": {"application/json": {"schema": _REF[m.ErrorBody]}}}
@@ -39,6 +40,7 @@ _QUERY: dict[str, dict[str, Any]] = {
     "status": {"type": "string", "enum": ["routed", "connected", "completed", "failed", "expired", "rejected"]},
     "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
     "cursor": {"type": "string", "description": "next_cursor of the previous page"},
+    "interval_ms": {"type": "integer", "minimum": 200, "maximum": 60000, "default": 1000},
     "group_by": {"type": "string", "enum": ["buyer", "publisher", "campaign", "vertical", "state", "hour", "reason"], "default": "hour"},
 }
 _UPLOAD = {"required": True, "content": {"text/plain": {"schema": {"type": "string", "description": "the list file (FTC format: one 10-digit number a line)"}}}}
@@ -62,6 +64,9 @@ def document() -> dict:
                       "get": _op("The caller's own calls, newest first, in cursor pages (JSON, or CSV with Accept: text/csv)", None, None,
                                  query=("from", "to", "status", "limit", "cursor"))},
         "/v1/calls/{call_id}": {"get": _op("The call, its decision, events and money (a buyer: its own legs only)", None, None, params=call)},
+        "/v1/calls/{call_id}/auction": {"get": _op("The auction replay: every candidate, its outcome (won, fallback, outbid, below_floor, timeout, "
+                                                   "no_bid, ineligible with a reason), ineligible_counts, the clearing price (operator: all; a buyer: "
+                                                   "its own candidates; publishers: 403)", None, None, params=call)},
         "/v1/reports": {"get": _op("Calls, fill, wins, money and durations grouped by one field, scoped to the caller (JSON or CSV)", None, None,
                                    query=("from", "to", "group_by"))},
         "/v1/events": {"get": _op("The caller's own domain events in their total order (the operator: all), from any position; "
@@ -82,10 +87,22 @@ def document() -> dict:
         "/v1/consents": {"post": _op("Record a consumer's consent (operator, publisher)", m.ConsentCreate, None, "201")},
         "/v1/consents/{token}/revoke": {"post": _op("Revoke a consent (operator: everywhere; buyer: for itself); the body is optional", m.ConsentRevoke, None, params=("token",))},
         "/openapi.json": {"get": _op("This document", None, None, security=False)},
+        "/": {"get": _op("Redirects to /dashboard (307)", None, None, "307", security=False)},
+        "/dashboard": {"get": _op("The live dashboard: an HTML page that asks for a key and keeps it in the tab (sessionStorage)", None, None, security=False)},
+        "/v1/dashboard/stream": {"get": _op("The dashboard's live snapshots as server-sent events (text/event-stream), one a second or "
+                                            "every interval_ms (200..60000); scoped to the caller", None, None, query=("interval_ms",))},
         "/v1/calls/{call_id}/events": {"post": _op("connected / completed / failed", m.CallEvent, m.EventResponse, params=call, headers=("Idempotency-Key",))},
         "/v1/calls/{call_id}/refund": {"post": _op("Refund part or the rest of a call's charge (operator); a reversing entry", m.RefundRequest, m.RefundResponse, "201", call, headers=("Idempotency-Key-Optional",))},
         "/v1/audit": {"get": _op("Audit records by call_id, number and from/to (operator), oldest first; after_seq and limit page", None, None)},
         "/v1/suppressions": {"post": _op("Add a permanent opt-out (operator: exchange scope; buyer: its own)", m.Suppression, None, "201")},
+        "/v1/privacy/erasures": {"post": _op("Erase a consumer's number (operator): its data keys are destroyed, every stored "
+                                             "trace unreadable; 409 legal_hold", ErasureRequest, None)},
+        "/v1/privacy/holds": {"post": _op("Put a number under a legal hold (operator): retention and erasure spare it; "
+                                          "a hold already there: 200", LegalHoldRequest, None, "201"),
+                              "get": _op("The legal holds, by number hash (operator)", None, None)},
+        "/v1/privacy/holds/{number_hash}": {"delete": _op("Release a legal hold (operator)", None, None, params=("number_hash",))},
+        "/v1/privacy/key-rotations": {"post": _op("Re-read the master key file and re-wrap every key under its first key (operator)",
+                                                  None, None)},
         "/healthz": {"get": _op("Liveness", None, None, security=False)},
         "/readyz": {"get": _op("Readiness", None, None, security=False)},
         "/metrics": {"get": _op("Prometheus metrics", None, None, security=False)},

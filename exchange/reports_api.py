@@ -13,9 +13,12 @@ Lists are read from the call logs (``calllog``) and reports from the hourly aggr
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from typing import Any
+
+import msgspec
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -27,6 +30,8 @@ from .access import auth
 from .http import _exchange, _when, reply
 from .instants import rfc3339
 from .lifecycle import event_response
+from .replay import record as replay_record, view as replay_view
+from .tally import Tally
 from .tally import BILLABLE, CALLS, COMPLETED, DURATION, GROUPS, HOUR_NS, MARGIN, PAYOUT, REJECTED, REVENUE, ROUTED, RTB, WIDTH, WINS, answer_p50_ms
 
 STATUSES = ("routed", "connected", "completed", "failed", "expired", "rejected")
@@ -68,6 +73,7 @@ def call_view(account: Account, rec: CallRecord) -> dict[str, Any]:
             "charged_cents": rec.charged_cents,
             "payout_cents": rec.payout_cents,
             "evidence": rec.evidence,
+            "quality": rec.quality,
             "current": event_response(rec),
         }
     mine = rung(rec, account.id)
@@ -110,6 +116,39 @@ async def get_call(request: Request) -> Response:
     if rec is None or not visible(account, rec):
         raise NotFound("unknown_call", f"no call {call_id!r}")
     return reply(call_view(account, rec))
+
+
+# ------------------------------------------------------------------ the auction replay
+async def get_auction(request: Request) -> Response:
+    """``GET /v1/calls/{id}/auction``: every candidate of the call's auction (the operator), or
+    the buyer's own and the clearing price; publishers may not (403). From the call in memory,
+    else from its decision's audit record."""
+    account = auth(request, "operator", "buyer")
+    ex = _exchange(request)
+    call_id = request.path_params["call_id"]
+    buyer = None if account.kind == "operator" else account.id
+    rec = ex.core.calls.get(call_id)
+    if rec is not None and rec.decision is not None and rec.replay is not None:
+        d = rec.decision
+        routes = [(r.buyer, r.campaign, r.bid_cents, r.price_cents) for r in rec.routes]
+        bids = [(b, c, x) for b, c, x, _ in rec.replay.bids]
+        body = replay_view(call_id, d.decision, d.reason, replay_record(rec.replay), bids, routes, buyer)
+    else:  # past retention, or rebuilt after a restart: the decision's audit record
+        with ex.journal.reading():
+            rows = await ex.journal.store.audit_query(call_id, None, None, None, limit=10)
+        head = next((r for r in rows if r.kind == "decision"), None)
+        if head is None:
+            raise NotFound("unknown_call", f"no call {call_id!r}")
+        rb = msgspec.json.decode(head.body)
+        if "replay" not in rb:
+            raise NotFound("no_replay", f"no auction was recorded for call {call_id!r} (EXCHANGE_AUCTION_REPLAY was off)")
+        routes = [(r["buyer"], r["campaign"], r["bid_cents"], r["price_cents"]) for r in rb.get("routes", ())]
+        bids = [(b["buyer"], b["campaign"], b["bid_cents"]) for b in rb.get("bids", ())]
+        d = rb["decision"]
+        body = replay_view(call_id, d["decision"], d["reason"], rb["replay"], bids, routes, buyer)
+    if body is None:  # not a call this buyer was asked about or considered for: as if unknown
+        raise NotFound("unknown_call", f"no call {call_id!r}")
+    return reply(body)
 
 
 # ------------------------------------------------------------------ lists
@@ -172,6 +211,21 @@ def _ratio(n: int, d: int) -> float | None:
     return round(n / d, 4) if d else None
 
 
+WARM_SLICE_CELLS = 20_000  # cells grouped between two yields to the event loop (a few ms)
+
+
+async def warm(tally: Tally, group_by: str, kind: str, owner: str | None, lo: int, hi: int, now: int) -> None:
+    """Group the report's uncached closed hours a slice at a time, letting decisions and other
+    requests run between slices: a month's first report reads every cell of the month once (seconds
+    at 200 calls/s), and must not hold the event loop for all of it."""
+    read = 0
+    for n in tally.warm(group_by, kind, owner, lo, hi, now):
+        read += n
+        if read >= WARM_SLICE_CELLS:
+            read = 0
+            await asyncio.sleep(0)
+
+
 def report_row(kind: str, key: object, c: list[int]) -> dict[str, Any]:
     return {
         "key": key,
@@ -199,11 +253,20 @@ async def get_reports(request: Request) -> Response:
     if lo >= hi:
         raise Invalid("invalid_query", "from must be before to", "$.from")
     kind = account.kind
-    rows = ex.desk.tally.report(group_by, kind, None if kind == "operator" else account.id, lo, hi, now)
+    owner = None if kind == "operator" else account.id
+    await warm(ex.desk.tally, group_by, kind, owner, lo, hi, now)
+    rows = ex.desk.tally.report(group_by, kind, owner, lo, hi, now)
     out = [report_row(kind, rfc3339(k) if group_by == "hour" else k, c) for k, c in rows]
+    if group_by == "publisher" and ex.settings.quality_signals:  # each publisher's risk score now, and its inputs
+        quality = ex.core.quality
+        for row in out:
+            signals = quality.report(row["key"], now)
+            row["quality"] = signals if kind != "buyer" else {"risk_score": signals["risk_score"]}  # a buyer: the score it filters on
     if "text/csv" in request.headers.get("accept", ""):
+        if out and "quality" in out[0]:
+            return _csv(REPORT_COLUMNS + ("risk_score",), [tuple(r[c] for c in REPORT_COLUMNS) + (r["quality"]["risk_score"],) for r in out])
         return _csv(REPORT_COLUMNS, [tuple(r[c] for c in REPORT_COLUMNS) for r in out])
     return reply({"group_by": group_by, "from": rfc3339(lo // HOUR_NS * HOUR_NS), "to": rfc3339(-(-hi // HOUR_NS) * HOUR_NS), "rows": out})
 
 
-__all__ = ["get_call", "list_calls", "get_reports", "call_view", "visible"]
+__all__ = ["get_call", "get_auction", "list_calls", "get_reports", "call_view", "visible"]

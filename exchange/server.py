@@ -32,6 +32,7 @@ from .app import build_app
 from .connections import close_all
 from .access import AUTHENTICATED
 from .metrics import Metrics
+from .nodes import preflight
 from .service import Exchange
 from .settings import Settings
 
@@ -309,14 +310,20 @@ def uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config
     )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
+    refused = asyncio.run(preflight(settings))
+    if refused is not None:
+        print(f"refusing to start: {refused}", file=sys.stderr, flush=True)
+        return 2
     exchange = Exchange(settings)
     if settings.admin_key is None:
         print(f"operator key (set EXCHANGE_ADMIN_KEY to choose one): {exchange.admin_key}", flush=True)
     app = build_app(settings, exchange)
     print(f"exchange listening on http://{settings.host}:{settings.port}", flush=True)
-    ExchangeServer(uvicorn_config(app, settings), exchange).run()
+    server = ExchangeServer(uvicorn_config(app, settings), exchange)
+    server.run()
+    return 0 if server.started else 3  # 3: the start failed (logged), e.g. a node refused while joining
 
 
 class ExchangeServer(uvicorn.Server):

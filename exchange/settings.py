@@ -16,7 +16,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     admin_key: str | None = None
     database_url: str | None = None  # unset: the embedded SQLite file DEFAULT_DATABASE_URL
     redis_url: str | None = None
-    redis_prefix: str = "dce:"  # key prefix of the shared frequency counter in Redis
+    redis_prefix: str | None = None  # key prefix of the shared frequency counter in Redis (unset: "<market>:")
+    # Several nodes, one market (exchange.nodes): every key the nodes make in Redis starts with
+    # "<market>:"; a node id joins the market (needs PostgreSQL and Redis); leases last node_lease_ms
+    market: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "dce"
+    node_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    node_lease_ms: Annotated[int, Meta(ge=300, le=60_000)] = 3_000
     compliance_dir: str | None = None  # DNC files and the compliance journal; unset: a private temporary directory
     max_dnc_upload_bytes: Annotated[int, Meta(ge=1)] = 8 << 30  # POST /v1/dnc/* request bodies
     pricing: Literal["first", "second"] = "first"
@@ -32,7 +37,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # reports (GET /v1/reports): hours kept in memory, and the audit trail's window replayed at start
     report_days: Annotated[int, Meta(ge=0, le=400)] = 35
     scan_limit: Annotated[int, Meta(ge=10)] = 10_000
+    # record what each auction saw (every candidate, its outcome, why the ineligible were), for
+    # GET /v1/calls/{id}/auction; off: that endpoint answers 404 no_replay
+    auction_replay: bool = True
     max_campaigns_per_buyer: Annotated[int, Meta(ge=1)] = 2_000  # a new campaign past it: error campaign_limit
+    # standing campaigns saved this often (exchange.bookstore); unset: 1,000, or 100 on a node of a market (the shared book)
+    book_save_ms: Annotated[int, Meta(ge=10, le=600_000)] | None = None
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
     send_queue: Annotated[int, Meta(ge=8)] = 4096
@@ -67,12 +77,20 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     checkpoint_key_file: str | None = None
     checkpoint_file: str | None = None
     checkpoint_every_s: Annotated[int, Meta(ge=1)] = 300
+    # Consumer numbers at rest (README: Privacy): the master key (text, or a file of one key a
+    # line, the first sealing and the others unwrapping during a rotation; neither: SQLite's
+    # <database file>.master-key, generated on a new database), data keys cached in memory, and
+    # how many days call data stays readable (0: kept).
+    master_key: str | None = None
+    master_key_file: str | None = None
+    privacy_key_cache: Annotated[int, Meta(ge=16)] = 100_000
+    retention_days: Annotated[int, Meta(ge=0, le=36_500)] = 0
     # Domain events (billing.events) relayed to NATS JetStream (exchange.relay) when nats_url is
     # set: stream nats_stream on subjects <nats_subject>.<event type>, messages kept
     # events_max_age_s; relay_inflight publishes awaiting their acks at once.
     nats_url: str | None = None
-    nats_stream: str = "DCE_EVENTS"
-    nats_subject: str = "dce.events"
+    nats_stream: str | None = None  # unset: "<MARKET>_EVENTS" (DCE_EVENTS), so two markets share one NATS
+    nats_subject: str | None = None  # unset: "<market>.events" (dce.events)
     events_max_age_s: Annotated[int, Meta(ge=60)] = 7 * 86_400
     relay_batch: Annotated[int, Meta(ge=1, le=100_000)] = 500
     relay_inflight: Annotated[int, Meta(ge=1, le=100_000)] = 256
@@ -86,6 +104,16 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     webhook_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
     webhook_max_per_account: Annotated[int, Meta(ge=1)] = 20
     webhook_allow_loopback: bool = False
+    # Call quality signals (exchange/quality.py), computed inline by each decision: off, no signal is kept or
+    # recorded and neither caller_velocity nor max_publisher_risk applies. The call window (caller velocity,
+    # near-duplicate callers) holds at most quality_max_events calls; velocity_max_calls 0: no limit.
+    quality_signals: bool = True
+    quality_window_s: Annotated[int, Meta(ge=1, le=86_400)] = 600
+    quality_velocity_max_calls: Annotated[int, Meta(ge=0)] = 0
+    quality_near_digits: Annotated[int, Meta(ge=1, le=6)] = 2
+    quality_outcome_window_s: Annotated[int, Meta(ge=60, le=30 * 86_400)] = 86_400
+    quality_cluster_s: Annotated[int, Meta(ge=1, le=3600)] = 5
+    quality_max_events: Annotated[int, Meta(ge=1000)] = 1_000_000
     # HTTP bidders (exchange.httpbid): pings in flight per buyer and endpoint (one more: no_bid "busy"),
     # the largest answer read, how long a ping runs on after tmax_ms (its answer unused, its
     # connection kept), connections open at once to all endpoints, and whether ping URLs may resolve to
@@ -146,6 +174,28 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         except msgspec.ValidationError as exc:
             problems.append(f"EXCHANGE_{name.upper()}: {exc}")
             del raw[name]
+    if not problems:
+        problems += node_problems(msgspec.convert(raw, Settings))
     if problems:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
     return msgspec.convert(raw, Settings)
+
+
+def nats_names(settings: Settings) -> tuple[str, str]:
+    """(stream, subject prefix) of the event relay: the settings, else scoped by the market."""
+    stream = settings.nats_stream or settings.market.upper().replace(".", "_").replace("-", "_") + "_EVENTS"
+    return stream, settings.nats_subject or settings.market + ".events"
+
+
+def node_problems(settings: Settings) -> list[str]:
+    """What a node id needs that is missing (exchange.nodes): the nodes of a market share one
+    PostgreSQL database and one Redis."""
+    if not settings.node_id:
+        return []
+    out = []
+    if not settings.redis_url:
+        out.append("EXCHANGE_NODE_ID needs EXCHANGE_REDIS_URL: the node registry and its leases live in Redis")
+    if not database_url(settings).startswith(("postgresql://", "postgres://")):
+        out.append("EXCHANGE_NODE_ID needs a PostgreSQL EXCHANGE_DATABASE_URL: the nodes of a market share one database "
+                   "(the embedded SQLite file belongs to one process)")
+    return out

@@ -23,10 +23,29 @@ priority: the bid that has stood longest at that price wins.
 
 RTB campaigns have no standing price; they sit in a per-vertical set and are asked live.
 
+**Attestation bid modifiers.** Each (vertical, state) has one bucket per class of bid multipliers
+(``routing/attestation.py``), up to ``MAX_CLASSES``: a call of attestation level L reads a class's
+heap at ``bid * m[L]`` rounded down, bounded by its top (see ``ranked``). Campaigns without
+modifiers are in the plain bucket, and so are those of classes past the first ``MAX_CLASSES``
+(each then re-ranked alone when it surfaces); a call with no class to adjust runs the plain merge.
+
 **Parked campaigns.** A campaign that cannot take any call for a known period (its buyer
 cannot cover the bid, its schedule is closed, a cap, budget or its concurrency is spent) is
 found once by a decision and parked: out of the heaps, into the ``ParkingLot``
 (``routing/parking.py``), which brings it back on the event that re-enables it.
+
+**Out of the index, counted.** Each bucket counts the campaigns it holds that are out of the
+index (parked, or ``paused``) by reason (``routing/outside.py``); ``Book.offs`` reads them for
+the auction replay, keeping its answer per (vertical, state, direction) until any count changes,
+so the calls of a steady book share one answer.
+
+**Saved off the hot path.** Each change is marked in ``dirty_specs`` (a campaign created or
+replaced) or ``dirty_prices`` (repriced, paused, resumed): one set insert of its slot. The book
+store (``exchange/bookstore.py``) takes them now and then and saves them, so a restart finds the
+book as it stood (``take_dirty``).
+
+**Away.** A campaign with ``cancel_on_disconnect`` is held out of the index, like a pause, while
+its buyer has no open socket (``set_away``); its own ``paused`` is kept apart and saved.
 
 **A ceiling per buyer.** ``max_per_buyer`` campaigns (``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``); a
 new one past it is refused with ``campaign_limit`` and nothing in the book changes.
@@ -34,26 +53,33 @@ new one past it is refused with ``campaign_limit`` and nothing in the book chang
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heappush
 from collections.abc import Callable
 
+from .attestation import UNATTESTED, Multipliers
 from .capacity import Capacity
+from .merge import ranked as merged
+from .outside import Listed, Outside, tally as outside_tally
 from .parking import ParkingLot
 from .schedule import ScheduleError
 from .standing import US_STATES, CampaignError, CampaignSpec, Key, Standing
 
 
 MAX_PER_BUYER = 2_000
+_NO_COUNTS: dict[str, int] = {}  # shared, never written
+MAX_CLASSES = 4  # classes of bid multipliers with a bucket of their own, per place (each adds a heap to a call's merge)
 
 class Bucket:
-    __slots__ = ("heap", "members", "buyers", "limit", "slots")
+    __slots__ = ("heap", "members", "buyers", "limit", "slots", "out", "mult")
 
-    def __init__(self, slots: list[Standing]) -> None:
+    def __init__(self, slots: list[Standing], mult: Multipliers | None = None) -> None:
         self.slots = slots  # the book's: slot -> campaign
+        self.mult = mult  # the attestation bid multipliers all its campaigns share (None: none)
         self.heap: list[tuple[int, int, int]] = []
         self.members: dict[Key, Standing] = {}  # the listed campaigns
         self.buyers: dict[str, int] = {}  # buyer -> how many of its campaigns are listed here
         self.limit = 64
+        self.out = Outside()  # its campaigns out of the index (parked or paused), counted by reason
 
     def add(self, s: Standing) -> None:
         if s.key not in self.members:
@@ -83,11 +109,14 @@ class Bucket:
         self.limit = len(heap) + len(heap) // 2 + 32
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted", "_slots")
+    __slots__ = ("_campaigns", "_buckets", "_classes", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted",
+                 "_slots", "off_total", "_off_version", "_off_seen", "dirty_specs", "dirty_prices", "_cod")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
-        self._buckets: dict[tuple[str, str | None, bool], Bucket] = {}  # (vertical, state or None: wide, accepts outbound)
+        # (vertical, state or None: wide, accepts outbound) -> its buckets, one per class of bid multipliers
+        self._buckets: dict[tuple[str, str | None, bool], list[Bucket]] = {}
+        self._classes: dict[tuple[str, str | None, bool, Multipliers | None], Bucket] = {}
         self._rtb: dict[str, dict[Key, Standing]] = {}
         self._seq = 0
         self._per_buyer: dict[str, int] = {}
@@ -98,6 +127,12 @@ class Book:
         self.scanned = 0  # live listings examined
         self.popped = 0  # heap entries popped (live, stale and moved down)
         self.relisted = 0  # campaigns re-listed because their price moved down since listing
+        self.off_total = 0  # campaigns counted out of the index (parked or paused), all buckets
+        self._off_version = 0  # bumped at each change of those counts
+        self._off_seen: dict[tuple[str, str | None, bool], tuple[int, dict[str, int], Listed | None]] = {}
+        self.dirty_specs: set[int] = set()  # slots created or replaced since the last save
+        self.dirty_prices: set[int] = set()  # slots repriced, paused or resumed since the last save
+        self._cod: dict[str, set[str]] = {}  # buyer -> its campaigns with cancel_on_disconnect
 
     def __len__(self) -> int:
         return len(self._campaigns)
@@ -107,12 +142,17 @@ class Book:
         self._seq += 1
         return self._seq
 
+    def standing(self) -> list[Standing]:
+        """Every campaign in the book (a copy of the list: for start-up passes, not the hot path)."""
+        return list(self._campaigns.values())
+
     def get(self, buyer: str, campaign_id: str) -> Standing | None:
         return self._campaigns.get((buyer, campaign_id))
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, buyer: str, msg: CampaignSpec) -> Standing:
-        """Create or replace a campaign. Raises ``CampaignError`` (nothing changes)."""
+    def upsert(self, buyer: str, msg: CampaignSpec, away: bool = False) -> Standing:
+        """Create or replace a campaign. Raises ``CampaignError`` (nothing changes).
+        ``away``: its buyer has no open socket (a campaign restored at start)."""
         bad = sorted(set(msg.states) - US_STATES)
         if bad:
             raise CampaignError("invalid_field", f"unknown state {bad[0]}", f"$.states[{msg.states.index(bad[0])}]")
@@ -133,20 +173,37 @@ class Book:
             s.slot = len(self._slots)
             self._slots.append(s)
         self._campaigns[s.key] = s
+        self.dirty_specs.add(s.slot)
+        cod = self._cod.get(buyer)
+        if s.cancel_on_disconnect:
+            s.away = away
+            if cod is None:
+                cod = self._cod[buyer] = set()
+            cod.add(s.id)
+        elif cod is not None:
+            cod.discard(s.id)
         if s.rtb:
             self._rtb.setdefault(s.vertical, {})[s.key] = s
         else:
             ob = s.accepts_outbound
             keys = [(s.vertical, None, ob)] if s.wide_states is not None or not s.states else [(s.vertical, st, ob) for st in s.states]
-            s.buckets = [self._bucket(k) for k in keys]
-            if not s.paused:
+            s.buckets = [self._bucket(k, s.multipliers) for k in keys]
+            if not s.held:
                 self._list(s)
+            else:
+                self._set_off(s, "paused")
         return s
 
-    def _bucket(self, key: tuple[str, str | None, bool]) -> Bucket:
-        b = self._buckets.get(key)
+    def _bucket(self, key: tuple[str, str | None, bool], mult: Multipliers | None) -> Bucket:
+        """The bucket of ``key`` for campaigns with multipliers ``mult``: the first ``MAX_CLASSES``
+        classes at a place get their own; later ones share the plain bucket (read one by one)."""
+        b = self._classes.get((*key, mult))
         if b is None:
-            b = self._buckets[key] = Bucket(self._slots)
+            place = self._buckets.setdefault(key, [])
+            if mult is not None and sum(x.mult is not None for x in place) >= MAX_CLASSES:
+                return self._bucket(key, None)
+            b = self._classes[(*key, mult)] = Bucket(self._slots, mult)
+            place.append(b)
         return b
 
     def reprice(self, buyer: str, campaign_id: str, bid_cents: int) -> bool:
@@ -156,6 +213,7 @@ class Book:
             return False
         if s.bid_cents != bid_cents:
             old, s.bid_cents = s.bid_cents, bid_cents
+            self.dirty_prices.add(s.slot)
             self._seq += 1
             s.seq = seq = self._seq
             if bid_cents > s.listed_bid and s.listing >= 0:
@@ -181,8 +239,23 @@ class Book:
             return
         self._delist(s)
         self.lot.park(s, why, wake_ns, now_ns)
+        self._set_off(s, why)
+
+    def _set_off(self, s: Standing, why: str | None) -> None:
+        old = s.off
+        if old == why:
+            return
+        s.off = why
+        self.off_total += (why is not None) - (old is not None)
+        self._off_version += 1
+        for b in s.buckets:
+            if old is not None:
+                b.out.count(s, old, -1)
+            if why is not None:
+                b.out.count(s, why, 1)
 
     def _unparked(self, s: Standing) -> None:
+        self._set_off(s, None)
         self._relist(s)
         for b in s.buckets:
             b.add(s)
@@ -192,15 +265,46 @@ class Book:
         if s is None:
             return False
         if s.paused != paused:
+            was = s.held
             s.paused = paused
-            if paused:
-                self._delist(s)
-            else:
-                self._list(s)
+            self.dirty_prices.add(s.slot)
+            self._hold(s, was)
         return True
+
+    def set_away(self, buyer: str, away: bool) -> int:
+        """Hold out (``away``) or bring back the buyer's ``cancel_on_disconnect`` campaigns:
+        its first socket opened, or its last one closed. Returns how many changed."""
+        n = 0
+        for cid in self._cod.get(buyer, ()):
+            s = self._campaigns[(buyer, cid)]
+            if s.away != away:
+                was = s.held
+                s.away = away
+                self._hold(s, was)
+                n += 1
+        return n
+
+    def _hold(self, s: Standing, was: bool) -> None:
+        """Out of the index or back into it, when ``held`` moved from ``was``."""
+        if s.held == was or s.rtb:
+            return
+        if s.held:
+            self._delist(s)
+            self._set_off(s, "paused")  # counted out of the index for the replay (a pause, or away)
+        else:
+            self._list(s)
+
+    def take_dirty(self) -> tuple[list[Standing], list[Standing]]:
+        """(created or replaced, repriced or paused only) since the last call; both cleared."""
+        slots = self._slots
+        specs = [slots[i] for i in self.dirty_specs]
+        prices = [slots[i] for i in self.dirty_prices if i not in self.dirty_specs]
+        self.dirty_specs, self.dirty_prices = set(), set()
+        return specs, prices
 
     def _list(self, s: Standing) -> None:
         self.lot.forget(s)  # resumed while parked: listed now, and parked again by a decision if still refused
+        self._set_off(s, None)
         self._seq += 1
         s.seq = s.listing = self._seq
         s.listed_bid = s.bid_cents
@@ -226,82 +330,39 @@ class Book:
         s.live = False
         self.lot.forget(s)
         self._delist(s)
+        self._set_off(s, None)
         if s.rtb:
             self._rtb.get(s.vertical, {}).pop(s.key, None)
 
     # ------------------------------------------------------------------ reads
     def ranked(
         self, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000,
-        outbound: bool = False, done: set[str] | None = None,
+        outbound: bool = False, done: set[str] | None = None, skipped: Callable[[Standing, str], None] | None = None,
+        level: int = UNATTESTED,
     ) -> list[Standing]:
-        """Up to ``want`` accepted standing bids in price-time order, best first.
+        """Up to ``want`` accepted standing bids in price-time order, best first (``routing.merge``)."""
+        return merged(self, vertical, state, now_ns, accept, want, scan_limit, outbound, done, skipped, level)
 
-        Pops the candidate heaps in merged order -- the call's state and the wide campaigns,
-        each split by whether the campaigns take outbound calls (an outbound call reads only
-        those that do) -- drops stale and expired entries for good, and pushes every live
-        entry it popped back, so the book is unchanged.
-
-        ``done``: the buyers the caller needs no more campaigns of (one route per buyer, or a
-        refusal that holds for all of a buyer's campaigns), filled by ``accept``. The scan stops
-        once every buyer listed in these heaps is done, instead of walking the rest.
-        """
-        buckets = self._buckets
-        heaps = []
-        pool: list[Bucket] = []
+    def offs(self, vertical: str, state: str | None, outbound: bool, list_at_most: int) -> tuple[dict[str, int], Listed | None]:
+        """The campaigns of the buckets a call of (vertical, state, direction) reads that are out
+        of the index (parked or paused), by reason; and, when they are at most ``list_at_most``
+        in those buckets, each one (buyer, campaign, bid, reason), else None. A few dict reads."""
+        if not self.off_total:
+            return _NO_COUNTS, ()
+        seen = self._off_seen.get((vertical, state, outbound))
+        if seen is not None and seen[0] == self._off_version:  # nothing parked or back since: the same answer, shared
+            return seen[1], seen[2]
+        pool = []
         for ob in (True,) if outbound else (False, True):
-            if state is not None:
-                own = buckets.get((vertical, state, ob))
-                if own is not None and own.heap:
-                    heaps.append(own.heap)
-                    pool.append(own)
-            wide = buckets.get((vertical, None, ob))
-            if wide is not None and wide.heap:
-                heaps.append(wide.heap)
-                pool.append(wide)
-        seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
-        out: list[Standing] = []
-        slots = self._slots
-        backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
-        scanned = popped = 0
-        while len(out) < want and scanned < scan_limit:
-            k = -1
-            top = None
-            for i, h in enumerate(heaps):
-                if h and (top is None or h[0] < top):
-                    k, top = i, h[0]
-            if k < 0:
-                break
-            entry = heappop(heaps[k])
-            popped += 1
-            s = slots[entry[2]]
-            if s.listing != entry[1]:
-                continue  # an old listing, paused or replaced: drop the entry
-            if s.seq != entry[1]:
-                self._relist(s)  # the price moved down since listing: re-list at the true price
-                self.relisted += 1
-                continue
-            if s.expires_ns is not None and s.expires_ns <= now_ns:
-                for bucket in s.buckets:  # expired for good: drop it from the index
-                    bucket.remove(s)
-                continue
-            backs[k].append(entry)
-            scanned += 1
-            if s.wide_states is not None and state not in s.wide_states:
-                continue
-            if accept(s):
-                out.append(s)
-            if done is not None and (len(done), self.lot.count) != seen:
-                seen = (len(done), self.lot.count)  # (parking during the scan can take a buyer out of these heaps)
-                n = seen[0]
-                if n >= max(len(b.buyers) for b in pool) and n >= len(set().union(*(b.buyers for b in pool))):
-                    break  # every buyer listed here has its route or its refusal
-        self.scanned += scanned
-        self.popped += popped
-        for h, back in zip(heaps, backs):
-            for entry in back:
-                if slots[entry[2]].listing == entry[1]:  # (not parked meanwhile by ``accept``)
-                    heappush(h, entry)
-        return out
+            for key in ((vertical, state, ob), (vertical, None, ob)) if state is not None else ((vertical, None, ob),):
+                for b in self._buckets.get(key, ()):
+                    if b.out.members:
+                        pool.append(b.out)
+        counts, listed = outside_tally(pool, state, list_at_most) if pool else (_NO_COUNTS, ())
+        if len(self._off_seen) > 4096:
+            self._off_seen.clear()
+        self._off_seen[(vertical, state, outbound)] = (self._off_version, counts, listed)
+        return counts, listed
 
     @property
     def stats(self) -> dict[str, int]:
@@ -311,4 +372,4 @@ class Book:
         pool = self._rtb.get(vertical)
         if not pool:
             return []
-        return [s for s in pool.values() if not s.paused and s.covers(state) and not s.expired(now_ns)]
+        return [s for s in pool.values() if not s.held and s.covers(state) and not s.expired(now_ns)]

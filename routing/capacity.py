@@ -81,6 +81,25 @@ class Capacity:
         self.spent_cents += price_cents
         return Taken(lt.hour_key, lt.day_key, lt.month_key, price_cents)
 
+    def recount(self, now: LocalTime, at: LocalTime, price_cents: int, billable: bool) -> None:
+        """A delivered leg that ended at ``at``, counted again (after a restart) in the windows
+        current at ``now``: an hourly/daily/monthly call if it ended in them, and its price in
+        today's spend if it was billable. A leg that began in an earlier window and ended in
+        this one counts here (one more than it did: fail closed)."""
+        if self.hour_key != now.hour_key:
+            self.hour_key, self.hour_n = now.hour_key, 0
+        if self.day_key != now.day_key:
+            self.day_key, self.day_n = now.day_key, 0
+        if self.month_key != now.month_key:
+            self.month_key, self.month_n = now.month_key, 0
+        if self.spend_day_key != now.day_key:
+            self.spend_day_key, self.spent_cents = now.day_key, 0
+        self.hour_n += at.hour_key == now.hour_key
+        self.day_n += at.day_key == now.day_key
+        self.month_n += at.month_key == now.month_key
+        if billable and at.day_key == now.day_key:
+            self.spent_cents += price_cents
+
     def release(self) -> None:
         """The leg ended (completed or not): concurrency is free again."""
         if self.in_use > 0:

@@ -26,6 +26,13 @@ class DedupeIndex:
         if self._last.get(key, now_ns) <= now_ns:  # (never moved back: a rebuild may replay older calls)
             self._last[key] = now_ns
 
+    def forget_caller(self, caller: str) -> int:
+        """Drop every entry of ``caller`` (the number was erased); how many."""
+        gone = [k for k in self._last if k[1] == caller]
+        for k in gone:
+            del self._last[k]
+        return len(gone)
+
     def prune(self, now_ns: int, max_days: int = MAX_DEDUPE_DAYS) -> int:
         """Forget entries older than ``max_days`` (no campaign may dedupe longer)."""
         cutoff = now_ns - max_days * NS_PER_DAY

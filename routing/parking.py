@@ -67,7 +67,7 @@ class ParkingLot:
     def unpark(self, s: Standing) -> None:
         s.parked = None
         self.count -= 1
-        if s.live and not s.paused:
+        if s.live and not s.held:
             self._relist(s)
 
     def forget(self, s: Standing) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from billing.postings import buyer_account
 
+from .attestation import ModifierSpec, compile_multipliers, level_of
 from .capacity import Capacity, Limits
 from .schedule import CompiledSchedule, to_ns
 
@@ -64,6 +65,19 @@ class CampaignSpec(Protocol):
     def destination(self) -> str: ...
     @property
     def accepts_outbound(self) -> bool: ...
+    @property
+    def min_attestation(self) -> str | None: ...
+    @property
+    def bid_modifiers(self) -> ModifiersSpec | None: ...
+    @property
+    def max_publisher_risk(self) -> int | None: ...
+    @property
+    def cancel_on_disconnect(self) -> bool: ...
+
+
+class ModifiersSpec(Protocol):
+    @property
+    def attestation(self) -> ModifierSpec | None: ...
 
 
 class ScheduleSpec(Protocol):
@@ -90,6 +104,7 @@ class Standing:
         "key", "buyer", "id", "vertical", "bid_cents", "seq", "states", "wide_states", "area_codes",
         "schedule", "limits", "expires_ns", "paused", "rtb", "min_duration_s", "dedupe_days",
         "destination", "accepts_outbound", "capacity", "buckets", "live", "account", "listing", "listed_bid", "parked", "slot",
+        "off", "min_level", "multipliers", "max_risk", "spec", "cancel_on_disconnect", "away",
     )
 
     def __init__(self, buyer: str, msg: CampaignSpec, capacity: Capacity) -> None:
@@ -119,6 +134,20 @@ class Standing:
         self.buckets: list[Bucket] = []
         self.live = True
         self.parked: str | None = None  # why it is out of the index for now (``routing/parking.py``)
+        self.off: str | None = None  # the reason its buckets count it as out of the index (parked or paused)
+        # call quality (routing/attestation.py, exchange/quality.py): the lowest attestation level taken, the bid
+        # multipliers per level (None: all 1, nothing to adjust), the highest publisher risk score taken (100: any)
+        self.min_level = level_of(msg.min_attestation)
+        self.multipliers = compile_multipliers(msg.bid_modifiers.attestation if msg.bid_modifiers is not None else None)
+        self.max_risk = msg.max_publisher_risk if msg.max_publisher_risk is not None else 100
+        self.spec = msg  # the message it was made from: what the book store saves (with the live price and pause)
+        self.cancel_on_disconnect = msg.cancel_on_disconnect
+        self.away = False  # cancel_on_disconnect and its buyer has no open socket: held out like a pause
+
+    @property
+    def held(self) -> bool:
+        """Out of the market by its buyer's doing: paused, or away (``cancel_on_disconnect``)."""
+        return self.paused or self.away
 
     def covers(self, state: str | None) -> bool:
         return not self.states or state in self.states

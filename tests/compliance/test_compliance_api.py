@@ -30,7 +30,9 @@ def open_number() -> str:
 
 
 def test_compliance_data_endpoints_end_to_end(tmp_path):
-    env = {"EXCHANGE_COMPLIANCE_DIR": str(tmp_path / "data"), "EXCHANGE_MAX_DNC_UPLOAD_BYTES": "4096"}
+    # the journal's numbers are sealed under keys in the ledger database: a restart keeps both
+    env = {"EXCHANGE_COMPLIANCE_DIR": str(tmp_path / "data"), "EXCHANGE_MAX_DNC_UPLOAD_BYTES": "4096",
+           "EXCHANGE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
     server = start_server(env)
     try:
         buyer_id, buyer_key = server.account("buyer", "cmp-b", deposit=1_000_000)

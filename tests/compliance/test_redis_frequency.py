@@ -114,12 +114,14 @@ def test_two_exchanges_share_the_counter_through_submit_call(tmp_path, prefix, m
     from exchange.service import Exchange
     from exchange.settings import Settings
     from tests.builders import campaign
+    from tests.conftest import TEST_MASTER_KEY
 
     async def run() -> list[str]:
         exchanges = []
         for name in ("one", "two"):
+            # one master key (README: Privacy): the counter's keys are the numbers' blind indexes, the same on both
             ex = Exchange(Settings(redis_url=REDIS_URL, redis_prefix=prefix, compliance_dir=str(tmp_path / name), rtb_tmax_ms=0,
-                                   database_url=f"sqlite:///{tmp_path / name}.db"))
+                                   database_url=f"sqlite:///{tmp_path / name}.db", master_key=TEST_MASTER_KEY))
             await ex.start()
             core = ex.core
             core.ledger.post(deposit(buyer_account("b"), 10_000_000, f"dep-{name}", 0))
@@ -145,3 +147,7 @@ def test_two_exchanges_share_the_counter_through_submit_call(tmp_path, prefix, m
     if "outside_calling_hours" in reasons or "state_day_restriction" in reasons:
         pytest.skip("Miami's calling window is closed right now")
     assert reasons.count("ok") == 3 and reasons.count("state_frequency_limit") == 9, reasons
+    import redis
+
+    keys = [k.decode() for k in redis.Redis.from_url(REDIS_URL).scan_iter(f"{prefix}*")]
+    assert keys and not any(FL[2:] in k for k in keys), keys  # the counter is keyed by blind index, not the number

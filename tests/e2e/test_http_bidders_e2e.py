@@ -231,7 +231,7 @@ def test_bad_pings_are_refused_when_the_campaign_is_sent_with_a_json_path(world)
     assert _refused(server, key, {"url": rx.url("/x"), "map": {"bid_cents": "bid"}}) == ("invalid_field", "$.ping.map.bid_cents")
     assert _refused(server, key, {"url": rx.url("/x"), "map": {"bid_cents": "$.a", "destination": "$.b[x]"}}) == (
         "invalid_field", "$.ping.map.destination")
-    assert _refused(server, key, {"url": rx.url("/x"), "map": {"bid_cent": "$.a"}})[1] == "$.ping.map"
+    assert _refused(server, key, {"url": rx.url("/x"), "map": {"bid_cent": "$.a"}})[1] == "$.ping.map.bid_cent"  # (the unknown key itself)
     assert _refused(server, key, {"url": rx.url("/x"), "map": m, "body_template": {"a": {"b": "{ssn}"}}}) == (
         "invalid_field", "$.ping.body_template.a.b")
     assert _refused(server, key, {"url": rx.url("/x"), "map": m, "method": "GET", "body_template": "x"}) == (

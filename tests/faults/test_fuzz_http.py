@@ -55,6 +55,7 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/accounts/{account_id}/statement"): ("operator", "owner"),
     ("POST", "/v1/calls"): ("publisher",),
     ("GET", "/v1/calls/{call_id}"): ("publisher", "operator", "buyer"),
+    ("GET", "/v1/calls/{call_id}/auction"): ("operator", "buyer", "publisher"),
     ("POST", "/v1/calls/{call_id}/events"): ("publisher", "operator"),
     ("POST", "/v1/calls/{call_id}/refund"): ("operator",),
     ("GET", "/v1/audit"): ("operator",),
@@ -72,6 +73,11 @@ ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/v1/dnc/state/{state}"): ("operator",),
     ("POST", "/v1/consents"): ("operator", "publisher"),
     ("POST", "/v1/consents/{token}/revoke"): ("operator", "publisher", "buyer"),
+    ("POST", "/v1/privacy/erasures"): ("operator",),
+    ("POST", "/v1/privacy/holds"): ("operator",),
+    ("GET", "/v1/privacy/holds"): ("operator",),
+    ("DELETE", "/v1/privacy/holds/{number_hash}"): ("operator",),
+    ("POST", "/v1/privacy/key-rotations"): ("operator",),
 }
 
 
@@ -158,7 +164,7 @@ def test_schemathesis(api, faults, method: str, path: str, mode: GenerationMode)
     roles = ROLES.get((method, path), ("none",))
     params = [p["name"] for p in spec["parameters"] if p["in"] == "path"]
     real_ids = {"account_id": [ex.buyer_id, ex.pub_id], "call_id": [ex.routed, ex.charged], "state": ["TX", "CA"], "token": ["tok-fuzz-1", "tok-fuzz-2"],
-                "webhook_id": ["wh_fuzz_1", "wh_fuzz_2"]}
+                "webhook_id": ["wh_fuzz_1", "wh_fuzz_2"], "number_hash": ["h1:" + "0" * 32, "h1:" + "f" * 32]}
     fives: list[str] = []
     # POST /v1/calls and refunds take an Idempotency-Key of any length, the document says at most
     # 128 (see test_repro_long_idempotency_key_is_refused): pinned here so the rest gets fuzzed

@@ -90,7 +90,18 @@ def test_a_client_leaving_mid_body_costs_one_log_line(live, faults):
     assert len([x for x in lines if "disconnect" in x]) == n and len(lines) <= 2 * n, new[-3000:]
 
 
-def test_a_rejected_call_keeps_only_what_get_and_replay_need(live, faults):
+@pytest.fixture
+def no_quality():
+    """A server whose call quality signals are off: each distinct caller otherwise adds an entry
+    to the signals' sliding window (~300-400 bytes, bounded by EXCHANGE_QUALITY_MAX_EVENTS and the
+    window, README "Call quality"), which is not the call's own record measured here."""
+    s = start_server({"EXCHANGE_QUALITY_SIGNALS": "false"})
+    yield s
+    stop_server(s)
+
+
+def test_a_rejected_call_keeps_only_what_get_and_replay_need(no_quality, faults):
+    live = no_quality
     _, key = live.account("publisher", "rejects")
     auth = {"Authorization": f"Bearer {key}"}
 

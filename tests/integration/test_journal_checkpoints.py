@@ -4,6 +4,8 @@ otherwise be written over). Real stores, the real writer, no mocks."""
 
 from __future__ import annotations
 
+from tests.conftest import TEST_MASTER_KEY
+
 import asyncio
 import json
 
@@ -20,7 +22,8 @@ KEY = "journal-checkpoint-key"
 
 
 def journal(url: str, path) -> Journal:
-    return Journal(load({}, database_url=url, checkpoint_file=str(path), checkpoint_key=KEY, checkpoint_every_s=1), Ledger())
+    return Journal(load({}, database_url=url, checkpoint_file=str(path), checkpoint_key=KEY, checkpoint_every_s=1,
+                        master_key=TEST_MASTER_KEY), Ledger())
 
 
 async def put_events(j: Journal, n: int, first: int = 0) -> None:

@@ -35,6 +35,10 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/"): PUBLIC,  # a redirect to /dashboard
+    ("GET", "/dashboard"): PUBLIC,  # the page holds no data; the key is typed into it
+    ("GET", "/v1/dashboard/stream"): frozenset({"operator", "buyer", "publisher"}),
+    ("GET", "/v1/calls/{call_id}/auction"): frozenset({"operator", "buyer"}),
     ("POST", "/v1/accounts"): OPERATOR,
     ("POST", "/v1/accounts/{account_id}/deposits"): OPERATOR,
     ("POST", "/v1/accounts/{account_id}/payouts"): OPERATOR,
@@ -59,6 +63,11 @@ POLICY: dict[tuple[str, str], frozenset[str] | None] = {
     ("POST", "/v1/dnc/state/{state}"): OPERATOR,
     ("POST", "/v1/consents"): frozenset({"operator", "publisher"}),
     ("POST", "/v1/consents/{token}/revoke"): frozenset({"operator", "buyer", "publisher"}),
+    ("POST", "/v1/privacy/erasures"): OPERATOR,
+    ("POST", "/v1/privacy/holds"): OPERATOR,
+    ("GET", "/v1/privacy/holds"): OPERATOR,
+    ("DELETE", "/v1/privacy/holds/{number_hash}"): OPERATOR,
+    ("POST", "/v1/privacy/key-rotations"): OPERATOR,
     ("WS", "/v1/buyers/ws"): frozenset({"buyer"}),
     ("WS", "/v1/publishers/ws"): frozenset({"publisher"}),
 }
@@ -70,6 +79,10 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
     ("GET", "/readyz"): ["test_public_endpoints_reveal_no_tenant_data"],
     ("GET", "/metrics"): ["test_public_endpoints_reveal_no_tenant_data"],
     ("GET", "/openapi.json"): ["test_public_endpoints_reveal_no_tenant_data"],
+    ("GET", "/"): ["test_public_endpoints_reveal_no_tenant_data"],
+    ("GET", "/dashboard"): ["test_public_endpoints_reveal_no_tenant_data"],
+    ("GET", "/v1/dashboard/stream"): [ROLES_TEST, "test_a_dashboard_stream_shows_a_tenant_its_own_data_only"],
+    ("GET", "/v1/calls/{call_id}/auction"): [ROLES_TEST, "test_an_auction_replay_shows_a_buyer_its_own_candidates_only"],
     ("POST", "/v1/accounts"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/accounts/{account_id}/deposits"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/accounts/{account_id}/payouts"): [ROLES_TEST, OPERATOR_ONLY_TEST],
@@ -98,6 +111,11 @@ ISOLATION: dict[tuple[str, str], list[str]] = {
     ("POST", "/v1/dnc/state/{state}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("POST", "/v1/consents"): [ROLES_TEST, "test_consents_cannot_be_taken_over_or_revoked_by_another_tenant"],
     ("POST", "/v1/consents/{token}/revoke"): [ROLES_TEST, "test_consents_cannot_be_taken_over_or_revoked_by_another_tenant"],
+    ("POST", "/v1/privacy/erasures"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("POST", "/v1/privacy/holds"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("GET", "/v1/privacy/holds"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("DELETE", "/v1/privacy/holds/{number_hash}"): [ROLES_TEST, OPERATOR_ONLY_TEST],
+    ("POST", "/v1/privacy/key-rotations"): [ROLES_TEST, OPERATOR_ONLY_TEST],
     ("WS", "/v1/buyers/ws"): [ROLES_TEST, "test_buyer_messages_cannot_touch_another_buyers_campaigns",
                               "test_rtb_answers_cannot_be_given_for_another_buyer",
                               "test_wins_and_call_notices_go_only_to_the_owner"],
@@ -199,7 +217,7 @@ def test_every_route_has_a_policy_and_isolation_tests():
 
 def _path(path: str, account_id: str, call_id: str) -> str:
     return (path.replace("{account_id}", account_id).replace("{call_id}", call_id)
-            .replace("{token}", "tok-nobody").replace("{state}", "TX"))
+            .replace("{token}", "tok-nobody").replace("{state}", "TX").replace("{number_hash}", "h1:" + "0" * 32))
 
 
 def test_every_route_enforces_its_roles(world: World):
@@ -215,7 +233,7 @@ def test_every_route_enforces_its_roles(world: World):
     checked = 0
     for (method, path), allowed in POLICY.items():
         if allowed is PUBLIC:
-            assert http.get(path).status_code == 200, path
+            assert http.get(path).status_code == (307 if path == "/" else 200), path
             continue
         if method == "WS":
             for who, headers in [*strangers.items(), *((r, bearer(k)) for r, k in keys.items())]:
@@ -240,6 +258,11 @@ def test_every_route_enforces_its_roles(world: World):
             checked += 1
         for role, key in keys.items():
             url = _path(path, own[role], world.billed_call)
+            if path == "/v1/dashboard/stream":  # an endless stream: its status, then hang up
+                with http.stream(method, url, headers=bearer(key)) as r:
+                    assert r.status_code == 200 if role in allowed else r.status_code == 403, (path, role)
+                checked += 1
+                continue
             r = http.request(method, url, content=b"[]" if method == "POST" else None, headers=bearer(key))
             if role in allowed:
                 assert r.status_code not in (401, 403, 429) and r.status_code < 500, (method, path, role, r.text)
@@ -252,9 +275,9 @@ def test_every_route_enforces_its_roles(world: World):
 def test_public_endpoints_reveal_no_tenant_data(world: World):
     t = world.t
     secrets_ = [ADMIN, *(x.key for x in t), *(x.id for x in t), world.billed_call, "+13125550142", "3125550142"]
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/dashboard"):
         r = world.http.get(path)
-        assert r.status_code == 200
+        assert r.status_code == (307 if path == "/" else 200)
         leaked = [s for s in secrets_ if s in r.text]
         assert not leaked, (path, leaked)
 
@@ -272,6 +295,11 @@ def test_operator_only_endpoints_refuse_tenant_keys_and_change_nothing(world: Wo
         ("GET", "/v1/audit?number=%2B13125550142", {}),
         ("POST", f"/v1/dnc/national?snapshot_date={today()}&force=true", {"content": dnc}),
         ("POST", f"/v1/dnc/state/TX?snapshot_date={today()}", {"content": dnc}),
+        ("POST", "/v1/privacy/erasures", {"json": {"number": world.numbers[0]}}),
+        ("POST", "/v1/privacy/holds", {"json": {"number": world.numbers[0], "reason": "mine"}}),
+        ("GET", "/v1/privacy/holds", {}),
+        ("DELETE", "/v1/privacy/holds/h1:" + "0" * 32, {}),
+        ("POST", "/v1/privacy/key-rotations", {}),
     ]
     for tenant in t:
         for method, url, kw in attempts:
@@ -284,6 +312,8 @@ def test_operator_only_endpoints_refuse_tenant_keys_and_change_nothing(world: Wo
     assert {x.id: world.balance(x.id) for x in t} == before
     rec = http.get(f"/v1/calls/{call}", headers=world.server.admin).json()
     assert rec["billable"] and rec["charged_cents"] == 3000
+    assert rec["request"]["caller"] != "erased"  # no tenant erased a consumer or put one under a hold
+    assert http.get("/v1/privacy/holds", headers=world.server.admin).json() == {"holds": []}
     statement = http.get(f"/v1/accounts/{t.a.id}/statement", headers=t.a.auth).json()["lines"]
     assert [x["kind"] for x in statement if x["reference"].startswith(call)] == ["charge"]  # no refund
     # the national list in force is unchanged: an unconsented callee the refused uploads

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PURE = [
     "routing/book.py", "routing/auction.py", "routing/parking.py", "exchange/pipeline.py", "exchange/lifecycle.py",
-    "exchange/core.py", "exchange/errors.py", "exchange/ids.py", "exchange/instants.py", "routing/schedule.py", "routing/capacity.py", "routing/dedupe.py", "routing/eligibility.py",
+    "exchange/core.py", "exchange/errors.py", "exchange/ids.py", "exchange/instants.py", "routing/schedule.py", "routing/capacity.py", "routing/dedupe.py", "routing/eligibility.py", "routing/attestation.py", "exchange/quality.py",
     "compliance/gate.py", "compliance/numbers.py", "compliance/suppression.py", "compliance/rules.py",
     "compliance/geo.py", "compliance/instants.py", "compliance/dncarray.py", "compliance/consent.py",
     "compliance/frequency.py", "compliance/stores.py", "compliance/windows.py",

@@ -70,7 +70,7 @@ def test_heap_stays_bounded_under_many_reprices():
         book.upsert("b1", campaign(f"c{i}", bid_cents=1000 + i, states=["CA"]))
     for n in range(20_000):
         book.reprice("b1", f"c{n % 50}", 1000 + (n * 7919) % 5000)
-    bucket = book._buckets[("auto_insurance", "CA", False)]
+    bucket = book._classes[("auto_insurance", "CA", False, None)]
     assert len(bucket.heap) <= 3 * 50 + 256 + 1
     best = max((book.get("b1", f"c{i}").bid_cents, -book.get("b1", f"c{i}").seq) for i in range(50))
     assert book.ranked("auto_insurance", "CA", NOON_NY_NS, lambda s: True, 1)[0].bid_cents == best[0]
@@ -100,5 +100,5 @@ def test_heap_entries_are_invisible_to_the_garbage_collector():
     for n in range(2_000):
         book.reprice("b1", f"c{n % 200}", 1000 + (n * 7919) % 5000)
     gc.collect()
-    entries = [e for b in book._buckets.values() for e in b.heap]
+    entries = [e for b in book._classes.values() for e in b.heap]
     assert entries and not any(gc.is_tracked(e) for e in entries)

@@ -115,3 +115,88 @@ def test_live_answers_are_timed_and_their_median_reported_by_bucket():
     assert answer_p50_ms(c) == 7  # 4, 6, 9, 70 ms: the median falls in the (5, 7] bucket
     assert set(rows(t, "reason", "buyer", "b2")) == {"timeout"} and answer_p50_ms(rows(t, "campaign", "buyer", "b2")["slow"]) is None
     assert answer_p50_ms(rows(t, "reason", "buyer", "b3")["no_bid"]) == 15
+
+
+def test_a_closed_day_is_merged_once_and_a_late_event_of_any_of_its_hours_clears_it():
+    t = Tally()
+    day0 = T0 // HOUR_NS // 24 * 24 * HOUR_NS  # midnight UTC
+    for h in range(60):  # two whole days and half a third
+        t.decided(day0 + h * HOUR_NS + 5, "p1", "auto", "CA", "ok", [("b1", "c1")], [("b1", "c1", 100)], 0)
+    now = day0 + 60 * HOUR_NS
+    by_pub = t.report("publisher", "operator", None, day0, now, now)
+    assert by_pub[0][1][CALLS] == 60
+    assert set(t.days) == {day0 // HOUR_NS // 24, day0 // HOUR_NS // 24 + 1}  # the two closed days, merged
+    by_hour = t.report("hour", "operator", None, day0, now, now)
+    assert [k for k, _ in by_hour] == [day0 + h * HOUR_NS for h in range(60)]
+    # a range that cuts a day reads its hours, not the day
+    assert t.report("publisher", "operator", None, day0 + 3 * HOUR_NS, day0 + 30 * HOUR_NS, now)[0][1][CALLS] == 27
+    t.completed(day0 + 13 * HOUR_NS + 5, "p1", "auto", "CA", ("b1", "c1"), ("b1", "c1"), "won", 95, True, 100, 80, 20)
+    assert day0 // HOUR_NS // 24 not in t.days
+    assert t.report("publisher", "operator", None, day0, now, now)[0][1][BILLABLE] == 1
+    t.prune(day0 + (24 * 37) * HOUR_NS)  # both days past the kept window (35 days)
+    assert not t.days
+
+
+def test_a_tenants_report_reads_its_own_cells_and_equals_a_scan_of_the_hour():
+    import random
+
+    rng = random.Random(3)
+    t = Tally()
+    for n in range(3000):
+        bidders = rng.sample(range(8), rng.randint(0, 3))
+        bids = [(f"b{b}", f"c{b}{rng.randint(0, 1)}", rng.randrange(100, 3000)) for b in bidders]
+        routed = bool(bids) and rng.random() < 0.8
+        plan = [(b, c) for b, c, _ in sorted(bids, key=lambda x: -x[2])][:2] if routed else []
+        t.decided(T0 + n * 2_000_000_000, f"p{n % 5}", rng.choice(["auto", "solar"]), rng.choice(["CA", "TX"]),
+                  "ok" if routed else "no_eligible_bid", plan, bids, 500)
+    now = T0 + 6 * 3600 * 1_000_000_000
+    for kind, owners, at, table in (("buyer", [f"b{i}" for i in range(8)], {"campaign": 1, "publisher": 2, "state": 4}, "bids"),
+                                    ("publisher", [f"p{i}" for i in range(5)], {"campaign": 2, "vertical": 3, "reason": 5}, "calls")):
+        for owner in owners:
+            for group_by, gi in at.items():
+                want: dict = {}
+                for hour in t.hours.values():
+                    for key, c in getattr(hour, table).items():
+                        if key[0] == owner:
+                            acc = want.setdefault(key[gi] or None, [0] * len(c))
+                            for i, x in enumerate(c):
+                                acc[i] += x
+                assert dict(t.report(group_by, kind, owner, T0, now, now)) == want, (kind, owner, group_by)
+
+
+def test_a_first_report_is_grouped_a_slice_at_a_time_letting_other_work_run():
+    import asyncio
+
+    from exchange import reports_api
+
+    t = Tally()
+    for h in range(48):
+        for n in range(400):
+            t.decided(T0 + h * HOUR_NS + n, f"p{n % 40}", "auto", "CA", "ok", [(f"b{n % 7}", f"c{n % 13}")], [(f"b{n % 7}", f"c{n % 13}", 900)], 0)
+    now = T0 + 48 * HOUR_NS
+    assert len(list(t.warm("campaign", "operator", None, T0, now, now))) == 48  # every closed hour, once
+    assert list(t.warm("campaign", "operator", None, T0, now, now)) == []  # then cached
+    assert list(t.warm("campaign", "buyer", "b3", T0, now, now)) == [len(t.hours[T0 // HOUR_NS].own[(True, "b3")])] * 48  # its own cells only
+
+    async def main() -> int:
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        old, reports_api.WARM_SLICE_CELLS = reports_api.WARM_SLICE_CELLS, 1000
+        try:
+            await reports_api.warm(t, "publisher", "operator", None, T0, now, now)
+        finally:
+            reports_api.WARM_SLICE_CELLS = old
+            done = True
+            await task
+        return ticks
+
+    assert asyncio.run(main()) >= 10  # 48 hours of 400+ cells, a yield every 1,000 cells read
+    assert dict(t.report("publisher", "operator", None, T0, now, now))["p1"][CALLS] == 48 * 10

@@ -1,0 +1,29 @@
+-- Consumer numbers at rest (billing.vault): one data key per number, wrapped by the master
+-- key; deleting a number's rows here (crypto-shredding) makes every sealed copy of it
+-- unreadable. Unlike the money and audit tables, these rows can be deleted and updated
+-- (erasure, retention, master key rotation): no append-only triggers.
+CREATE TABLE privacy_keys (
+    kid        text PRIMARY KEY,            -- 16 hex digits, named in every value it sealed
+    blind      text NOT NULL,               -- the number's blind index (HMAC), never the number
+    master_kid text NOT NULL,               -- the master key that wraps it
+    wrapped    text NOT NULL,               -- base64(nonce || AES-GCM(master, data key))
+    created_ns bigint NOT NULL
+);
+CREATE INDEX privacy_keys_blind_idx ON privacy_keys (blind);
+CREATE INDEX privacy_keys_created_idx ON privacy_keys (created_ns);
+CREATE INDEX privacy_keys_master_idx ON privacy_keys (master_kid);
+
+-- The index (HMAC) key, wrapped by the master key like the data keys.
+CREATE TABLE privacy_meta (
+    name       text PRIMARY KEY,
+    master_kid text NOT NULL,
+    wrapped    text NOT NULL,
+    updated_ns bigint NOT NULL
+);
+
+-- Legal holds: numbers (by blind index) whose data retention must not shred and erasure must not destroy.
+CREATE TABLE privacy_holds (
+    blind      text PRIMARY KEY,
+    reason     text NOT NULL DEFAULT '',
+    created_ns bigint NOT NULL
+);

@@ -1,0 +1,155 @@
+"""The book, durable: standing campaigns saved off the hot path and restored at start.
+
+The book marks what changes (``Book.dirty_specs``: a campaign created or replaced;
+``Book.dirty_prices``: repriced, paused or resumed) with one set insert; nothing on the
+ingest path awaits or encodes. Every ``EXCHANGE_BOOK_SAVE_MS`` (1,000) this task takes the
+marks and saves them in one transaction (``Store.save_campaigns``): a campaign's message as
+JSON once per create/replace, its live price and pause as three columns otherwise, so a bid
+stream of any rate costs at most one row per campaign per interval. At shutdown the last marks
+are saved. A store that cannot be reached keeps the marks for the next round (nothing is
+lost while the process lives).
+
+At start (``restore``) the saved campaigns go back into the book with their saved price and
+pause, in the order they last changed; a campaign past its ``expires_at``, of an unknown
+account, or that the book refuses now (a lower ``EXCHANGE_MAX_CAMPAIGNS_PER_BUYER``) is
+skipped and counted. A campaign with ``cancel_on_disconnect`` comes back held out (its buyer
+has no socket yet) until its buyer connects.
+
+What a crash loses: the changes of the last interval (a price, a pause, a campaign sent
+within it). The buyer's own ``seq``/``ack`` says a campaign is in the book, not that it is
+saved; a buyer re-sending its campaigns on reconnect (as before) is always exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import msgspec
+
+from billing.store import CampaignRow, Store, StoreUnavailable
+from routing.standing import CampaignError, Standing
+
+from .core import Core
+from .messages import Campaign
+
+log = logging.getLogger("exchange.bookstore")
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Campaign).decode
+
+
+def rows_of(specs: list[Standing], prices: list[Standing], now_ns: int) -> list[CampaignRow]:
+    """The store's rows for what changed: the message (with the live price and pause) of a
+    created or replaced campaign, the price and pause alone of the others."""
+    out = [CampaignRow(s.buyer, s.id, _encode(s.spec).decode(), s.bid_cents, s.paused, now_ns) for s in specs if s.live]
+    out += [CampaignRow(s.buyer, s.id, None, s.bid_cents, s.paused, now_ns) for s in prices if s.live]
+    return out
+
+
+def campaign_of(row: CampaignRow) -> Campaign:
+    """A saved campaign as the message the book takes (the live price and pause applied)."""
+    assert row.spec is not None
+    msg = _decode(row.spec)
+    return msgspec.structs.replace(msg, bid_cents=row.bid_cents, paused=row.paused, seq=None)
+
+
+class BookStore:
+    __slots__ = ("store", "core", "clock_ns", "every_s", "saved", "failures", "_task", "seen", "high_ns", "on_saved", "track")
+
+    def __init__(self, store: Store, core: Core, clock_ns: Callable[[], int], every_ms: int, track: bool = False) -> None:
+        self.store, self.core, self.clock_ns = store, core, clock_ns
+        self.every_s = every_ms / 1000
+        self.track = track  # a node of a market: remember the version of each campaign (``seen``)
+        # (buyer, campaign) -> [hash of its stored spec, updated_ns of the change this node holds] (``track`` only):
+        # the seller applies another node's change only when it is newer (exchange.market)
+        self.seen: dict[tuple[str, str], list[int]] = {}
+        self.high_ns = 0  # the newest change restored at start
+        self.on_saved: Callable[[list[tuple[str, str]], list[tuple[str, str, int, bool]], int], None] | None = None
+        self.saved = 0  # rows saved since start
+        self.failures = 0  # rounds the store refused or could not be reached
+        self._task: asyncio.Task[None] | None = None
+
+    async def restore(self, known: Callable[[str], bool], now_ns: int) -> tuple[int, int]:
+        """Put the saved campaigns back into the book; (restored, skipped)."""
+        rows = await self.store.load_campaigns()
+        restored = skipped = 0
+        for row in rows:
+            try:
+                msg = campaign_of(row)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:  # a row an older build wrote differently
+                log.warning("campaign_not_restored", extra={"buyer": row.buyer, "campaign": row.id, "reason": str(exc)})
+                skipped += 1
+                continue
+            expired = msg.expires_at is not None and msg.expires_at.timestamp() * 1e9 <= now_ns
+            if expired or not known(row.buyer):
+                skipped += 1
+                continue
+            try:
+                self.core.upsert_campaign(row.buyer, msg, now_ns, away=True)
+            except CampaignError as exc:
+                log.warning("campaign_not_restored", extra={"buyer": row.buyer, "campaign": row.id, "reason": str(exc)})
+                skipped += 1
+                continue
+            restored += 1
+            self.high_ns = max(self.high_ns, row.updated_ns)
+            if self.track:
+                self.seen[(row.buyer, row.id)] = [hash(row.spec), row.updated_ns]
+        self.core.book.take_dirty()  # what was just loaded is what is stored
+        return restored, skipped
+
+    async def flush(self) -> int:
+        """Save what changed since the last round; returns how many rows (0: nothing changed).
+        Raises ``StoreUnavailable`` (the marks are kept for the next round)."""
+        book = self.core.book
+        specs, prices = book.take_dirty()
+        if not specs and not prices:
+            return 0
+        now = self.clock_ns()
+        rows = rows_of(specs, prices, now)
+        try:
+            if rows:
+                await self.store.save_campaigns(rows)
+        except BaseException:
+            book.dirty_specs.update(s.slot for s in specs)  # saved next round (a newer change is marked already)
+            book.dirty_prices.update(s.slot for s in prices)
+            raise
+        self.saved += len(rows)
+        if self.track:
+            seen = self.seen
+            for r in rows:
+                v = seen.get((r.buyer, r.id))
+                if r.spec is not None or v is None:
+                    seen[(r.buyer, r.id)] = [hash(r.spec), now]
+                else:
+                    v[1] = now
+        if self.on_saved is not None:
+            self.on_saved([(r.buyer, r.id) for r in rows if r.spec is not None],
+                          [(r.buyer, r.id, r.bid_cents, r.paused) for r in rows if r.spec is None], now)
+        return len(rows)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="bookstore")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.flush()
+            except StoreUnavailable as exc:
+                self.failures += 1
+                log.warning("book_save_failed", extra={"error": str(exc)})
+            except Exception:  # a bug: logged, the marks kept, the task goes on
+                self.failures += 1
+                log.exception("book_save_failed")
+
+    async def stop(self) -> None:
+        """Stop the task and save the last changes (a store down at shutdown: logged)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        try:
+            await self.flush()
+        except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+            log.warning("book_save_failed", extra={"error": str(exc), "at": "shutdown"})

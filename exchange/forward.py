@@ -1,0 +1,99 @@
+"""An edge's HTTP API, forwarded to its market's seller (``exchange.nodes``).
+
+An edge decides no call and holds no market-wide memory of money or calls, so every HTTP
+request it gets (but ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``) goes to the
+seller: one extra HTTP hop on loopback or the LAN, with the body streamed (a DNC upload is not
+held in the edge's memory) and the answer passed back as it came (status, JSON or CSV body,
+``Retry-After``, ``WWW-Authenticate``). The key is checked here first, with the same
+per-address limit of failed attempts as everywhere (an account made at the seller since this
+edge started is read from the store): an unknown key never reaches the seller, whose own
+per-address limit would otherwise count every client of this edge as one. Per-key rate
+limits, roles, validation and idempotency are the seller's, as for a request sent to it.
+
+The seller's address is the ``host:port`` it registered in its lease: start nodes with an
+``EXCHANGE_HOST`` the others can reach (not ``0.0.0.0``, which is read as this host).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .errors import Refused, Unavailable
+from .access import AUTHENTICATED, check_key, limits_of
+
+if TYPE_CHECKING:
+    from .service import Exchange
+
+log = logging.getLogger("exchange.forward")
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+REQUEST_HEADERS = {b"authorization", b"content-type", b"accept", b"idempotency-key", b"content-length"}
+ANSWER_HEADERS = {"content-type", "retry-after", "www-authenticate", "content-disposition", "connection"}
+
+
+class Forwarder:
+    __slots__ = ("ex", "client")
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0),
+                                        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+
+    def seller_url(self) -> str | None:
+        node = self.ex.node
+        info = node.seller_info if node is not None else None
+        if not info or info.get("node") == node.id:  # type: ignore[union-attr]
+            return None
+        host = str(info.get("host") or "127.0.0.1")
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{info.get('port')}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, state: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The seller's answer to this request (status, headers, body); ``Refused`` for a
+        refusal made here (an unknown key, no seller reachable)."""
+        headers = [(k, v) for k, v in scope["headers"] if k in REQUEST_HEADERS]
+        authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), None)
+        client = scope.get("client")
+        host = client[0] if client else "?"
+        ex = self.ex
+        try:
+            check_key(ex, limits_of(state, ex), host, authorization, scope)
+        except Refused as exc:
+            if exc.code != "unauthorized" or await ex.account_of_key(authorization) is None:
+                raise
+            done = scope.get(AUTHENTICATED)  # a key made at the seller: valid here too
+            if done is not None:
+                done()
+        base = self.seller_url()
+        if base is None:
+            raise Unavailable("not_seller", "no seller is known for this market now: retry", retry_after_s=1)
+        query = scope.get("query_string", b"")
+        url = base + scope["path"] + (("?" + query.decode("latin-1")) if query else "")
+        headers.append((b"x-forwarded-for", host.encode()))
+        try:
+            r = await self.client.request(scope["method"], url, headers=headers, content=_body(receive))
+        except httpx.HTTPError as exc:
+            log.warning("forward_failed", extra={"url": base, "error": str(exc)})
+            raise Unavailable("seller_unreachable", "this edge cannot reach its market's seller now: retry",
+                              retry_after_s=1) from None
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in r.headers.items() if k.lower() in ANSWER_HEADERS]
+        return r.status_code, out, r.content
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return

@@ -1,0 +1,125 @@
+"""The book's read: a call's candidates in merged price-time order (``Book.ranked``).
+
+Kept apart from ``routing/book.py`` (which owns the index and its writes) because it is the
+one loop every decision runs; it reads the book's buckets and slots and re-lists what it finds
+stale, exactly as a method would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from heapq import heappop, heappush
+from typing import TYPE_CHECKING
+
+from .attestation import ONE, UNATTESTED
+from .standing import Standing
+
+if TYPE_CHECKING:
+    from .book import Book, Bucket
+
+
+def ranked(
+    book: Book, vertical: str, state: str | None, now_ns: int, accept: Callable[[Standing], bool], want: int, scan_limit: int = 10_000,
+    outbound: bool = False, done: set[str] | None = None, skipped: Callable[[Standing, str], None] | None = None,
+    level: int = UNATTESTED,
+) -> list[Standing]:
+    """Up to ``want`` accepted standing bids in price-time order, best first.
+
+    Pops the candidate heaps in merged order -- the call's state and the wide campaigns,
+    each split by whether the campaigns take outbound calls (an outbound call reads only
+    those that do) -- drops stale and expired entries for good, and pushes every live
+    entry it popped back, so the book is unchanged.
+
+    ``done``: the buyers the caller needs no more campaigns of (one route per buyer, or a
+    refusal that holds for all of a buyer's campaigns), filled by ``accept``. The scan stops
+    once every buyer listed in these heaps is done, instead of walking the rest.
+
+    ``skipped``: called with (campaign, ``"state"``) for each wide campaign walked whose state
+    filter leaves the call's state out (the auction replay notes it).
+
+    ``level``: the call's attestation level. A campaign with bid modifiers ranks at its bid
+    for that level, ``bid * m`` rounded down (``routing.attestation``). Campaigns are held in
+    one bucket per class of multipliers (the same ``m`` for every level), so a heap's top
+    bounds the whole heap's modified prices: ``listed * m`` rounded down. The merge pops a
+    class's heap only while that bound can beat the best modified price found so far (a
+    per-call heap of the exact ones), so a call reads about as many entries as without
+    modifiers, even when most campaigns have them; without modifiers (the common case) the
+    loop is the plain merge.
+    """
+    buckets = book._buckets
+    heaps = []
+    pool: list[Bucket] = []
+    mults: list[int] = []  # each heap's multiplier for this call's level
+    plain = True  # no heap to read at a modified price: the plain merge
+    for ob in (True,) if outbound else (False, True):
+        for where in (state, None) if state is not None else (None,):
+            for b in buckets.get((vertical, where, ob), ()):
+                if b.heap:
+                    heaps.append(b.heap)
+                    pool.append(b)
+                    m = ONE if b.mult is None else b.mult[level]
+                    mults.append(m)
+                    plain = plain and m == ONE
+    seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
+    out: list[Standing] = []
+    slots = book._slots
+    backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
+    scanned = popped = 0
+    adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
+    while len(out) < want and scanned < scan_limit:
+        k = -1
+        top = None
+        if plain:
+            for i, h in enumerate(heaps):
+                if h and (top is None or h[0] < top):
+                    k, top = i, h[0]
+        else:  # a class's bound: no entry of its heap is modified above its top's listed price, modified
+            for i, h in enumerate(heaps):
+                if h:
+                    m = mults[i]
+                    key = h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1)  # (-(listed * m rounded down), before any seq)
+                    if top is None or key < top:
+                        k, top = i, key
+        if adjusted and (top is None or adjusted[0] < top):
+            s = slots[heappop(adjusted)[2]]  # its adjusted price sorts first now
+        else:
+            if k < 0:
+                break
+            entry = heappop(heaps[k])
+            popped += 1
+            s = slots[entry[2]]
+            if s.listing != entry[1]:
+                continue  # an old listing, paused or replaced: drop the entry
+            if s.seq != entry[1]:
+                book._relist(s)  # the price moved down since listing: re-list at the true price
+                book.relisted += 1
+                continue
+            if s.expires_ns is not None and s.expires_ns <= now_ns:
+                for bucket in s.buckets:  # expired for good: drop it from the index
+                    bucket.remove(s)
+                continue
+            backs[k].append(entry)
+            ms = s.multipliers  # its class's, or its own in the plain bucket (past MAX_CLASSES)
+            if ms is not None and ms[level] != ONE:
+                heappush(adjusted, (-(s.bid_cents * ms[level] // ONE), s.seq, s.slot))
+                continue
+        scanned += 1
+        if s.wide_states is not None and state not in s.wide_states:
+            if skipped is not None:
+                skipped(s, "state")
+            continue
+        if accept(s):
+            out.append(s)
+        if done is not None and (len(done), book.lot.count) != seen:
+            seen = (len(done), book.lot.count)  # (parking during the scan can take a buyer out of these heaps)
+            n = seen[0]
+            if n >= max(len(b.buyers) for b in pool) and n >= len(set().union(*(b.buyers for b in pool))):
+                break  # every buyer listed here has its route or its refusal
+    book.scanned += scanned
+    book.popped += popped
+    for h, back in zip(heaps, backs):
+        for entry in back:
+            if slots[entry[2]].listing == entry[1]:  # (not parked meanwhile by ``accept``)
+                heappush(h, entry)
+    return out
+

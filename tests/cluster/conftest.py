@@ -1,0 +1,75 @@
+"""Several real exchange processes as nodes of one market: a PostgreSQL schema of their own
+(dropped after) and a Redis market prefix of their own (its keys deleted after). Under
+``CI=true`` a missing PostgreSQL or Redis is a failure, not a skip."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.e2e.conftest import ADMIN, Server, free_port, start_server
+from tests.integration.conftest import pg_schema_url
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("EXCHANGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+class Market(NamedTuple):
+    database_url: str
+    redis_url: str
+    name: str  # EXCHANGE_MARKET: the prefix of every key the nodes make
+
+    def env(self, node_id: str | None, **extra: str) -> dict[str, str]:
+        out = {"EXCHANGE_DATABASE_URL": self.database_url, "EXCHANGE_REDIS_URL": self.redis_url, "EXCHANGE_MARKET": self.name,
+               "EXCHANGE_NODE_LEASE_MS": "1500", **extra}
+        if node_id is not None:
+            out["EXCHANGE_NODE_ID"] = node_id
+        return out
+
+
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is required under CI=true ({REDIS_URL}): {exc}")
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    return client
+
+
+@pytest.fixture
+def market() -> Iterator[Market]:
+    client = redis_client()
+    name = f"t{secrets.token_hex(5)}"
+    try:
+        for url in pg_schema_url("nodes"):
+            yield Market(url, REDIS_URL, name)
+    finally:
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def start_node(market: Market, node_id: str | None, **extra: str) -> Server:
+    return start_server(market.env(node_id, **extra), deadline_s=40)
+
+
+def refused_start(market: Market, node_id: str | None, timeout_s: float = 40, **extra: str) -> tuple[int, str]:
+    """Run ``serve`` expecting it to refuse: (exit code, what it printed)."""
+    env = {**os.environ, "EXCHANGE_ADMIN_KEY": ADMIN, "EXCHANGE_PORT": str(free_port()), **market.env(node_id, **extra)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the node started instead of refusing: {exc.stdout!r} {exc.stderr!r}") from None
+    return done.returncode, done.stdout + done.stderr

@@ -1,0 +1,97 @@
+"""One market on two real nodes (two ``python -m exchange serve`` processes on one PostgreSQL
+schema and one Redis market prefix): a buyer connected to the edge has its campaigns in the
+seller's book, wins a call submitted at the seller and gets its ``win`` on its socket at the
+edge; its reprices and RTB answers count; ``cancel_on_disconnect`` follows its socket on the
+other node; money reconciles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from exchange.messages import Ack, BidRequest, Bid, Campaign, Ping, Pong, RtbBid, Win
+from tests.cluster.conftest import ROOT, Market, start_node
+from tests.e2e.conftest import Server, stop_server
+from tests.e2e.wsclient import Buyer
+
+
+def submit(server: Server, auth: dict[str, str], vertical: str, caller: str) -> dict:
+    r = server.http.post("/v1/calls", json={"caller": caller, "vertical": vertical, "state": "CA"}, headers=auth)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def until(pred, timeout_s: float = 10, what: str = ""):
+    end = time.monotonic() + timeout_s
+    while True:
+        got = pred()
+        if got:
+            return got
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def camp(cid: str, vertical: str, bid: int, **kw):
+    return lambda s: Campaign(id=cid, vertical=vertical, bid_cents=bid, destination="+18005550199", min_duration_s=30, seq=s, **kw)
+
+
+def test_a_buyer_on_one_node_wins_a_call_submitted_at_another(market: Market) -> None:
+    seller = start_node(market, "seller")
+    edge = start_node(market, "edge")
+    try:
+        assert (seller.http.get("/readyz").json()["role"], edge.http.get("/readyz").json()["role"]) == ("seller", "edge")
+        buyer_id, buyer_key = seller.account("buyer", "far-buyer", deposit=100_000)  # made after the edge started
+        _, pub_key = seller.account("publisher", "near-pub")
+        auth = {"Authorization": f"Bearer {pub_key}"}
+        b = Buyer(edge.ws_url, buyer_key)  # the edge reads the key from the store
+        assert isinstance(b.request(camp("far", "solar", 2500, cancel_on_disconnect=True)), Ack)
+        assert isinstance(b.request(camp("live", "hvac", 100, rtb=True)), Ack)
+
+        d = until(lambda: (x := submit(seller, auth, "solar", "+14155550111"))["decision"] == "routed" and x, what="the campaign at the seller")
+        assert d["route"]["campaign"] == "far" and d["route"]["payout_cents"] == 2000
+        win = b.wait_for(lambda m: isinstance(m, Win) and m.call_id == d["call_id"])
+        assert (win.campaign, win.price_cents) == ("far", 2500)  # the notice crossed to the buyer's socket on the edge
+
+        b.send(Bid(campaign="far", bid_cents=3000))  # a reprice at the edge counts at the seller
+        until(lambda: submit(seller, auth, "solar", "+14155550112")["route"]["payout_cents"] == 2400, what="the reprice")
+
+        rtb_call: dict = {}
+
+        def answer_rtb() -> None:  # the seller's bid_request reaches the buyer on the edge; its answer counts
+            q = b.wait_for(lambda m: isinstance(m, BidRequest))
+            b.send(RtbBid(request_id=q.request_id, bid_cents=1700))
+
+        import threading
+        t = threading.Thread(target=lambda: rtb_call.update(submit(seller, auth, "hvac", "+14155550113")))
+        t.start()
+        answer_rtb()
+        t.join(10)
+        assert rtb_call["decision"] == "routed" and rtb_call["route"]["campaign"] == "live", rtb_call
+        assert rtb_call["route"]["payout_cents"] == 1360
+
+        for event, body in (("connected", {"event": "connected"}), ("completed", {"event": "completed", "duration_s": 60})):
+            r = seller.http.post(f"/v1/calls/{d['call_id']}/events", json=body, headers={**auth, "Idempotency-Key": f"{d['call_id']}-{event}"})
+            assert r.status_code == 200, r.text
+        assert r.json()["charged_cents"] == 2500
+        via_edge = submit(edge, auth, "solar", "+14155550114")  # a call at the edge: forwarded, decided by the seller
+        assert via_edge["decision"] == "routed" and via_edge["route"]["campaign"] == "far"
+        assert b.wait_for(lambda m: isinstance(m, Win) and m.call_id == via_edge["call_id"]).price_cents == 3000
+        r = edge.http.post(f"/v1/calls/{via_edge['call_id']}/events", json={"event": "completed", "duration_s": 5},
+                           headers={**auth, "Idempotency-Key": "short-1"})
+        assert r.status_code == 200 and r.json()["billable"] is False, r.text
+
+        assert isinstance(b.request(lambda s: Ping(seq=s)), Pong)
+        b.close()  # its only socket, on the edge: cancel_on_disconnect holds "far" out at the seller
+        until(lambda: submit(seller, auth, "solar", "+14155550115")["reason"] == "no_eligible_bid", what="the campaign held out")
+        b = Buyer(edge.ws_url, buyer_key)
+        until(lambda: submit(seller, auth, "solar", "+14155550116")["decision"] == "routed", what="the campaign back")
+        b.close()
+        assert buyer_id
+    finally:
+        stop_server(edge)
+        stop_server(seller)
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": market.database_url}
+    rec = subprocess.run([sys.executable, "-m", "exchange", "billing", "reconcile"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert rec.returncode == 0, rec.stdout + rec.stderr

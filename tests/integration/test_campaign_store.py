@@ -1,0 +1,71 @@
+"""The book store's rows on both real stores: saved in one transaction, a price-only change
+keeps the spec, an older change never overwrites a newer one, and a whole book restores."""
+
+from __future__ import annotations
+
+import asyncio
+
+from billing.backends import open_store
+from billing.store import CampaignRow
+from exchange.bookstore import BookStore
+from exchange.core import Core
+from exchange.settings import Settings
+from tests.builders import NOON_NY_NS, campaign
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_rows_save_and_load_with_newer_changes_winning(db_url: str) -> None:
+    async def go() -> list[CampaignRow]:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            await store.save_campaigns([CampaignRow("b1", "c1", '{"a":1}', 2500, False, 10),
+                                        CampaignRow("b1", "c2", '{"a":2}', 2600, True, 11),
+                                        CampaignRow("b2", "c1", '{"a":3}', 2700, False, 12)])
+            await store.save_campaigns([CampaignRow("b1", "c1", None, 3000, True, 20),  # price and pause only
+                                        CampaignRow("b1", "c2", '{"old":1}', 1, False, 5),  # older: ignored
+                                        CampaignRow("b2", "c1", None, 1, False, 6),  # older: ignored
+                                        CampaignRow("b9", "nope", None, 1, False, 30)])  # no spec stored: skipped
+            assert [r.id for r in await store.load_campaigns("b2")] == ["c1"]
+            return await store.load_campaigns()
+        finally:
+            await store.close()
+
+    rows = run(go())
+    assert rows == [CampaignRow("b1", "c2", '{"a":2}', 2600, True, 11), CampaignRow("b2", "c1", '{"a":3}', 2700, False, 12),
+                    CampaignRow("b1", "c1", '{"a":1}', 3000, True, 20)]
+
+
+def test_a_book_saved_and_restored_into_a_new_core(db_url: str) -> None:
+    settings = Settings()
+
+    async def go() -> tuple[Core, tuple[int, int]]:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            core = Core(settings)
+            saver = BookStore(store, core, lambda: NOON_NY_NS, 1000)
+            for k in range(300):
+                core.upsert_campaign(f"b{k % 7}", campaign(f"c{k}", states=["CA"], bid_cents=1000 + k), NOON_NY_NS)
+            core.upsert_campaign("b1", campaign("cod", states=["TX"], cancel_on_disconnect=True), NOON_NY_NS)
+            core.upsert_campaign("gone", campaign("x", states=["TX"]), NOON_NY_NS)
+            assert await saver.flush() == 302
+            core.book.reprice("b0", "c0", 9999)
+            core.book.set_paused("b1", "c1", True)
+            assert await saver.flush() == 2
+            assert await saver.flush() == 0
+            fresh = Core(settings)
+            restored = await BookStore(store, fresh, lambda: NOON_NY_NS, 1000).restore(lambda b: b != "gone", NOON_NY_NS)
+            return fresh, restored
+        finally:
+            await store.close()
+
+    fresh, restored = run(go())
+    assert restored == (301, 1)
+    book = fresh.book
+    assert book.get("b0", "c0").bid_cents == 9999 and book.get("b1", "c1").paused
+    assert book.get("b1", "cod").away and book.get("gone", "x") is None
+    assert book.take_dirty() == ([], [])  # nothing restored is saved again

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -73,3 +74,21 @@ def refused_start(market: Market, node_id: str | None, timeout_s: float = 40, **
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"the node started instead of refusing: {exc.stdout!r} {exc.stderr!r}") from None
     return done.returncode, done.stdout + done.stderr
+
+
+def submit(server: Server, auth: dict[str, str], caller: str, vertical: str = "solar") -> dict:
+    """One inbound call from ``caller`` in CA, answered 200 (its decision)."""
+    r = server.http.post("/v1/calls", json={"caller": caller, "vertical": vertical, "state": "CA"}, headers=auth)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def until(pred, timeout_s: float = 15, what: str = ""):
+    """``pred()``'s first truthy value, polled every 0.1 s for up to ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while True:
+        got = pred()
+        if got:
+            return got
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)

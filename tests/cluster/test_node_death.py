@@ -6,30 +6,13 @@ edges' buyers."""
 from __future__ import annotations
 
 import signal
-import time
 
 import redis
 
 from exchange.messages import Ack, Campaign, Ping, Pong, Win
-from tests.cluster.conftest import REDIS_URL, Market, start_node
+from tests.cluster.conftest import REDIS_URL, Market, start_node, submit, until
 from tests.e2e.conftest import Server, stop_server
 from tests.e2e.wsclient import Buyer
-
-
-def submit(server: Server, auth: dict[str, str], caller: str) -> dict:
-    r = server.http.post("/v1/calls", json={"caller": caller, "vertical": "solar", "state": "CA"}, headers=auth)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def until(pred, timeout_s: float = 15, what: str = ""):
-    end = time.monotonic() + timeout_s
-    while True:
-        got = pred()
-        if got:
-            return got
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def kill(server: Server) -> None:

@@ -9,28 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from exchange.messages import Ack, BidRequest, Bid, Campaign, Ping, Pong, RtbBid, Win
-from tests.cluster.conftest import ROOT, Market, start_node
-from tests.e2e.conftest import Server, stop_server
+from tests.cluster.conftest import ROOT, Market, start_node, submit, until
+from tests.e2e.conftest import stop_server
 from tests.e2e.wsclient import Buyer
-
-
-def submit(server: Server, auth: dict[str, str], vertical: str, caller: str) -> dict:
-    r = server.http.post("/v1/calls", json={"caller": caller, "vertical": vertical, "state": "CA"}, headers=auth)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def until(pred, timeout_s: float = 10, what: str = ""):
-    end = time.monotonic() + timeout_s
-    while True:
-        got = pred()
-        if got:
-            return got
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def camp(cid: str, vertical: str, bid: int, **kw):
@@ -49,13 +32,13 @@ def test_a_buyer_on_one_node_wins_a_call_submitted_at_another(market: Market) ->
         assert isinstance(b.request(camp("far", "solar", 2500, cancel_on_disconnect=True)), Ack)
         assert isinstance(b.request(camp("live", "hvac", 100, rtb=True)), Ack)
 
-        d = until(lambda: (x := submit(seller, auth, "solar", "+14155550111"))["decision"] == "routed" and x, what="the campaign at the seller")
+        d = until(lambda: (x := submit(seller, auth, "+14155550111", "solar"))["decision"] == "routed" and x, what="the campaign at the seller")
         assert d["route"]["campaign"] == "far" and d["route"]["payout_cents"] == 2000
         win = b.wait_for(lambda m: isinstance(m, Win) and m.call_id == d["call_id"])
         assert (win.campaign, win.price_cents) == ("far", 2500)  # the notice crossed to the buyer's socket on the edge
 
         b.send(Bid(campaign="far", bid_cents=3000))  # a reprice at the edge counts at the seller
-        until(lambda: submit(seller, auth, "solar", "+14155550112")["route"]["payout_cents"] == 2400, what="the reprice")
+        until(lambda: submit(seller, auth, "+14155550112", "solar")["route"]["payout_cents"] == 2400, what="the reprice")
 
         rtb_call: dict = {}
 
@@ -64,7 +47,7 @@ def test_a_buyer_on_one_node_wins_a_call_submitted_at_another(market: Market) ->
             b.send(RtbBid(request_id=q.request_id, bid_cents=1700))
 
         import threading
-        t = threading.Thread(target=lambda: rtb_call.update(submit(seller, auth, "hvac", "+14155550113")))
+        t = threading.Thread(target=lambda: rtb_call.update(submit(seller, auth, "+14155550113", "hvac")))
         t.start()
         answer_rtb()
         t.join(10)
@@ -75,7 +58,7 @@ def test_a_buyer_on_one_node_wins_a_call_submitted_at_another(market: Market) ->
             r = seller.http.post(f"/v1/calls/{d['call_id']}/events", json=body, headers={**auth, "Idempotency-Key": f"{d['call_id']}-{event}"})
             assert r.status_code == 200, r.text
         assert r.json()["charged_cents"] == 2500
-        via_edge = submit(edge, auth, "solar", "+14155550114")  # a call at the edge: forwarded, decided by the seller
+        via_edge = submit(edge, auth, "+14155550114", "solar")  # a call at the edge: forwarded, decided by the seller
         assert via_edge["decision"] == "routed" and via_edge["route"]["campaign"] == "far"
         assert b.wait_for(lambda m: isinstance(m, Win) and m.call_id == via_edge["call_id"]).price_cents == 3000
         r = edge.http.post(f"/v1/calls/{via_edge['call_id']}/events", json={"event": "completed", "duration_s": 5},
@@ -84,9 +67,9 @@ def test_a_buyer_on_one_node_wins_a_call_submitted_at_another(market: Market) ->
 
         assert isinstance(b.request(lambda s: Ping(seq=s)), Pong)
         b.close()  # its only socket, on the edge: cancel_on_disconnect holds "far" out at the seller
-        until(lambda: submit(seller, auth, "solar", "+14155550115")["reason"] == "no_eligible_bid", what="the campaign held out")
+        until(lambda: submit(seller, auth, "+14155550115", "solar")["reason"] == "no_eligible_bid", what="the campaign held out")
         b = Buyer(edge.ws_url, buyer_key)
-        until(lambda: submit(seller, auth, "solar", "+14155550116")["decision"] == "routed", what="the campaign back")
+        until(lambda: submit(seller, auth, "+14155550116", "solar")["decision"] == "routed", what="the campaign back")
         b.close()
         assert buyer_id
     finally:

@@ -50,6 +50,7 @@ from billing.backends import open_store
 from billing.store import Store
 from billing.writer import Writer
 from exchange import gcpolicy
+from bench import run_and_write
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1/test"
 BUYERS, PUBLISHERS, TAKE_RATE_BPS = 200, 50, 2000
@@ -417,17 +418,7 @@ def main() -> None:
     ap.add_argument("--http", action="store_true", help="also measure the ack end to end over HTTP (starts a server)")
     ap.add_argument("--json", default="bench/results/ledger.json")
     args = ap.parse_args()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    results = runner(main_async(args))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    run_and_write(main_async, args, args.json)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 from bench.ledger import DEFAULT_URL, START_NS, Target, billable_call, pg_info
 from billing import keystore
@@ -40,6 +38,7 @@ from billing.vault import new_master_key_text, parse_master_keys
 from billing.writer import Writer
 from exchange import gcpolicy
 from exchange.messages import CallEvent, CallRequest, EventResponse
+from bench import run_and_write
 
 EVIDENCE = {"gate": "gate-7", "rules": "rules-2026-11", "npa_table": "npa-2026-10", "tzdata": "2025.2", "holidays": "us-2026",
             "national_dnc": "national:2026-11-01:n=253012345:crc=1a2b3c4d", "dnc_snapshot_date": "2026-11-01", "state_dnc": {},
@@ -145,17 +144,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=10_000, help="callers of the 'pool' mix")
     ap.add_argument("--json", default="bench/results/privacy.json")
     args = ap.parse_args()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    results = runner(main_async(args))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    run_and_write(main_async, args, args.json)
 
 
 if __name__ == "__main__":

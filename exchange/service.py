@@ -41,6 +41,7 @@ from .relay import Relay
 from .webhooks import Webhooks
 from .rtb import RtbDesk
 from .settings import Settings, nats_names
+from .tally import SEAL_EVERY_S, sliced
 from .tallyreplay import relog, replay_audit
 from .treasury import Treasury
 
@@ -115,6 +116,8 @@ class Exchange:
         relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        if st.report_days and not edge:
+            self._tasks.append(asyncio.create_task(self._sealer(), name="report-sealer"))
         self.bookstore.start()
         if self.node is not None and self.settings.redis_url:
             self.link = MarketLink(self, self.node, self.settings.redis_url)
@@ -179,6 +182,16 @@ class Exchange:
                     self.desk.log.prune(self.core.calls)
             except Exception:  # the sweeper must outlive a bad record; the bug is logged
                 log.exception("sweeper_failed")
+
+    async def _sealer(self) -> None:
+        """The report aggregate's closed hours and days grouped for the operator in the background
+        (``Tally.seal``, a slice at a time): at start, after the rebuild, then every minute."""
+        while True:
+            try:
+                await sliced(self.desk.tally.seal(self.clock.now_ns()))
+            except Exception:
+                log.exception("report_seal_failed")
+            await asyncio.sleep(SEAL_EVERY_S)
 
     def buyer_joined(self, buyer: str) -> None:
         """A buyer socket opened: on its first, its ``cancel_on_disconnect`` campaigns come back

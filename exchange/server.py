@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -32,7 +33,7 @@ from .app import build_app
 from .connections import close_all
 from .access import AUTHENTICATED
 from .metrics import Metrics
-from .nodes import preflight
+from .nodes import ADOPT_ENV, preflight
 from .service import Exchange
 from .settings import Settings
 
@@ -322,7 +323,11 @@ def serve(settings: Settings) -> int:
     app = build_app(settings, exchange)
     print(f"exchange listening on http://{settings.host}:{settings.port}", flush=True)
     server = ExchangeServer(uvicorn_config(app, settings), exchange)
+    exchange.on_handover = lambda: setattr(server, "should_exit", True)
     server.run()
+    if exchange.handover is not None:  # an edge took the vacant seller's lease: this process becomes the seller
+        print("the seller's lease was vacant: restarting this node as the market's seller", flush=True)
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, ADOPT_ENV: exchange.handover})
     return 0 if server.started else 3  # 3: the start failed (logged), e.g. a node refused while joining
 
 

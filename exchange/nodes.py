@@ -20,9 +20,16 @@ markets, or two test runs, share one Redis:
   notices reach them through Redis) and answers ``/healthz``, ``/readyz``, ``/metrics``; every
   other HTTP request is forwarded to the seller (``exchange.forward``: its own memory of money
   and calls is not the market's); ``refusal`` says ``not_seller`` for what it cannot forward
-  (a call over its publisher WebSocket). An edge never takes the seller's lease
-  while it runs (a seller's state is rebuilt by a restart, ``exchange.recovery``; taking over
-  live is not built).
+  (a call over its publisher WebSocket). When the seller's lease has lapsed (the
+  seller was killed, or cut off from Redis past its TTL), an edge takes it (``NX``) and its
+  process is replaced by one that adopts the lease's token and starts as the seller
+  (``exchange.server.serve``): the market is rebuilt from the database as a restarted seller's
+  is (``exchange.recovery``), and its buyers reconnect.
+- the seller's **epoch** in the database (``market_seller``, ``Store.take_seller``): raised by
+  each new seller before it reads anything; each batch of the seller's writer commits in a
+  transaction that holds that row at its own epoch, so a previous seller that still runs
+  (stalled, or cut off) cannot commit once it has been replaced: a fencing token, since Redis
+  leases alone cannot promise that two processes never believe they sell.
 
 Fail closed: the leases are trusted until the instant their last successful renewal was
 *sent* plus 90 % of the TTL (Redis started its TTL later than that). Past it, the node is

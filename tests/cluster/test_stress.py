@@ -15,7 +15,7 @@ import random
 import subprocess
 import sys
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime
 from zoneinfo import ZoneInfo
 

@@ -175,7 +175,11 @@ class Node:
         self.epoch = 0  # the seller's epoch in the database (Store.take_seller), once selling
         # an edge that took the vacant seller's lease calls this once: its process is replaced by a seller (exchange.server)
         self.on_vacant: Callable[[], None] | None = None
+        # a seller whose lease another process took (Redis restarted, or this one stalled past its
+        # TTL) calls this once: its process is replaced by one that joins again (as an edge, or the seller if vacant)
+        self.on_lost: Callable[[], None] | None = None
         self.taking_over = False
+        self.handing_over = False  # leave() keeps this node's leases for the process that replaces this one
         self._task: asyncio.Task[None] | None = None
 
     def key(self, *parts: str) -> str:
@@ -230,10 +234,13 @@ class Node:
                 if (self.selling or self.taking_over) and not self.seller.lost and not await self.seller.renew():
                     self.seller.lost = True
                     log.error("seller_lease_taken", extra={"node": self.id, "market": self.market})
+                    if self.selling and self.on_lost is not None:
+                        self.handing_over = True
+                        self.on_lost()
                 if not self.selling and not self.taking_over:
                     self.seller_info = await self.seller.holder()
                     if self.seller_info is None and self.on_vacant is not None and await self.seller.take():
-                        self.taking_over = True  # this edge holds the seller's lease; its process becomes the seller
+                        self.taking_over = self.handing_over = True  # this edge holds the seller's lease; its process becomes the seller
                         log.warning("seller_vacant_taking_over", extra={"node": self.id, "market": self.market})
                         self.on_vacant()
             except (aioredis.RedisError, OSError) as exc:  # stale once the trusted window passes
@@ -245,9 +252,10 @@ class Node:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         try:
-            if self.taking_over:  # handed over to the process that replaces this one (hand_over): keep both leases
+            if self.handing_over:  # handed over to the process that replaces this one: keep its leases
                 await self.lease.renew()
-                await self.seller.renew()
+                if self.taking_over:
+                    await self.seller.renew()
             else:
                 if self.selling:
                     await self.seller.release()

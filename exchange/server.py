@@ -326,7 +326,8 @@ def serve(settings: Settings) -> int:
     exchange.on_handover = lambda: setattr(server, "should_exit", True)
     server.run()
     if exchange.handover is not None:  # an edge took the vacant seller's lease: this process becomes the seller
-        print("the seller's lease was vacant: restarting this node as the market's seller", flush=True)
+        print("the seller's lease changed hands: restarting this node to join its market again "
+              f"({'as the seller' if exchange.node is not None and exchange.node.taking_over else 'as an edge'})", flush=True)
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, ADOPT_ENV: exchange.handover})
     return 0 if server.started else 3  # 3: the start failed (logged), e.g. a node refused while joining
 

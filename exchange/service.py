@@ -131,8 +131,9 @@ class Exchange:
             if not self.node.selling:
                 self.bookstore.on_saved = self.link.book_saved
             await self.link.start()
+        if self.node is not None:
+            self.node.on_vacant = self.node.on_lost = self._replace
         if self.node is not None and not self.node.selling:  # an edge: the seller relays events and delivers webhooks
-            self.node.on_vacant = self._take_over
             self.relay = self.webhooks = None
         if self.settings.retention_days and vault is not None:
             self._tasks.append(asyncio.create_task(self.privacy.sweeper(self.clock.now_ns), name="retention"))
@@ -191,11 +192,14 @@ class Exchange:
             except Exception:  # the sweeper must outlive a bad record; the bug is logged
                 log.exception("sweeper_failed")
 
-    def _take_over(self) -> None:
-        """This edge took the lease of a seller that vanished (killed, cut off past its lease): its
-        process is replaced by one that starts as the seller, rebuilding the market from the
-        database (accounts, balances, calls in flight, the book) as a restarted seller does. Its
-        buyers' sockets close with it; they reconnect to any node."""
+    def _replace(self) -> None:
+        """This node's role changed under it: an edge took the lease of a seller that vanished
+        (killed, cut off past its lease), or this seller's lease was taken by another process
+        (Redis restarted, a stall past its TTL; its writer is fenced out by the new seller's epoch).
+        Its process is replaced by one that joins the market again with its leases: the new seller
+        rebuilds the market from the database (accounts, balances, calls in flight, the book) as a
+        restarted seller does; a former seller comes back as an edge. Buyers' sockets close with
+        the old process; they reconnect to any node."""
         assert self.node is not None
         self.handover = self.node.token
         self.ready = False

@@ -32,7 +32,7 @@ from tests.e2e.wsclient import Buyer
 
 LA = ZoneInfo("America/Los_Angeles")  # CA calls: the campaigns' local day
 # (buyer, deposit, credit) and its campaigns: (id, bid, concurrency, daily cap)
-BUYERS = [("rich", 400_000, 0, [("r1", 3000, 2, 40), ("r2", 2600, 3, 60)]),
+BUYERS = [("rich", 400_000, 0, [("r1", 3000, 2, 25), ("r2", 2600, 3, 40)]),  # the daily caps bind: 240 calls offered
           ("thin", 12_000, 6_000, [("t1", 3200, 2, 100)]),  # runs out of funds: 18,000 with its credit
           ("tiny", 5_000, 0, [("y1", 3500, 1, 100)])]       # the top bid, and funds for one call
 WORKERS, CALLS_EACH = 8, 30

@@ -1,5 +1,5 @@
-"""Redis restarted under a market of two real nodes (a private redis-server, killed and started
-again empty on the same port): while it is down the nodes fail closed with a clear reason once
+"""Redis restarted under a market of two real nodes, each in its own network namespace (a private
+redis-server, killed and started again empty on the same port): while it is down the nodes fail closed with a clear reason once
 their leases can no longer be trusted (``503 node_stale``); when it is back, exactly one node
 sells again (the leases are taken again; a seller that finds its lease taken by the other node is
 replaced by a process that joins as an edge, fenced out of the ledger by the new seller's epoch),
@@ -19,6 +19,7 @@ import pytest
 
 from exchange.messages import Ack, Campaign
 from tests.cluster.conftest import ROOT, Market, redis_client, start_node, until
+from tests.cluster.netns import fabric
 from tests.e2e.conftest import Server, free_port, stop_server
 from tests.e2e.wsclient import Buyer
 
@@ -56,8 +57,18 @@ def test_redis_restarted_under_two_nodes_fails_closed_then_one_seller_sells_agai
         pytest.skip("redis-server is not installed")
     port = free_port()
     redis_proc = redis_on(port)
-    market = market._replace(redis_url=f"redis://127.0.0.1:{port}/0")
-    nodes = [start_node(market, "s"), start_node(market, "e")]
+    with fabric(["s", "e"], [5432, port]) as fab:  # each node in its own network namespace
+        gw = fab.gateway
+        m = market._replace(database_url=market.database_url.replace("127.0.0.1", gw), redis_url=f"redis://{gw}:{port}/0")
+        nodes = [start_node(m, name, host=fab.addr[name], prefix=fab.prefix(name)) for name in ("s", "e")]
+        redis_proc = redis_restarted(nodes, redis_proc, port)
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": market.database_url}
+    for cmd in (["billing", "reconcile"], ["audit", "verify"]):
+        out = subprocess.run([sys.executable, "-m", "exchange", *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def redis_restarted(nodes: list[Server], redis_proc: subprocess.Popen, port: int) -> subprocess.Popen:
     buyer: Buyer | None = None
     try:
         seller = nodes[0]
@@ -92,10 +103,7 @@ def test_redis_restarted_under_two_nodes_fails_closed_then_one_seller_sells_agai
             stop_server(n)
         redis_proc.kill()
         redis_proc.wait(5)
-    env = {**os.environ, "EXCHANGE_DATABASE_URL": market.database_url}
-    for cmd in (["billing", "reconcile"], ["audit", "verify"]):
-        out = subprocess.run([sys.executable, "-m", "exchange", *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stdout + out.stderr
+    return redis_proc
 
 
 def test_a_seller_whose_lease_another_process_took_steps_down_and_the_market_sells_again(market: Market) -> None:

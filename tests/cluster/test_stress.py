@@ -27,6 +27,7 @@ import httpx
 
 from exchange.messages import Ack, Campaign, Caps
 from tests.cluster.conftest import ROOT, Market, start_node, submit, until
+from tests.cluster.netns import Fabric, fabric
 from tests.e2e.conftest import ADMIN, Server, stop_server
 from tests.e2e.wsclient import Buyer
 
@@ -42,10 +43,16 @@ ENV = {"EXCHANGE_RATE_LIMIT_HTTP_PER_S": "100000", "EXCHANGE_RATE_LIMIT_HTTP_BUR
 class Load:
     """The market, its clients' bookkeeping, and the checks."""
 
-    def __init__(self, market: Market) -> None:
+    def __init__(self, market: Market, fab: Fabric | None = None) -> None:
+        """Three nodes on loopback, or each in its own network namespace of ``fab`` (``s``, ``e1``, ``e2``)."""
         self.market = market
-        self.nodes: list[Server] = [start_node(market, "s", **ENV)]
-        self.nodes += [start_node(market, f"e{i}", **ENV) for i in (1, 2)]
+        if fab is not None:
+            gw = fab.gateway
+            market = market._replace(database_url=market.database_url.replace("127.0.0.1", gw),
+                                     redis_url=market.redis_url.replace("127.0.0.1", gw))
+        self.nodes: list[Server] = [
+            start_node(market, name, **ENV) if fab is None else start_node(market, name, host=fab.addr[name], prefix=fab.prefix(name), **ENV)
+            for name in ("s", "e1", "e2")]
         self.buyers: list[Buyer] = []
         self.limits: dict[str, tuple[int, int]] = {}
         self.funds: dict[str, tuple[str, int, int]] = {}
@@ -197,7 +204,12 @@ def test_random_concurrent_calls_over_three_nodes_keep_every_cap_and_every_balan
 
 
 def test_the_seller_killed_under_load_loses_nothing_acknowledged_and_charges_nothing_twice(market: Market) -> None:
-    load = Load(market)
+    """Each node in its own network namespace (``tests/cluster/netns.py``)."""
+    with fabric(["s", "e1", "e2"], [5432, 6379]) as fab:
+        seller_killed_under_load(Load(market, fab))
+
+
+def seller_killed_under_load(load: Load) -> None:
     try:
         load.setup()
         seller = load.nodes[0]

@@ -205,7 +205,7 @@ def build(cfg: Config, plan: Plan, target: Target, final: dict[str, Any] | None,
     check("errors", errors["total"], errors["total"] <= th.max_errors, f"<= {th.max_errors}")
     res["checks"] = checks
     res["passed"] = all(c["ok"] for c in checks)
-    res["server_samples"] = [{"t": s["t"], "server_cpu_s": s["server_cpu_s"], "locust_cpu_s": s["locust_cpu_s"],
+    res["server_samples"] = [{"t": s["t"], "server_cpu_s": s["server_cpu_s"], "node_cpu_s": s.get("node_cpu_s"), "locust_cpu_s": s["locust_cpu_s"],
                               "machine_busy_s": s["machine"][0] if s["machine"] else None,
                               "bids": (s["metrics"] or {}).get(BIDS), "frames": (s["metrics"] or {}).get(FRAMES),
                               "calls": (s["metrics"] or {}).get(CALLS), "rejected": (s["metrics"] or {}).get(REJECTED),

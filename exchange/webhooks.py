@@ -1,19 +1,26 @@
-"""Signed webhooks: each endpoint gets its tenant's domain events, off the hot path.
+"""Signed webhooks, the delivery engine: each endpoint gets its tenant's domain events, off the hot path.
 
-Every endpoint has its own task, its own position in the event stream (billing.events) and at
-most ``webhook_inflight`` deliveries in flight (1 by default: in order), so a slow or failing
-endpoint holds up nobody else: not decisions (the tasks only read the store, after commit),
-not other endpoints. The writer's commit wakes only the endpoints of the accounts its records
-address (``Batch.parties``); a woken endpoint reads its own events from the store.
+It runs in the delivery worker's own process (exchange.deliver, started by ``serve``), not in
+the exchange's event loop: it reads only the store, where the writer's commits put the records
+(the outbox: an event exists iff its record is durable). A follower polls the audit trail's head
+every ``webhook_poll_ms``; when it moved, it reads which accounts the new records address
+(``event_parties`` by seq) and wakes only those accounts' endpoints (the operator's: all); a
+woken endpoint reads its own events from the store, from its own position. A second poll every
+second picks up endpoints created or deleted through the API (exchange.webhook_registry).
 
-A delivery is a ``POST`` of one event (the same bytes on every attempt) with ``DCE-Event-Id``
-and ``DCE-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``. A non-2xx
+Every endpoint has its own task, position and at most ``webhook_inflight`` deliveries in flight
+(1 by default: in order), so a slow or failing endpoint holds up nobody else. A delivery is a
+``POST`` of one event (the same bytes on every attempt) with ``DCE-Event-Id`` and
+``DCE-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``. A non-2xx
 answer, a redirect (never followed), a timeout or a refused address is a failure: the event is
 tried again after each delay of ``webhook_retry_s`` (30 s, 2 min, ... 24 h: over two days in
-all), and the endpoint is disabled after ``webhook_disable_after`` failed attempts in a row,
-with a ``webhook.disabled`` event to its owner. Every attempt is logged
-(``GET /v1/webhooks/{id}/deliveries``). Each delivery resolves the host again and connects to
-the address it checked (exchange.ssrf).
+all; the retries are rows in the store), and the endpoint is disabled after
+``webhook_disable_after`` failed attempts in a row; the exchange then records the
+``webhook.disabled`` notice to its owner (the audit trail has one writer). Every attempt is
+logged (``GET /v1/webhooks/{id}/deliveries``). Log rows and positions are written in batches
+every ``FLUSH_S``, rows before positions: a worker killed in between delivers again from the
+saved position (at least once, with the same event id and body), never skips. Each delivery
+resolves the host again and connects to the address it checked (exchange.ssrf).
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,14 +37,16 @@ import aiohttp
 import msgspec
 
 from billing.events import DomainEvent, derive, parse_position, position, select
-from billing.records import AuditEvent
-from billing.store import Batch, Store, StoreUnavailable
+from billing.store import Store, StoreUnavailable
 
 from . import ssrf
 
 log = logging.getLogger("exchange.webhooks")
 _encode = msgspec.json.Encoder().encode
 OPERATOR = "operator"
+FLUSH_S = 0.1  # delivery log rows and positions are written this often, in one statement each
+SYNC_S = 1.0  # endpoints created or deleted through the API are seen within this
+CHUNK = 500  # rows per statement
 
 
 def sign(secret: str, t: int, body: bytes) -> str:
@@ -80,37 +88,43 @@ COLS = "id, account, url, events, secret, created_ns, position, failures, disabl
 
 
 class Webhooks:
-    def __init__(self, store: Store, record: Callable[[AuditEvent], Any], head: Callable[[], int], settings: Any,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
-        self.store, self.record, self.head, self.clock = store, record, head, clock_ns
+    def __init__(self, store: Store, settings: Any, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.store, self.clock = store, clock_ns
         s = settings
         self.schedule = parse_schedule(s.webhook_retry_s)
         self.allow_loopback, self.disable_after, self.inflight = s.webhook_allow_loopback, s.webhook_disable_after, s.webhook_inflight
-        self.timeout_s, self.max_per_account = s.webhook_timeout_s, s.webhook_max_per_account
+        self.timeout_s, self.poll_s = s.webhook_timeout_s, s.webhook_poll_ms / 1000
         self.own = (s.host, s.port)
         self.hooks: dict[str, Hook] = {}
         self.delivered = self.failed = 0
+        self.tail = 0  # the last audit seq whose addressees' endpoints were woken
+        self._log: list[tuple] = []  # delivery log rows not yet written
+        self._positions: dict[str, str] = {}  # endpoint -> position not yet written
+        self._tasks: list[asyncio.Task] = []
+        self._disabled: set[str] = set()  # disabled here (a look at the store begun before may still list them)
+        self._flushing = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        # aiohttp, as for HTTP bidders' pings (exchange.httpbid): httpx's engine spent ~15x the CPU
-        # per request, taken from the decisions' event loop (bench.integrations: decision p99 on/off)
+        # aiohttp, as for HTTP bidders' pings (exchange.httpbid): httpx's engine spent ~15x the CPU per request
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60.0, use_dns_cache=False),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s), trust_env=False, skip_auto_headers=("Accept-Encoding",),
             headers={"User-Agent": "dce-exchange-webhooks/1", "Content-Type": "application/json"})
-        for row in await self.store.fetch(f"SELECT {COLS} FROM webhooks WHERE disabled_ns IS NULL"):
-            self._run(Hook(row))
-        for wid, due in await self.store.fetch("SELECT webhook_id, min(due_ns) FROM webhook_retries GROUP BY webhook_id"):
-            if wid in self.hooks:
-                self.hooks[wid].next_due = int(due)
+        self.tail = await self._head()  # every endpoint catches up from its own position when it starts
+        await self._sync()
+        self._tasks = [asyncio.create_task(f(), name=f"webhooks-{f.__name__}") for f in (self._follow, self._flusher)]
 
     async def stop(self) -> None:
-        tasks = [t for t in (h.task for h in self.hooks.values()) if t is not None]
+        tasks = self._tasks + [t for t in (h.task for h in self.hooks.values()) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._flush()
+        except StoreUnavailable:
+            pass  # delivered again from the saved positions at the next start
         if self._http is not None:
             await self._http.close()
 
@@ -120,54 +134,94 @@ class Webhooks:
         hook.wake.set()  # catch up from its position
         hook.task = asyncio.create_task(self._serve(hook), name=f"webhook-{hook.id}")
 
-    # ------------------------------------------------------------------ the API's operations
-    async def create(self, account: str, url: str, events: list[str], secret: str | None) -> tuple[Hook, str]:
-        target = ssrf.parse(url)
-        await ssrf.resolve(target, self.allow_loopback, self.own)
-        mine = sum(1 for h in self.hooks.values() if h.account == account)
-        if mine >= self.max_per_account:
-            raise ssrf.UrlRefused(f"at most {self.max_per_account} webhooks per account")
-        secret = secret or "whsec_" + secrets.token_urlsafe(32)
-        wid = "wh_" + secrets.token_hex(8)
-        row = (wid, account, url, ",".join(sorted(set(events))), secret, self.clock(), position(self.head()), 0, None, None)
-        await self.store.fetch(f"INSERT INTO webhooks ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id", *row)
-        hook = Hook(row)
-        self._run(hook)
-        return hook, secret
+    async def _sync(self) -> None:
+        """Start the endpoints created since the last look, stop the ones deleted."""
+        rows = await self.store.fetch(f"SELECT {COLS} FROM webhooks WHERE disabled_ns IS NULL")
+        live = {r[0] for r in rows}
+        new = [Hook(r) for r in rows if r[0] not in self.hooks and r[0] not in self._disabled]
+        if new:
+            due = dict(await self.store.fetch("SELECT webhook_id, min(due_ns) FROM webhook_retries GROUP BY webhook_id"))
+            for hook in new:
+                hook.next_due = int(due.get(hook.id) or 0)
+                self._run(hook)
+        for wid in [w for w in self.hooks if w not in live and w not in self._disabled]:
+            hook = self.hooks.pop(wid)
+            if hook.task is not None:
+                hook.task.cancel()
+            self._positions.pop(wid, None)
+            await self.store.fetch("DELETE FROM webhook_retries WHERE webhook_id = ? RETURNING webhook_id", wid)
 
-    async def listed(self, account: str) -> list[Hook]:
-        rows = await self.store.fetch(f"SELECT {COLS} FROM webhooks" + ("" if account == OPERATOR else " WHERE account = ?")
-                                      + " ORDER BY created_ns, id", *(() if account == OPERATOR else (account,)))
-        return [self.hooks.get(r[0]) or Hook(r) for r in rows]
+    async def _head(self) -> int:
+        rows = await self.store.fetch("SELECT coalesce(max(seq), 0) FROM audit")
+        return int(rows[0][0])
 
-    async def owned(self, account: str, wid: str) -> Hook | None:
-        rows = await self.store.fetch(f"SELECT {COLS} FROM webhooks WHERE id = ?", wid)
-        if not rows or (account != OPERATOR and rows[0][1] != account):
-            return None
-        return self.hooks.get(wid) or Hook(rows[0])
+    # ------------------------------------------------------------------ the follower and the flusher
+    async def _follow(self) -> None:
+        """Wake the endpoints of the accounts the records past ``tail`` address; look for new endpoints."""
+        synced = time.monotonic()
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                if time.monotonic() - synced >= SYNC_S:
+                    synced = time.monotonic()
+                    await self._sync()
+                head = await self._head()
+                if head <= self.tail:
+                    continue
+                rows = await self.store.fetch("SELECT DISTINCT account FROM event_parties WHERE seq > ? AND seq <= ?", self.tail, head)
+                accounts = {r[0] for r in rows}
+                for h in self.hooks.values():
+                    if h.account == OPERATOR or h.account in accounts:
+                        h.wake.set()
+                self.tail = head
+            except StoreUnavailable:
+                pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the follower must go on
+                log.exception("webhook_follower_failed")
 
-    async def delete(self, hook: Hook) -> None:
-        live = self.hooks.pop(hook.id, None)
-        if live is not None and live.task is not None:
-            live.task.cancel()
-        for sql in ("DELETE FROM webhook_retries WHERE webhook_id = ?", "DELETE FROM webhooks WHERE id = ?"):
-            await self.store.fetch(sql, hook.id)
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self._flush()
+            except StoreUnavailable:
+                pass  # kept, written next time
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("webhook_flush_failed")
 
-    async def deliveries(self, hook: Hook, limit: int) -> list[tuple]:
-        return await self.store.fetch(
-            "SELECT event_id, attempt, at_ns, ok, http_status, error, duration_ms, next_ns FROM webhook_deliveries "
-            "WHERE webhook_id = ? ORDER BY at_ns DESC LIMIT ?", hook.id, limit)
+    async def _flush(self) -> None:
+        """The delivery log rows, then the positions (a position is never ahead of its log rows)."""
+        async with self._flushing:
+            await self._write()
 
-    # ------------------------------------------------------------------ the tasks
-    def committed(self, batch: Batch) -> None:
-        """The writer committed ``batch``: wake the endpoints of the accounts it addresses."""
-        if not self.hooks or not batch.audit:
-            return
-        accounts = {p for p, _ in batch.parties}
-        for h in self.hooks.values():
-            if h.account == OPERATOR or h.account in accounts:
-                h.wake.set()
+    async def _write(self) -> None:
+        rows, self._log = self._log, []
+        try:
+            while rows:
+                part = rows[:CHUNK]
+                await self.store.fetch("INSERT INTO webhook_deliveries VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)),
+                                       *(v for r in part for v in r))
+                rows = rows[CHUNK:]
+        except BaseException:
+            self._log[:0] = rows
+            raise
+        moved, self._positions = list(self._positions.items()), {}
+        try:
+            while moved:
+                part = moved[:CHUNK]
+                await self.store.fetch("UPDATE webhooks SET position = v.column2 FROM (VALUES " + ", ".join(["(?, ?)"] * len(part))
+                                       + ") AS v WHERE webhooks.id = v.column1", *(v for r in part for v in r))
+                moved = moved[CHUNK:]
+        except BaseException:
+            for wid, pos in moved:
+                self._positions.setdefault(wid, pos)
+            raise
 
+    # ------------------------------------------------------------------ the endpoints' tasks
     async def _serve(self, hook: Hook) -> None:
         while hook.disabled_ns is None:
             try:
@@ -197,7 +251,7 @@ class Webhooks:
             events = select(rows, viewer, hook.position, hook.events, 100_000)
             await asyncio.gather(*(self._attempt(hook, ev, 0) for ev in events))
             hook.position = parse_position(position(rows[-1].seq))
-            await self.store.fetch("UPDATE webhooks SET position = ? WHERE id = ? RETURNING id", position(rows[-1].seq), hook.id)
+            self._positions[hook.id] = position(rows[-1].seq)
             if len(rows) < 200:
                 return
 
@@ -231,7 +285,7 @@ class Webhooks:
             self.delivered += 1
             hook.failures = 0
             if attempt:
-                await self.store.fetch("DELETE FROM webhook_retries WHERE webhook_id = ? AND event_id = ?", hook.id, ev.id)
+                await self.store.fetch("DELETE FROM webhook_retries WHERE webhook_id = ? AND event_id = ? RETURNING attempt", hook.id, ev.id)
         else:
             self.failed += 1
             hook.failures += 1
@@ -242,9 +296,8 @@ class Webhooks:
                     "SET attempt = excluded.attempt, due_ns = excluded.due_ns RETURNING attempt", hook.id, ev.id, attempt + 1, next_ns)
                 hook.next_due = min(hook.next_due, next_ns) if hook.next_due else next_ns
             else:
-                await self.store.fetch("DELETE FROM webhook_retries WHERE webhook_id = ? AND event_id = ?", hook.id, ev.id)
-        await self.store.fetch("INSERT INTO webhook_deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING attempt",
-                               hook.id, ev.id, attempt, now, ok, status, error, ms, next_ns)
+                await self.store.fetch("DELETE FROM webhook_retries WHERE webhook_id = ? AND event_id = ? RETURNING attempt", hook.id, ev.id)
+        self._log.append((hook.id, ev.id, attempt, now, ok, status, error, ms, next_ns))
         if hook.failures != failures_before:  # a delivery after a delivery writes its log line only
             await self.store.fetch("UPDATE webhooks SET failures = ? WHERE id = ? RETURNING id", hook.failures, hook.id)
         if hook.failures >= self.disable_after and hook.disabled_ns is None:
@@ -273,13 +326,15 @@ class Webhooks:
         return status, None if 200 <= status < 300 else f"HTTP {status}"
 
     async def _disable(self, hook: Hook, reason: str) -> None:
+        """Disabled in the store; the exchange records the notice (exchange.webhook_registry)."""
         now = self.clock()
         hook.disabled_ns, hook.disabled_reason = now, reason
+        self._disabled.add(hook.id)
+        await self._flush()  # its log rows first
         await self.store.fetch("UPDATE webhooks SET disabled_ns = ?, disabled_reason = ? WHERE id = ? RETURNING id", now, reason, hook.id)
-        self.record(AuditEvent(now, "webhook", None, None, {"account": hook.account, "webhook_id": hook.id, "url": hook.url,
-                                                             "state": "disabled", "reason": reason}))
         self.hooks.pop(hook.id, None)
         log.warning("webhook_disabled", extra={"webhook": hook.id, "account": hook.account, "reason": reason})
 
     def gauges(self) -> dict[str, int]:
-        return {"webhooks_active": len(self.hooks), "webhook_deliveries_ok": self.delivered, "webhook_deliveries_failed": self.failed}
+        return {"webhooks_active": len(self.hooks), "webhook_deliveries_ok": self.delivered, "webhook_deliveries_failed": self.failed,
+                "webhooks_tail": self.tail}

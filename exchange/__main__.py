@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         except (SettingsError, ValueError) as exc:
             print(exc, file=sys.stderr)
             return 2
+        from .server import configure_logging
+
+        configure_logging(settings.log_level)
         return run_worker(settings, args.parent)
     try:
         settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None) if args.command == "serve" else None)

@@ -100,9 +100,7 @@ def read_settings(raw: bytes) -> Settings:
 
 
 def run_worker(settings: Settings, parent: int | None = None) -> int:
-    from .server import configure_logging
-
-    configure_logging(settings.log_level)
+    """The worker's main (logging configured by the caller, exchange.__main__)."""
     if settings.webhook_worker_nice:
         with contextlib.suppress(OSError):
             os.nice(settings.webhook_worker_nice)

@@ -45,7 +45,7 @@ import httpx
 
 from bench.httpbidders import PingServer, pcts
 from exchange.messages import Campaign, json_encoder
-from loadtest.target import free_port, start_exchange
+from loadtest.target import free_port, proc_cpu_s, start_exchange
 from loadtest.workload import us_caller
 
 VERT = "bench_hooks"
@@ -122,19 +122,25 @@ def standing_buyer(t: Any) -> Any:
     return ws
 
 
-async def calls(url: str, keys: list[str], n: int, concurrency: int, seed: int, complete: bool) -> dict[str, Any]:
+async def calls(url: str, keys: list[str], n: int, concurrency: int, seed: int, complete: bool, rate: float = 0) -> dict[str, Any]:
+    """``n`` calls from ``concurrency`` clients; with ``rate``, call i starts no sooner than i/rate s
+    after the first (the same offered load whatever the phase, while the exchange keeps up)."""
     import random
 
     rng = random.Random(seed)
-    todo = [(keys[i % len(keys)], us_caller(rng)[0]) for i in range(n)]
+    todo = [(keys[i % len(keys)], us_caller(rng)[0]) for i in range(n)][::-1]
     dec: list[float] = []
     wall: list[float] = []
     bad = 0
+    start = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=concurrency * 2)) as client:
         async def worker() -> None:
             nonlocal bad
             while todo:
+                due = start + (n - len(todo)) / rate if rate else 0
                 key, caller = todo.pop()
+                if rate and (wait := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
                 auth = {"Authorization": f"Bearer {key}"}
                 t0 = time.perf_counter()
                 r = await client.post("/v1/calls", json={"caller": caller, "vertical": VERT}, headers=auth)
@@ -151,7 +157,8 @@ async def calls(url: str, keys: list[str], n: int, concurrency: int, seed: int, 
                         e.raise_for_status()
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"calls": n, "not_routed": bad, "decision_us": pcts(dec), "wall_us": pcts(wall)}
+    return {"calls": n, "not_routed": bad, "decision_us": pcts(dec), "wall_us": pcts(wall),
+            "calls_per_s": round(n / (time.perf_counter() - start), 1)}
 
 
 def gauge(t: Any, name: str) -> float:
@@ -267,6 +274,21 @@ def settle_count(counter: Any, quiet_s: float = 1.5, limit_s: float = 300) -> tu
     return value, moved
 
 
+def worker_pid(t: Any) -> int | None:
+    """The exchange's child running ``exchange deliver`` (the delivery worker), if any."""
+    try:
+        kids = Path(f"/proc/{t.pid}/task/{t.pid}/children").read_text().split()
+        return next((int(k) for k in kids if b"deliver" in Path(f"/proc/{k}/cmdline").read_bytes()), None)
+    except OSError:
+        return None
+
+
+def cpu(t: Any) -> tuple[float, float]:
+    """CPU seconds so far of (the exchange's process, the delivery worker's)."""
+    w = worker_pid(t)
+    return proc_cpu_s(t.pid) or 0.0, (proc_cpu_s(w) or 0.0) if w else 0.0
+
+
 def bench_webhooks(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     started = multiprocessing.Event()
@@ -279,7 +301,9 @@ def bench_webhooks(args: argparse.Namespace) -> dict[str, Any]:
                         "EXCHANGE_WEBHOOK_DELIVERY": args.delivery, **store_env(args, args.schemas)})
     try:
         ws = standing_buyer(t)
-        _, quiet_pub = account(t, "publisher", "bench-quiet")
+        # as many publishers without webhooks as with (the off phase's calls spread alike: a
+        # publisher's own windows, e.g. its quality signals, grow with its calls)
+        quiet = [account(t, "publisher", f"bench-quiet-{p}")[1] for p in range(max(1, args.endpoints // 20))]
         hooked = []
         for p in range(max(1, args.endpoints // 20)):
             _, key = account(t, "publisher", f"bench-hooked-{p}")
@@ -291,7 +315,7 @@ def bench_webhooks(args: argparse.Namespace) -> dict[str, Any]:
                 r.raise_for_status()
         registered = len(t.http.get("/v1/webhooks").json()["webhooks"])
         time.sleep(2.0)  # the worker has seen every endpoint
-        asyncio.run(calls(t.base, [quiet_pub], 200, args.concurrency, 1, complete=False))  # warm
+        asyncio.run(calls(t.base, quiet, 200, args.concurrency, 1, complete=False))  # warm
         asyncio.run(calls(t.base, hooked, 200, args.concurrency, 2, complete=False))
         settle_count(counter)
         runs = []
@@ -299,11 +323,16 @@ def bench_webhooks(args: argparse.Namespace) -> dict[str, Any]:
             phases: dict[str, Any] = {}
             for phase in (("off", "on") if r % 2 == 0 else ("on", "off")):  # alternated: drift over the run cancels
                 before, t0 = settle_count(counter)[0], time.monotonic()
-                keys = hooked if phase == "on" else [quiet_pub]
-                phases[phase] = asyncio.run(calls(t.base, keys, args.calls, args.concurrency, 100 * (phase == "on") + r, complete=False))
+                cpu0 = cpu(t)
+                keys = hooked if phase == "on" else quiet
+                phases[phase] = asyncio.run(calls(t.base, keys, args.calls, args.concurrency, 100 * (phase == "on") + r, complete=False,
+                                                  rate=args.rate))
                 phases[phase]["phase_s"] = round(time.monotonic() - t0, 2)
+                cpu1 = cpu(t)
+                phases[phase]["exchange_cpu_us_per_call"] = round((cpu1[0] - cpu0[0]) / args.calls * 1e6)
                 if phase == "on":
                     done, last = settle_count(counter)
+                    phases[phase]["worker_cpu_us_per_delivery"] = round((cpu(t)[1] - cpu0[1]) / max(1, done - before) * 1e6)
                     phases[phase]["deliveries"] = done - before
                     phases[phase]["deliveries_per_s"] = round((done - before) / max(1e-9, last - t0), 1)
                     phases[phase]["drain_after_phase_s"] = round(max(0.0, last - t0 - phases[phase]["phase_s"]), 2)
@@ -320,12 +349,16 @@ def bench_webhooks(args: argparse.Namespace) -> dict[str, Any]:
 
         summary = {
             "delivery": args.delivery,
+            "offered_calls_per_s": args.rate or "as fast as the clients go",
             "endpoints_registered": registered,
             "deliveries_per_call": args.live,
             "deliveries_per_s": med(lambda x: x["deliveries_per_s"]),
             "decision_us_p99": {"off": med(lambda x: x["off"]["decision_us"]["p99"]), "on": med(lambda x: x["on"]["decision_us"]["p99"])},
             "decision_us_p50": {"off": med(lambda x: x["off"]["decision_us"]["p50"]), "on": med(lambda x: x["on"]["decision_us"]["p50"])},
             "wall_us_p99": {"off": med(lambda x: x["off"]["wall_us"]["p99"]), "on": med(lambda x: x["on"]["wall_us"]["p99"])},
+            "exchange_cpu_us_per_call": {"off": med(lambda x: x["off"]["exchange_cpu_us_per_call"]),
+                                         "on": med(lambda x: x["on"]["exchange_cpu_us_per_call"])},
+            "worker_cpu_us_per_delivery": med(lambda x: x["on"]["worker_cpu_us_per_delivery"]),
             # the target: the median over rounds of each round's on/off ratio of the decision's p99
             "median_ratio_decision_p99_on_over_off": med(lambda x: x["ratio_decision_p99"]),
             "median_ratio_wall_p99_on_over_off": med(lambda x: x["ratio_wall_p99"]),
@@ -341,6 +374,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=1500)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rate", type=float, default=300, help="webhooks: calls/s offered in each phase (0: closed loop)")
     ap.add_argument("--delivery", choices=("process", "loop"), default="process",
                     help="where deliveries run: the delivery worker process (default) or the exchange's own loop (the old way)")
     ap.add_argument("--concurrency", type=int, default=4)

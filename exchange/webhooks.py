@@ -1,12 +1,12 @@
 """Signed webhooks, the delivery engine: each endpoint gets its tenant's domain events, off the hot path.
 
 It runs in the delivery worker's own process (exchange.deliver, started by ``serve``), not in
-the exchange's event loop: it reads only the store, where the writer's commits put the records
+the exchange's event loop, and reads only the store, where the writer's commits put the records
 (the outbox: an event exists iff its record is durable). A follower polls the audit trail's head
-every ``webhook_poll_ms``; when it moved, it reads which accounts the new records address
-(``event_parties`` by seq) and wakes only those accounts' endpoints (the operator's: all); a
-woken endpoint reads its own events from the store, from its own position. A second poll every
-second picks up endpoints created or deleted through the API (exchange.webhook_registry).
+every ``webhook_poll_ms``; when it moved, it reads the new records once, derives their events
+once and hands each endpoint in step its own (the operator's: all); an endpoint behind (new,
+restarted, or slow past ``INBOX_MAX``) reads its own events from the store, from its position,
+until it is in step. Every second it picks up endpoints created or deleted through the API.
 
 Every endpoint has its own task, position and at most ``webhook_inflight`` deliveries in flight
 (1 by default: in order), so a slow or failing endpoint holds up nobody else. A delivery is a
@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from billing.events import DomainEvent, derive, parse_position, position, select
+from billing.events import DomainEvent, derive, event_id, parse_position, position, select
 from billing.store import Store, StoreUnavailable
 
 from . import ssrf
@@ -47,6 +47,8 @@ OPERATOR = "operator"
 FLUSH_S = 0.1  # delivery log rows and positions are written this often, in one statement each
 SYNC_S = 1.0  # endpoints created or deleted through the API are seen within this
 CHUNK = 500  # rows per statement
+FOLLOW_ROWS = 2000  # records the follower reads at once
+INBOX_MAX = 10_000  # events handed to an endpoint not yet delivered; past it, it reads the store again
 
 
 def sign(secret: str, t: int, body: bytes) -> str:
@@ -64,7 +66,7 @@ def parse_schedule(raw: str) -> tuple[float, ...]:
 
 class Hook:
     __slots__ = ("id", "account", "url", "events", "secret", "position", "failures", "disabled_ns", "disabled_reason",
-                 "created_ns", "wake", "task", "next_due", "sem")
+                 "created_ns", "wake", "task", "next_due", "sem", "inbox", "covered", "busy")
 
     def __init__(self, row: tuple) -> None:
         self.id, self.account, self.url, events, self.secret, self.created_ns, pos, self.failures, \
@@ -75,6 +77,9 @@ class Hook:
         self.task: asyncio.Task | None = None
         self.next_due = 0
         self.sem: asyncio.Semaphore | None = None
+        self.inbox: list[DomainEvent] = []  # events the follower handed over, not yet delivered
+        self.covered = -1  # the follower's tail its inbox reaches (-1: behind, it reads the store itself)
+        self.busy = False
 
     def view(self) -> dict[str, Any]:
         from .instants import rfc3339
@@ -157,7 +162,8 @@ class Webhooks:
 
     # ------------------------------------------------------------------ the follower and the flusher
     async def _follow(self) -> None:
-        """Wake the endpoints of the accounts the records past ``tail`` address; look for new endpoints."""
+        """Read the records past ``tail`` once, derive their events once, and hand each endpoint in
+        step its own (the others, behind, are woken to read the store); look for new endpoints."""
         synced = time.monotonic()
         while True:
             await asyncio.sleep(self.poll_s)
@@ -166,20 +172,42 @@ class Webhooks:
                     synced = time.monotonic()
                     await self._sync()
                 head = await self._head()
-                if head <= self.tail:
-                    continue
-                rows = await self.store.fetch("SELECT DISTINCT account FROM event_parties WHERE seq > ? AND seq <= ?", self.tail, head)
-                accounts = {r[0] for r in rows}
-                for h in self.hooks.values():
-                    if h.account == OPERATOR or h.account in accounts:
-                        h.wake.set()
-                self.tail = head
+                if head > self.tail:
+                    rows = await self.store.event_rows(None, self.tail + 1, FOLLOW_ROWS)
+                    self._hand_over(rows, rows[-1].seq if len(rows) == FOLLOW_ROWS else head)
             except StoreUnavailable:
                 pass
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the follower must go on
                 log.exception("webhook_follower_failed")
+
+    def _hand_over(self, rows: list, upto: int) -> None:
+        every: list[DomainEvent] = []
+        mine: dict[str | None, list[DomainEvent]] = {}
+        for ev in (ev for row in rows for ev in derive(row)):
+            every.append(ev)
+            mine.setdefault(ev.account, []).append(ev)
+        prev, self.tail = self.tail, upto
+        for h in self.hooks.values():
+            evs = every if h.account == OPERATOR else mine.get(h.account, [])
+            if h.covered != prev:  # behind: it reads the store
+                if evs:
+                    h.wake.set()
+                continue
+            if h.events is not None:
+                evs = [e for e in evs if e.type in h.events]
+            if len(h.inbox) + len(evs) > INBOX_MAX:  # a slow endpoint: it reads the store again when it can
+                h.inbox, h.covered = [], -1
+                h.wake.set()
+                continue
+            h.covered = upto
+            if evs or h.busy or h.inbox:
+                h.inbox.extend(evs)
+                h.wake.set()
+            else:  # nothing for it: its position moves on
+                h.position = (upto, 999)
+                self._positions[h.id] = position(upto)
 
     async def _flusher(self) -> None:
         while True:
@@ -242,25 +270,57 @@ class Webhooks:
                 pass
 
     async def _catch_up(self, hook: Hook) -> None:
+        hook.busy = True
+        try:
+            while hook.disabled_ns is None:
+                if hook.covered >= 0:  # in step with the follower: its events are in the inbox
+                    after = event_id(*hook.position)
+                    events, upto, hook.inbox = [e for e in hook.inbox if e.id > after], hook.covered, []
+                    await asyncio.gather(*(self._attempt(hook, ev, 0) for ev in events))
+                    if hook.disabled_ns is not None:
+                        return
+                    if hook.covered >= 0:
+                        self._moved(hook, upto)
+                    if not hook.inbox:
+                        return
+                elif await self._from_store(hook):
+                    return
+        finally:
+            hook.busy = False
+
+    async def _from_store(self, hook: Hook) -> bool:
+        """One page of the endpoint's events up to the follower's tail; True once it is in step."""
         viewer = None if hook.account == OPERATOR else hook.account
-        while hook.disabled_ns is None:
-            seq, index = hook.position
-            rows = await self.store.event_rows(viewer, seq if index < 999 else seq + 1, 200)
-            if not rows:
-                return
-            events = select(rows, viewer, hook.position, hook.events, 100_000)
-            await asyncio.gather(*(self._attempt(hook, ev, 0) for ev in events))
-            hook.position = parse_position(position(rows[-1].seq))
-            self._positions[hook.id] = position(rows[-1].seq)
-            if len(rows) < 200:
-                return
+        t = self.tail
+        seq, index = hook.position
+        page = await self.store.event_rows(viewer, seq if index < 999 else seq + 1, 200)
+        rows = [r for r in page if r.seq <= t]  # past the tail: the follower hands them over
+        if rows:
+            await asyncio.gather(*(self._attempt(hook, ev, 0) for ev in select(rows, viewer, hook.position, hook.events, 100_000)))
+            if hook.disabled_ns is not None:
+                return True
+            self._moved(hook, rows[-1].seq)
+        if len(rows) == 200:
+            return False
+        if hook.position[0] > t:  # created past the follower's tail: in step once the tail gets there
+            return True
+        self._moved(hook, t)  # every record up to the tail read
+        if self.tail == t:
+            hook.covered = t
+            return True
+        return False
+
+    def _moved(self, hook: Hook, seq: int) -> None:
+        if (seq, 999) > hook.position:
+            hook.position = (seq, 999)
+            self._positions[hook.id] = position(seq)
 
     async def _retry_due(self, hook: Hook) -> None:
         now = self.clock()
         due = await self.store.fetch("SELECT event_id, attempt FROM webhook_retries WHERE webhook_id = ? AND due_ns <= ? "
                                      "ORDER BY due_ns LIMIT 100", hook.id, now)
-        for event_id, attempt in due:
-            seq, index = parse_position(event_id)
+        for eid, attempt in due:
+            seq, index = parse_position(eid)
             rows = await self.store.event_rows(None, seq, 1)
             events = derive(rows[0]) if rows and rows[0].seq == seq else []
             if index < len(events):
@@ -336,5 +396,4 @@ class Webhooks:
         log.warning("webhook_disabled", extra={"webhook": hook.id, "account": hook.account, "reason": reason})
 
     def gauges(self) -> dict[str, int]:
-        return {"webhooks_active": len(self.hooks), "webhook_deliveries_ok": self.delivered, "webhook_deliveries_failed": self.failed,
-                "webhooks_tail": self.tail}
+        return {"webhooks_active": len(self.hooks), "webhook_deliveries_ok": self.delivered, "webhook_deliveries_failed": self.failed}

@@ -130,8 +130,7 @@ def test_worker_process_delivers_beside_the_exchange_and_survives_kill_9(world):
     calls += more
     restarted = _wait(lambda: [p for p in worker_pids(server) if p != worker[0]], 20)
     assert len(restarted) == 1
-    metrics = server.http.get("/metrics").text
-    assert "exchange_webhook_worker_starts 2" in metrics, [x for x in metrics.splitlines() if "webhook" in x]
+    _wait(lambda: "exchange_webhook_worker_starts 2" in server.http.get("/metrics").text, 10)
 
     events = []
     after = start

@@ -330,6 +330,7 @@ def bench_webhooks(args: argparse.Namespace) -> dict[str, Any]:
                 phases[phase]["phase_s"] = round(time.monotonic() - t0, 2)
                 cpu1 = cpu(t)
                 phases[phase]["exchange_cpu_us_per_call"] = round((cpu1[0] - cpu0[0]) / args.calls * 1e6)
+                phases[phase]["worker_cpu_s_in_phase"] = round(cpu1[1] - cpu0[1], 3)
                 if phase == "on":
                     done, last = settle_count(counter)
                     phases[phase]["worker_cpu_us_per_delivery"] = round((cpu(t)[1] - cpu0[1]) / max(1, done - before) * 1e6)

@@ -24,7 +24,8 @@ from billing.store import StoreUnavailable
 from billing.events import position
 
 from . import ssrf
-from .webhooks import COLS, OPERATOR, Hook, Webhooks
+from .webhook_parts import COLS, OPERATOR, Hook
+from .webhooks import Webhooks
 
 log = logging.getLogger("exchange.webhooks")
 NOTICE_S = 1.0  # how often the exchange looks for endpoints disabled without a notice yet

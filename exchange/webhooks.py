@@ -26,8 +26,6 @@ resolves the host again and connects to the address it checked (exchange.ssrf).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -40,56 +38,16 @@ from billing.events import DomainEvent, derive, event_id, parse_position, positi
 from billing.store import Store, StoreUnavailable
 
 from . import ssrf
+from .webhook_parts import COLS, OPERATOR, Hook, parse_schedule, sign  # noqa: F401 - sign: the receivers' tests
 
 log = logging.getLogger("exchange.webhooks")
 _encode = msgspec.json.Encoder().encode
-OPERATOR = "operator"
 FLUSH_S = 0.1  # delivery log rows and positions are written this often, in one statement each
 SYNC_S = 1.0  # endpoints created or deleted through the API are seen within this
 CHUNK = 500  # rows per statement
+IDLE_SAVE_S = 10.0  # positions moved with nothing delivered are written this often
 FOLLOW_ROWS = 2000  # records the follower reads at once
 INBOX_MAX = 10_000  # events handed to an endpoint not yet delivered; past it, it reads the store again
-
-
-def sign(secret: str, t: int, body: bytes) -> str:
-    """The ``DCE-Signature`` header of ``body`` sent at unix second ``t``."""
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
-
-
-def parse_schedule(raw: str) -> tuple[float, ...]:
-    delays = tuple(float(x) for x in raw.split(",") if x.strip())
-    if not delays or any(d < 0 for d in delays):
-        raise ValueError(f"webhook_retry_s must be a comma list of delays in seconds, got {raw!r}")
-    return delays
-
-
-class Hook:
-    __slots__ = ("id", "account", "url", "events", "secret", "position", "failures", "disabled_ns", "disabled_reason",
-                 "created_ns", "wake", "task", "next_due", "sem", "inbox", "covered", "busy")
-
-    def __init__(self, row: tuple) -> None:
-        self.id, self.account, self.url, events, self.secret, self.created_ns, pos, self.failures, \
-            self.disabled_ns, self.disabled_reason = row
-        self.events: frozenset[str] | None = frozenset(events.split(",")) if events else None
-        self.position = parse_position(pos)
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task | None = None
-        self.next_due = 0
-        self.sem: asyncio.Semaphore | None = None
-        self.inbox: list[DomainEvent] = []  # events the follower handed over, not yet delivered
-        self.covered = -1  # the follower's tail its inbox reaches (-1: behind, it reads the store itself)
-        self.busy = False
-
-    def view(self) -> dict[str, Any]:
-        from .instants import rfc3339
-
-        return {"id": self.id, "url": self.url, "events": sorted(self.events or ()), "created_at": rfc3339(self.created_ns),
-                "failures": self.failures, "enabled": self.disabled_ns is None,
-                "disabled_at": rfc3339(self.disabled_ns) if self.disabled_ns else None, "disabled_reason": self.disabled_reason}
-
-
-COLS = "id, account, url, events, secret, created_ns, position, failures, disabled_ns, disabled_reason"
 
 
 class Webhooks:
@@ -105,6 +63,7 @@ class Webhooks:
         self.tail = 0  # the last audit seq whose addressees' endpoints were woken
         self._log: list[tuple] = []  # delivery log rows not yet written
         self._positions: dict[str, str] = {}  # endpoint -> position not yet written
+        self._idle: set[str] = set()  # endpoints whose position moved with nothing delivered
         self._tasks: list[asyncio.Task] = []
         self._disabled: set[str] = set()  # disabled here (a look at the store begun before may still list them)
         self._flushing = asyncio.Lock()
@@ -126,6 +85,7 @@ class Webhooks:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._save_idle()
         try:
             await self._flush()
         except StoreUnavailable:
@@ -205,14 +165,18 @@ class Webhooks:
             if evs or h.busy or h.inbox:
                 h.inbox.extend(evs)
                 h.wake.set()
-            else:  # nothing for it: its position moves on
+            else:  # nothing for it: its position moves on (written now and then)
                 h.position = (upto, 999)
-                self._positions[h.id] = position(upto)
+                self._idle.add(h.id)
 
     async def _flusher(self) -> None:
+        idle = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_S)
             try:
+                if time.monotonic() - idle >= IDLE_SAVE_S:
+                    idle = time.monotonic()
+                    self._save_idle()
                 await self._flush()
             except StoreUnavailable:
                 pass  # kept, written next time
@@ -220,6 +184,14 @@ class Webhooks:
                 raise
             except Exception:  # noqa: BLE001
                 log.exception("webhook_flush_failed")
+
+    def _save_idle(self) -> None:
+        """The positions moved past records with nothing for their endpoint, written now and then
+        (one behind on them reads those records again after a restart, and delivers nothing)."""
+        idle, self._idle = self._idle, set()
+        for wid in idle:
+            if (h := self.hooks.get(wid)) is not None:
+                self._positions[wid] = event_id(*h.position)
 
     async def _flush(self) -> None:
         """The delivery log rows, then the positions (a position is never ahead of its log rows)."""
@@ -264,8 +236,8 @@ class Webhooks:
                 raise
             except Exception:  # noqa: BLE001 - one endpoint's bug must not end its task
                 log.exception("webhook_task_failed", extra={"webhook": hook.id})
-            try:
-                await asyncio.wait_for(hook.wake.wait(), 0.25)
+            try:  # woken by the follower, or when its next retry is due
+                await asyncio.wait_for(hook.wake.wait(), max(0.0, (hook.next_due - self.clock()) / 1e9) if hook.next_due else None)
             except TimeoutError:
                 pass
 

@@ -26,7 +26,7 @@ from .http import _exchange, body, reply
 from .instants import rfc3339
 from .ssrf import UrlRefused
 from .webhook_registry import WebhookRegistry
-from .webhooks import Hook
+from .webhook_parts import Hook
 
 
 class WebhookCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -58,7 +58,10 @@ def store_env(args: argparse.Namespace, schemas: list[str]) -> dict[str, str]:
         return {}
     schema = f"bench_{secrets.token_hex(5)}"
     schemas.append(schema)
-    return {"EXCHANGE_DATABASE_URL": f"{PG_BASE}{'&' if '?' in PG_BASE else '?'}schema={schema}"}
+    import base64
+
+    return {"EXCHANGE_DATABASE_URL": f"{PG_BASE}{'&' if '?' in PG_BASE else '?'}schema={schema}",
+            "EXCHANGE_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}  # PostgreSQL: no key file beside the database
 
 
 async def drop_schemas(schemas: list[str]) -> None:

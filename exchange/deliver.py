@@ -104,6 +104,9 @@ def run_worker(settings: Settings, parent: int | None = None) -> int:
     if settings.webhook_worker_nice:
         with contextlib.suppress(OSError):
             os.nice(settings.webhook_worker_nice)
+    if settings.webhook_worker_idle and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     import uvloop
 
     return uvloop.run(_main(settings, parent))

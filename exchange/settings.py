@@ -111,6 +111,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     webhook_delivery: Literal["process", "loop", "off"] = "process"
     webhook_poll_ms: Annotated[int, Meta(ge=1, le=10_000)] = 50
     webhook_worker_nice: Annotated[int, Meta(ge=0, le=19)] = 10
+    webhook_worker_idle: bool = False  # Linux SCHED_IDLE: the worker runs only on CPU nothing else wants
     # Call quality signals (exchange/quality.py), computed inline by each decision: off, no signal is kept or
     # recorded and neither caller_velocity nor max_publisher_risk applies. The call window (caller velocity,
     # near-duplicate callers) holds at most quality_max_events calls; velocity_max_calls 0: no limit.

@@ -1,8 +1,9 @@
 """Events through the outbox and the NATS JetStream relay; webhook deliveries with 1,000
 endpoints registered, and their effect on decisions (on vs off, one run).
 
-    python -m bench.integrations [--calls 300] [--rounds 3] [--concurrency 4] [--endpoints 1000] [--live 2] [--skip-relay]
-                                 [--backlog-calls 400] [--pg] [--out FILE]
+    python -m bench.integrations [--calls 1500] [--rounds 5] [--concurrency 4] [--rate 300] [--endpoints 1000] [--live 2]
+                                 [--delivery process|loop] [--skip-relay] [--skip-webhooks] [--backlog-calls 400] [--pg]
+                                 [--out FILE]
 
 The store is the embedded SQLite file, or with ``--pg`` PostgreSQL (``EXCHANGE_TEST_DATABASE_URL``,
 default postgresql://postgres@127.0.0.1:5432/test) on a schema of its own, dropped after.
@@ -15,16 +16,20 @@ relay keeps up). Catch-up: ``--backlog-calls`` such calls go to an exchange with
 second exchange on the same store then starts with one and relays the backlog: events/s while it
 catches up is what the outbox and the relay carry at most.
 
-Webhooks: a second exchange (``EXCHANGE_WEBHOOK_ALLOW_LOOPBACK=true``) gets ``--endpoints``
-webhooks, 20 for each of ``endpoints/20`` publishers, all pointing at a local HTTP/1.1 keep-alive
-receiver (another process) that answers 200 at once; ``--live`` of each publisher's 20 take
-``call.decided``, the others ``call.completed`` (which these calls never reach: registered, woken
-by their publisher's commits, delivering nothing). Rounds alternate an *off* phase (calls from a
-publisher with no webhook, after every earlier delivery is done) and an *on* phase (the same
-number of calls spread over the publishers with webhooks: each ``call.decided`` goes to
-``--live`` endpoints while the calls go on). Deliveries/s is deliveries made over the time from the phase's
-first call until none is left; the decision's p99 (``decision_us``, and the publisher's wall time)
-on over off is the target (<= 1.1x). Medians over rounds; JSON out.
+Webhooks: a second exchange (``EXCHANGE_WEBHOOK_ALLOW_LOOPBACK=true``; deliveries in the delivery
+worker process, or with ``--delivery loop`` in the exchange's own loop) gets ``--endpoints`` webhooks,
+20 for each of ``endpoints/20`` publishers, all pointing at a local HTTP/1.1 keep-alive receiver
+(another process) that answers 200 at once and counts what it answered; ``--live`` of each
+publisher's 20 take ``call.decided``, the others ``call.completed`` (which these calls never reach:
+registered, delivering nothing; ``--live 0`` is the control: nothing to deliver). As many publishers
+have no webhook. Each round has an *off* phase (``--calls`` calls spread over the publishers without
+webhooks) and an *on* phase (the same over the publishers with: each ``call.decided`` goes to
+``--live`` endpoints while the calls go on), in alternating order, both offered at ``--rate``
+calls/s (0: as fast as the clients go; a closed loop would offer less load in the phase whose
+calls are slower), each after every earlier delivery is done. Deliveries/s is deliveries made over
+the time from the phase's first call until none is left; CPU per call of the exchange's process and
+per delivery of the worker's come from /proc. The target is the median over rounds of each round's
+on/off ratio of the decision's p99 (``decision_us``), <= 1.1x. JSON out.
 """
 
 from __future__ import annotations

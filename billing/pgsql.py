@@ -1,5 +1,5 @@
 """The PostgreSQL store's statements (billing.pgstore): the batch statement in its two variants,
-and the seller's fence (migration 0006)."""
+and the seller's fence (migration 0007)."""
 
 from __future__ import annotations
 

@@ -251,7 +251,7 @@ class Store(ABC):
     async def take_seller(self, market: str, node_id: str, now_ns: int) -> int:
         """Become ``market``'s seller in the database: its epoch goes up by one (waiting for a
         batch the previous seller is committing) and this store's writes are fenced with it, so
-        the previous seller cannot commit any more (migration 0006). Returns the new epoch."""
+        the previous seller cannot commit any more (migration 0007). Returns the new epoch."""
         rows = await self.fetch(
             "INSERT INTO market_seller (market, epoch, node_id, taken_ns) VALUES (?, 1, ?, ?) ON CONFLICT (market) "
             "DO UPDATE SET epoch = market_seller.epoch + 1, node_id = excluded.node_id, taken_ns = excluded.taken_ns "

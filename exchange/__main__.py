@@ -1,4 +1,4 @@
-"""``python -m exchange serve | cluster --nodes N | demo | dnc import ... | billing invoice|reconcile | audit verify | privacy ...``."""
+"""``python -m exchange serve | deliver | cluster --nodes N | demo | dnc import ... | billing invoice|reconcile | audit verify | privacy ...``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the exchange (embedded defaults, no external server needed)")
     p_serve.add_argument("--host", default=None)
     p_serve.add_argument("--port", type=int, default=None)
+    p_deliver = sub.add_parser("deliver", help="deliver signed webhooks from the store (serve starts one itself by default)")
+    p_deliver.add_argument("--settings-stdin", action="store_true", help=argparse.SUPPRESS)  # serve's child: its settings
+    p_deliver.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)  # ... and its pid (gone: stop)
     p_cluster = sub.add_parser("cluster", help="run N local nodes of one market (N > 1: PostgreSQL and Redis)")
     p_cluster.add_argument("--nodes", type=int, required=True)
     p_cluster.add_argument("--port", type=int, default=None, help="the first node's port (default EXCHANGE_PORT, 8080)")
@@ -48,6 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         from billing.cli import main as billing_main
 
         return billing_main([args.command, *getattr(args, f"{args.command}_args")])
+    if args.command == "deliver":
+        from .deliver import read_settings, run_worker
+
+        try:
+            settings = read_settings(sys.stdin.buffer.read()) if args.settings_stdin else load()
+        except (SettingsError, ValueError) as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        from .server import configure_logging
+
+        configure_logging(settings.log_level)
+        return run_worker(settings, args.parent)
     try:
         settings = load(host=getattr(args, "host", None), port=getattr(args, "port", None) if args.command == "serve" else None)
     except SettingsError as exc:

@@ -40,7 +40,7 @@ from .nodes import ADOPT_ENV, Node, refuse_beside_nodes
 from .recovery import recount, restore, retake
 from .privacy import Privacy, Sealer, scrub_call
 from .relay import Relay
-from .webhooks import Webhooks
+from .webhook_registry import WebhookRegistry
 from .rtb import RtbDesk
 from .settings import Settings, nats_names
 from .tally import SEAL_EVERY_S, sliced
@@ -83,8 +83,7 @@ class Exchange:
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: Relay | None = None
         writer = self.journal.writer
-        self.webhooks: Webhooks | None = Webhooks(self.journal.store, self.journal.record, lambda: writer.head[0], settings,
-                                                  self.clock.now_ns)
+        self.webhooks: WebhookRegistry | None = WebhookRegistry(self.journal, lambda: writer.head[0], settings, self.clock.now_ns)
         if settings.nats_url:
             self.relay = Relay(self.journal.store, settings.nats_url, *nats_names(settings),
                                settings.relay_batch, settings.relay_inflight, settings.events_max_age_s,
@@ -140,8 +139,7 @@ class Exchange:
         if self.relay is not None:
             self.relay.start()
         if self.webhooks is not None:
-            await self.webhooks.start()
-            self.journal.writer.on_commit.append(self.webhooks.committed)
+            await self.webhooks.start()  # the delivery worker (exchange.deliver), or the engine in this loop
         self.ready = True
 
     async def drain(self, timeout_s: float = 5.0) -> int:

@@ -104,6 +104,14 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     webhook_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
     webhook_max_per_account: Annotated[int, Meta(ge=1)] = 20
     webhook_allow_loopback: bool = False
+    # Where deliveries run (exchange.deliver): "process", a worker process serve starts and stops
+    # with it (an in-memory SQLite store: "loop"); "loop", the exchange's own event loop; "off",
+    # none (run `python -m exchange deliver` beside it). The worker looks for new records every
+    # webhook_poll_ms and runs webhook_worker_nice steps nicer than the exchange.
+    webhook_delivery: Literal["process", "loop", "off"] = "process"
+    webhook_poll_ms: Annotated[int, Meta(ge=1, le=10_000)] = 50
+    webhook_worker_nice: Annotated[int, Meta(ge=0, le=19)] = 10
+    webhook_worker_idle: bool = False  # Linux SCHED_IDLE: the worker runs only on CPU nothing else wants
     # Call quality signals (exchange/quality.py), computed inline by each decision: off, no signal is kept or
     # recorded and neither caller_velocity nor max_publisher_risk applies. The call window (caller velocity,
     # near-duplicate callers) holds at most quality_max_events calls; velocity_max_calls 0: no limit.

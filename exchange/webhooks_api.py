@@ -1,4 +1,4 @@
-"""``/v1/webhooks``: a tenant's endpoints for its domain events (exchange.webhooks).
+"""``/v1/webhooks``: a tenant's endpoints for its domain events (exchange.webhook_registry; delivered by exchange.webhooks).
 
 - ``POST /v1/webhooks`` ``{"url", "events"?: [type...] (empty: all), "secret"?: 16..256
   characters}`` → ``201 {"id", "secret", "url", "events"}``; the secret is shown here only.
@@ -25,7 +25,8 @@ from .access import auth
 from .http import _exchange, body, reply
 from .instants import rfc3339
 from .ssrf import UrlRefused
-from .webhooks import Hook, Webhooks
+from .webhook_registry import WebhookRegistry
+from .webhook_parts import Hook
 
 
 class WebhookCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -34,7 +35,7 @@ class WebhookCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     secret: Annotated[str, Meta(min_length=16, max_length=256)] | None = None
 
 
-def _hooks(request: Request) -> Webhooks:
+def _hooks(request: Request) -> WebhookRegistry:
     hooks = _exchange(request).webhooks
     if hooks is None:
         raise Unavailable("webhooks_unavailable", "webhooks are not running", retry_after_s=1)

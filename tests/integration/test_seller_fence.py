@@ -1,4 +1,4 @@
-"""The seller's fence (migration 0006, ``Store.take_seller``): once another node has become the
+"""The seller's fence (migration 0007, ``Store.take_seller``): once another node has become the
 market's seller in the database, the previous seller's writer cannot commit anything, however
 long it believed its lease in Redis; a batch it was committing finishes before the new seller's
 epoch is taken. Real PostgreSQL, two stores and writers on one schema."""

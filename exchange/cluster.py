@@ -33,6 +33,10 @@ def problems(settings: Settings, nodes: int) -> list[str]:
         if not database_url(settings).startswith(("postgresql://", "postgres://")):
             out.append("set EXCHANGE_DATABASE_URL to PostgreSQL (e.g. postgresql://postgres@127.0.0.1:5432/exchange): "
                        "the embedded SQLite file cannot be shared by several processes")
+        elif not (settings.master_key or settings.master_key_file):
+            out.append("set EXCHANGE_MASTER_KEY (or EXCHANGE_MASTER_KEY_FILE): consumer numbers are sealed at rest with it, and on "
+                       "PostgreSQL every node needs the same one (make one with: python -c 'import base64,os; "
+                       "print(base64.b64encode(os.urandom(32)).decode())'; keep it: without it the sealed numbers are unreadable)")
     return out
 
 

@@ -127,6 +127,9 @@ def test_cluster_command_starts_n_nodes_and_stops_them(market: Market) -> None:
     bare = subprocess.run([sys.executable, "-m", "exchange", "cluster", "--nodes", "2"], cwd=ROOT, capture_output=True, text=True,
                           env={k: v for k, v in env.items() if k not in ("EXCHANGE_DATABASE_URL", "EXCHANGE_REDIS_URL")}, timeout=30)
     assert bare.returncode == 2 and "EXCHANGE_REDIS_URL" in bare.stderr and "cannot be shared" in bare.stderr, bare.stderr
+    keyless = subprocess.run([sys.executable, "-m", "exchange", "cluster", "--nodes", "2"], cwd=ROOT, capture_output=True, text=True,
+                             env={k: v for k, v in env.items() if not k.startswith("EXCHANGE_MASTER_KEY")}, timeout=30)
+    assert keyless.returncode == 2 and "EXCHANGE_MASTER_KEY" in keyless.stderr, keyless.stderr  # said before any node starts
     if free_port() == base + 1:  # (rare) the port after base is taken: pick another
         base = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "exchange", "cluster", "--nodes", "2", "--port", str(base)], cwd=ROOT, env=env,

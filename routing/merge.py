@@ -8,7 +8,7 @@ stale, exactly as a method would.
 from __future__ import annotations
 
 from collections.abc import Callable
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import TYPE_CHECKING
 
 from .attestation import ONE, UNATTESTED
@@ -66,6 +66,14 @@ def ranked(
     backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
     scanned = popped = 0
     adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
+    # Without modifiers: the heap with the smallest top, found by a scan (a call reads a few heaps).
+    # With them: a heap of (each heap's key, its index) -- its top, or its class's bound -- kept
+    # up to date as entries are popped (and rebuilt when a re-listing pushed into a heap), so each
+    # step costs O(log heaps) instead of a scan of every class's heap; ties go to the lower index
+    # either way.
+    tour = [] if plain else _keys(heaps, mults)
+    big, big_at = -1, None  # the most buyers in one heap, while no campaign left these heaps (big_at)
+    gone = 0  # campaigns dropped from the index as expired during this scan
     while len(out) < want and scanned < scan_limit:
         k = -1
         top = None
@@ -73,19 +81,21 @@ def ranked(
             for i, h in enumerate(heaps):
                 if h and (top is None or h[0] < top):
                     k, top = i, h[0]
-        else:  # a class's bound: no entry of its heap is modified above its top's listed price, modified
-            for i, h in enumerate(heaps):
-                if h:
-                    m = mults[i]
-                    key = h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1)  # (-(listed * m rounded down), before any seq)
-                    if top is None or key < top:
-                        k, top = i, key
+        elif tour:
+            top, k = tour[0]
         if adjusted and (top is None or adjusted[0] < top):
             s = slots[heappop(adjusted)[2]]  # its adjusted price sorts first now
         else:
             if k < 0:
                 break
-            entry = heappop(heaps[k])
+            h = heaps[k]
+            entry = heappop(h)
+            if not plain:
+                if h:
+                    m = mults[k]
+                    heapreplace(tour, (h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1), k))
+                else:
+                    heappop(tour)
             popped += 1
             s = slots[entry[2]]
             if s.listing != entry[1]:
@@ -93,10 +103,13 @@ def ranked(
             if s.seq != entry[1]:
                 book._relist(s)  # the price moved down since listing: re-list at the true price
                 book.relisted += 1
+                if not plain:
+                    tour = _keys(heaps, mults)
                 continue
             if s.expires_ns is not None and s.expires_ns <= now_ns:
                 for bucket in s.buckets:  # expired for good: drop it from the index
                     bucket.remove(s)
+                gone += 1
                 continue
             backs[k].append(entry)
             ms = s.multipliers  # its class's, or its own in the plain bucket (past MAX_CLASSES)
@@ -113,7 +126,9 @@ def ranked(
         if done is not None and (len(done), book.lot.count) != seen:
             seen = (len(done), book.lot.count)  # (parking during the scan can take a buyer out of these heaps)
             n = seen[0]
-            if n >= max(len(b.buyers) for b in pool) and n >= len(set().union(*(b.buyers for b in pool))):
+            if big_at != (seen[1], gone):  # (buyers only ever leave these heaps during a scan)
+                big, big_at = max(len(b.buyers) for b in pool), (seen[1], gone)
+            if n >= big and n >= len(set().union(*(b.buyers for b in pool))):
                 break  # every buyer listed here has its route or its refusal
     book.scanned += scanned
     book.popped += popped
@@ -123,3 +138,11 @@ def ranked(
                 heappush(h, entry)
     return out
 
+
+
+def _keys(heaps: list[list[tuple[int, int, int]]], mults: list[int]) -> list[tuple[tuple[int, int, int], int]]:
+    """A heap of (key, index) of the non-empty heaps: a heap's key is its top, or with a multiplier
+    ``m`` its class's bound, ``(-(listed * m rounded down), -1, -1)`` (before any entry of that price)."""
+    out = [(h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1), i) for i, (h, m) in enumerate(zip(heaps, mults)) if h]
+    heapify(out)
+    return out

@@ -63,7 +63,7 @@ def ranked(
     seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
     out: list[Standing] = []
     slots = book._slots
-    backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
+    backs: list[tuple[int, tuple[int, int, int]]] = []  # (heap index, entry) of the live entries popped
     scanned = popped = 0
     adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
     # Without modifiers: the heap with the smallest top, found by a scan (a call reads a few heaps).
@@ -72,8 +72,6 @@ def ranked(
     # step costs O(log heaps) instead of a scan of every class's heap; ties go to the lower index
     # either way.
     tour = [] if plain else _keys(heaps, mults)
-    big, big_at = -1, None  # the most buyers in one heap, while no campaign left these heaps (big_at)
-    gone = 0  # campaigns dropped from the index as expired during this scan
     while len(out) < want and scanned < scan_limit:
         k = -1
         top = None
@@ -109,9 +107,8 @@ def ranked(
             if s.expires_ns is not None and s.expires_ns <= now_ns:
                 for bucket in s.buckets:  # expired for good: drop it from the index
                     bucket.remove(s)
-                gone += 1
                 continue
-            backs[k].append(entry)
+            backs.append((k, entry))
             ms = s.multipliers  # its class's, or its own in the plain bucket (past MAX_CLASSES)
             if ms is not None and ms[level] != ONE:
                 heappush(adjusted, (-(s.bid_cents * ms[level] // ONE), s.seq, s.slot))
@@ -126,19 +123,18 @@ def ranked(
         if done is not None and (len(done), book.lot.count) != seen:
             seen = (len(done), book.lot.count)  # (parking during the scan can take a buyer out of these heaps)
             n = seen[0]
-            if big_at != (seen[1], gone):  # (buyers only ever leave these heaps during a scan)
-                big, big_at = max(len(b.buyers) for b in pool), (seen[1], gone)
-            if n >= big and n >= len(set().union(*(b.buyers for b in pool))):
-                break  # every buyer listed here has its route or its refusal
+            for b in pool:  # (n below some heap's count of buyers: not all done; usually the first heap says so)
+                if len(b.buyers) > n:
+                    break
+            else:
+                if n >= len(set().union(*(b.buyers for b in pool))):
+                    break  # every buyer listed here has its route or its refusal
     book.scanned += scanned
     book.popped += popped
-    for h, back in zip(heaps, backs):
-        for entry in back:
-            if slots[entry[2]].listing == entry[1]:  # (not parked meanwhile by ``accept``)
-                heappush(h, entry)
+    for k, entry in backs:
+        if slots[entry[2]].listing == entry[1]:  # (not parked meanwhile by ``accept``)
+            heappush(heaps[k], entry)
     return out
-
-
 
 def _keys(heaps: list[list[tuple[int, int, int]]], mults: list[int]) -> list[tuple[tuple[int, int, int], int]]:
     """A heap of (key, index) of the non-empty heaps: a heap's key is its top, or with a multiplier

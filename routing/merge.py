@@ -47,19 +47,12 @@ def ranked(
     loop is the plain merge.
     """
     buckets = book._buckets
-    heaps = []
-    pool: list[Bucket] = []
-    mults: list[int] = []  # each heap's multiplier for this call's level
-    plain = True  # no heap to read at a modified price: the plain merge
-    for ob in (True,) if outbound else (False, True):
-        for where in (state, None) if state is not None else (None,):
-            for b in buckets.get((vertical, where, ob), ()):
-                if b.heap:
-                    heaps.append(b.heap)
-                    pool.append(b)
-                    m = ONE if b.mult is None else b.mult[level]
-                    mults.append(m)
-                    plain = plain and m == ONE
+    wheres = (state, None) if state is not None else (None,)
+    pool: list[Bucket] = [b for ob in ((True,) if outbound else (False, True)) for where in wheres
+                          for b in buckets.get((vertical, where, ob), ()) if b.heap]
+    heaps = [b.heap for b in pool]
+    mults = [ONE if b.mult is None else b.mult[level] for b in pool]  # each heap's multiplier for this call's level
+    plain = mults.count(ONE) == len(mults)  # no heap to read at a modified price: the plain merge
     seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
     out: list[Standing] = []
     slots = book._slots

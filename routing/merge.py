@@ -60,20 +60,21 @@ def ranked(
     scanned = popped = 0
     adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
     # Without modifiers: the heap with the smallest top, found by a scan (a call reads a few heaps).
-    # With them: a heap of (each heap's key, its index) -- its top, or its class's bound -- kept
-    # up to date as entries are popped (and rebuilt when a re-listing pushed into a heap), so each
-    # step costs O(log heaps) instead of a scan of every class's heap; ties go to the lower index
-    # either way.
+    # With them: a heap of each heap's key -- its top, or its class's bound -- with its index, as one
+    # flat tuple (price, seq, slot, index), kept up to date as entries are popped (and rebuilt when a
+    # re-listing pushed into a heap), so each step costs O(log heaps) instead of a scan of every
+    # class's heap; ties go to the lower index either way.
     tour = [] if plain else _keys(heaps, mults)
     while len(out) < want and scanned < scan_limit:
         k = -1
-        top = None
+        top: tuple[int, ...] | None = None
         if plain:
             for i, h in enumerate(heaps):
                 if h and (top is None or h[0] < top):
                     k, top = i, h[0]
         elif tour:
-            top, k = tour[0]
+            t = tour[0]  # (an adjusted entry never equals its first three: compared as the key alone)
+            top, k = t, t[3]
         if adjusted and (top is None or adjusted[0] < top):
             s = slots[heappop(adjusted)[2]]  # its adjusted price sorts first now
         else:
@@ -84,7 +85,7 @@ def ranked(
             if not plain:
                 if h:
                     m = mults[k]
-                    heapreplace(tour, (h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1), k))
+                    heapreplace(tour, (*h[0], k) if m == ONE else (-(-h[0][0] * m // ONE), -1, -1, k))
                 else:
                     heappop(tour)
             popped += 1
@@ -129,9 +130,9 @@ def ranked(
             heappush(heaps[k], entry)
     return out
 
-def _keys(heaps: list[list[tuple[int, int, int]]], mults: list[int]) -> list[tuple[tuple[int, int, int], int]]:
-    """A heap of (key, index) of the non-empty heaps: a heap's key is its top, or with a multiplier
+def _keys(heaps: list[list[tuple[int, int, int]]], mults: list[int]) -> list[tuple[int, int, int, int]]:
+    """A heap of (*key, index) of the non-empty heaps: a heap's key is its top, or with a multiplier
     ``m`` its class's bound, ``(-(listed * m rounded down), -1, -1)`` (before any entry of that price)."""
-    out = [(h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1), i) for i, (h, m) in enumerate(zip(heaps, mults)) if h]
+    out = [(*h[0], i) if m == ONE else (-(-h[0][0] * m // ONE), -1, -1, i) for i, (h, m) in enumerate(zip(heaps, mults)) if h]
     heapify(out)
     return out

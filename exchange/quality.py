@@ -234,11 +234,12 @@ class Quality:
         x = (wn * near + wv * repeats) / (calls + PRIOR)
         got = self.outcomes.get(publisher)
         if got is not None:
-            if got[0] and got[0][0][0] <= now_ns // self.width_ns - BUCKETS:
+            if got[0] and (got[0][0][0] + BUCKETS) * self.width_ns <= now_ns:  # (its oldest bucket is out: b0 <= now // width - BUCKETS)
                 self._outcomes(publisher, now_ns)
             t = got[1]
             x = ws * t[2] / (t[1] + PRIOR) + wk * t[4] / (t[3] + PRIOR) + x
-        return min(100, max(0, round(100 * x)))
+        r = round(100 * x)  # (x >= 0: counts)
+        return r if r <= 100 else 100
 
     def observe_risk(self, publisher: str, caller: int | None, now_ns: int) -> tuple[Observation | None, int]:
         """``observe`` (a caller: an inbound call's number) then ``risk``, in one call: the

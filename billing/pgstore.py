@@ -17,7 +17,6 @@ The writer owns one connection; reads (statements, audit queries, reports) use a
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from .pgbook import save_campaigns
+from .pgsql import FAST_SQL, FENCE_SQL, NUL, SAFE_SQL, SEP
 from .store import Batch, BatchRefused, CampaignRow, Store, StoreRefused, StoreUnavailable, migrations
 
 TRANSIENT = (
@@ -34,100 +34,6 @@ TRANSIENT = (
     asyncpg.InternalClientError,  # the protocol's state after a connection killed mid-operation
 )
 
-# The batch statement (see the module's docstring); {entries_conflict}, {legs_filter} and
-# {conflict} tell FAST_SQL (plain INSERTs) from SAFE_SQL (skip what is stored).
-#
-# Columns travel as arrays. asyncpg encodes a text[] element by element (~250 ns each, most
-# of the client's time per batch), so a text column is sent as ONE string joined with \x1f
-# (None as \x1e) that the server splits, or as a text[] when a value contains those
-# characters; the SQL takes whichever is not NULL. The audit hashes travel as two blobs of
-# 32-byte digests cut by position. "@type" marks a column and is numbered by _numbered().
-_WRITE_SQL = """
-WITH a AS (
-    INSERT INTO accounts (id, kind, name, key_digest, credit_limit_cents, created_ns)
-    SELECT * FROM unnest(@text, @text, @text, @text, @int8, @int8)
-    ON CONFLICT DO NOTHING
-), e AS (
-    INSERT INTO entries (id, reference, kind, at_ns, memo)
-    SELECT * FROM unnest(@int8, @text, @text, @int8, @text)
-    {entries_conflict}
-    RETURNING id
-), l AS (
-    INSERT INTO legs (entry_id, account, amount_cents)
-    SELECT x.entry_id, x.account, x.amount_cents
-    FROM unnest(@int8, @text, @int8) AS x (entry_id, account, amount_cents)
-    {legs_filter}
-    RETURNING account, amount_cents
-), b AS (
-    INSERT INTO balances (account, balance_cents)
-    SELECT account, sum(amount_cents) FROM l GROUP BY account
-    ON CONFLICT (account) DO UPDATE SET balance_cents = balances.balance_cents + EXCLUDED.balance_cents
-), h AS (
-    INSERT INTO holds (call_id, route_index, kind, account, amount_cents, at_ns)
-    SELECT * FROM unnest(@text, @int4, @text, @text, @int8, @int8)
-    {conflict}
-), o AS (
-    INSERT INTO call_outcomes (call_id, publisher, buyer, campaign, status, billable, price_cents, charged_cents,
-                               payout_cents, margin_cents, created_ns, final_ns)
-    SELECT * FROM unnest(@text, @text, @text, @text, @text, @bool, @int8, @int8, @int8, @int8, @int8, @int8)
-    {conflict}
-), au AS (
-    -- No ON CONFLICT: the writer numbers audit records itself and a batch is all or nothing,
-    -- so a batch whose first record is stored (same seq, same hash) is a replay and adds none;
-    -- any other clash on seq (a second writer forking the chain) fails the batch loudly.
-    INSERT INTO audit (seq, at_ns, kind, call_id, number, body, prev_hash, hash)
-    SELECT x.seq, x.at_ns, x.kind, x.call_id, x.number, x.body,
-           coalesce(x.prev_hash, substr(@blob, (x.i * 32 - 31)::int4, 32)),
-           coalesce(x.hash, substr(@blob, (x.i * 32 - 31)::int4, 32))
-    FROM unnest(@int8, @int8, @text, @text, @text, @text, @bytea, @bytea) WITH ORDINALITY
-         AS x (seq, at_ns, kind, call_id, number, body, prev_hash, hash, i)
-    WHERE NOT EXISTS (SELECT 1 FROM audit WHERE seq = @scalar_int8 AND hash = @scalar_bytea)
-), ep AS (
-    -- who each audit record's domain events address (billing.events)
-    INSERT INTO event_parties (account, seq)
-    SELECT * FROM unnest(@text, @int8)
-    {conflict}
-), pk AS (
-    -- data keys first used by this batch (billing.vault); a key may ride in two batches
-    INSERT INTO privacy_keys (kid, blind, master_kid, wrapped, created_ns)
-    SELECT * FROM unnest(@text, @text, @text, @text, @int8)
-    ON CONFLICT DO NOTHING
-)
-SELECT count(*) FROM e
-"""
-SEP, NUL = "\x1f", "\x1e"  # the separator of a joined text column, and its NULL
-
-
-def _numbered(sql: str) -> str:
-    """Number the ``@type`` markers in order: ``@text`` takes two parameters (see above),
-    ``@blob`` and ``@scalar_<type>`` one value, any other ``@<type>`` one ``<type>[]``."""
-    n = 0
-
-    def number(m: re.Match) -> str:
-        nonlocal n
-        kind = m.group(1)
-        n += 1
-        if kind == "text":
-            n += 1
-            return f"coalesce(${n - 1}::text[], string_to_array(${n}, E'\\x1f', E'\\x1e'))"
-        if kind == "blob":
-            return f"${n}::bytea"
-        if kind.startswith("scalar_"):
-            return f"${n}::{kind[7:]}"
-        return f"${n}::{kind}[]"
-
-    return re.sub(r"@(\w+)", number, sql)
-
-
-# FAST_SQL assumes every record is new (plain INSERTs: one index descent per unique key, no
-# speculative insertion); a unique violation, i.e. a replay, falls back to SAFE_SQL, which
-# skips what is stored. Both take the same parameters.
-FAST_SQL = _numbered(_WRITE_SQL.format(entries_conflict="", legs_filter="", conflict=""))
-SAFE_SQL = _numbered(_WRITE_SQL.format(
-    entries_conflict="ON CONFLICT (reference, kind) DO NOTHING",
-    legs_filter="WHERE x.entry_id IN (SELECT id FROM e)",
-    conflict="ON CONFLICT DO NOTHING",
-))
 # Refusals that some record of the batch explains (the writer splits the batch to find it):
 # data exceptions (22: a NUL byte in text, a number out of range), integrity constraint
 # violations (23: an unbalanced entry, a CHECK) and program limits (54: a value too large).
@@ -361,9 +267,9 @@ class PgStore(Store):
                 assert built is not None
                 params = built
             try:
-                return int(await conn.fetchval(FAST_SQL, *params))
+                return await self._put(conn, FAST_SQL, params)
             except asyncpg.UniqueViolationError:  # a replay: write only what is not stored
-                return int(await conn.fetchval(SAFE_SQL, *params))
+                return await self._put(conn, SAFE_SQL, params)
         except CLIENT_DATA as exc:  # a value asyncpg cannot encode (before TRANSIENT: it is an InterfaceError)
             raise BatchRefused(f"PostgreSQL cannot take a value of the batch: {type(exc).__name__}: {exc}") from exc
         except TRANSIENT as exc:
@@ -372,6 +278,17 @@ class PgStore(Store):
             if refused_for_data(exc):
                 raise BatchRefused(f"PostgreSQL refused the batch's data: {exc}") from exc
             raise StoreRefused(f"PostgreSQL refused the batch: {exc}") from exc
+
+    async def _put(self, conn: asyncpg.Connection, sql: str, params: list) -> int:
+        """One batch's statement; fenced (``Store.fence``): in a transaction that first holds the
+        market's seller row at this node's epoch (a newer seller: ``StoreRefused``, the writer stops)."""
+        if self.fence is None:
+            return int(await conn.fetchval(sql, *params))
+        async with conn.transaction():
+            if await conn.fetchval(FENCE_SQL, *self.fence) is None:
+                raise StoreRefused(f"fenced: another node became the seller of market {self.fence[0]!r} "
+                                   f"(this node sold at epoch {self.fence[1]}); its writes would fork the audit chain")
+            return int(await conn.fetchval(sql, *params))
 
     def _live(self) -> asyncpg.Pool:
         if self.pool is None:

@@ -109,6 +109,9 @@ def _like_prefix(prefix: str) -> str:
 
 class Store(ABC):
     backend = ""
+    # (market, epoch) once this process is its market's seller (``take_seller``): every batch the
+    # writer commits checks it first, in the batch's transaction (PostgreSQL; one process per SQLite file)
+    fence: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ backend primitives
     @abstractmethod
@@ -244,6 +247,17 @@ class Store(ABC):
         await self.fetch(
             "INSERT INTO market_nodes (market, node_id, info, seen_ns) VALUES (?, ?, ?, ?) ON CONFLICT (market, node_id) "
             "DO UPDATE SET info = excluded.info, seen_ns = excluded.seen_ns RETURNING seen_ns", market, node_id, info, now_ns)
+
+    async def take_seller(self, market: str, node_id: str, now_ns: int) -> int:
+        """Become ``market``'s seller in the database: its epoch goes up by one (waiting for a
+        batch the previous seller is committing) and this store's writes are fenced with it, so
+        the previous seller cannot commit any more (migration 0006). Returns the new epoch."""
+        rows = await self.fetch(
+            "INSERT INTO market_seller (market, epoch, node_id, taken_ns) VALUES (?, 1, ?, ?) ON CONFLICT (market) "
+            "DO UPDATE SET epoch = market_seller.epoch + 1, node_id = excluded.node_id, taken_ns = excluded.taken_ns "
+            "RETURNING epoch", market, node_id, now_ns)
+        self.fence = (market, int(rows[0][0]))
+        return self.fence[1]
 
     async def nodes_seen(self, since_ns: int) -> list[tuple[str, str]]:
         """(market, node id) of the nodes seen since ``since_ns``."""

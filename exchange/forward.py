@@ -45,12 +45,7 @@ class Forwarder:
                                         limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
     def seller_url(self) -> str | None:
-        node = self.ex.node
-        info = node.seller_info if node is not None else None
-        if not info or info.get("node") == node.id:  # type: ignore[union-attr]
-            return None
-        host = str(info.get("host") or "127.0.0.1")
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{info.get('port')}"
+        return seller_url(self.ex)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, state: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """The seller's answer to this request (status, headers, body); ``Refused`` for a
@@ -85,6 +80,16 @@ class Forwarder:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def seller_url(ex: Exchange, scheme: str = "http") -> str | None:
+    """The seller's base URL from its lease (None: no seller known, or this node is it)."""
+    node = ex.node
+    info = node.seller_info if node is not None else None
+    if not info or info.get("node") == node.id:  # type: ignore[union-attr]
+        return None
+    host = str(info.get("host") or "127.0.0.1")
+    return f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{info.get('port')}"
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

@@ -35,6 +35,7 @@ from .pingspec import PingPlan, compile_ping
 from .rtb import send_all
 from .service import Exchange
 from .ssrf import UrlRefused
+from .wsrelay import relay_publisher
 
 log = logging.getLogger("exchange.gateway")
 JSON, MSGPACK = "dce.json.v1", "dce.msgpack.v1"
@@ -261,6 +262,9 @@ async def publisher_socket(ws: WebSocket) -> None:
         return
     exchange.metrics.publisher_connections += 1
     try:
+        if exchange.node is not None and not exchange.node.selling:  # an edge: the seller decides (exchange.wsrelay)
+            await relay_publisher(exchange, ws, conn, MSGPACK if conn.binary else JSON)
+            return
         await _read_frames(ws, PublisherFrames(exchange, conn).frame, "publisher", exchange.settings.ws_fair_share)
     finally:
         exchange.metrics.publisher_connections -= 1

@@ -20,9 +20,16 @@ markets, or two test runs, share one Redis:
   notices reach them through Redis) and answers ``/healthz``, ``/readyz``, ``/metrics``; every
   other HTTP request is forwarded to the seller (``exchange.forward``: its own memory of money
   and calls is not the market's); ``refusal`` says ``not_seller`` for what it cannot forward
-  (a call over its publisher WebSocket). An edge never takes the seller's lease
-  while it runs (a seller's state is rebuilt by a restart, ``exchange.recovery``; taking over
-  live is not built).
+  (a call over its publisher WebSocket). When the seller's lease has lapsed (the
+  seller was killed, or cut off from Redis past its TTL), an edge takes it (``NX``) and its
+  process is replaced by one that adopts the lease's token and starts as the seller
+  (``exchange.server.serve``): the market is rebuilt from the database as a restarted seller's
+  is (``exchange.recovery``), and its buyers reconnect.
+- the seller's **epoch** in the database (``market_seller``, ``Store.take_seller``): raised by
+  each new seller before it reads anything; each batch of the seller's writer commits in a
+  transaction that holds that row at its own epoch, so a previous seller that still runs
+  (stalled, or cut off) cannot commit once it has been replaced: a fencing token, since Redis
+  leases alone cannot promise that two processes never believe they sell.
 
 Fail closed: the leases are trusted until the instant their last successful renewal was
 *sent* plus 90 % of the TTL (Redis started its TTL later than that). Past it, the node is
@@ -41,6 +48,7 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from time import monotonic, time_ns
 from urllib.parse import parse_qsl, urlsplit
 
@@ -68,6 +76,7 @@ local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+ADOPT_ENV = "EXCHANGE_NODE_TOKEN"  # internal: the leases' token handed to the process that replaces a taking-over edge
 TRUST = 0.9  # the share of a lease's TTL a node relies on, counted from the request's sending
 
 
@@ -147,12 +156,15 @@ def _where(info: dict[str, object] | None) -> str:
 class Node:
     """This process's place in its market: its lease, whether it sells, and the refusals."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, adopt: str | None = None) -> None:
         assert settings.node_id and settings.redis_url
         self.id, self.market, self.store = settings.node_id, settings.market, store
         self.url = database_url(settings)
         self.client = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        token = secrets.token_hex(8)
+        # a process that replaced an edge which took the vacant seller's lease (``hand_over``) adopts its leases
+        self.adopted = bool(adopt)
+        token = adopt or secrets.token_hex(8)
+        self.token = token
         self.info = {"node": self.id, "host": settings.host, "port": settings.port, "pid": os.getpid()}
         info = json.dumps(self.info)
         ttl = settings.node_lease_ms
@@ -160,6 +172,14 @@ class Node:
         self.seller = Lease(self.client, f"{self.market}:seller", token, info, ttl)
         self.selling = False
         self.seller_info: dict[str, object] | None = None  # the seller's address, for the refusals of an edge
+        self.epoch = 0  # the seller's epoch in the database (Store.take_seller), once selling
+        # an edge that took the vacant seller's lease calls this once: its process is replaced by a seller (exchange.server)
+        self.on_vacant: Callable[[], None] | None = None
+        # a seller whose lease another process took (Redis restarted, or this one stalled past its
+        # TTL) calls this once: its process is replaced by one that joins again (as an edge, or the seller if vacant)
+        self.on_lost: Callable[[], None] | None = None
+        self.taking_over = False
+        self.handing_over = False  # leave() keeps this node's leases for the process that replaces this one
         self._task: asyncio.Task[None] | None = None
 
     def key(self, *parts: str) -> str:
@@ -184,13 +204,15 @@ class Node:
                 f"node {self.id!r}: market {self.market!r} uses the database {theirs}, this node was given {mine}: "
                 f"start it with the market's EXCHANGE_DATABASE_URL, or another EXCHANGE_MARKET "
                 f"(or delete the Redis key {self.key('stores')!r} to move the whole market)")
-        if not await self.lease.take():
+        if not await self.lease.take() and not (self.adopted and await self.lease.renew()):
             other = await self.lease.holder()
             ttl = await self.client.pttl(self.lease.key)
             raise NodeRefused(
                 f"node id {self.id!r} is already alive in market {self.market!r} ({_where(other)}): start this node "
                 f"with another EXCHANGE_NODE_ID, or stop that one (a dead node's lease lapses within {max(ttl, 0)} ms)")
-        self.selling = await self.seller.take()
+        self.selling = await self.seller.take() or (self.adopted and await self.seller.renew())
+        if self.selling:  # fence the previous seller out of the ledger before anything is read from it
+            self.epoch = await self.store.take_seller(self.market, self.id, time_ns())
         self.seller_info = self.info if self.selling else await self.seller.holder()
         await self._seen()
         log.info("node_joined", extra={"node": self.id, "market": self.market, "role": self.role})
@@ -209,11 +231,18 @@ class Node:
                 if not self.lease.lost and not await self.lease.renew():
                     self.lease.lost = True
                     log.error("node_lease_taken", extra={"node": self.id, "market": self.market})
-                if self.selling and not self.seller.lost and not await self.seller.renew():
+                if (self.selling or self.taking_over) and not self.seller.lost and not await self.seller.renew():
                     self.seller.lost = True
                     log.error("seller_lease_taken", extra={"node": self.id, "market": self.market})
-                if not self.selling:
+                    if self.selling and self.on_lost is not None:
+                        self.handing_over = True
+                        self.on_lost()
+                if not self.selling and not self.taking_over:
                     self.seller_info = await self.seller.holder()
+                    if self.seller_info is None and self.on_vacant is not None and await self.seller.take():
+                        self.taking_over = self.handing_over = True  # this edge holds the seller's lease; its process becomes the seller
+                        log.warning("seller_vacant_taking_over", extra={"node": self.id, "market": self.market})
+                        self.on_vacant()
             except (aioredis.RedisError, OSError) as exc:  # stale once the trusted window passes
                 log.warning("lease_renewal_failed", extra={"node": self.id, "error": str(exc)})
             await self._seen()
@@ -223,9 +252,14 @@ class Node:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         try:
-            if self.selling:
-                await self.seller.release()
-            await self.lease.release()
+            if self.handing_over:  # handed over to the process that replaces this one: keep its leases
+                await self.lease.renew()
+                if self.taking_over:
+                    await self.seller.renew()
+            else:
+                if self.selling:
+                    await self.seller.release()
+                await self.lease.release()
         except (aioredis.RedisError, OSError) as exc:
             log.warning("lease_release_failed", extra={"error": str(exc)})
         await self.client.aclose()
@@ -285,7 +319,8 @@ async def preflight(settings: Settings) -> str | None:
                 return (f"node {node.id!r}: market {node.market!r} uses the database {theirs}, this node was given {mine}: "
                         "start it with the market's EXCHANGE_DATABASE_URL, or another EXCHANGE_MARKET")
             other = await node.lease.holder()
-            if other is not None:
+            adopt = os.environ.get(ADOPT_ENV)
+            if other is not None and not (adopt and _text(await node.client.get(node.lease.key)).startswith(adopt + "|")):
                 return (f"node id {node.id!r} is already alive in market {node.market!r} ({_where(other)}): start this node "
                         "with another EXCHANGE_NODE_ID, or stop that one")
         except (aioredis.RedisError, OSError) as exc:

@@ -13,7 +13,6 @@ Lists are read from the call logs (``calllog``) and reports from the hourly aggr
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 from typing import Any
@@ -31,7 +30,7 @@ from .http import _exchange, _when, reply
 from .instants import rfc3339
 from .lifecycle import event_response
 from .replay import record as replay_record, view as replay_view
-from .tally import Tally
+from .tally import Tally, sliced
 from .tally import BILLABLE, CALLS, COMPLETED, DURATION, GROUPS, HOUR_NS, MARGIN, PAYOUT, REJECTED, REVENUE, ROUTED, RTB, WIDTH, WINS, answer_p50_ms
 
 STATUSES = ("routed", "connected", "completed", "failed", "expired", "rejected")
@@ -211,19 +210,11 @@ def _ratio(n: int, d: int) -> float | None:
     return round(n / d, 4) if d else None
 
 
-WARM_SLICE_CELLS = 20_000  # cells grouped between two yields to the event loop (a few ms)
-
-
 async def warm(tally: Tally, group_by: str, kind: str, owner: str | None, lo: int, hi: int, now: int) -> None:
     """Group the report's uncached closed hours a slice at a time, letting decisions and other
     requests run between slices: a month's first report reads every cell of the month once (seconds
     at 200 calls/s), and must not hold the event loop for all of it."""
-    read = 0
-    for n in tally.warm(group_by, kind, owner, lo, hi, now):
-        read += n
-        if read >= WARM_SLICE_CELLS:
-            read = 0
-            await asyncio.sleep(0)
+    await sliced(tally.warm(group_by, kind, owner, lo, hi, now))
 
 
 def report_row(kind: str, key: object, c: list[int]) -> dict[str, Any]:

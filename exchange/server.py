@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -32,7 +33,7 @@ from .app import build_app
 from .connections import close_all
 from .access import AUTHENTICATED
 from .metrics import Metrics
-from .nodes import preflight
+from .nodes import ADOPT_ENV, preflight
 from .service import Exchange
 from .settings import Settings
 
@@ -322,7 +323,12 @@ def serve(settings: Settings) -> int:
     app = build_app(settings, exchange)
     print(f"exchange listening on http://{settings.host}:{settings.port}", flush=True)
     server = ExchangeServer(uvicorn_config(app, settings), exchange)
+    exchange.on_handover = lambda: setattr(server, "should_exit", True)
     server.run()
+    if exchange.handover is not None:  # an edge took the vacant seller's lease: this process becomes the seller
+        print("the seller's lease changed hands: restarting this node to join its market again "
+              f"({'as the seller' if exchange.node is not None and exchange.node.taking_over else 'as an edge'})", flush=True)
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, ADOPT_ENV: exchange.handover})
     return 0 if server.started else 3  # 3: the start failed (logged), e.g. a node refused while joining
 
 

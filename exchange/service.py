@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+from collections.abc import Callable
 
 from compliance.runtime import ComplianceRuntime
 
@@ -34,13 +36,14 @@ from .lifecycle import expire_due
 from .metrics import Metrics
 from .market import MarketLink
 from .messages import NoBid, RtbBid
-from .nodes import Node, refuse_beside_nodes
+from .nodes import ADOPT_ENV, Node, refuse_beside_nodes
 from .recovery import recount, restore, retake
 from .privacy import Privacy, Sealer, scrub_call
 from .relay import Relay
 from .webhooks import Webhooks
 from .rtb import RtbDesk
 from .settings import Settings, nats_names
+from .tally import SEAL_EVERY_S, sliced
 from .tallyreplay import relog, replay_audit
 from .treasury import Treasury
 
@@ -64,7 +67,8 @@ class Exchange:
         self.desk = CallDesk(self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock)
         self.privacy = Privacy(settings, self.journal, self._forget_number)
         self.treasury = Treasury(self.accounts, self.core.ledger, self.journal, self.clock, self.core.calls.__contains__)
-        self.node = Node(settings, self.journal.store) if settings.node_id else None  # one node of a market
+        # one node of a market (adopting the leases of the edge this process replaces, if it does: exchange.server)
+        self.node = Node(settings, self.journal.store, os.environ.pop(ADOPT_ENV, None)) if settings.node_id else None
         self.desk.node = self.node
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
         self.bookstore = BookStore(self.journal.store, self.core, self.clock.now_ns,
@@ -72,6 +76,10 @@ class Exchange:
         self.link: MarketLink | None = None  # the links to the other nodes of the market (made once the node joined)
         self.campaigns_restored = (0, 0)  # (restored, skipped) at start
         self.ready = False
+        # an edge that took the vacant seller's lease: set to its leases' token; the server stops and
+        # replaces this process with a seller adopting them (exchange.server.serve, ``on_handover``)
+        self.handover: str | None = None
+        self.on_handover: Callable[[], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: Relay | None = None
         writer = self.journal.writer
@@ -115,12 +123,16 @@ class Exchange:
         relog(self.desk.log, self.core.calls)
         await self.journal.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        if st.report_days and not edge:
+            self._tasks.append(asyncio.create_task(self._sealer(), name="report-sealer"))
         self.bookstore.start()
         if self.node is not None and self.settings.redis_url:
             self.link = MarketLink(self, self.node, self.settings.redis_url)
             if not self.node.selling:
                 self.bookstore.on_saved = self.link.book_saved
             await self.link.start()
+        if self.node is not None:
+            self.node.on_vacant = self.node.on_lost = self._replace
         if self.node is not None and not self.node.selling:  # an edge: the seller relays events and delivers webhooks
             self.relay = self.webhooks = None
         if self.settings.retention_days and vault is not None:
@@ -179,6 +191,30 @@ class Exchange:
                     self.desk.log.prune(self.core.calls)
             except Exception:  # the sweeper must outlive a bad record; the bug is logged
                 log.exception("sweeper_failed")
+
+    def _replace(self) -> None:
+        """This node's role changed under it: an edge took the lease of a seller that vanished
+        (killed, cut off past its lease), or this seller's lease was taken by another process
+        (Redis restarted, a stall past its TTL; its writer is fenced out by the new seller's epoch).
+        Its process is replaced by one that joins the market again with its leases: the new seller
+        rebuilds the market from the database (accounts, balances, calls in flight, the book) as a
+        restarted seller does; a former seller comes back as an edge. Buyers' sockets close with
+        the old process; they reconnect to any node."""
+        assert self.node is not None
+        self.handover = self.node.token
+        self.ready = False
+        if self.on_handover is not None:
+            self.on_handover()
+
+    async def _sealer(self) -> None:
+        """The report aggregate's closed hours and days grouped for the operator in the background
+        (``Tally.seal``, a slice at a time): at start, after the rebuild, then every minute."""
+        while True:
+            try:
+                await sliced(self.desk.tally.seal(self.clock.now_ns()))
+            except Exception:
+                log.exception("report_seal_failed")
+            await asyncio.sleep(SEAL_EVERY_S)
 
     def buyer_joined(self, buyer: str) -> None:
         """A buyer socket opened: on its first, its ``cancel_on_disconnect`` campaigns come back

@@ -21,7 +21,7 @@ from collections import defaultdict
 from typing import Any
 from collections.abc import Iterable
 
-HISTS = ("decision_us", "call_us", "call_rtb_us", "event_us", "ack_us", "rtb_answer_us")
+HISTS = ("decision_us", "call_us", "call_rtb_us", "event_us", "ack_us", "rtb_answer_us", "edge_call_us")
 
 
 def bucket(v: int) -> int:

@@ -46,7 +46,7 @@ import gevent.pool
 import locust.runners
 import msgspec
 from locust import User, constant, events, task
-from locust.contrib.fasthttp import FastHttpUser
+from locust.contrib.fasthttp import FastHttpSession, FastHttpUser
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 from exchange.messages import (
@@ -126,6 +126,12 @@ def fail(environment: Any, rtype: str, name: str, exc: Exception | str, rt_ms: f
                                     exception=exc if isinstance(exc, Exception) else Exception(exc), context={})
 
 
+def node_of(plan: Plan, slot: int) -> str:
+    """The node a user's slot lands on: users spread over the seller and its edges."""
+    nodes = [plan.host, *plan.edges]
+    return nodes[slot % len(nodes)]
+
+
 # ---------------------------------------------------------------- buyers
 class BuyerUser(User):
     """A buyer's bidder: one WebSocket, its campaigns, a paced bid stream, live answers."""
@@ -149,7 +155,7 @@ class BuyerUser(User):
         self.inflight: dict[int, tuple[float, int, int]] = {}  # ping seq -> (t0, frames, bytes)
         self.seq = itertools.count(1_000_000_000)
         self.stopping = False
-        ws_url = plan.host.replace("http://", "ws://", 1).rstrip("/") + "/v1/buyers/ws"
+        ws_url = node_of(plan, slot).replace("http://", "ws://", 1).rstrip("/") + "/v1/buyers/ws"
         t0 = time.perf_counter()
         deadline = t0 + plan.setup_timeout_s
         while True:  # a busy machine may be slow to accept: retry the handshake until set-up's deadline
@@ -312,6 +318,11 @@ class PublisherUser(FastHttpUser):
         self.rng = random.Random(plan.seed * 5_003 + slot)
         self.maker = CallMaker(self.rng, plan.suppressed, CallMix(noncompliant=plan.noncompliant, outbound=plan.outbound))
         self.auth = {"Authorization": f"Bearer {self.account.key}", "Content-Type": "application/json"}
+        self.via_edge = node_of(plan, slot) != plan.host  # a node of a market that forwards to the seller
+        if self.via_edge:
+            self.client = FastHttpSession(base_url=node_of(plan, slot), request_event=self.environment.events.request,
+                                          network_timeout=self.network_timeout, connection_timeout=self.connection_timeout,
+                                          concurrency=self.concurrency, user=self)
         self.in_flight = gevent.pool.Group()
         _ready["publishers"] += 1
         COLLECTOR.gauges["publishers_ready"] = _ready["publishers"]
@@ -343,7 +354,16 @@ class PublisherUser(FastHttpUser):
             if len(group) >= plan.max_calls_in_flight:
                 COLLECTOR.count("calls_skipped")
                 continue
-            group.spawn(self._call)
+            group.spawn(self._guarded_call)
+
+    def _guarded_call(self) -> None:
+        """A call's greenlet: an exception in it is a client crash, counted as an error (it used to
+        be logged by gevent and nowhere else)."""
+        try:
+            self._call()
+        except Exception as exc:  # noqa: BLE001 - counted and sampled, never lost
+            COLLECTOR.count("client_crashes")
+            COLLECTOR.sample("client_crash", repr(exc)[:300])
 
     def _call(self) -> None:
         kind, req = self.maker.next()
@@ -373,6 +393,8 @@ class PublisherUser(FastHttpUser):
         c.count(f"kind_{kind}")
         c.observe("decision_us", d.decision_us)
         c.observe("call_rtb_us" if d.rtb_wait_us is not None else "call_us", us)
+        if self.via_edge:  # the cross-node round trip: a call sent to an edge, decided at the seller
+            c.observe("edge_call_us", us)
         if d.decision == "routed":
             self._lifecycle(d)
 

@@ -22,7 +22,8 @@ class Account(msgspec.Struct, frozen=True):
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
-    host: str                                  # http://HOST:PORT of the exchange
+    host: str                                  # http://HOST:PORT of the exchange (the seller of a market of nodes)
+    edges: list[str] = []                      # the other nodes' http://HOST:PORT: users spread over host + edges
     buyers: list[Account]
     publishers: list[Account]
     seed: int = 1

@@ -162,6 +162,7 @@ def build(cfg: Config, plan: Plan, target: Target, final: dict[str, Any] | None,
     errors = {
         "locust_failures": loc.get("failures", 0),
         "locust_user_exceptions": sum(x.get("count", 1) for x in loc.get("exceptions", [])),
+        "client_crashes": int(totals.get("client_crashes", 0)),  # a call's greenlet raised (loadtest.locustfile)
         "exchange_messages_rejected": int(end_metrics.get(REJECTED, 0) - m0.get(REJECTED, 0)),
         "exchange_slow_consumers_closed": int(end_metrics.get(SLOW, 0) - m0.get(SLOW, 0)),
         "exchange_log_problems": len([x for x in log_problems if '"level": "warning"' not in x]),

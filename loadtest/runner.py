@@ -31,6 +31,7 @@ import msgspec
 from . import report
 from .ceiling import bare_ceiling
 from .plan import Account, Plan, encode_plan
+from .cluster import start_nodes
 from .target import ROOT, Target, child_env, free_port, machine_busy_s, proc_cpu_s, start_exchange
 from .workload import suppressed_numbers
 
@@ -75,6 +76,7 @@ class Config:
     quiet: bool = False
     ceiling: bool = True  # a bid-rate miss measures the host's bare-transport ceiling (loadtest.ceiling)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    nodes: int = 0  # > 0: that many nodes of one market on PostgreSQL and Redis (loadtest.cluster)
 
 
 def add_run_arguments(ap: argparse.ArgumentParser) -> None:
@@ -106,6 +108,9 @@ def add_run_arguments(ap: argparse.ArgumentParser) -> None:
                     help="workers started elsewhere (python -m loadtest worker --master-host THIS_HOST ...)")
     ap.add_argument("--exchange-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the exchange this command starts (repeatable)")
+    ap.add_argument("--nodes", type=int, default=0,
+                    help="start N nodes of one market (EXCHANGE_DATABASE_URL on PostgreSQL, EXCHANGE_REDIS_URL): "
+                         "the first is the seller; buyers and publishers spread over all of them")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     ap.add_argument("--no-ceiling", action="store_true",
                     help="on a bid-rate miss, do not measure the host's bare-transport ceiling (loadtest.ceiling)")
@@ -134,7 +139,7 @@ def config_from(args: argparse.Namespace) -> Config:
         ring_bids=args.ring_bids, setup_timeout=args.setup_timeout, out=args.out,
         master_bind_host=args.master_bind_host, master_bind_port=args.master_bind_port,
         expect_remote_workers=args.expect_remote_workers, exchange_env=env, quiet=args.quiet, ceiling=not args.no_ceiling,
-        thresholds=Thresholds(args.min_bids_per_s, args.max_decision_p99_us, args.max_errors, args.min_calls_ratio,
+        nodes=args.nodes, thresholds=Thresholds(args.min_bids_per_s, args.max_decision_p99_us, args.max_errors, args.min_calls_ratio,
                               args.rate_tolerance),
     )
 
@@ -197,7 +202,7 @@ def make_plan(cfg: Config, target: Target, buyers: list[Account], publishers: li
               out: Path) -> Plan:
     publisher_users = cfg.publisher_users or max(2, 2 * max(1, cfg.workers + cfg.expect_remote_workers))
     return Plan(
-        host=target.base, buyers=buyers, publishers=publishers, seed=cfg.seed,
+        host=target.base, edges=[e.base for e in target.edges], buyers=buyers, publishers=publishers, seed=cfg.seed,
         campaigns_per_buyer=max(1, cfg.campaigns // max(1, len(buyers))), rtb_per_buyer=cfg.rtb_per_buyer,
         bids_per_s=cfg.bids_per_s, batch=cfg.batch, calls_per_s=cfg.calls_per_s, buyer_users=len(buyers),
         publisher_users=publisher_users if cfg.calls_per_s > 0 else 0, ring_bids=cfg.ring_bids,
@@ -228,6 +233,8 @@ def run_load(cfg: Config, target: Target | None = None,
         if cfg.host:
             target = Target(cfg.host, cfg.admin_key)
             target.wait_ready(30)
+        elif cfg.nodes:
+            target = start_nodes(cfg.nodes, out, cfg.exchange_env)
         else:
             target = start_exchange(out / "exchange.log", cfg.exchange_env)
     master: Proc | None = None
@@ -290,7 +297,8 @@ def _watch(cfg: Config, target: Target, master: Proc, workers: list[Proc], out: 
         t = time.time()
         m = target.metrics()
         s: dict[str, Any] = {
-            "t": t, "metrics": m, "server_cpu_s": proc_cpu_s(target.pid) if target.pid else None,
+            "t": t, "metrics": m, "server_cpu_s": sum(v or 0.0 for v in nodes.values()) if (nodes := target.node_cpu_s()) else None,
+            "node_cpu_s": nodes,
             "locust_cpu_s": {p.name: p.cpu_s() for p in [master, *workers]}, "machine": machine_busy_s(),
             "server_alive": target.alive(),
         }

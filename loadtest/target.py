@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+NODE_SUMMED = ("exchange_bids_ingested_total", "exchange_buyer_frames_total", "exchange_messages_rejected_total",
+               "exchange_slow_consumers_closed_total")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,6 +59,7 @@ class Target:
         self.proc = proc
         self.log_path = log_path
         self.workdir: Path | None = None
+        self.edges: list[Target] = []  # the other nodes of its market (loadtest.cluster), when it is a seller
         self.http = httpx.Client(base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {admin_key}"})
 
     @property
@@ -66,7 +71,11 @@ class Target:
         return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
-        return self.proc is None or self.proc.poll() is None
+        return all(t.proc is None or t.proc.poll() is None for t in (self, *self.edges))
+
+    def node_cpu_s(self) -> dict[str, float | None]:
+        """CPU seconds of each node we started (this one first), by base URL."""
+        return {t.base: proc_cpu_s(t.proc.pid) for t in (self, *self.edges) if t.proc is not None}
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         end = time.monotonic() + timeout
@@ -130,14 +139,22 @@ class Target:
 
     # ------------------------------------------------------------------ observation
     def metrics(self) -> dict[str, float] | None:
-        """``GET /metrics`` parsed: every sample by ``name{labels}`` plus each name's sum."""
+        """``GET /metrics`` parsed: every sample by ``name{labels}`` plus each name's sum. A seller
+        with edges adds theirs of what every node counts for its own sockets (bids, frames,
+        rejected messages, slow consumers closed); decisions are the seller's alone."""
         try:
             r = self.http.get("/metrics", timeout=5)
         except httpx.HTTPError:
             return None
         if r.status_code != 200:
             return None
-        return parse_prometheus(r.text)
+        out = parse_prometheus(r.text)
+        for edge in self.edges:
+            theirs = edge.metrics()
+            for k, v in (theirs or {}).items():
+                if k.startswith(NODE_SUMMED):
+                    out[k] = out.get(k, 0.0) + v
+        return out
 
     def log_tail(self, n: int = 4000) -> str:
         if self.log_path is None:
@@ -158,6 +175,8 @@ class Target:
         return [ln[:500] for ln in text.splitlines() if any(b in ln for b in bad)][:20]
 
     def stop(self) -> int | None:
+        for edge in self.edges:
+            edge.stop()
         self.http.close()
         code = None
         if self.proc is not None:
@@ -176,11 +195,13 @@ class Target:
         return code
 
 
-def start_exchange(log_path: Path, env_extra: dict[str, str] | None = None) -> Target:
+def start_exchange(log_path: Path, env_extra: dict[str, str] | None = None, admin_key: str | None = None,
+                   dnc: bool = True) -> Target:
     """``python -m exchange serve`` on a free loopback port, with a fresh operator key and a
-    national DNC snapshot dated today (``Target.load_dnc_snapshot``)."""
+    national DNC snapshot dated today (``Target.load_dnc_snapshot``; ``dnc=False``: none, for an
+    edge of a market whose seller has it)."""
     port = free_port()
-    admin_key = "loadtest_admin_" + secrets.token_urlsafe(18)
+    admin_key = admin_key or "loadtest_admin_" + secrets.token_urlsafe(18)
     workdir = Path(tempfile.mkdtemp(prefix="loadtest-exchange-"))  # any embedded store lands here
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")
@@ -197,7 +218,8 @@ def start_exchange(log_path: Path, env_extra: dict[str, str] | None = None) -> T
     t.workdir = workdir
     try:
         t.wait_ready()
-        t.load_dnc_snapshot()  # the exchange we started has no national list of its own
+        if dnc:
+            t.load_dnc_snapshot()  # the exchange we started has no national list of its own
     except BaseException:
         t.stop()
         raise

@@ -61,8 +61,8 @@ def market() -> Iterator[Market]:
         client.close()
 
 
-def start_node(market: Market, node_id: str | None, **extra: str) -> Server:
-    return start_server(market.env(node_id, **extra), deadline_s=40)
+def start_node(market: Market, node_id: str | None, host: str | None = None, prefix: tuple[str, ...] = (), **extra: str) -> Server:
+    return start_server(market.env(node_id, **extra), deadline_s=40, host=host, prefix=prefix)
 
 
 def refused_start(market: Market, node_id: str | None, timeout_s: float = 40, **extra: str) -> tuple[int, str]:

@@ -78,3 +78,44 @@ def test_a_buyer_on_one_node_wins_a_call_submitted_at_another(market: Market) ->
     env = {**os.environ, "EXCHANGE_DATABASE_URL": market.database_url}
     rec = subprocess.run([sys.executable, "-m", "exchange", "billing", "reconcile"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert rec.returncode == 0, rec.stdout + rec.stderr
+
+
+def test_a_publisher_socket_at_an_edge_is_relayed_to_the_seller(market: Market) -> None:
+    """Calls sent over an edge's publisher WebSocket are decided by the seller and answered on
+    the same socket (a batch, a ping, a bad item with its error), in either subprotocol."""
+    import json
+
+    import msgpack
+    from websockets.sync.client import connect
+
+    seller = start_node(market, "seller")
+    edge = start_node(market, "edge")
+    try:
+        _, buyer_key = seller.account("buyer", "ws-buyer", deposit=100_000)
+        _, pub_key = seller.account("publisher", "ws-pub")
+        b = Buyer(seller.ws_url, buyer_key)
+        assert isinstance(b.request(camp("wsc", "solar", 2500)), Ack)
+        auth = {"Authorization": f"Bearer {pub_key}"}
+        until(lambda: submit(seller, auth, "+14155550201", "solar")["decision"] == "routed", what="the campaign")
+        with connect(f"{edge.ws_url}/v1/publishers/ws", additional_headers=auth) as ws:
+            ws.send(json.dumps([{"type": "call", "caller": "+14155550202", "vertical": "solar", "state": "CA", "seq": 1},
+                                {"type": "call", "caller": "not a number", "vertical": "solar", "seq": 2},
+                                {"type": "ping", "seq": 3}]))
+            got: dict[int, dict] = {}
+            while len(got) < 3:
+                for m in (lambda x: x if isinstance(x, list) else [x])(json.loads(ws.recv(timeout=10))):
+                    got[m["seq"]] = m
+            assert got[1]["type"] == "decision" and got[1]["decision"] == "routed" and got[1]["route"]["campaign"] == "wsc", got
+            assert got[2]["type"] == "error" and got[2]["code"] == "invalid_number", got
+            assert got[3]["type"] == "pong"
+        with connect(f"{edge.ws_url}/v1/publishers/ws", additional_headers=auth, subprotocols=["dce.msgpack.v1"]) as ws:
+            ws.send(msgpack.packb({"type": "call", "caller": "+14155550203", "vertical": "solar", "state": "CA", "seq": 7}))
+            m = msgpack.unpackb(ws.recv(timeout=10))
+            m = m[0] if isinstance(m, list) else m
+            assert m["type"] == "decision" and m["seq"] == 7 and m["decision"] == "routed", m
+        calls = seller.http.get("/v1/calls", headers=auth).json()
+        assert len(calls["calls"]) >= 3, calls  # the seller holds the calls sent at the edge (and the one sent to it)
+        b.close()
+    finally:
+        stop_server(edge)
+        stop_server(seller)

@@ -25,10 +25,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, port: int, proc: subprocess.Popen) -> None:
-        self.port, self.proc = port, proc
-        self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}"
+    def __init__(self, port: int, proc: subprocess.Popen, host: str = "127.0.0.1") -> None:
+        self.port, self.proc, self.host = port, proc, host
+        self.url = f"http://{host}:{port}"
+        self.ws_url = f"ws://{host}:{port}"
         self.http = httpx.Client(base_url=self.url, timeout=10)
         self.admin = {"Authorization": f"Bearer {ADMIN}"}
         self.log_path = ""
@@ -51,13 +51,18 @@ class Server:
         return body["id"], body["api_key"]
 
 
-def start_server(extra_env: dict[str, str] | None = None, deadline_s: float = 20, port: int | None = None) -> Server:
+def start_server(extra_env: dict[str, str] | None = None, deadline_s: float = 20, port: int | None = None,
+                 host: str | None = None, prefix: tuple[str, ...] = ()) -> Server:
+    """``prefix``: a command that runs the server (``ip netns exec NS``); ``host``: the address it
+    binds and is reached at (``EXCHANGE_HOST``)."""
     port = port or free_port()
     db = f"sqlite:///{tempfile.mkdtemp(prefix='dce-e2e-')}/ledger.db"  # each server its own embedded ledger
     env = {**os.environ, "EXCHANGE_ADMIN_KEY": ADMIN, "EXCHANGE_PORT": str(port), "EXCHANGE_DATABASE_URL": db, **(extra_env or {})}
+    if host is not None:
+        env["EXCHANGE_HOST"] = host
     log = tempfile.NamedTemporaryFile(prefix="dce-server-", suffix=".log", delete=False)  # a file, not a pipe: never blocks
-    proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(port, proc)
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(port, proc, host or "127.0.0.1")
     server.log_path = log.name
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from exchange.calllog import CallLog
-from exchange.tally import BILLABLE, CALLS, HOUR_NS, REVENUE, ROUTED, WINS, Tally
+from exchange.tally import BILLABLE, CALLS, GROUPS, HOUR_NS, REVENUE, ROUTED, WINS, Tally
 
 T0 = 1_780_000_000 * 1_000_000_000 // HOUR_NS * HOUR_NS  # the start of an hour
 
@@ -167,7 +167,7 @@ def test_a_tenants_report_reads_its_own_cells_and_equals_a_scan_of_the_hour():
 def test_a_first_report_is_grouped_a_slice_at_a_time_letting_other_work_run():
     import asyncio
 
-    from exchange import reports_api
+    from exchange import reports_api, tally
 
     t = Tally()
     for h in range(48):
@@ -189,14 +189,70 @@ def test_a_first_report_is_grouped_a_slice_at_a_time_letting_other_work_run():
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(ticker())
-        old, reports_api.WARM_SLICE_CELLS = reports_api.WARM_SLICE_CELLS, 1000
+        old, tally.SLICE_CELLS = tally.SLICE_CELLS, 1000
         try:
             await reports_api.warm(t, "publisher", "operator", None, T0, now, now)
         finally:
-            reports_api.WARM_SLICE_CELLS = old
+            tally.SLICE_CELLS = old
             done = True
             await task
         return ticks
 
     assert asyncio.run(main()) >= 10  # 48 hours of 400+ cells, a yield every 1,000 cells read
     assert dict(t.report("publisher", "operator", None, T0, now, now))["p1"][CALLS] == 48 * 10
+
+
+def test_sealing_groups_closed_hours_and_days_for_the_operator_so_a_first_report_reads_no_cell():
+    """``Tally.seal`` (the background pass) leaves every closed hour grouped and every closed day
+    merged for each of the operator's groupings: a first report then equals the one an unsealed
+    copy computes, groups no hour (warm finds nothing to do), and a late event that reopens a sealed
+    hour is counted at once and regrouped by the next pass; the open hour is never sealed."""
+    import random
+
+    day0 = T0 // HOUR_NS // 24 * 24 * HOUR_NS
+
+    def fill(t: Tally) -> None:
+        r = random.Random(5)
+        for h in range(54):  # two closed days and 6 hours of a third, the last one open
+            for n in range(60):
+                b = r.randrange(6)
+                plan = [(f"b{b}", f"c{b}")] if n % 4 else []
+                t.decided(day0 + h * HOUR_NS + n, f"p{n % 7}", r.choice(["auto", "solar"]), r.choice(["CA", "TX", None]),
+                          "ok" if plan else "no_eligible_bid", plan, [(f"b{b}", f"c{b}", 900)], 0)
+
+    sealed, plain = Tally(), Tally()
+    fill(sealed)
+    fill(plain)
+    now = day0 + 53 * HOUR_NS + 5
+    steps = list(sealed.seal(now))
+    assert len(steps) == 53 * len(GROUPS) + 2 * len(GROUPS)  # each closed hour, then each closed day, per grouping
+    assert list(sealed.seal(now)) == []  # nothing left to do
+    assert not sealed.hours[now // HOUR_NS].cache  # the open hour is not sealed
+    for g in GROUPS:
+        assert list(sealed.warm(g, "operator", None, day0, now, now)) == []
+        assert sealed.report(g, "operator", None, day0, now, now) == plain.report(g, "operator", None, day0, now, now), g
+    late = day0 + 30 * HOUR_NS + 7
+    for t in (sealed, plain):
+        t.completed(late, "p1", "auto", "CA", ("b1", "c1"), ("b1", "c1"), "won", 120, True, 900, 700, 200)
+    assert sealed.report("publisher", "operator", None, day0, now, now) == plain.report("publisher", "operator", None, day0, now, now)
+    # the report regrouped the reopened hour and remerged its day for its own grouping; the pass does the others
+    assert len(list(sealed.seal(now))) == 2 * (len(GROUPS) - 1)
+
+
+def test_an_update_while_an_hour_is_grouped_a_slice_at_a_time_leaves_no_stale_grouping(monkeypatch):
+    from exchange import tally
+
+    monkeypatch.setattr(tally, "SLICE_CELLS", 10)
+    t, plain = Tally(), Tally()
+    for x in (t, plain):
+        for n in range(200):
+            x.decided(T0 + n, f"p{n % 50}", "auto", "CA", "ok", [("b1", "c1")], [("b1", "c1", 900)], 0)
+    now = T0 + 2 * HOUR_NS
+    steps = t.seal(now)
+    assert next(steps) == 10  # the first slice of the hour's 50 call cells, for one grouping
+    for x in (t, plain):  # a late completion lands in the hour being grouped
+        x.completed(T0 + 3, "p3", "auto", "CA", ("b1", "c1"), ("b1", "c1"), "won", 100, True, 900, 700, 200)
+    list(steps)
+    assert list(t.seal(now)) != []  # the abandoned grouping is done again by the next pass
+    for g in GROUPS:
+        assert t.report(g, "operator", None, T0, now, now) == plain.report(g, "operator", None, T0, now, now), g

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from compliance.numbers import parse_number
 
@@ -14,7 +14,7 @@ from .events import parties
 from .postings import Entry
 from .records import AccountRow, AuditEvent, CallOutcome, HoldEvent, Record
 from .store import Batch
-from .vault import Vault
+from .vault import KeyRow, Vault
 
 PHONE_FIELDS = ("caller", "callee")  # a request's numbers, sealed in a decision's body
 
@@ -125,11 +125,13 @@ def describe(r: Record) -> str:
     return f"audit {r.kind} record" + (f" of call {r.call_id!r}" if r.call_id else "")
 
 
-def fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], AuditRow], vault: Vault | None = None) -> None:
+def fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], AuditRow], vault: Vault | None = None,
+         stored: Collection[KeyRow] = ()) -> None:
     """Sort ``records`` into ``batch``, putting each row on the audit chain with it, and
     address each audit record's domain events (``batch.parties``: (account, seq)). With a
     ``vault``, numbers are sealed before they are chained (the chain covers the ciphertext)
-    and the rows of data keys not stored yet ride in the same batch (``batch.keys``)."""
+    and the rows of data keys not stored yet ride in the same batch (``batch.keys``), but those
+    in ``stored`` (the rows of the batch committing before this one)."""
     entries, holds, outcomes, audit, party = batch.entries, batch.holds, batch.outcomes, batch.audit, batch.parties
     for r in records:
         ev: AuditEvent
@@ -154,4 +156,8 @@ def fill(batch: Batch, records: list[Record], chain: Callable[[AuditEvent], Audi
         for p in parties(ev):
             party.append((p, row.seq))
     if vault is not None and vault.unsaved:
-        batch.keys.extend(vault.unsaved.values())
+        if stored:
+            skip = {r.kid for r in stored}
+            batch.keys.extend(r for kid, r in vault.unsaved.items() if kid not in skip)
+        else:
+            batch.keys.extend(vault.unsaved.values())

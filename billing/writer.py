@@ -178,8 +178,10 @@ class Writer:
         await self.wait(self.barrier(), timeout_s)
 
     # ------------------------------------------------------------------ the task
-    def _take(self) -> _Taken:
-        """The next batch: whole put() units, at least one, up to about ``max_batch`` records."""
+    def _take(self, stored: Batch | None = None) -> _Taken:
+        """The next batch: whole put() units, at least one, up to about ``max_batch`` records.
+        ``stored``: the batch committing meanwhile; the rows of data keys it carries are left out
+        (it commits first, or this batch is rebuilt with every key not stored)."""
         pending, units = self.pending, self._units
         first = self._taken
         want = first + min(len(pending), self.max_batch)
@@ -196,7 +198,7 @@ class Writer:
         start = (self.chain.seq, self.chain.last_hash)
         batch = Batch()
         try:
-            _fill(batch, records, self.chain.append, self.vault)
+            _fill(batch, records, self.chain.append, self.vault, stored.keys if stored is not None else ())
         except Exception:  # noqa: BLE001 - a record that cannot be put on the chain: find it, unit by unit
             self.chain = Chain(*start)
             batch = self._build(_split(records, first, ends))
@@ -272,7 +274,7 @@ class Writer:
                 try:
                     await asyncio.sleep(0)  # the commit sends its statement first
                     if not commit.done():
-                        ready = self._take()
+                        ready = self._take(taken.batch)
                         if self._prepare is not None:
                             self._prepare(ready.batch)
                     result = await commit

@@ -57,11 +57,9 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
     level, risk, observed, why = level_of(call.attestation), 0, None, None
     if s.quality_signals:  # counted before the gate: a denied call is still a call of that caller and publisher
         number = digits(caller.e164) if caller is not None and call.direction == "inbound" else None
-        if number is not None:
-            observed = core.quality.observe(publisher, number, now_ns)
-            if s.quality_velocity_max_calls and observed.caller_calls > s.quality_velocity_max_calls:
-                why = Outcome.CALLER_VELOCITY
-        risk = core.quality.risk(publisher, now_ns)
+        observed, risk = core.quality.observe_risk(publisher, number, now_ns)
+        if observed is not None and s.quality_velocity_max_calls and observed.caller_calls > s.quality_velocity_max_calls:
+            why = Outcome.CALLER_VELOCITY
     skipped: dict[str, int] = {}
     consumer = caller if call.direction == "inbound" else parse_number(call.callee)
     consumer, verdict = core.gate.screen(call, consumer, now_ns, publisher)  # consumer now carries the gate's plan

@@ -223,15 +223,30 @@ class Quality:
         events = self.events
         if events and events[0][0] <= now_ns - self.window_ns:
             self._expire(now_ns - self.window_ns)
+        return self._risk(publisher, now_ns)
+
+    def _risk(self, publisher: str, now_ns: int) -> int:
+        """The score from the counters (the call window already expired to ``now_ns``): the
+        formula of ``_score``, inline (a decision reads it every time)."""
         pub = self.pubs.get(publisher)
         calls, repeats, near = pub if pub is not None else (0, 0, 0)
+        ws, wk, wn, wv = WEIGHTS
+        x = (wn * near + wv * repeats) / (calls + PRIOR)
         got = self.outcomes.get(publisher)
-        if got is None:
-            return _score(calls, repeats, near, 0, 0, 0, 0)
-        if got[0] and got[0][0][0] <= now_ns // self.width_ns - BUCKETS:
-            self._outcomes(publisher, now_ns)
-        t = got[1]
-        return _score(calls, repeats, near, t[1], t[2], t[3], t[4])
+        if got is not None:
+            if got[0] and (got[0][0][0] + BUCKETS) * self.width_ns <= now_ns:  # (its oldest bucket is out: b0 <= now // width - BUCKETS)
+                self._outcomes(publisher, now_ns)
+            t = got[1]
+            x = ws * t[2] / (t[1] + PRIOR) + wk * t[4] / (t[3] + PRIOR) + x
+        r = round(100 * x)  # (x >= 0: counts)
+        return r if r <= 100 else 100
+
+    def observe_risk(self, publisher: str, caller: int | None, now_ns: int) -> tuple[Observation | None, int]:
+        """``observe`` (a caller: an inbound call's number) then ``risk``, in one call: the
+        signals a decision reads."""
+        if caller is None:
+            return None, self.risk(publisher, now_ns)
+        return self.observe(publisher, caller, now_ns), self._risk(publisher, now_ns)
 
     def report(self, publisher: str, now_ns: int) -> dict[str, int]:
         """A publisher's score and its inputs, as ``GET /v1/reports`` shows them."""

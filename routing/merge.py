@@ -8,7 +8,7 @@ stale, exactly as a method would.
 from __future__ import annotations
 
 from collections.abc import Callable
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import TYPE_CHECKING
 
 from .attestation import ONE, UNATTESTED
@@ -47,45 +47,47 @@ def ranked(
     loop is the plain merge.
     """
     buckets = book._buckets
-    heaps = []
-    pool: list[Bucket] = []
-    mults: list[int] = []  # each heap's multiplier for this call's level
-    plain = True  # no heap to read at a modified price: the plain merge
-    for ob in (True,) if outbound else (False, True):
-        for where in (state, None) if state is not None else (None,):
-            for b in buckets.get((vertical, where, ob), ()):
-                if b.heap:
-                    heaps.append(b.heap)
-                    pool.append(b)
-                    m = ONE if b.mult is None else b.mult[level]
-                    mults.append(m)
-                    plain = plain and m == ONE
+    wheres = (state, None) if state is not None else (None,)
+    pool: list[Bucket] = [b for ob in ((True,) if outbound else (False, True)) for where in wheres
+                          for b in buckets.get((vertical, where, ob), ()) if b.heap]
+    heaps = [b.heap for b in pool]
+    mults = [ONE if b.mult is None else b.mult[level] for b in pool]  # each heap's multiplier for this call's level
+    plain = mults.count(ONE) == len(mults)  # no heap to read at a modified price: the plain merge
     seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
     out: list[Standing] = []
     slots = book._slots
-    backs: list[list[tuple[int, int, int]]] = [[] for _ in heaps]
+    backs: list[tuple[int, tuple[int, int, int]]] = []  # (heap index, entry) of the live entries popped
     scanned = popped = 0
     adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
+    # Without modifiers: the heap with the smallest top, found by a scan (a call reads a few heaps).
+    # With them: a heap of each heap's key -- its top, or its class's bound -- with its index, as one
+    # flat tuple (price, seq, slot, index), kept up to date as entries are popped (and rebuilt when a
+    # re-listing pushed into a heap), so each step costs O(log heaps) instead of a scan of every
+    # class's heap; ties go to the lower index either way.
+    tour = [] if plain else _keys(heaps, mults)
     while len(out) < want and scanned < scan_limit:
         k = -1
-        top = None
+        top: tuple[int, ...] | None = None
         if plain:
             for i, h in enumerate(heaps):
                 if h and (top is None or h[0] < top):
                     k, top = i, h[0]
-        else:  # a class's bound: no entry of its heap is modified above its top's listed price, modified
-            for i, h in enumerate(heaps):
-                if h:
-                    m = mults[i]
-                    key = h[0] if m == ONE else (-(-h[0][0] * m // ONE), -1, -1)  # (-(listed * m rounded down), before any seq)
-                    if top is None or key < top:
-                        k, top = i, key
+        elif tour:
+            t = tour[0]  # (an adjusted entry never equals its first three: compared as the key alone)
+            top, k = t, t[3]
         if adjusted and (top is None or adjusted[0] < top):
             s = slots[heappop(adjusted)[2]]  # its adjusted price sorts first now
         else:
             if k < 0:
                 break
-            entry = heappop(heaps[k])
+            h = heaps[k]
+            entry = heappop(h)
+            if not plain:
+                if h:
+                    m = mults[k]
+                    heapreplace(tour, (*h[0], k) if m == ONE else (-(-h[0][0] * m // ONE), -1, -1, k))
+                else:
+                    heappop(tour)
             popped += 1
             s = slots[entry[2]]
             if s.listing != entry[1]:
@@ -93,12 +95,14 @@ def ranked(
             if s.seq != entry[1]:
                 book._relist(s)  # the price moved down since listing: re-list at the true price
                 book.relisted += 1
+                if not plain:
+                    tour = _keys(heaps, mults)
                 continue
             if s.expires_ns is not None and s.expires_ns <= now_ns:
                 for bucket in s.buckets:  # expired for good: drop it from the index
                     bucket.remove(s)
                 continue
-            backs[k].append(entry)
+            backs.append((k, entry))
             ms = s.multipliers  # its class's, or its own in the plain bucket (past MAX_CLASSES)
             if ms is not None and ms[level] != ONE:
                 heappush(adjusted, (-(s.bid_cents * ms[level] // ONE), s.seq, s.slot))
@@ -113,13 +117,22 @@ def ranked(
         if done is not None and (len(done), book.lot.count) != seen:
             seen = (len(done), book.lot.count)  # (parking during the scan can take a buyer out of these heaps)
             n = seen[0]
-            if n >= max(len(b.buyers) for b in pool) and n >= len(set().union(*(b.buyers for b in pool))):
-                break  # every buyer listed here has its route or its refusal
+            for b in pool:  # (n below some heap's count of buyers: not all done; usually the first heap says so)
+                if len(b.buyers) > n:
+                    break
+            else:
+                if n >= len(set().union(*(b.buyers for b in pool))):
+                    break  # every buyer listed here has its route or its refusal
     book.scanned += scanned
     book.popped += popped
-    for h, back in zip(heaps, backs):
-        for entry in back:
-            if slots[entry[2]].listing == entry[1]:  # (not parked meanwhile by ``accept``)
-                heappush(h, entry)
+    for k, entry in backs:
+        if slots[entry[2]].listing == entry[1]:  # (not parked meanwhile by ``accept``)
+            heappush(heaps[k], entry)
     return out
 
+def _keys(heaps: list[list[tuple[int, int, int]]], mults: list[int]) -> list[tuple[int, int, int, int]]:
+    """A heap of (*key, index) of the non-empty heaps: a heap's key is its top, or with a multiplier
+    ``m`` its class's bound, ``(-(listed * m rounded down), -1, -1)`` (before any entry of that price)."""
+    out = [(*h[0], i) if m == ONE else (-(-h[0][0] * m // ONE), -1, -1, i) for i, (h, m) in enumerate(zip(heaps, mults)) if h]
+    heapify(out)
+    return out

@@ -248,3 +248,37 @@ def test_a_refused_batch_keeps_its_new_key_for_the_next_one(tmp_path):
         assert (await opened_numbers(url))["good"] == "+14155550123"
 
     asyncio.run(run())
+
+
+def test_under_a_backlog_each_key_row_is_stored_once_and_every_number_reads_back(tmp_path):
+    """With a backlog the writer takes the next batch while one commits; that batch leaves out
+    the key rows the committing one carries (each row written once), and a batch refused
+    meanwhile is rebuilt with every key not stored, so every call still opens to its number."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    nums = [f"+1415{200 + i:03d}{i:04d}" for i in range(120)]
+
+    async def run() -> None:
+        store = open_store(url)
+        await store.open()
+        vault = await keystore.open_vault(store, MASTERS, NOV_NS)
+        w = Writer(store, max_batch=30, vault=vault)
+        stored: list[str] = []
+        w.on_commit.append(lambda batch: stored.extend(r.kid for r in batch.keys))
+        await w.start()
+        last = 0
+        for i, n in enumerate(nums):  # no await between puts: a backlog of four batches and more
+            cid = f"call_{i:04d}"
+            last = w.put([decision(cid, n, NOV_NS + i * NS), *billable_call(cid, "b1", "p1", 1000 + i, NOV_NS + i * NS + 90 * NS)])
+            if i == 70:  # a unit the database refuses, in the middle of the backlog
+                w.put([AuditEvent(NOV_NS, "decision", "bad", "+14155550123", {"request": {"caller": "+14155550123"}, "x": 1 << 70})])
+        await w.wait(last, 30)
+        assert w.batches > 4
+        assert len(stored) == len(set(stored))  # no key row written twice
+        in_table = {r[0] for r in await store.fetch("SELECT kid FROM privacy_keys")}
+        assert set(stored) == in_table and len(in_table) == vault.keys_made and not vault.unsaved
+        await w.close()
+        await store.close()
+        opened = await opened_numbers(url)
+        assert {cid: opened[cid] for cid in opened if cid != "bad"} == {f"call_{i:04d}": n for i, n in enumerate(nums)}
+
+    asyncio.run(run())

@@ -61,6 +61,51 @@ def test_the_book_ranks_by_the_modified_bid_exactly_as_a_full_sort(cs, moves, at
         assert [s.key for s in got] == [s.key for s in oracle[:want]]
 
 
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(campaigns, reprices, levels, st.integers(1, 6), st.sets(st.sampled_from(["b1", "b2", "b3", "b4"])))
+def test_one_route_per_buyer_with_buyers_refused_whole_ranks_as_a_full_sort(cs, moves, att, want, refused):
+    """The merge with ``done`` (a route per buyer; a buyer refused for all its campaigns) and its
+    early stop once every buyer in the heaps is done, against a full sort walked the same way."""
+    book = Book()
+    for k, (bid, mods, buyer) in enumerate(cs):
+        book.upsert(buyer, campaign(f"c{k}", bid_cents=bid, bid_modifiers=BidModifiers(attestation=mods) if mods else None,
+                                    states=["CA"] if k % 3 == 0 else []))
+    for k, bid in moves:
+        if k < len(cs):
+            book.reprice(cs[k][2], f"c{k}", bid)
+    level = level_of(att)
+    oracle = sorted(book._campaigns.values(), key=lambda s: (-adjusted(s.bid_cents, s.multipliers, level), s.seq))
+
+    def walk(candidates, done):
+        out, asked = [], []
+        for s in candidates:
+            asked.append(s.key)
+            if s.buyer in done:
+                continue
+            done.add(s.buyer)
+            if s.buyer not in refused:
+                out.append(s.key)
+                if len(out) == want:
+                    break
+        return out, asked
+
+    expect, _ = walk(oracle, set())
+    for _ in range(2):  # a read leaves the book as it was
+        done: set[str] = set()
+        asked: list = []
+
+        def accept(s, done=done, asked=asked):
+            asked.append(s.key)
+            if s.buyer in done:
+                return False
+            done.add(s.buyer)
+            return s.buyer not in refused
+
+        got = book.ranked("auto_insurance", "CA", NOON_NY_NS, accept, want, done=done, level=level)
+        assert [s.key for s in got] == expect
+        assert asked == [s.key for s in oracle[:len(asked)]]  # read in the merged order, no further than the full walk needs
+
+
 @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(campaigns, levels, st.sampled_from(["first", "second"]), st.integers(0, 3000), st.none() | st.sampled_from(["A", "B", "C"]))
 def test_the_auction_clears_on_modified_bids_within_its_bounds(cs, att, pricing, floor, strict):

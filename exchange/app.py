@@ -24,6 +24,7 @@ from .urlguard import UrlGuard
 def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
     """The Starlette app behind ``CallPath`` (which serves calls and events itself)."""
     ex = exchange or Exchange(settings)
+    closing: list[CallPath] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -32,6 +33,9 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
             yield
         finally:
             await ex.stop()
+            for path in closing:  # an edge's pool to its seller
+                if path.forward is not None:
+                    await path.forward.close()
 
     routes = [
         Route("/healthz", http.healthz),
@@ -86,4 +90,6 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
         },
     )
     app.state.exchange = ex
-    return CallPath(app, ex)
+    path = CallPath(app, ex)
+    closing.append(path)
+    return path

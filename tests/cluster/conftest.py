@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import redis
 
@@ -92,3 +93,20 @@ def until(pred, timeout_s: float = 15, what: str = ""):
             return got
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def role(server: Server) -> str | None:
+    """The node's role from ``/readyz`` (None while it is not ready: stale, or its process being replaced)."""
+    try:
+        r = server.http.get("/readyz", timeout=2)
+        return r.json().get("role") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def books_exact(database_url: str) -> None:
+    """``billing reconcile`` and ``audit verify`` pass on the market's database."""
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": database_url}
+    for cmd in (["billing", "reconcile"], ["audit", "verify"]):
+        out = subprocess.run([sys.executable, "-m", "exchange", *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr

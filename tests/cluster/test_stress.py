@@ -12,11 +12,8 @@ instant would be the seller's fault."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,7 +23,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from exchange.messages import Ack, Campaign, Caps
-from tests.cluster.conftest import ROOT, Market, start_node, submit, until
+from tests.cluster.conftest import books_exact, role, Market, start_node, submit, until
 from tests.cluster.netns import Fabric, fabric
 from tests.e2e.conftest import ADMIN, Server, stop_server
 from tests.e2e.wsclient import Buyer
@@ -181,17 +178,7 @@ class Load:
             b.close()
         for n in self.nodes:
             stop_server(n)
-        env = {**os.environ, "EXCHANGE_DATABASE_URL": self.market.database_url}
-        for cmd in (["billing", "reconcile"], ["audit", "verify"]):
-            out = subprocess.run([sys.executable, "-m", "exchange", *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stdout + out.stderr
-
-
-def role(server: Server) -> str | None:
-    try:
-        return server.http.get("/readyz").json().get("role")
-    except (httpx.HTTPError, ValueError):
-        return None
+        books_exact(self.market.database_url)
 
 
 def test_random_concurrent_calls_over_three_nodes_keep_every_cap_and_every_balance(market: Market) -> None:

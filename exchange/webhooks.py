@@ -132,7 +132,9 @@ class Webhooks:
                     synced = time.monotonic()
                     await self._sync()
                 head = await self._head()
-                if head > self.tail:
+                if not self.hooks:  # no endpoint: nothing to derive (one created later reads the store from its position)
+                    self.tail = head
+                elif head > self.tail:
                     rows = await self.store.event_rows(None, self.tail + 1, FOLLOW_ROWS)
                     self._hand_over(rows, rows[-1].seq if len(rows) == FOLLOW_ROWS else head)
             except StoreUnavailable:

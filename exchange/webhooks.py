@@ -104,6 +104,8 @@ class Webhooks:
         rows = await self.store.fetch(f"SELECT {COLS} FROM webhooks WHERE disabled_ns IS NULL")
         live = {r[0] for r in rows}
         new = [Hook(r) for r in rows if r[0] not in self.hooks and r[0] not in self._disabled]
+        if new and not self.hooks:  # the follower idled without endpoints: it follows from the head on (each reads its own past)
+            self.tail = max(self.tail, await self._head())
         if new:
             due = dict(await self.store.fetch("SELECT webhook_id, min(due_ns) FROM webhook_retries GROUP BY webhook_id"))
             for hook in new:
@@ -131,10 +133,10 @@ class Webhooks:
                 if time.monotonic() - synced >= SYNC_S:
                     synced = time.monotonic()
                     await self._sync()
+                if not self.hooks:  # no endpoint: nothing to read (the first one made moves the tail to the head: _sync)
+                    continue
                 head = await self._head()
-                if not self.hooks:  # no endpoint: nothing to derive (one created later reads the store from its position)
-                    self.tail = head
-                elif head > self.tail:
+                if head > self.tail:
                     rows = await self.store.event_rows(None, self.tail + 1, FOLLOW_ROWS)
                     self._hand_over(rows, rows[-1].seq if len(rows) == FOLLOW_ROWS else head)
             except StoreUnavailable:

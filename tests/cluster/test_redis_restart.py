@@ -8,9 +8,7 @@ the saved book sells, and the money reconciles."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 
 import httpx
 import pytest
@@ -18,21 +16,8 @@ import pytest
 from exchange.messages import Ack, Campaign
 from tests.cluster.conftest import books_exact, role, Market, redis_client, start_node, until
 from tests.cluster.netns import fabric
-from tests.e2e.conftest import Server, free_port, stop_server
+from tests.e2e.conftest import Server, free_port, redis_server, stop_server
 from tests.e2e.wsclient import Buyer
-
-
-def redis_on(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("redis-server did not start")
 
 
 def call(server: Server, auth: dict[str, str], caller: str) -> httpx.Response | None:
@@ -46,7 +31,7 @@ def test_redis_restarted_under_two_nodes_fails_closed_then_one_seller_sells_agai
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     port = free_port()
-    redis_proc = redis_on(port)
+    redis_proc = redis_server(port)
     with fabric(["s", "e"], [5432, port]) as fab:  # each node in its own network namespace
         gw = fab.gateway
         m = market._replace(database_url=market.database_url.replace("127.0.0.1", gw), redis_url=f"redis://{gw}:{port}/0")
@@ -74,7 +59,7 @@ def redis_restarted(nodes: list[Server], redis_proc: subprocess.Popen, port: int
                       what="the seller stale")
         assert stale.json()["error"]["code"] == "node_stale", stale.text
         assert seller.http.get("/readyz").status_code == 503
-        redis_proc = redis_on(port)  # back, empty
+        redis_proc = redis_server(port)  # back, empty
         sellers = until(lambda: (got := [n for n in nodes if role(n) == "seller"]) and len(got) == 1 and
                         all(role(n) in ("seller", "edge") for n in nodes) and got, timeout_s=40, what="one seller again")
         new = sellers[0]

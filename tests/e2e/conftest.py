@@ -24,6 +24,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def redis_server(port: int) -> subprocess.Popen:
+    """A private, empty redis-server on ``port`` (no persistence), once it accepts connections."""
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("redis-server did not start")
+
+
 class Server:
     def __init__(self, port: int, proc: subprocess.Popen, host: str = "127.0.0.1") -> None:
         self.port, self.proc, self.host = port, proc, host

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import subprocess
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -27,6 +25,7 @@ from exchange.messages import CallRequest
 from exchange.service import Exchange
 from exchange.settings import Settings
 from tests.builders import campaign
+from tests.e2e.conftest import redis_server
 
 NOON_MIAMI = parse_rfc3339("2026-04-15T16:00:00Z")
 FL = "+13053581234"
@@ -43,15 +42,7 @@ def private_redis():
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    proc = redis_server(port)
     yield proc, f"redis://127.0.0.1:{port}/0"
     proc.kill()
     proc.wait(5)

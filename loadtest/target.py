@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class Target:
         self.log_path = log_path
         self.workdir: Path | None = None
         self.edges: list[Target] = []  # the other nodes of its market (loadtest.cluster), when it is a seller
+        self.cleanup: list[Callable[[], None]] = []  # run by ``stop`` once the processes are gone (a run's own schema)
         self.http = httpx.Client(base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {admin_key}"})
 
     @property
@@ -192,6 +194,11 @@ class Target:
             import shutil
 
             shutil.rmtree(self.workdir, ignore_errors=True)
+        for step in self.cleanup:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - a leftover to report, never a failed run
+                print(f"loadtest: clean-up left something behind: {type(exc).__name__}: {exc}")
         return code
 
 

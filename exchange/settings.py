@@ -104,6 +104,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     webhook_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
     webhook_max_per_account: Annotated[int, Meta(ge=1)] = 20
     webhook_allow_loopback: bool = False
+    webhook_inbox_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000  # events handed to an endpoint not yet delivered; past it, it reads the store
     # Where deliveries run (exchange.deliver): "process", a worker process serve starts and stops
     # with it (an in-memory SQLite store: "loop"); "loop", the exchange's own event loop; "off",
     # none (run `python -m exchange deliver` beside it). The worker looks for new records every

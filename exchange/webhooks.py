@@ -5,7 +5,7 @@ the exchange's event loop, and reads only the store, where the writer's commits 
 (the outbox: an event exists iff its record is durable). A follower polls the audit trail's head
 every ``webhook_poll_ms``; when it moved, it reads the new records once, derives their events
 once and hands each endpoint in step its own (the operator's: all); an endpoint behind (new,
-restarted, or slow past ``INBOX_MAX``) reads its own events from the store, from its position,
+restarted, or slow past ``webhook_inbox_max``) reads its own events from the store, from its position,
 until it is in step. Every second it picks up endpoints created or deleted through the API.
 
 Every endpoint has its own task, position and at most ``webhook_inflight`` deliveries in flight
@@ -47,7 +47,6 @@ SYNC_S = 1.0  # endpoints created or deleted through the API are seen within thi
 CHUNK = 500  # rows per statement
 IDLE_SAVE_S = 10.0  # positions moved with nothing delivered are written this often
 FOLLOW_ROWS = 2000  # records the follower reads at once
-INBOX_MAX = 10_000  # events handed to an endpoint not yet delivered; past it, it reads the store again
 
 
 class Webhooks:
@@ -57,6 +56,7 @@ class Webhooks:
         self.schedule = parse_schedule(s.webhook_retry_s)
         self.allow_loopback, self.disable_after, self.inflight = s.webhook_allow_loopback, s.webhook_disable_after, s.webhook_inflight
         self.timeout_s, self.poll_s = s.webhook_timeout_s, s.webhook_poll_ms / 1000
+        self.inbox_max = s.webhook_inbox_max  # events handed to an endpoint not yet delivered; past it, it reads the store again
         self.own = (s.host, s.port)
         self.hooks: dict[str, Hook] = {}
         self.delivered = self.failed = 0
@@ -138,7 +138,9 @@ class Webhooks:
                 head = await self._head()
                 if head > self.tail:
                     rows = await self.store.event_rows(None, self.tail + 1, FOLLOW_ROWS)
-                    self._hand_over(rows, rows[-1].seq if len(rows) == FOLLOW_ROWS else head)
+                    # (records committed since ``head`` was read come back too: the tail goes past them,
+                    # or the next look would hand them over again, delivered twice)
+                    self._hand_over(rows, rows[-1].seq if len(rows) == FOLLOW_ROWS else max(head, rows[-1].seq if rows else head))
             except StoreUnavailable:
                 pass
             except asyncio.CancelledError:
@@ -161,7 +163,7 @@ class Webhooks:
                 continue
             if h.events is not None:
                 evs = [e for e in evs if e.type in h.events]
-            if len(h.inbox) + len(evs) > INBOX_MAX:  # a slow endpoint: it reads the store again when it can
+            if len(h.inbox) + len(evs) > self.inbox_max:  # a slow endpoint: it reads the store again when it can
                 h.inbox, h.covered = [], -1
                 h.wake.set()
                 continue
@@ -257,6 +259,8 @@ class Webhooks:
                         return
                     if hook.covered >= 0:
                         self._moved(hook, upto)
+                    elif events:  # its inbox overflowed meanwhile: the store is read from just past these, not again
+                        self._past(hook, events[-1].id)
                     if not hook.inbox:
                         return
                 elif await self._from_store(hook):
@@ -290,6 +294,12 @@ class Webhooks:
         if (seq, 999) > hook.position:
             hook.position = (seq, 999)
             self._positions[hook.id] = position(seq)
+
+    def _past(self, hook: Hook, last_id: str) -> None:
+        pos = parse_position(last_id)
+        if pos > hook.position:
+            hook.position = pos
+            self._positions[hook.id] = last_id
 
     async def _retry_due(self, hook: Hook) -> None:
         now = self.clock()

@@ -12,7 +12,7 @@ import sys
 
 from exchange.messages import Ack, BidRequest, Bid, Campaign, Ping, Pong, RtbBid, Win
 from tests.cluster.conftest import ROOT, Market, start_node, submit, until
-from tests.e2e.conftest import stop_server
+from tests.e2e.conftest import ADMIN, stop_server
 from tests.e2e.wsclient import Buyer
 
 
@@ -116,6 +116,28 @@ def test_a_publisher_socket_at_an_edge_is_relayed_to_the_seller(market: Market) 
         calls = seller.http.get("/v1/calls", headers=auth).json()
         assert len(calls["calls"]) >= 3, calls  # the seller holds the calls sent at the edge (and the one sent to it)
         b.close()
+    finally:
+        stop_server(edge)
+        stop_server(seller)
+
+
+def test_a_large_upload_at_an_edge_streams_to_the_seller_and_small_bodies_go_whole(market: Market) -> None:
+    """A DNC file of ~1.1 MB sent to an edge reaches the seller whole (the edge streams it on as
+    it comes, chunked); a call's small body is forwarded with its length."""
+    from datetime import UTC, datetime
+
+    seller = start_node(market, "seller")
+    edge = start_node(market, "edge")
+    try:
+        numbers = [f"212{n:07d}" for n in range(5550000, 5650000)]  # 100,000 lines
+        today = datetime.now(UTC).date().isoformat()
+        r = edge.http.post(f"/v1/dnc/national?snapshot_date={today}", content=("\n".join(numbers) + "\n").encode(),
+                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+        assert r.status_code == 201, r.text
+        assert (r.json()["numbers"], r.json()["rejected"]) == (len(numbers), 0)
+        _, pub_key = seller.account("publisher", "up-pub")
+        d = submit(edge, {"Authorization": f"Bearer {pub_key}"}, "+14155550301")
+        assert d["decision"] == "rejected" and d["reason"] == "no_eligible_bid", d  # decided at the seller, the body whole
     finally:
         stop_server(edge)
         stop_server(seller)

@@ -41,6 +41,7 @@ import multiprocessing
 import os
 import secrets
 import statistics
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -127,7 +128,20 @@ def standing_buyer(t: Any) -> Any:
                  max_size=None).__enter__()
     ws.send(json_encoder.encode(Campaign(id="c", vertical=VERT, bid_cents=2500, min_duration_s=30, destination="+18005550199",
                                          seq=1)).decode())
+    threading.Thread(target=_drain, args=(ws,), daemon=True).start()
     return ws
+
+
+def _drain(ws: Any) -> None:
+    """Read and drop the socket's notices: unread, they pause the client's reading, its keepalive
+    pings then go unanswered, and it closes the socket (1011) some 40 s in."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            ws.recv()
+    except (ConnectionClosed, OSError):
+        pass
 
 
 async def calls(url: str, keys: list[str], n: int, concurrency: int, seed: int, complete: bool, rate: float = 0) -> dict[str, Any]:

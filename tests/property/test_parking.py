@@ -1,6 +1,7 @@
 """The parking lot (``exchange/parking.py``): campaigns refused for a reason that holds until an
 event or an instant (schedule, caps, daily budget, concurrency, funds) leave the ranked index
-and come back on that event, and nothing eligible is ever hidden.
+and come back on that event, and nothing eligible is ever hidden, also when a buyer sends a
+campaign again (replaced, as the gateway applies it: parked on arrival if it can take no call).
 
 The oracle is a brute-force check of every campaign in the book with the pipeline's own
 ``refusal`` (no index), made before each call at the call's instant: the call must go to the
@@ -46,9 +47,18 @@ ops = st.lists(
         st.tuples(st.just("bid"), st.integers(0, 7), st.integers(100, 6000)),
         st.tuples(st.just("deposit"), st.integers(0, BUYERS - 1), st.integers(1, 20_000)),
         st.tuples(st.just("pause"), st.integers(0, 7), st.booleans()),
+        st.tuples(st.just("replace"), st.integers(0, 7), campaign),
     ),
     min_size=20, max_size=80,
 )
+
+
+def campaign_of(i: int, spec: tuple) -> Campaign:
+    bid, hours, zone, conc, hourly, daily, monthly, budget = spec
+    sched = Schedule(tz=zone, hours=HOURS[hours]) if HOURS[hours] is not None else None  # type: ignore[arg-type]
+    return Campaign(id=f"c{i}", vertical="v", bid_cents=bid, schedule=sched,
+                    caps=Caps(concurrency=conc, hourly=hourly, daily=daily, monthly=monthly), daily_budget_cents=budget,
+                    min_duration_s=60, destination="+18005550199")
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -58,12 +68,8 @@ def test_parking_never_hides_an_eligible_bid(campaigns, sequence, funds):
     for b, cents in enumerate(funds):
         if cents:
             w.fund(f"b{b}", cents)
-    for i, (bid, hours, zone, conc, hourly, daily, monthly, budget) in enumerate(campaigns):
-        sched = Schedule(tz=zone, hours=HOURS[hours]) if HOURS[hours] is not None else None  # type: ignore[arg-type]
-        w.core.book.upsert(f"b{i % BUYERS}", Campaign(
-            id=f"c{i}", vertical="v", bid_cents=bid, schedule=sched,
-            caps=Caps(concurrency=conc, hourly=hourly, daily=daily, monthly=monthly), daily_budget_cents=budget,
-            min_duration_s=60, destination="+18005550199"))
+    for i, spec in enumerate(campaigns):
+        w.core.book.upsert(f"b{i % BUYERS}", campaign_of(i, spec))
     records = []
     n = len(campaigns)
     for k, op in enumerate(sequence):
@@ -79,6 +85,9 @@ def test_parking_never_hides_an_eligible_bid(campaigns, sequence, funds):
             w.core.book.reprice(f"b{op[1] % n % BUYERS}", f"c{op[1] % n}", op[2])
         elif kind == "deposit":
             w.core.ledger.post(deposit(buyer_account(f"b{op[1]}"), op[2], f"d{k}", w.clock.now_ns()))
+        elif kind == "replace":  # a buyer sends the campaign again, changed or not: as the gateway applies it
+            i = op[1] % n
+            w.core.upsert_campaign(f"b{i % BUYERS}", campaign_of(i, op[2]), w.clock.now_ns())
         elif kind == "pause":
             w.core.book.set_paused(f"b{op[1] % n % BUYERS}", f"c{op[1] % n}", op[2])
         assert w.core.book.parked == sum(1 for s in w.core.book._campaigns.values() if s.parked is not None)

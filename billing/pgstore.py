@@ -149,6 +149,11 @@ class PgStore(Store):
         self.conn = None
         self.conn = await self._connect()
 
+    async def session(self) -> asyncpg.Connection:
+        """A connection of its own, for a session-level lock that must not go with the writer's
+        connection when that one is replaced (``reconnect``): the caller closes it."""
+        return await self._connect()
+
     def writer_pid(self) -> int | None:
         return self.conn.get_server_pid() if self.conn is not None else None
 

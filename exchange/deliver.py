@@ -130,10 +130,18 @@ async def _main(settings: Settings, parent: int | None) -> int:
             log.warning("webhook_worker_store_unavailable", extra={"error": str(exc)})
             if await _stopped(stop, 1.0) or orphaned():
                 return 0
-    release = await _exclusive(store, stop, orphaned)
-    if release is None:
+    try:
+        while (lock := await _exclusive(store, stop, orphaned)) is not None:
+            if not await _deliver(store, settings, lock, stop, orphaned):
+                break
+            log.warning("webhook_worker_lock_lost", extra={"reason": "the store's delivery lock went with its session: waiting for it again"})
+    finally:
         await store.close()
-        return 0
+    return 0
+
+
+async def _deliver(store: Store, settings: Settings, lock: Exclusive, stop: asyncio.Event, orphaned: Callable[[], bool]) -> bool:
+    """Deliver while the lock is held; True if it was lost (another worker may have it now)."""
     engine = Webhooks(store, settings)
     try:
         while True:
@@ -143,19 +151,20 @@ async def _main(settings: Settings, parent: int | None) -> int:
             except StoreUnavailable as exc:
                 log.warning("webhook_worker_store_unavailable", extra={"error": str(exc)})
                 if await _stopped(stop, 1.0) or orphaned():
-                    return 0
+                    return False
         log.info("webhook_worker_started", extra={"pid": os.getpid(), **engine.gauges()})
         stats = time.monotonic()
         while not await _stopped(stop, 1.0) and not orphaned():
+            if await lock.lost():
+                return True
             if time.monotonic() - stats >= STATS_S:
                 stats = time.monotonic()
                 log.info("webhook_worker_stats", extra=engine.gauges())
+        return False
     finally:
         await engine.stop()
         log.info("webhook_worker_stopped", extra=engine.gauges())
-        release()
-        await store.close()
-    return 0
+        await lock.release()
 
 
 async def _stopped(stop: asyncio.Event, wait_s: float) -> bool:
@@ -166,8 +175,33 @@ async def _stopped(stop: asyncio.Event, wait_s: float) -> bool:
     return stop.is_set()
 
 
-async def _exclusive(store: Store, stop: asyncio.Event, orphaned: Callable[[], bool]) -> Callable[[], None] | None:
-    """Wait for the store's delivery lock (None: told to stop first); returns its release."""
+class Exclusive:
+    """The store's delivery lock, held: an ``flock`` (SQLite), or a PostgreSQL session advisory lock
+    on a connection of its own (on the writer's, it went unnoticed with that connection when the
+    store reconnected after a database restart, and two workers delivered side by side)."""
+
+    def __init__(self, file: Any = None, session: Any = None) -> None:
+        self.file, self.session = file, session
+
+    async def lost(self) -> bool:
+        """Whether the lock is gone (its session ended): looked at once a second by the worker."""
+        if self.session is None:
+            return False
+        try:
+            return await asyncio.wait_for(self.session.fetchval("SELECT 1"), 5.0) != 1
+        except Exception:  # noqa: BLE001 - any failure of the session is the lock's end
+            return True
+
+    async def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.session.close(), 5.0)
+
+
+async def _exclusive(store: Store, stop: asyncio.Event, orphaned: Callable[[], bool]) -> Exclusive | None:
+    """Wait for the store's delivery lock (None: told to stop first)."""
     said = False
     path = getattr(store, "path", None)
     lock: Any = open(f"{path}.webhooks.lock", "a+") if path is not None else None  # noqa: SIM115 - held while delivering
@@ -175,14 +209,18 @@ async def _exclusive(store: Store, stop: asyncio.Event, orphaned: Callable[[], b
         if lock is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return lock.close
+                return Exclusive(file=lock)
             except BlockingIOError:
                 pass
         else:
-            conn = getattr(store, "conn", None)
+            session = None
             with contextlib.suppress(Exception):
-                if conn is not None and await conn.fetchval("SELECT pg_try_advisory_lock(hashtext(current_schema() || '.dce_webhooks'))"):
-                    return lambda: None  # released with the connection
+                session = await store.session()  # type: ignore[attr-defined]
+                if await session.fetchval("SELECT pg_try_advisory_lock(hashtext(current_schema() || '.dce_webhooks'))"):
+                    return Exclusive(session=session)
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    await session.close()
         if not said:
             said = True
             log.warning("webhook_worker_waiting", extra={"reason": "another delivery worker holds this store's lock"})

@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from collections.abc import Callable
 
 from .store import Batch, BatchRefused, CampaignRow, Store, StoreUnavailable, migrations
@@ -28,7 +28,7 @@ T = TypeVar("T")
 # These adapters make each of those a registry hit that returns the value as it would be bound.
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b itself
 sqlite3.register_adapter(bool, int)  # bound as 0/1 either way
-sqlite3.register_adapter(type(None), {}.get)  # a C callable answering None for any one argument
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # a C callable answering None for any one argument
 
 
 def _settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:

@@ -24,6 +24,10 @@ only when the code does, so a regression shows in them.
 - ``bare``: one ``GET`` of a bare Starlette app through the same in-process client: the unit
   the lifecycle is divided by (a lifecycle is three requests plus their work; the issue's
   target is at most 5 bare requests of server CPU).
+- ``client``: the lifecycle's three requests, sent the same way, answered by a stub ASGI app
+  with canned bodies: the in-process client's (httpx) share of the lifecycle, which no change
+  to the exchange can lower (since 2026-12-07 session 5; the lifecycle less this is the
+  exchange's own work, printed beside the ratio).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-N = {"decision": 200, "bid": 20_000, "lifecycle": 100, "bare": 300}
+N = {"decision": 200, "bid": 20_000, "lifecycle": 100, "bare": 300, "client": 100}
 START, STOP = "os_getppid", "os_getpgrp"  # the C functions behind the region's two markers
 
 
@@ -160,6 +164,43 @@ def _lifecycle(n: int) -> None:
     asyncio.run(main())
 
 
+def _client(n: int) -> None:
+    import asyncio
+
+    import httpx
+
+    routed = b'{"call_id":"call_0123456789abcdef","decision":"routed"}'
+    done = b'{"status":"ok"}'
+
+    async def stub(scope, receive, send):  # answers at once, like nothing else
+        if scope["type"] != "http":
+            return
+        await receive()
+        body = routed if scope["path"] == "/v1/calls" else done
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=stub), base_url="http://x") as http:
+            pub = {"Authorization": "Bearer dce_" + "k" * 43}  # a key of new_key()'s length
+
+            async def one(i: int) -> None:  # the lifecycle's requests, as _lifecycle sends them
+                d = (await http.post("/v1/calls", json={"caller": f"+1212555{i:04d}", "vertical": "auto"}, headers=pub)).json()
+                assert d["decision"] == "routed", d
+                for ev in ({"event": "connected"}, {"event": "completed", "duration_s": 120}):
+                    r = await http.post(f"/v1/calls/{d['call_id']}/events", json=ev, headers={**pub, "Idempotency-Key": ev["event"]})
+                    assert r.status_code == 200, r.text
+            for i in range(10):  # warm-up
+                await one(i)
+            region_start()
+            for i in range(n):
+                await one(100 + i)
+            region_stop()
+
+    asyncio.run(main())
+
+
 def _bare(n: int) -> None:
     import asyncio
 
@@ -185,7 +226,7 @@ def _bare(n: int) -> None:
     asyncio.run(main())
 
 
-WORKERS = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle, "bare": _bare}
+WORKERS = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle, "bare": _bare, "client": _client}
 
 
 # ---------------------------------------------------------------- the driver
@@ -207,7 +248,7 @@ def count(op: str, n: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ops", default="decision,bid,lifecycle,bare")
+    ap.add_argument("--ops", default="decision,bid,lifecycle,bare,client")
     ap.add_argument("--worker", nargs=2, metavar=("OP", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default="bench/results/instructions.json")
     ap.add_argument("--runs", type=int, default=2, help="children per op (their counts should agree)")
@@ -229,6 +270,12 @@ def main() -> None:
         ratio = results["lifecycle"]["instructions_per_op"] / results["bare"]["instructions_per_op"]
         results["lifecycle_over_bare_request"] = round(ratio, 2)
         print(f"lifecycle = {ratio:.1f} bare requests (in process, client included in both)")
+        if "client" in results:
+            own = results["lifecycle"]["instructions_per_op"] - results["client"]["instructions_per_op"]
+            results["lifecycle_less_client"] = own
+            results["client_over_bare_request"] = round(results["client"]["instructions_per_op"] / results["bare"]["instructions_per_op"], 2)
+            print(f"of which the in-process client's three requests (stub app): {results['client_over_bare_request']:.1f} bare; "
+                  f"the exchange's own work: {own:,} instructions = {own / results['bare']['instructions_per_op']:.1f} bare")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "instructions", "python": sys.version.split()[0], "results": results}, indent=2))

@@ -53,12 +53,12 @@ class Chain:
         self.seq, self.last_hash = seq, last_hash
 
     def append(self, ev: AuditEvent) -> AuditRow:
-        body = canonical_body(ev.body)
-        self.seq += 1
-        h = link(self.last_hash, self.seq, ev.at_ns, ev.kind, ev.call_id, ev.number, body)
-        row = AuditRow(self.seq, ev.at_ns, ev.kind, ev.call_id, ev.number, body, self.last_hash, h)
+        raw = _encode(ev.body)  # (``link`` inlined: the body is hashed as encoded, not decoded and encoded again)
+        self.seq = seq = self.seq + 1
+        at_ns, kind, call_id, number, prev = ev.at_ns, ev.kind, ev.call_id, ev.number, self.last_hash
+        h = hashlib.sha256(prev + _encode([seq, at_ns, kind, call_id, number]) + raw).digest()
         self.last_hash = h
-        return row
+        return AuditRow(seq, at_ns, kind, call_id, number, raw.decode(), prev, h)
 
 
 class Break(NamedTuple):

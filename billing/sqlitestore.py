@@ -15,12 +15,20 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from collections.abc import Callable
 
 from .store import Batch, BatchRefused, CampaignRow, Store, StoreUnavailable, migrations
 
 T = TypeVar("T")
+
+# sqlite3 binds exact int, float, str and bytearray values directly; any other value goes through
+# its adapter registry, and a miss there raises and clears an AttributeError on the way (~2,000
+# instructions a value: an audit row binds two hashes and often a None or two, an outcome a bool).
+# These adapters make each of those a registry hit that returns the value as it would be bound.
+sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b itself
+sqlite3.register_adapter(bool, int)  # bound as 0/1 either way
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))  # a C callable answering None for any one argument
 
 
 def _settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
@@ -111,19 +119,20 @@ class SqliteStore(Store):
     def _write(self, batch: Batch) -> int:
         db = self.db
         assert db is not None
-        db.execute("BEGIN IMMEDIATE")
+        cur = db.cursor()  # one cursor for the batch's statements (each Connection.execute* makes its own)
+        cur.execute("BEGIN IMMEDIATE")
         try:
             if batch.accounts:
-                db.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.accounts)
+                cur.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.accounts))
             new = 0
             if batch.entries:
-                next_id = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
+                next_id = cur.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
                 seen: set[tuple[str, str]] = set()
                 heads: list[tuple] = []
                 legs: list[tuple] = []
                 delta: dict[str, int] = {}
                 for e in batch.entries:
-                    if e.key in seen or db.execute("SELECT 1 FROM entries WHERE reference = ? AND kind = ?", e.key).fetchone():
+                    if e.key in seen or cur.execute("SELECT 1 FROM entries WHERE reference = ? AND kind = ?", e.key).fetchone():
                         continue
                     seen.add(e.key)
                     heads.append((next_id, e.reference, e.kind, e.at_ns, e.memo))
@@ -131,22 +140,22 @@ class SqliteStore(Store):
                         legs.append((next_id, leg.account, leg.amount_cents))
                         delta[leg.account] = delta.get(leg.account, 0) + leg.amount_cents
                     next_id += 1
-                db.executemany("INSERT INTO legs VALUES (?, ?, ?)", legs)
-                db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", heads)
-                db.executemany("INSERT INTO balances VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
+                cur.executemany("INSERT INTO legs VALUES (?, ?, ?)", legs)
+                cur.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", heads)
+                cur.executemany("INSERT INTO balances VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
                                "SET balance_cents = balance_cents + excluded.balance_cents", delta.items())
                 new = len(heads)
             if batch.keys:
-                db.executemany("INSERT INTO privacy_keys VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.keys)
+                cur.executemany("INSERT INTO privacy_keys VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.keys))
             if batch.holds:
-                db.executemany("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.holds)
+                cur.executemany("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.holds))
             if batch.outcomes:
-                db.executemany("INSERT INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.outcomes)
+                cur.executemany("INSERT INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.outcomes))
             if batch.audit:
-                db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", batch.audit)
+                cur.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.audit))
             if batch.parties:
-                db.executemany("INSERT INTO event_parties VALUES (?, ?) ON CONFLICT DO NOTHING", batch.parties)
-            db.execute("COMMIT")
+                cur.executemany("INSERT INTO event_parties VALUES (?, ?) ON CONFLICT DO NOTHING", batch.parties)
+            cur.execute("COMMIT")
             return new
         except BaseException:
             if db.in_transaction:

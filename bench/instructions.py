@@ -19,8 +19,8 @@ only when the code does, so a regression shows in them.
 - ``bid``: one bid of a 100-bid JSON frame decoded and applied to a 1,000-campaign book, as
   the gateway does (``decode_frame`` + ``Book.reprice``), prices a random walk.
 - ``lifecycle``: one call through the ASGI app in process (``POST /v1/calls``, events
-  ``connected`` and ``completed``, the win notice to a buyer socket stand-in), the embedded
-  store writing in its own thread.
+  ``connected`` and ``completed``; the campaign's buyer has no open socket, so no notice is
+  encoded or sent), the embedded store writing in its own thread.
 - ``bare``: one ``GET`` of a bare Starlette app through the same in-process client: the unit
   the lifecycle is divided by (a lifecycle is three requests plus their work; the issue's
   target is at most 5 bare requests of server CPU).

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from starlette.websockets import WebSocket
 
 from .connections import Connection, sockets_of
 from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
-from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
+from .messages import Ack, Bid, Campaign, Decision, DecisionFields, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
 from routing.standing import CampaignError
 
 from .accounts import Account
@@ -40,6 +41,7 @@ from .wsrelay import relay_publisher
 log = logging.getLogger("exchange.gateway")
 JSON, MSGPACK = "dce.json.v1", "dce.msgpack.v1"
 MAX_CALLS_IN_FLIGHT = 256
+ANSWERS_PER_SEND = 100  # a frame's answers decided at once, queued (and so framed) at most this many together
 CHECKING: set[asyncio.Future[None]] = set()  # ping URLs by host name being resolved before their campaign is taken
 
 
@@ -286,7 +288,12 @@ class PublisherFrames:
         self.codecs = PUBLISHER_CODECS[conn.binary]
 
     def frame(self, data: bytes | str) -> int:
-        """Admit one frame and start its calls; returns its number of messages."""
+        """Admit one frame and decide its calls; returns its number of messages. A call that
+        needs no wait (no RTB round, the writer not behind) is decided here, at once, and its
+        answer joins the frame's answers, sent together after the frame's own replies (one
+        queue entry: one encode pass, one socket write); any other call gets a task (at most
+        MAX_CALLS_IN_FLIGHT: calls decided at once count as in flight during their frame, as
+        their tasks did) and is answered when it is decided."""
         conn, exchange = self.conn, self.exchange
         msgs, replies, _ = decode_frame(data, self.codecs)
         cost = len(msgs) + len(replies) or 1
@@ -296,25 +303,49 @@ class PublisherFrames:
             if type(r) is Error:
                 exchange.metrics.reject_message(r.code)
         in_flight = conn.calls
+        busy = len(in_flight)
+        answers: list[Message | Decision] = []
+        decide_now, account = exchange.desk.decide_now, conn.account
         for msg in msgs:
             if isinstance(msg, Ping):
                 replies.append(Pong(seq=msg.seq))
-            elif len(in_flight) >= MAX_CALLS_IN_FLIGHT:
+            elif busy >= MAX_CALLS_IN_FLIGHT:
                 replies.append(Error(code="too_many_in_flight", message="wait for decisions before sending more calls", seq=msg.seq))
             else:
-                task = asyncio.create_task(_publisher_call(exchange, conn, msg))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                busy += 1
+                try:
+                    d = decide_now(account, msg)
+                except Refused as exc:
+                    exchange.metrics.reject_message(exc.code)
+                    answers.append(error_message(exc, msg.seq))
+                    continue
+                except Exception:  # a bug: logged; the call gets no answer, the socket goes on (as a failed task did)
+                    log.exception("call_failed")
+                    continue
+                if isinstance(d, DecisionFields):
+                    answers.append(_answer(d, msg.seq))
+                else:
+                    task = asyncio.create_task(_publisher_call(exchange, conn, msg, d))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
         for r in replies:  # one frame each, as decisions are
             conn.send(r)
+        for i in range(0, len(answers), ANSWERS_PER_SEND):
+            conn.send(answers[i:i + ANSWERS_PER_SEND])
         return cost
 
 
-async def _publisher_call(exchange: Exchange, conn: Connection, msg: PublisherCall) -> None:
+def _answer(d: DecisionFields, seq: int | None) -> Decision:
+    return Decision(call_id=d.call_id, decision=d.decision, reason=d.reason, route=d.route, fallbacks=d.fallbacks,
+                    decision_us=d.decision_us, rtb_wait_us=d.rtb_wait_us, rule=d.rule, retry_after_utc=d.retry_after_utc, seq=seq)
+
+
+async def _publisher_call(exchange: Exchange, conn: Connection, msg: PublisherCall,
+                          deciding: Coroutine[Any, Any, DecisionFields]) -> None:
     try:
-        d = await exchange.desk.submit(conn.account, msg)
+        d = await deciding
     except Refused as exc:
         exchange.metrics.reject_message(exc.code)
         conn.send(error_message(exc, msg.seq))
         return
-    conn.send(Decision(**{f: getattr(d, f) for f in d.__struct_fields__}, seq=msg.seq))
+    conn.send(_answer(d, msg.seq))

@@ -155,6 +155,11 @@ class Journal:
         await self.writer.room()
 
     @property
+    def has_room(self) -> bool:
+        """Whether ``room`` would return at once (the writer is not behind)."""
+        return self.writer.has_room
+
+    @property
     def pending(self) -> int:
         return self.writer.enqueued - self.writer.committed
 

@@ -22,6 +22,7 @@ from .records import AuditEvent
 
 GENESIS = bytes(32)
 _encode = msgspec.json.Encoder(order="sorted").encode
+_sha256 = hashlib.sha256
 
 
 class AuditRow(NamedTuple):
@@ -53,10 +54,11 @@ class Chain:
         self.seq, self.last_hash = seq, last_hash
 
     def append(self, ev: AuditEvent) -> AuditRow:
-        body = canonical_body(ev.body)
+        raw = _encode(ev.body)  # hashed as encoded (``link`` of the stored text gives the same hash), stored as text
         self.seq += 1
-        h = link(self.last_hash, self.seq, ev.at_ns, ev.kind, ev.call_id, ev.number, body)
-        row = AuditRow(self.seq, ev.at_ns, ev.kind, ev.call_id, ev.number, body, self.last_hash, h)
+        seq, prev = self.seq, self.last_hash
+        h = _sha256(prev + _encode([seq, ev.at_ns, ev.kind, ev.call_id, ev.number]) + raw).digest()
+        row = AuditRow(seq, ev.at_ns, ev.kind, ev.call_id, ev.number, raw.decode(), prev, h)
         self.last_hash = h
         return row
 

@@ -27,6 +27,7 @@ from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
 from .messages import Ack, Bid, Campaign, Decision, DecisionFields, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
 from routing.standing import CampaignError
 
+from . import gcpolicy
 from .accounts import Account
 from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused, Unauthenticated
 from .access import http_limits, identify
@@ -332,6 +333,7 @@ class PublisherFrames:
             conn.send(r)
         for i in range(0, len(answers), ANSWERS_PER_SEND):
             conn.send(answers[i:i + ANSWERS_PER_SEND])
+        gcpolicy.relieve()
         return cost
 
 

@@ -146,17 +146,17 @@ class Tally:
             outcome = "won" if k == 0 else "fallback" if k is not None else "below_floor" if bid_cents < floor_cents else "outbid"
             outcomes[bc] = outcome
             key = (buyer, campaign, publisher, vertical, st, outcome)
-            c = table.get(key)
-            if c is None:
-                c = _cell(hour, True, key, BID_WIDTH)
-            c[CALLS] += 1
-            c[state_col] += 1
+            cell = table.get(key)
+            if cell is None:
+                cell = _cell(hour, True, key, BID_WIDTH)
+            cell[CALLS] += 1
+            cell[state_col] += 1
             r = running.get(buyer)
             if r is None:
                 r = running[buyer] = [0, 0]
             r[0] += 1
             if k == 0:
-                c[WINS] += 1
+                cell[WINS] += 1
                 r[1] += 1
         for buyer, campaign, outcome, ms in asked:
             known = outcomes.get((buyer, campaign))

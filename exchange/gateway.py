@@ -278,8 +278,8 @@ async def publisher_socket(ws: WebSocket) -> None:
 
 
 class PublisherFrames:
-    """Admits one publisher's frames and starts a task per call (at most MAX_CALLS_IN_FLIGHT).
-    A frame is decoded like a buyer's: in the negotiated subprotocol, each bad item of a batch
+    """Admits one publisher's frames and decides their calls (at most MAX_CALLS_IN_FLIGHT per
+    socket: see ``frame``). A frame is decoded like a buyer's: in the negotiated subprotocol, each bad item of a batch
     getting its own error while the good ones go on."""
 
     __slots__ = ("exchange", "conn", "codecs")

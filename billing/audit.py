@@ -22,7 +22,6 @@ from .records import AuditEvent
 
 GENESIS = bytes(32)
 _encode = msgspec.json.Encoder(order="sorted").encode
-_sha256 = hashlib.sha256
 
 
 class AuditRow(NamedTuple):
@@ -54,13 +53,12 @@ class Chain:
         self.seq, self.last_hash = seq, last_hash
 
     def append(self, ev: AuditEvent) -> AuditRow:
-        raw = _encode(ev.body)  # hashed as encoded (``link`` of the stored text gives the same hash), stored as text
-        self.seq += 1
-        seq, prev = self.seq, self.last_hash
-        h = _sha256(prev + _encode([seq, ev.at_ns, ev.kind, ev.call_id, ev.number]) + raw).digest()
-        row = AuditRow(seq, ev.at_ns, ev.kind, ev.call_id, ev.number, raw.decode(), prev, h)
+        raw = _encode(ev.body)  # (``link`` inlined: the body is hashed as encoded, not decoded and encoded again)
+        self.seq = seq = self.seq + 1
+        at_ns, kind, call_id, number, prev = ev.at_ns, ev.kind, ev.call_id, ev.number, self.last_hash
+        h = hashlib.sha256(prev + _encode([seq, at_ns, kind, call_id, number]) + raw).digest()
         self.last_hash = h
-        return row
+        return AuditRow(seq, at_ns, kind, call_id, number, raw.decode(), prev, h)
 
 
 class Break(NamedTuple):

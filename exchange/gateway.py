@@ -35,6 +35,7 @@ from .http import error_response, status_of
 from .ids import BuyerId
 from .pingspec import PingPlan, compile_ping
 from .rtb import send_all
+from .calldesk import Decided
 from .service import Exchange
 from .ssrf import UrlRefused
 from .wsrelay import relay_publisher
@@ -290,11 +291,14 @@ class PublisherFrames:
 
     def frame(self, data: bytes | str) -> int:
         """Admit one frame and decide its calls; returns its number of messages. A call that
-        needs no wait (no RTB round, the writer not behind) is decided here, at once, and its
-        answer joins the frame's answers, sent together after the frame's own replies (one
-        queue entry: one encode pass, one socket write); any other call gets a task (at most
-        MAX_CALLS_IN_FLIGHT: calls decided at once count as in flight during their frame, as
-        their tasks did) and is answered when it is decided."""
+        needs no wait (no RTB round, the writer not behind) is decided here, at once: the
+        frame's calls are decided one after the other, then each decision is settled (its
+        audit record and hold handed to the writer, its counts, its notices) in the same order,
+        and the answers are sent together after the frame's own replies (one queue entry: one
+        encode pass, one socket write). Nothing awaits in between, so nobody sees the order of
+        that work. Any other call gets a task (at most MAX_CALLS_IN_FLIGHT: calls decided at
+        once count as in flight during their frame, as their tasks did) and is answered when it
+        is decided."""
         conn, exchange = self.conn, self.exchange
         msgs, replies, _ = decode_frame(data, self.codecs)
         cost = len(msgs) + len(replies) or 1
@@ -305,8 +309,10 @@ class PublisherFrames:
                 exchange.metrics.reject_message(r.code)
         in_flight = conn.calls
         busy = len(in_flight)
-        answers: list[Message | Decision] = []
-        decide_now, account = exchange.desk.decide_now, conn.account
+        answers: list[Message | Decision | None] = []
+        made: list[tuple[int, int | None, Decided]] = []  # (place among the answers, seq, decision made)
+        desk, account = exchange.desk, conn.account
+        decide_now = desk.decide_now
         for msg in msgs:
             if isinstance(msg, Ping):
                 replies.append(Pong(seq=msg.seq))
@@ -323,12 +329,23 @@ class PublisherFrames:
                 except Exception:  # a bug: logged; the call gets no answer, the socket goes on (as a failed task did)
                     log.exception("call_failed")
                     continue
-                if isinstance(d, DecisionFields):
-                    answers.append(_answer(d, msg.seq))
+                if isinstance(d, Decided):
+                    made.append((len(answers), msg.seq, d))
+                    answers.append(None)
                 else:
                     task = asyncio.create_task(_publisher_call(exchange, conn, msg, d))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
+        if made:  # the frame's decisions are made; now what is recorded of each, in the same order
+            settle = desk.settle
+            for i, seq, d in made:
+                try:
+                    decision = settle(d).decision
+                    assert decision is not None
+                    answers[i] = _answer(decision, seq)
+                except Exception:  # a bug: logged, no answer (as a failed task did)
+                    log.exception("call_failed")
+            answers = [a for a in answers if a is not None]
         for r in replies:  # one frame each, as decisions are
             conn.send(r)
         for i in range(0, len(answers), ANSWERS_PER_SEND):

@@ -140,6 +140,11 @@ class Writer:
         if not self._room.is_set():
             await self._room.wait()
 
+    @property
+    def has_room(self) -> bool:
+        """Whether ``room`` would return at once."""
+        return self._room.is_set()
+
     def barrier(self) -> int:
         """A number for ``wait`` that returns once everything put so far is committed or refused,
         without taking on another operation's refusal (for a caller that put nothing)."""

@@ -13,34 +13,65 @@ the store on use). An event is answered once its money and audit records are dur
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
+from collections.abc import Coroutine
 from time import perf_counter_ns
+from typing import Any, NamedTuple
 
 import msgspec
 
 from compliance.numbers import parse_number
+from billing.records import Record
 from compliance.runtime import ComplianceRuntime
 
 from .accounts import Account
 from .clock import WallClock
-from .core import CallRecord, Core
+from .core import CallRecord, Core, Notice
 from .errors import Conflict, Invalid, NotFound, Refused, Unavailable
 from .ids import BuyerId, CallId
 from .journal import Journal
 from .lifecycle import apply_event
-from .messages import BidRequest, CallEvent, CallFields, DecisionFields, EventResponse
+from .messages import BidRequest, CallEvent, CallFields, DecisionFields, EventResponse, RtbBid
 from .metrics import Metrics
 from .nodes import Node
-from .pipeline import decide, prepare
+from .pipeline import Prepared, decide, prepare
 from .recovery import decision_audit, event_audit, recorded_answer, recorded_decision, recorded_keys
 from .rtb import RtbDesk, RtbRound
 from .calllog import CallLog
 from .tally import Tally
 
 
+class Decided(NamedTuple):
+    """A decision made, not yet settled (``CallDesk.settle``)."""
+
+    rec: CallRecord
+    p: Prepared
+    notices: list[Notice]
+    taken: list[Record]  # the ledger's effects of the decision (its hold), recorded after its audit record
+    rnd: RtbRound | None
+    idem_key: str | None
+
+
+class CallIds:
+    """Call ids: ``call_`` and 16 hex digits from the OS's CSPRNG (as ``secrets.token_hex(8)``),
+    drawn 2 KiB at a time: one ``getrandom`` per 256 calls instead of one per call."""
+
+    __slots__ = ("_hex", "_at")
+
+    def __init__(self) -> None:
+        self._hex, self._at = "", 0
+
+    def next(self) -> CallId:
+        at = self._at
+        if at >= len(self._hex):
+            self._hex, at = os.urandom(2048).hex(), 0
+        self._at = at + 16
+        return CallId("call_" + self._hex[at:at + 16])
+
+
 class CallDesk:
     __slots__ = ("core", "compliance", "rtb", "journal", "metrics", "clock", "keys", "recorded", "recorded_until_ns", "in_flight", "draining",
-                 "tally", "log", "node")
+                 "tally", "log", "node", "ids")
 
     def __init__(self, core: Core, compliance: ComplianceRuntime, rtb: RtbDesk, journal: Journal, metrics: Metrics, clock: WallClock) -> None:
         self.core, self.compliance, self.rtb, self.journal, self.metrics, self.clock = core, compliance, rtb, journal, metrics, clock
@@ -52,6 +83,7 @@ class CallDesk:
         self.tally = Tally(core.settings.report_days)  # the report aggregate (GET /v1/reports)
         self.log = CallLog()  # who may list which calls (GET /v1/calls)
         self.node: Node | None = None  # one node of a market: it decides only while it sells with a fresh lease
+        self.ids = CallIds()
 
     async def drain(self, timeout_s: float) -> int:
         """Stop taking calls (``draining``) and wait for the decisions in flight; returns how
@@ -119,7 +151,7 @@ class CallDesk:
             if (publisher.id, idem_key) in self.recorded:
                 return await self._recorded_decision(publisher, idem_key, call)
         self.check_numbers(call)
-        call_id = CallId("call_" + secrets.token_hex(8))
+        call_id = self.ids.next()
         if idem_key is None:
             rec = await self._decide(publisher, call, call_id, None)
             assert rec.decision is not None
@@ -147,16 +179,52 @@ class CallDesk:
             raise Unavailable("ledger_unavailable", "the decision of this Idempotency-Key cannot be read now", retry_after_s=1)
         return decision
 
-    async def _decide(self, publisher: Account, call: CallFields, call_id: CallId, idem_key: str | None) -> CallRecord:
-        core = self.core
+    def decide_now(self, publisher: Account, call: CallFields) -> Decided | Coroutine[Any, Any, DecisionFields]:
+        """A call without an ``Idempotency-Key`` (the publisher socket's), decided at once when
+        nothing has to be awaited: no back-pressure from the writer, no RTB round, no shared
+        frequency counter. Then the decision is made and returned with what ``settle`` records
+        of it (a frame's calls are decided one after the other, then settled in the same order,
+        with no await between: nothing observes the difference), without a task or a coroutine
+        per call; else a coroutine that finishes the call the way ``submit`` does (from where
+        this left it: ``prepare`` is not run twice). Raises ``Refused`` as ``submit`` does."""
+        if self.draining or self.node is not None or not self.journal.has_room:
+            return self.submit(publisher, call)
+        self.check_numbers(call)
+        call_id = self.ids.next()
         t0 = perf_counter_ns()
-        p = prepare(core, call, publisher.id, call_id, self.clock.now_ns())
+        p = prepare(self.core, call, publisher.id, call_id, self.clock.now_ns())
+        if p.verdict.pending is not None or p.bid_requests:
+            return self._finish(p, t0)
+        t1 = perf_counter_ns()
+        return self._conclude(p, {}, None, None, None, t0, t1, t1)
+
+    async def _finish(self, p: Prepared, t0: int) -> DecisionFields:
+        self.in_flight += 1
+        try:
+            rec = await self._ask(p, t0, None)
+        finally:
+            self.in_flight -= 1
+        assert rec.decision is not None
+        return rec.decision
+
+    async def _decide(self, publisher: Account, call: CallFields, call_id: CallId, idem_key: str | None) -> CallRecord:
+        t0 = perf_counter_ns()
+        p = prepare(self.core, call, publisher.id, call_id, self.clock.now_ns())
+        return await self._ask(p, t0, idem_key)
+
+    async def _ask(self, p: Prepared, t0: int, idem_key: str | None) -> CallRecord:
         if p.verdict.pending is not None:  # the shared (Redis) frequency counter: the one awaited compliance step
-            v = await self.compliance.settle(p.verdict, call_id)
+            v = await self.compliance.settle(p.verdict, p.call_id)
             p = p._replace(verdict=v) if v.allow else p._replace(verdict=v, bid_requests=())
         t1 = perf_counter_ns()
         answers, wait_us, rnd = await self.rtb.ask(p.bid_requests, p.tmax_ms, p.caller.e164 if p.caller else None) if p.bid_requests else ({}, None, None)
-        t2 = perf_counter_ns()
+        return self.settle(self._conclude(p, answers, wait_us, rnd, idem_key, t0, t1, perf_counter_ns()))
+
+    def _conclude(self, p: Prepared, answers: dict[str, tuple[RtbBid, int]], wait_us: int | None, rnd: RtbRound | None,
+                  idem_key: str | None, t0: int, t1: int, t2: int) -> Decided:
+        """``decide``, its timing, and the effects it left in the ledger taken (they are recorded
+        by ``settle``, after the decision's own record)."""
+        core = self.core
         rec, notices = decide(core, p, answers, self.clock.now_ns())
         if rnd is not None and rnd.declined and rec.replay is not None and rec.replay.unanswered:  # said no_bid, not silent
             declined = {(b, q.campaign) for b, q in p.bid_requests if q.request_id in rnd.declined}
@@ -168,13 +236,25 @@ class CallDesk:
         decision_us = (t1 - t0 + t3 - t2) // 1000
         assert rec.decision is not None
         rec.decision = msgspec.structs.replace(rec.decision, decision_us=decision_us, rtb_wait_us=wait_us)
-        self.metrics.decision_us.observe(decision_us)
+        return Decided(rec, p, notices, core.ledger.drain(), rnd, idem_key)
+
+    def settle(self, d: Decided) -> CallRecord:
+        """What the desk records of a decision: its metrics, the audit record and the hold
+        handed to the writer (not awaited), the counts; then the notices are sent."""
+        rec = d.rec
+        assert rec.decision is not None
+        self.metrics.decision_us.observe(rec.decision.decision_us)
         self.metrics.count_call(rec.decision.decision, rec.decision.reason)
-        rec.durable_seq = self.journal.record(decision_audit(rec, idem_key))  # the hold and the decision: written, not awaited
-        self._count(rec, p.floor_cents, p.bid_requests, rnd)
+        try:
+            audit = decision_audit(rec, d.idem_key)
+        except BaseException:  # (a bug) the decision's hold is written all the same, as it was left in the ledger before
+            self.journal.record_taken(d.taken)
+            raise
+        rec.durable_seq = self.journal.record_taken(d.taken, audit)  # the decision, then its hold: written, not awaited
+        self._count(rec, d.p.floor_cents, d.p.bid_requests, d.rnd)
         if rec.status == "rejected":
-            core.trim(rec)
-        self.rtb.notify(notices)
+            self.core.trim(rec)
+        self.rtb.notify(d.notices)
         return rec
 
     def _count(self, rec: CallRecord, floor_cents: int, asked: tuple[tuple[BuyerId, BidRequest], ...], rnd: RtbRound | None) -> None:

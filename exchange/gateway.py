@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from starlette.websockets import WebSocket
 
 from .connections import Connection, sockets_of
 from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
-from .messages import Ack, Bid, Campaign, Decision, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
+from .messages import Ack, Bid, Campaign, Decision, DecisionFields, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
 from routing.standing import CampaignError
 
+from . import gcpolicy
 from .accounts import Account
 from .errors import BadRequest, Forbidden, Invalid, RateLimited, Refused, Unauthenticated
 from .access import http_limits, identify
@@ -33,6 +35,7 @@ from .http import error_response, status_of
 from .ids import BuyerId
 from .pingspec import PingPlan, compile_ping
 from .rtb import send_all
+from .calldesk import Decided
 from .service import Exchange
 from .ssrf import UrlRefused
 from .wsrelay import relay_publisher
@@ -40,6 +43,7 @@ from .wsrelay import relay_publisher
 log = logging.getLogger("exchange.gateway")
 JSON, MSGPACK = "dce.json.v1", "dce.msgpack.v1"
 MAX_CALLS_IN_FLIGHT = 256
+ANSWERS_PER_SEND = 100  # a frame's answers decided at once, queued (and so framed) at most this many together
 CHECKING: set[asyncio.Future[None]] = set()  # ping URLs by host name being resolved before their campaign is taken
 
 
@@ -275,8 +279,8 @@ async def publisher_socket(ws: WebSocket) -> None:
 
 
 class PublisherFrames:
-    """Admits one publisher's frames and starts a task per call (at most MAX_CALLS_IN_FLIGHT).
-    A frame is decoded like a buyer's: in the negotiated subprotocol, each bad item of a batch
+    """Admits one publisher's frames and decides their calls (at most MAX_CALLS_IN_FLIGHT per
+    socket: see ``frame``). A frame is decoded like a buyer's: in the negotiated subprotocol, each bad item of a batch
     getting its own error while the good ones go on."""
 
     __slots__ = ("exchange", "conn", "codecs")
@@ -286,7 +290,15 @@ class PublisherFrames:
         self.codecs = PUBLISHER_CODECS[conn.binary]
 
     def frame(self, data: bytes | str) -> int:
-        """Admit one frame and start its calls; returns its number of messages."""
+        """Admit one frame and decide its calls; returns its number of messages. A call that
+        needs no wait (no RTB round, the writer not behind) is decided here, at once: the
+        frame's calls are decided one after the other, then each decision is settled (its
+        audit record and hold handed to the writer, its counts, its notices) in the same order,
+        and the answers are sent together after the frame's own replies (one queue entry: one
+        encode pass, one socket write). Nothing awaits in between, so nobody sees the order of
+        that work. Any other call gets a task (at most MAX_CALLS_IN_FLIGHT: calls decided at
+        once count as in flight during their frame, as their tasks did) and is answered when it
+        is decided."""
         conn, exchange = self.conn, self.exchange
         msgs, replies, _ = decode_frame(data, self.codecs)
         cost = len(msgs) + len(replies) or 1
@@ -296,25 +308,63 @@ class PublisherFrames:
             if type(r) is Error:
                 exchange.metrics.reject_message(r.code)
         in_flight = conn.calls
+        busy = len(in_flight)
+        answers: list[Message | Decision | None] = []
+        made: list[tuple[int, int | None, Decided]] = []  # (place among the answers, seq, decision made)
+        desk, account = exchange.desk, conn.account
+        decide_now = desk.decide_now
         for msg in msgs:
             if isinstance(msg, Ping):
                 replies.append(Pong(seq=msg.seq))
-            elif len(in_flight) >= MAX_CALLS_IN_FLIGHT:
+            elif busy >= MAX_CALLS_IN_FLIGHT:
                 replies.append(Error(code="too_many_in_flight", message="wait for decisions before sending more calls", seq=msg.seq))
             else:
-                task = asyncio.create_task(_publisher_call(exchange, conn, msg))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                busy += 1
+                try:
+                    d = decide_now(account, msg)
+                except Refused as exc:
+                    exchange.metrics.reject_message(exc.code)
+                    answers.append(error_message(exc, msg.seq))
+                    continue
+                except Exception:  # a bug: logged; the call gets no answer, the socket goes on (as a failed task did)
+                    log.exception("call_failed")
+                    continue
+                if isinstance(d, Decided):
+                    made.append((len(answers), msg.seq, d))
+                    answers.append(None)
+                else:
+                    task = asyncio.create_task(_publisher_call(exchange, conn, msg, d))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+        if made:  # the frame's decisions are made; now what is recorded of each, in the same order
+            settle = desk.settle
+            for i, seq, d in made:
+                try:
+                    decision = settle(d).decision
+                    assert decision is not None
+                    answers[i] = _answer(decision, seq)
+                except Exception:  # a bug: logged, no answer (as a failed task did)
+                    log.exception("call_failed")
+            answers = [a for a in answers if a is not None]
         for r in replies:  # one frame each, as decisions are
             conn.send(r)
+        for i in range(0, len(answers), ANSWERS_PER_SEND):
+            conn.send(answers[i:i + ANSWERS_PER_SEND])
+        gcpolicy.relieve()
         return cost
 
 
-async def _publisher_call(exchange: Exchange, conn: Connection, msg: PublisherCall) -> None:
+def _answer(d: DecisionFields, seq: int | None) -> Decision:
+    return Decision(call_id=d.call_id, decision=d.decision, reason=d.reason, route=d.route, fallbacks=d.fallbacks,
+                    decision_us=d.decision_us, rtb_wait_us=d.rtb_wait_us, rule=d.rule, retry_after_utc=d.retry_after_utc, seq=seq)
+
+
+async def _publisher_call(exchange: Exchange, conn: Connection, msg: PublisherCall,
+                          deciding: Coroutine[Any, Any, DecisionFields]) -> None:
     try:
-        d = await exchange.desk.submit(conn.account, msg)
+        d = await deciding
     except Refused as exc:
         exchange.metrics.reject_message(exc.code)
         conn.send(error_message(exc, msg.seq))
         return
-    conn.send(Decision(**{f: getattr(d, f) for f in d.__struct_fields__}, seq=msg.seq))
+    conn.send(_answer(d, msg.seq))

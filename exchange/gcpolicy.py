@@ -44,6 +44,16 @@ def settle() -> None:
     gc.freeze()
 
 
+def relieve() -> None:
+    """``settle`` once the young generation is half full: called after each batch of work
+    (a publisher frame), so that under a sustained flow of decisions their records, which live
+    on, are frozen before a young collection walks them. Measured with ``bench.decisions``
+    (~9,000 decisions/s): a young collection every ~0.12 s, 5-9 ms each, 6 % of the server's
+    CPU, and 58 of them collected nothing (no cycles die young on this path)."""
+    if gc.get_count()[0] > YOUNG // 2:
+        gc.freeze()
+
+
 def watch(metrics: Any) -> None:
     """Time every collection into ``metrics.gc_pause_us`` (and count them by generation); a
     pause over ``SLOW_PAUSE_US`` is logged with its generation and how many objects it freed."""

@@ -133,10 +133,14 @@ class Journal:
         """Hand ``extra`` records and the core's pending effects to the writer (in that order: a
         call's decision is on the audit trail before its hold); returns the sequence number to
         wait for."""
-        out = self.ledger.drain()
+        return self.record_taken(self.ledger.drain(), *extra)
+
+    def record_taken(self, taken: list[Record], *extra: Record) -> int:
+        """``record`` of the core's pending effects already taken from the ledger (``drain``,
+        right after the step that made them: a frame's decisions are recorded after the last)."""
         if extra:
-            out[:0] = extra
-        return self.writer.put(out) if out else self.writer.barrier()  # nothing of its own to be refused
+            taken[:0] = extra
+        return self.writer.put(taken) if taken else self.writer.barrier()  # nothing of its own to be refused
 
     async def ack(self, seq: int) -> None:
         """Wait until record ``seq`` is committed; ``Unavailable`` with retry guidance if it cannot be."""
@@ -153,6 +157,11 @@ class Journal:
     async def room(self) -> None:
         """Back-pressure: wait while the writer is behind."""
         await self.writer.room()
+
+    @property
+    def has_room(self) -> bool:
+        """Whether ``room`` would return at once (the writer is not behind)."""
+        return self.writer.has_room
 
     @property
     def pending(self) -> int:

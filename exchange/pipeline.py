@@ -72,8 +72,7 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
     requests: list[tuple[BuyerId, BidRequest]] = []
     refused: list[Refused] = []
     if verdict.allow and why is None and tmax > 0:
-        info = CallInfo(vertical=call.vertical, state=state, area_code=area_code, direction=call.direction, tags=call.tags,
-                        attestation=call.attestation)
+        info: CallInfo | None = None  # made for the first request (most calls have no live campaign to ask)
         for n, st in enumerate(core.book.rtb_candidates(call.vertical, state, now_ns)):
             if len(requests) >= s.rtb_max_fanout:
                 break
@@ -85,6 +84,9 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
                 continue
             no = refusal(core, st, consumer, call.direction, area_code, 0, now_ns)
             if no is None:
+                if info is None:
+                    info = CallInfo(vertical=call.vertical, state=state, area_code=area_code, direction=call.direction, tags=call.tags,
+                                    attestation=call.attestation)
                 req = BidRequest(request_id=f"{call_id}.{n}", campaign=st.id, tmax_ms=tmax, floor_cents=floor, call=info)
                 requests.append((BuyerId(st.buyer), req))
             elif s.auction_replay and len(refused) < LIST_REFUSED:  # (the replay lists the first ones)

@@ -137,18 +137,27 @@ class Tally:
             c[WINS] += 1
         place = {bc: k for k, bc in enumerate(plan)} if routed else {}
         outcomes: dict[tuple[str, str], str] = {}
-        for buyer, campaign, bid_cents in bids:
-            if (buyer, campaign) in outcomes:
+        table, state_col = hour.bids, ROUTED if routed else REJECTED
+        for buyer, campaign, bid_cents in bids:  # (Tally._bid and _cell inlined: this runs for every bid of every decision)
+            bc = (buyer, campaign)
+            if bc in outcomes:
                 continue
-            k = place.get((buyer, campaign))
+            k = place.get(bc)
             outcome = "won" if k == 0 else "fallback" if k is not None else "below_floor" if bid_cents < floor_cents else "outbid"
-            outcomes[(buyer, campaign)] = outcome
-            self._bid(hour, buyer, campaign, publisher, vertical, st, outcome, routed, k == 0, False)
+            outcomes[bc] = outcome
+            key = (buyer, campaign, publisher, vertical, st, outcome)
+            cell = table.get(key)
+            if cell is None:
+                cell = _cell(hour, True, key, BID_WIDTH)
+            cell[CALLS] += 1
+            cell[state_col] += 1
             r = running.get(buyer)
             if r is None:
                 r = running[buyer] = [0, 0]
             r[0] += 1
-            r[1] += k == 0
+            if k == 0:
+                cell[WINS] += 1
+                r[1] += 1
         for buyer, campaign, outcome, ms in asked:
             known = outcomes.get((buyer, campaign))
             if known is not None:  # answered and considered: counted above; add the request

@@ -23,3 +23,19 @@ def test_every_collection_is_timed_and_counted_by_generation():
         assert "exchange_gc_pause_us_count" in text and 'exchange_gc_collections_total{generation="1"}' in text
     finally:
         gc.callbacks[:] = before
+
+
+def test_relieve_freezes_only_a_half_full_young_generation():
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(gcpolicy.YOUNG, 20, 100)
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        gcpolicy.relieve()  # nearly empty: nothing moves
+        assert gc.get_freeze_count() == frozen
+        keep = [[i] for i in range(gcpolicy.YOUNG // 2 + 1000)]  # survivors, as decisions' records are
+        gcpolicy.relieve()
+        assert gc.get_freeze_count() >= frozen + len(keep) and gc.get_count()[0] < gcpolicy.YOUNG // 2
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

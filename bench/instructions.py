@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 N = {"decision": 200, "bid": 20_000, "lifecycle": 100, "bare": 300, "client": 100}
 START, STOP = "os_getppid", "os_getpgrp"  # the C functions behind the region's two markers
@@ -146,22 +147,26 @@ def _lifecycle(n: int) -> None:
                 p = (await http.post("/v1/accounts", json={"kind": "publisher", "name": "p"}, headers=admin)).json()
                 from exchange.messages import Campaign
                 ex.core.book.upsert(b["id"], Campaign(id="c", vertical="auto", bid_cents=2000, min_duration_s=60, destination="+18005550199"))
-                pub = {"Authorization": f"Bearer {p['api_key']}"}
-
-                async def one(i: int) -> None:
-                    d = (await http.post("/v1/calls", json={"caller": f"+1212555{i:04d}", "vertical": "auto"}, headers=pub)).json()
-                    assert d["decision"] == "routed", d
-                    for ev in ({"event": "connected"}, {"event": "completed", "duration_s": 120}):
-                        r = await http.post(f"/v1/calls/{d['call_id']}/events", json=ev, headers={**pub, "Idempotency-Key": ev["event"]})
-                        assert r.status_code == 200, r.text
-                for i in range(10):  # warm-up
-                    await one(i)
-                region_start()
-                for i in range(n):
-                    await one(100 + i)
-                region_stop()
+                await _lifecycles(http, {"Authorization": f"Bearer {p['api_key']}"}, n)
 
     asyncio.run(main())
+
+
+async def _lifecycles(http: Any, pub: dict[str, str], n: int) -> None:
+    """``n`` call lifecycles (the call, ``connected``, ``completed``) through ``http`` inside the
+    measured region, after 10 outside it: what the ``lifecycle`` and ``client`` ops both send."""
+    async def one(i: int) -> None:
+        d = (await http.post("/v1/calls", json={"caller": f"+1212555{i:04d}", "vertical": "auto"}, headers=pub)).json()
+        assert d["decision"] == "routed", d
+        for ev in ({"event": "connected"}, {"event": "completed", "duration_s": 120}):
+            r = await http.post(f"/v1/calls/{d['call_id']}/events", json=ev, headers={**pub, "Idempotency-Key": ev["event"]})
+            assert r.status_code == 200, r.text
+    for i in range(10):  # warm-up
+        await one(i)
+    region_start()
+    for i in range(n):
+        await one(100 + i)
+    region_stop()
 
 
 def _client(n: int) -> None:
@@ -183,20 +188,7 @@ def _client(n: int) -> None:
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=stub), base_url="http://x") as http:
-            pub = {"Authorization": "Bearer dce_" + "k" * 43}  # a key of new_key()'s length
-
-            async def one(i: int) -> None:  # the lifecycle's requests, as _lifecycle sends them
-                d = (await http.post("/v1/calls", json={"caller": f"+1212555{i:04d}", "vertical": "auto"}, headers=pub)).json()
-                assert d["decision"] == "routed", d
-                for ev in ({"event": "connected"}, {"event": "completed", "duration_s": 120}):
-                    r = await http.post(f"/v1/calls/{d['call_id']}/events", json=ev, headers={**pub, "Idempotency-Key": ev["event"]})
-                    assert r.status_code == 200, r.text
-            for i in range(10):  # warm-up
-                await one(i)
-            region_start()
-            for i in range(n):
-                await one(100 + i)
-            region_stop()
+            await _lifecycles(http, {"Authorization": "Bearer dce_" + "k" * 43}, n)  # a key of new_key()'s length
 
     asyncio.run(main())
 

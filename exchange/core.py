@@ -7,6 +7,8 @@ return values; the async edges own the clock, the sockets and the durable writes
 
 from __future__ import annotations
 
+from heapq import heapify, heappush
+
 import msgspec
 
 from billing.ledger import Ledger
@@ -74,7 +76,8 @@ class CallRecord:
 
 
 class Core:
-    __slots__ = ("settings", "book", "ledger", "gate", "dedupe", "clock", "calls", "active", "finished", "stats", "_evidence", "quality")
+    __slots__ = ("settings", "book", "ledger", "gate", "dedupe", "clock", "calls", "active", "finished", "stats", "_evidence", "quality",
+                 "expiring")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -86,6 +89,7 @@ class Core:
         self.calls: dict[str, CallRecord] = {}
         self.active: dict[str, CallRecord] = {}
         self.finished: list[tuple[int, str]] = []  # (final_ns, call id), in order, for retention
+        self.expiring: list[tuple[int, str]] = []  # heap of (expires_ns, call id): an entry counts while it is the call's
         self.stats = Stats()
         self._evidence: dict[bytes, dict[str, object]] = {}  # interned evidence of trimmed calls
         self.quality = Quality(settings.quality_window_s, settings.quality_near_digits, settings.quality_outcome_window_s,
@@ -118,6 +122,18 @@ class Core:
                 self._evidence.clear()
             shared = self._evidence[key] = rec.evidence
         rec.evidence = shared
+
+    def expire_at(self, rec: CallRecord, ns: int) -> None:
+        """When ``rec``'s leg lapses without an ending event (``lifecycle.expire_due`` reads the
+        heap, not every active call). Entries whose call ended or moved its instant are dropped
+        when they surface, and the heap is rebuilt from the active calls once it holds twice as
+        many entries (connected calls' entries lie ``max_call_s`` ahead)."""
+        rec.expires_ns = ns
+        heap = self.expiring
+        heappush(heap, (ns, rec.call_id))
+        if len(heap) > 2 * len(self.active) + 1024:
+            self.expiring = [(r.expires_ns, r.call_id) for r in self.active.values() if r.expires_ns is not None]
+            heapify(self.expiring)
 
     def finish(self, rec: CallRecord, status: str, now_ns: int) -> None:
         """End a call; a routed call's outcome goes to the ledger's outbox (reconciliation

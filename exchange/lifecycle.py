@@ -11,6 +11,7 @@ route of the plan that can still take it.
 from __future__ import annotations
 
 from datetime import datetime
+from heapq import heappop
 
 from billing.postings import charge
 from routing.eligibility import refusal
@@ -45,11 +46,12 @@ def engage(core: Core, rec: CallRecord, start: int, now_ns: int, recheck: bool =
         lt = core.clock.at(st.schedule.zone if st.schedule is not None else UTC, now_ns)
         rec.taken = (st.capacity, st.capacity.take(lt, r.price_cents))
         rec.index, rec.status = k, "routed"
-        rec.expires_ns = now_ns + core.settings.route_ttl_s * NS
+        expires_ns = now_ns + core.settings.route_ttl_s * NS
+        core.expire_at(rec, expires_ns)
         rec.history.append((now_ns, "routed", k))
         return r.buyer, Win(
             call_id=rec.call_id, campaign=r.campaign, price_cents=r.price_cents, caller=rec.caller or "",
-            destination=r.destination, expires_at=from_ns(rec.expires_ns), min_duration_s=r.min_duration_s, route_index=k,
+            destination=r.destination, expires_at=from_ns(expires_ns), min_duration_s=r.min_duration_s, route_index=k,
         )
     return None
 
@@ -103,7 +105,7 @@ def apply_event(core: Core, rec: CallRecord, key: str, ev: CallEvent, now_ns: in
     rec.history.append((now_ns, ev.event, rec.index))
     if ev.event == "connected":
         rec.status = "connected"
-        rec.expires_ns = now_ns + core.settings.max_call_s * NS
+        core.expire_at(rec, now_ns + core.settings.max_call_s * NS)
         notices.append((r.buyer, CallNotice(call_id=rec.call_id, status="connected")))
     elif ev.event == "completed":
         duration = ev.duration_s or 0
@@ -141,7 +143,13 @@ def event_response(rec: CallRecord) -> EventResponse:
 def expire_due(core: Core, now_ns: int) -> list[Notice]:
     """Release every leg whose ``expires_at`` passed without an ending event."""
     notices: list[Notice] = []
-    due = [rec for rec in core.active.values() if rec.expires_ns is not None and rec.expires_ns <= now_ns]
+    heap, active = core.expiring, core.active
+    due = []
+    while heap and heap[0][0] <= now_ns:
+        ns, call_id = heappop(heap)
+        rec = active.get(call_id)
+        if rec is not None and rec.expires_ns == ns:  # (else it ended, or its instant moved: a stale entry)
+            due.append(rec)
     for rec in due:
         r = rec.routes[rec.index]
         _disengage(core, rec, "failed", now_ns)

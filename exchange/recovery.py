@@ -157,6 +157,8 @@ async def restore(store: Store, core: Core, accounts: Accounts, settings: Settin
         ledger.held[h.account] = ledger.held.get(h.account, 0) + h.amount_cents
         core.calls[rec.call_id] = rec
         core.active[rec.call_id] = rec
+        if rec.expires_ns is not None:
+            core.expire_at(rec, rec.expires_ns)
         recovered += 1
     return len(snap.accounts), recovered, released
 

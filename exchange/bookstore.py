@@ -31,6 +31,7 @@ import msgspec
 from billing.store import CampaignRow, Store, StoreUnavailable
 from routing.standing import CampaignError, Standing
 
+from . import gcpolicy
 from .core import Core
 from .messages import Campaign
 
@@ -42,8 +43,9 @@ _decode = msgspec.json.Decoder(Campaign).decode
 def rows_of(specs: list[Standing], prices: list[Standing], now_ns: int) -> list[CampaignRow]:
     """The store's rows for what changed: the message (with the live price and pause) of a
     created or replaced campaign, the price and pause alone of the others."""
-    out = [CampaignRow(s.buyer, s.id, _encode(s.spec).decode(), s.bid_cents, s.paused, now_ns) for s in specs if s.live]
-    out += [CampaignRow(s.buyer, s.id, None, s.bid_cents, s.paused, now_ns) for s in prices if s.live]
+    with gcpolicy.bulk():  # thousands of rows a round under a bid stream: no young collection walks them
+        out = [CampaignRow(s.buyer, s.id, _encode(s.spec).decode(), s.bid_cents, s.paused, now_ns) for s in specs if s.live]
+        out += [CampaignRow(s.buyer, s.id, None, s.bid_cents, s.paused, now_ns) for s in prices if s.live]
     return out
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import perf_counter_ns
 from typing import Any
 
@@ -52,6 +54,23 @@ def relieve() -> None:
     CPU, and 58 of them collected nothing (no cycles die young on this path)."""
     if gc.get_count()[0] > YOUNG // 2:
         gc.freeze()
+
+
+@contextmanager
+def bulk() -> Iterator[None]:
+    """A burst of objects built at once that die by reference counting (the book's saved rows:
+    up to ~100,000 ``CampaignRow`` a round at 100,000 bids/s): no collection runs while they are
+    built, and they are frozen after, so none walks them. Measured with the load test at 100,000
+    campaigns: 55-136 young collections over 5 ms in a minute, up to 44 ms each, all of them
+    collecting nothing, with ~50,000 of these rows in the young generation every time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was:
+            gc.enable()
 
 
 def watch(metrics: Any) -> None:

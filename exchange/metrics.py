@@ -9,6 +9,7 @@ and benchmarks can report exact p50/p99/p99.9.
 
 from __future__ import annotations
 
+import gc
 from array import array
 from bisect import bisect_left
 
@@ -111,6 +112,8 @@ class Metrics:
             metric(f"exchange_{name}", "gauge", name.replace("_", " ") + ".", [("", value)])
         metric("exchange_gc_collections_total", "counter", "Garbage collections, by generation.",
                [(f'{{generation="{g}"}}', n) for g, n in enumerate(self.gc_collections)])
+        metric("exchange_gc_frozen_objects", "gauge", "Objects frozen out of the collector's sight (exchange.gcpolicy): "
+               "steady under a steady load; a steady climb is reference cycles that died frozen.", [("", gc.get_freeze_count())])
         for name, h, help_ in (("exchange_decision_us", self.decision_us, "Decision time in microseconds (decoded to decided, RTB wait excluded)."),
                                ("exchange_gc_pause_us", self.gc_pause_us, "Garbage-collector pauses in microseconds.")):
             out.append(f"# HELP {name} {help_}")

@@ -21,6 +21,7 @@ def test_every_collection_is_timed_and_counted_by_generation():
         assert m.gc_pause_us.n == sum(m.gc_collections)
         text = m.render({})
         assert "exchange_gc_pause_us_count" in text and 'exchange_gc_collections_total{generation="1"}' in text
+        assert f"exchange_gc_frozen_objects {gc.get_freeze_count()}" in text  # the freeze's trade-off, observable
     finally:
         gc.callbacks[:] = before
 

@@ -5,35 +5,22 @@ from __future__ import annotations
 import io
 import zipfile
 from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
 
 import pytest
 
 from exchange.messages import Campaign
+from tests.e2e.clockshift import outbound_plan
 from tests.e2e.conftest import start_server, stop_server
 from tests.e2e.wsclient import Buyer
 
 pytestmark = pytest.mark.e2e
 VERT = "e2e_compliance"
-# One number per zone band: whatever the hour, one of them is inside every window.
-CANDIDATES = [("+18085861234", "Pacific/Honolulu"), ("+14155550123", "America/Los_Angeles"),
-              ("+13125550123", "America/Chicago"), ("+12125550123", "America/New_York"),
-              ("+17875550123", "America/Puerto_Rico"), ("+16715550123", "Pacific/Guam")]
-
-
-def open_number() -> str:
-    now = datetime.now(timezone.utc)
-    for number, zone in CANDIDATES:
-        if 9 <= now.astimezone(ZoneInfo(zone)).hour < 19:
-            return number
-    raise AssertionError("no candidate number is inside its calling window")
-
-
 def test_compliance_data_endpoints_end_to_end(tmp_path):
     # the journal's numbers are sealed under keys in the ledger database: a restart keeps both
     env = {"EXCHANGE_COMPLIANCE_DIR": str(tmp_path / "data"), "EXCHANGE_MAX_DNC_UPLOAD_BYTES": "4096",
            "EXCHANGE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
-    server = start_server(env)
+    plan = outbound_plan()
+    server = start_server(env, clock_shift_s=plan.shift_s)
     try:
         buyer_id, buyer_key = server.account("buyer", "cmp-b", deposit=1_000_000)
         b = Buyer(server.ws_url, buyer_key)
@@ -42,7 +29,7 @@ def test_compliance_data_endpoints_end_to_end(tmp_path):
         assert type(ack).__name__ == "Ack"
         pub_id, pub_key = server.account("publisher", "cmp-p")
         pub = {"Authorization": f"Bearer {pub_key}"}
-        callee = open_number()
+        callee = plan.numbers(1)[0]
         other = "+12025550177"
         today = datetime.now(timezone.utc).date().isoformat()
 
@@ -101,7 +88,7 @@ def test_compliance_data_endpoints_end_to_end(tmp_path):
     finally:
         stop_server(server)
     # -- a restart with the same directory keeps the snapshot, the consent and the opt-outs
-    server = start_server(env)
+    server = start_server(env, clock_shift_s=plan.shift_s)
     try:
         _, pub_key = server.account("publisher", "cmp-p2")
         r = server.http.post("/v1/calls", json={"caller": "+18885550100", "callee": callee, "direction": "outbound",

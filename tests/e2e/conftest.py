@@ -67,16 +67,18 @@ class Server:
 
 
 def start_server(extra_env: dict[str, str] | None = None, deadline_s: float = 20, port: int | None = None,
-                 host: str | None = None, prefix: tuple[str, ...] = ()) -> Server:
+                 host: str | None = None, prefix: tuple[str, ...] = (), clock_shift_s: int = 0) -> Server:
     """``prefix``: a command that runs the server (``ip netns exec NS``); ``host``: the address it
-    binds and is reached at (``EXCHANGE_HOST``)."""
+    binds and is reached at (``EXCHANGE_HOST``); ``clock_shift_s``: how far ahead its wall clock
+    runs (``tests.e2e.clockshift``)."""
     port = port or free_port()
     db = f"sqlite:///{tempfile.mkdtemp(prefix='dce-e2e-')}/ledger.db"  # each server its own embedded ledger
     env = {**os.environ, "EXCHANGE_ADMIN_KEY": ADMIN, "EXCHANGE_PORT": str(port), "EXCHANGE_DATABASE_URL": db, **(extra_env or {})}
     if host is not None:
         env["EXCHANGE_HOST"] = host
     log = tempfile.NamedTemporaryFile(prefix="dce-server-", suffix=".log", delete=False)  # a file, not a pipe: never blocks
-    proc = subprocess.Popen([*prefix, sys.executable, "-m", "exchange", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    runner = ("-m", "tests.e2e.shifted", str(clock_shift_s)) if clock_shift_s else ("-m", "exchange")
+    proc = subprocess.Popen([*prefix, sys.executable, *runner, "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(port, proc, host or "127.0.0.1")
     server.log_path = log.name
     end = time.monotonic() + deadline_s

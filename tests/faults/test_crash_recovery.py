@@ -86,10 +86,11 @@ def test_a_recovered_outbound_call_still_fails_over_to_its_fallback(database_url
 
     from exchange.messages import Campaign
     from tests.e2e.wsclient import Buyer
-    from tests.security.kit import outbound_numbers
+    from tests.e2e.clockshift import outbound_plan
 
     env = {"EXCHANGE_DATABASE_URL": database_url, "EXCHANGE_COMPLIANCE_DIR": tempfile.mkdtemp(prefix="dce-compliance-")}
-    server = start_server(env)
+    plan = outbound_plan()
+    server = start_server(env, clock_shift_s=plan.shift_s)
     port = server.port
     a_id, a_key = server.account("buyer", "out-a", 100_000)
     b_id, b_key = server.account("buyer", "out-b", 100_000)
@@ -110,7 +111,7 @@ def test_a_recovered_outbound_call_still_fails_over_to_its_fallback(database_url
     today = datetime.now(timezone.utc).date().isoformat()
     r = server.http.post(f"/v1/dnc/national?snapshot_date={today}", content=b"2025550177\n", headers=server.admin)
     assert r.status_code == 201, r.text
-    callee = outbound_numbers(1)[0]
+    callee = plan.numbers(1)[0]
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     r = server.http.post("/v1/consents", json={"token": "crash-out", "phone": callee, "sellers": [a_id, b_id], "created_at": created},
                          headers=auth)
@@ -130,7 +131,7 @@ def test_a_recovered_outbound_call_still_fails_over_to_its_fallback(database_url
     faults.injected("SIGKILL with an outbound call routed")
     server.http.close()
 
-    again = start_server(env, port=port)
+    again = start_server(env, port=port, clock_shift_s=plan.shift_s)
     try:
         socks = campaigns(again.ws_url)  # the buyers come back with their campaigns
         ev = f"/v1/calls/{call}/events"

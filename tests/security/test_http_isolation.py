@@ -23,7 +23,8 @@ from exchange.messages import Campaign, Ping, PublisherCall, exchange_json, json
 from exchange.settings import Settings
 from tests.e2e.conftest import ADMIN, Server, stop_server
 from tests.e2e.wsclient import Buyer
-from tests.security.kit import Tenant, Tenants, bearer, make_tenants, outbound_numbers, start
+from tests.e2e.clockshift import outbound_plan
+from tests.security.kit import Tenant, Tenants, bearer, make_tenants, start
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +178,8 @@ def today() -> str:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    server, _ = start({"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true", "EXCHANGE_PING_ALLOW_LOOPBACK": "true"})
+    plan = outbound_plan()
+    server, _ = start({"EXCHANGE_WEBHOOK_ALLOW_LOOPBACK": "true", "EXCHANGE_PING_ALLOW_LOOPBACK": "true"}, plan)
     buyers: list[Buyer] = []
     try:
         t = make_tenants(server, "http")
@@ -191,7 +193,7 @@ def world() -> Iterator[World]:
         # outbound calls need a national DNC snapshot in force (this one lists none of our callees)
         r = server.http.post(f"/v1/dnc/national?snapshot_date={today()}", content=b"2025550177\n", headers=server.admin)
         assert r.status_code == 201, r.text
-        w = World(server, t, "", outbound_numbers(4))
+        w = World(server, t, "", plan.numbers(4))
         d = w.call_in(t.p1, "+13125550142")
         assert d["route"]["buyer"] == t.a.id, d
         ev = f"/v1/calls/{d['call_id']}/events"

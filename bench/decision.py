@@ -115,8 +115,9 @@ def run_once(n: int, calls: int, churn: int, seed: int, flood: float = 0.0) -> l
     return samples
 
 
-def run_quality(n: int, calls: int, seed: int, mode: str) -> list[int]:
-    """One run of the ``--quality`` series: the same book and calls in each ``mode``."""
+def quality_calls(n: int, calls: int, seed: int, mode: str) -> tuple[Core, list[CallRequest], list[CallEvent]]:
+    """The ``--quality`` series' book, calls and completion events for ``mode`` (the same in every mode
+    but for what the mode turns on); ``bench.instructions`` counts the same decisions."""
     rng = random.Random(seed)
     core, _ = build(n, rng, 0.0, mode)
     qrng = random.Random(seed + 1)
@@ -128,6 +129,12 @@ def run_quality(n: int, calls: int, seed: int, mode: str) -> list[int]:
         att = qrng.choice(["A", "A", "B", "C", None])
         reqs.append(CallRequest(caller=caller, vertical=rng.choice(VERTICALS), attestation=att if mode == "all" else None))
     durations = [CallEvent(event="completed", duration_s=qrng.choice([20, 45, 61, 62, 64, 120, 300])) for _ in range(64)]
+    return core, reqs, durations
+
+
+def run_quality(n: int, calls: int, seed: int, mode: str) -> list[int]:
+    """One run of the ``--quality`` series: the same book and calls in each ``mode``."""
+    core, reqs, durations = quality_calls(n, calls, seed, mode)
     samples = []
     now = NOW_NS
     gc.collect()

@@ -24,6 +24,12 @@ only when the code does, so a regression shows in them.
 - ``bare``: one ``GET`` of a bare Starlette app through the same in-process client: the unit
   the lifecycle is divided by (a lifecycle is three requests plus their work; the issue's
   target is at most 5 bare requests of server CPU).
+- ``quality_off``, ``quality_signals``, ``quality_all`` (issue 14): ``prepare`` + ``decide`` of
+  ``bench.decision --quality``'s calls in each of its modes, book of 10,000 campaigns, after
+  1,000 calls that fill the signals' windows; each completed call's event is applied between
+  two decisions, outside the count (every decision is its own region: one dump each, summed).
+  Their ratios to ``quality_off`` are the decision's cost of the signals (and of attestation
+  with bid modifiers), free of the host's noise that the p99 ratios carry.
 - ``client``: the lifecycle's three requests, sent the same way, answered by a stub ASGI app
   with canned bodies: the in-process client's (httpx) share of the lifecycle, which no change
   to the exchange can lower (since 2026-12-07 session 5; the lifecycle less this is the
@@ -42,7 +48,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-N = {"decision": 200, "bid": 20_000, "lifecycle": 100, "bare": 300, "client": 100}
+N = {"decision": 200, "bid": 20_000, "lifecycle": 100, "bare": 300, "client": 100,
+     "quality_off": 300, "quality_signals": 300, "quality_all": 300}
+QUALITY_BOOK = 10_000  # campaigns of the quality ops' book (bench.decision --quality's middle size)
 START, STOP = "os_getppid", "os_getpgrp"  # the C functions behind the region's two markers
 
 
@@ -84,6 +92,27 @@ def _decision(n: int) -> None:
         p = prepare(core, reqs[i % len(reqs)], "pub", f"call{i}", NOW_NS + i)
         decide(core, p, {}, NOW_NS + i)
     region_stop()
+
+
+def _quality(mode: str, n: int) -> None:
+    from bench.decision import NOW_NS, quality_calls
+    from exchange.lifecycle import apply_event
+    from exchange.pipeline import decide, prepare
+
+    warm = 1000
+    core, reqs, durations = quality_calls(QUALITY_BOOK, warm + n, 1, mode)
+    quiet_gc()
+    now = NOW_NS
+    for i, req in enumerate(reqs):
+        now += 1_000_000
+        if i >= warm:
+            region_start()
+        p = prepare(core, req, f"pub{i % 20}", f"call{i}", now)
+        rec, _ = decide(core, p, {}, now)
+        if i >= warm:
+            region_stop()
+        if rec.status == "routed":
+            apply_event(core, rec, "k", durations[i % 64], now)
 
 
 def _bid(n: int) -> None:
@@ -218,7 +247,8 @@ def _bare(n: int) -> None:
     asyncio.run(main())
 
 
-WORKERS = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle, "bare": _bare, "client": _client}
+WORKERS: dict[str, Any] = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle, "bare": _bare, "client": _client,
+                           **{f"quality_{m}": (lambda n, m=m: _quality(m, n)) for m in ("off", "signals", "all")}}
 
 
 # ---------------------------------------------------------------- the driver
@@ -229,13 +259,16 @@ def count(op: str, n: int) -> int:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", f"--zero-before={START}*", f"--dump-before={STOP}*",
              sys.executable, "-m", "bench.instructions", "--worker", op, str(n)], env=env, capture_output=True, text=True, check=True)
-        dump = Path(f"{tmp}/cg.out.1")
-        if not dump.exists():
+        dumps = sorted(Path(tmp).glob("cg.out.*"))  # one per region (most ops have one)
+        if not dumps:
             raise RuntimeError("callgrind never reached the region's end marker:\n" + out.stderr[-2000:])
-        m = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
-    if m is None:
-        raise RuntimeError(out.stderr[-2000:])
-    return int(m.group(1))
+        total = 0
+        for dump in dumps:
+            m = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
+            if m is None:
+                raise RuntimeError(f"{dump.name} has no summary:\n" + out.stderr[-2000:])
+            total += int(m.group(1))
+    return total
 
 
 def main() -> None:
@@ -268,6 +301,13 @@ def main() -> None:
             results["client_over_bare_request"] = round(results["client"]["instructions_per_op"] / results["bare"]["instructions_per_op"], 2)
             print(f"of which the in-process client's three requests (stub app): {results['client_over_bare_request']:.1f} bare; "
                   f"the exchange's own work: {own:,} instructions = {own / results['bare']['instructions_per_op']:.1f} bare")
+    if "quality_off" in results:
+        off = results["quality_off"]["instructions_per_op"]
+        for m in ("signals", "all"):
+            if f"quality_{m}" in results:
+                ratio = results[f"quality_{m}"]["instructions_per_op"] / off
+                results[f"quality_{m}_over_off"] = round(ratio, 3)
+                print(f"decision with {m} = {ratio:.3f}x off (target <= 1.15x, issue 14)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "instructions", "python": sys.version.split()[0], "results": results}, indent=2))

@@ -27,7 +27,7 @@ from .ids import BuyerId
 from .instants import from_ns
 from .lifecycle import engage, route_wire
 from .messages import BidRequest, CallFields, CallInfo, DecisionFields, Loss, RtbBid
-from .quality import Observation, QualityEvidence, digits
+from .quality import Observation, QualityEvidence
 from routing.parking import FUNDS, PARKABLE
 
 
@@ -56,7 +56,7 @@ def prepare(core: Core, call: CallFields, publisher: str, call_id: str, now_ns: 
     caller = parse_number(call.caller)
     level, risk, observed, why = level_of(call.attestation), 0, None, None
     if s.quality_signals:  # counted before the gate: a denied call is still a call of that caller and publisher
-        number = digits(caller.e164) if caller is not None and call.direction == "inbound" else None
+        number = int(caller.e164[1:]) if caller is not None and call.direction == "inbound" else None  # (parsed: "+" and digits)
         observed, risk = core.quality.observe_risk(publisher, number, now_ns)
         if observed is not None and s.quality_velocity_max_calls and observed.caller_calls > s.quality_velocity_max_calls:
             why = Outcome.CALLER_VELOCITY

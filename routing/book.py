@@ -58,7 +58,7 @@ from collections.abc import Callable
 
 from .attestation import UNATTESTED, Multipliers
 from .capacity import Capacity
-from .merge import ranked as merged
+from .merge import Place, ranked as merged
 from .outside import Listed, Outside, tally as outside_tally
 from .parking import ParkingLot
 from .schedule import ScheduleError
@@ -103,20 +103,25 @@ class Bucket:
     def compact(self) -> None:
         """Drop stale entries (reusing the live ones) and re-heapify: amortised O(1) per push."""
         slots = self.slots
-        heap = [e for e in self.heap if slots[e[2]].listing == e[1]]
+        heap = self.heap  # in place: the reads keep this list (``routing.merge.Place``), across reads and re-listings
+        heap[:] = [e for e in heap if slots[e[2]].listing == e[1]]
         heapify(heap)
-        self.heap = heap
         self.limit = len(heap) + len(heap) // 2 + 32
 
 class Book:
     __slots__ = ("_campaigns", "_buckets", "_classes", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted",
-                 "_slots", "off_total", "_off_version", "_off_seen", "dirty_specs", "dirty_prices", "_cod")
+                 "_slots", "off_total", "_off_version", "_off_seen", "dirty_specs", "dirty_prices", "_cod",
+                 "places", "_places_version")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         self._campaigns: dict[Key, Standing] = {}
         # (vertical, state or None: wide, accepts outbound) -> its buckets, one per class of bid multipliers
         self._buckets: dict[tuple[str, str | None, bool], list[Bucket]] = {}
         self._classes: dict[tuple[str, str | None, bool, Multipliers | None], Bucket] = {}
+        # what a read of (vertical, state, outbound) walks: its buckets, built once per change of the
+        # buckets (``routing.merge``); the version moves when a bucket is made (none is ever dropped)
+        self.places: dict[tuple[str, str | None, bool], Place] = {}
+        self._places_version = 0
         self._rtb: dict[str, dict[Key, Standing]] = {}
         self._seq = 0
         self._per_buyer: dict[str, int] = {}
@@ -204,6 +209,7 @@ class Book:
                 return self._bucket(key, None)
             b = self._classes[(*key, mult)] = Bucket(self._slots, mult)
             place.append(b)
+            self._places_version += 1
         return b
 
     def reprice(self, buyer: str, campaign_id: str, bid_cents: int) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import TYPE_CHECKING
 
-from .attestation import ONE, UNATTESTED
+from .attestation import NAMES, ONE, UNATTESTED
 from .standing import Standing
 
 if TYPE_CHECKING:
@@ -46,13 +46,11 @@ def ranked(
     modifiers, even when most campaigns have them; without modifiers (the common case) the
     loop is the plain merge.
     """
-    buckets = book._buckets
-    wheres = (state, None) if state is not None else (None,)
-    pool: list[Bucket] = [b for ob in ((True,) if outbound else (False, True)) for where in wheres
-                          for b in buckets.get((vertical, where, ob), ()) if b.heap]
-    heaps = [b.heap for b in pool]
-    mults = [ONE if b.mult is None else b.mult[level] for b in pool]  # each heap's multiplier for this call's level
-    plain = mults.count(ONE) == len(mults)  # no heap to read at a modified price: the plain merge
+    place = book.places.get((vertical, state, outbound))
+    if place is None or place.version != book._places_version:
+        place = _place(book, vertical, state, outbound)
+    pool, heaps = place.pool, place.heaps
+    mults, plain, ones, mods = place.by_level[level]
     seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
     out: list[Standing] = []
     slots = book._slots
@@ -64,7 +62,7 @@ def ranked(
     # flat tuple (price, seq, slot, index), kept up to date as entries are popped (and rebuilt when a
     # re-listing pushed into a heap), so each step costs O(log heaps) instead of a scan of every
     # class's heap; ties go to the lower index either way.
-    tour = [] if plain else _keys(heaps, mults)
+    tour = [] if plain else _keys(heaps, ones, mods)
     while len(out) < want and scanned < scan_limit:
         k = -1
         top: tuple[int, ...] | None = None
@@ -85,7 +83,7 @@ def ranked(
             if not plain:
                 if h:
                     m = mults[k]
-                    heapreplace(tour, (*h[0], k) if m == ONE else (-(-h[0][0] * m // ONE), -1, -1, k))
+                    heapreplace(tour, h[0] + (k,) if m == ONE else (-(-h[0][0] * m // ONE), -1, -1, k))
                 else:
                     heappop(tour)
             popped += 1
@@ -96,7 +94,7 @@ def ranked(
                 book._relist(s)  # the price moved down since listing: re-list at the true price
                 book.relisted += 1
                 if not plain:
-                    tour = _keys(heaps, mults)
+                    tour = _keys(heaps, ones, mods)
                 continue
             if s.expires_ns is not None and s.expires_ns <= now_ns:
                 for bucket in s.buckets:  # expired for good: drop it from the index
@@ -130,9 +128,44 @@ def ranked(
             heappush(heaps[k], entry)
     return out
 
-def _keys(heaps: list[list[tuple[int, int, int]]], mults: list[int]) -> list[tuple[int, int, int, int]]:
+class Place:
+    """What a read of one (vertical, state, outbound) walks: the buckets of the call's state and
+    the wide ones (for an inbound call those that take outbound calls too), their heaps, and per
+    attestation level each heap's multiplier. Built on the first read after the book made a
+    bucket (none is ever dropped; a bucket's heap is the same list for its life, empty or not),
+    so a decision does not rebuild these lists from the bucket index every time."""
+
+    __slots__ = ("version", "pool", "heaps", "by_level")
+
+    def __init__(self, version: int, pool: list[Bucket]) -> None:
+        self.version = version
+        self.pool = pool
+        self.heaps = [b.heap for b in pool]
+        self.by_level = [self._level(level) for level in range(len(NAMES))]  # indexed by attestation level
+
+    def _level(self, level: int) -> tuple[list[int], bool, list[int], list[tuple[int, int]]]:
+        """For a call of ``level``: each heap's multiplier, whether all are one (the plain merge),
+        the heaps read at their listed prices and (index, multiplier) of the others."""
+        mults = [ONE if b.mult is None else b.mult[level] for b in self.pool]
+        ones = [i for i, m in enumerate(mults) if m == ONE]
+        return mults, len(ones) == len(mults), ones, [(i, m) for i, m in enumerate(mults) if m != ONE]
+
+
+def _place(book: Book, vertical: str, state: str | None, outbound: bool) -> Place:
+    buckets = book._buckets
+    wheres = (state, None) if state is not None else (None,)
+    pool = [b for ob in ((True,) if outbound else (False, True)) for where in wheres for b in buckets.get((vertical, where, ob), ())]
+    places = book.places
+    if len(places) > 4096:  # verticals are the buyers' words: bounded, rebuilt on demand
+        places.clear()
+    place = places[(vertical, state, outbound)] = Place(book._places_version, pool)
+    return place
+
+
+def _keys(heaps: list[list[tuple[int, int, int]]], ones: list[int], mods: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
     """A heap of (*key, index) of the non-empty heaps: a heap's key is its top, or with a multiplier
     ``m`` its class's bound, ``(-(listed * m rounded down), -1, -1)`` (before any entry of that price)."""
-    out = [(*h[0], i) if m == ONE else (-(-h[0][0] * m // ONE), -1, -1, i) for i, (h, m) in enumerate(zip(heaps, mults)) if h]
+    out = [heaps[i][0] + (i,) for i in ones if heaps[i]]
+    out += [(-(-h[0][0] * m // ONE), -1, -1, i) for i, m in mods if (h := heaps[i])]
     heapify(out)
     return out

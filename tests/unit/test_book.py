@@ -102,3 +102,22 @@ def test_heap_entries_are_invisible_to_the_garbage_collector():
     gc.collect()
     entries = [e for b in book._classes.values() for e in b.heap]
     assert entries and not any(gc.is_tracked(e) for e in entries)
+
+
+def test_reads_see_every_push_after_a_heap_compacts():
+    """A read walks the heap lists it found for its place (``routing.merge.Place``, kept across
+    reads): a compaction must keep each bucket's list, or later pushes land where no read looks."""
+    book = Book()
+    ids = [f"c{i}" for i in range(40)]
+    for i, cid in enumerate(ids):
+        book.upsert(f"b{i}", campaign(cid, bid_cents=3000 + i))
+    assert top(book, None, want=1) == ["c39"]  # the place's lists are taken here
+    (bucket,) = book._buckets[("auto_insurance", None, False)]
+    limit, bump = bucket.limit, 0
+    while bucket.limit == limit:  # prices raised (one push each) until the heap compacts
+        bump += 1
+        book.reprice(f"b{bump % 40}", ids[bump % 40], 5000 + bump)
+    assert top(book, None, want=1) == [ids[bump % 40]]  # the last raise is the best bid
+    book.reprice("b7", "c7", 9000)
+    assert top(book, None, want=2) == ["c7", ids[bump % 40]]
+    assert sorted(top(book, None, want=100)) == sorted(ids)  # every campaign still listed

@@ -50,15 +50,15 @@ def ranked(
     if place is None or place.version != book._places_version:
         place = _place(book, vertical, state, outbound)
     pool, heaps = place.pool, place.heaps
-    mults, plain, ones, mods = place.by_level[level]
+    mults, plain, ones, mods = place.by_level[level]  # plain: a few heaps, none modified (scan them)
     seen = (-1, -1)  # (buyers done, campaigns parked) when the stop was last checked
     out: list[Standing] = []
     slots = book._slots
     backs: list[tuple[int, tuple[int, int, int]]] = []  # (heap index, entry) of the live entries popped
     scanned = popped = 0
     adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
-    # Without modifiers: the heap with the smallest top, found by a scan (a call reads a few heaps).
-    # With them: a heap of each heap's key -- its top, or its class's bound -- with its index, as one
+    # A few heaps without modifiers: the heap with the smallest top, found by a scan at each step.
+    # More (class buckets), or any modified: a heap of each heap's key -- its top, or its class's bound -- with its index, as one
     # flat tuple (price, seq, slot, index), kept up to date as entries are popped (and rebuilt when a
     # re-listing pushed into a heap), so each step costs O(log heaps) instead of a scan of every
     # class's heap; ties go to the lower index either way.
@@ -128,6 +128,9 @@ def ranked(
             heappush(heaps[k], entry)
     return out
 
+SCAN_HEAPS = 4  # a call's place without class buckets: its state's and the wide ones, by direction
+
+
 class Place:
     """What a read of one (vertical, state, outbound) walks: the buckets of the call's state and
     the wide ones (for an inbound call those that take outbound calls too), their heaps, and per
@@ -144,11 +147,13 @@ class Place:
         self.by_level = [self._level(level) for level in range(len(NAMES))]  # indexed by attestation level
 
     def _level(self, level: int) -> tuple[list[int], bool, list[int], list[tuple[int, int]]]:
-        """For a call of ``level``: each heap's multiplier, whether all are one (the plain merge),
-        the heaps read at their listed prices and (index, multiplier) of the others."""
+        """For a call of ``level``: each heap's multiplier, whether the scan of the plain merge
+        reads them (all one, and at most ``SCAN_HEAPS``: past that the keys' heap is cheaper, as
+        at an A call where the class buckets all rank at their listed prices), the heaps read at
+        their listed prices and (index, multiplier) of the others."""
         mults = [ONE if b.mult is None else b.mult[level] for b in self.pool]
         ones = [i for i, m in enumerate(mults) if m == ONE]
-        return mults, len(ones) == len(mults), ones, [(i, m) for i, m in enumerate(mults) if m != ONE]
+        return mults, len(ones) == len(mults) <= SCAN_HEAPS, ones, [(i, m) for i, m in enumerate(mults) if m != ONE]
 
 
 def _place(book: Book, vertical: str, state: str | None, outbound: bool) -> Place:

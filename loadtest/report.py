@@ -233,14 +233,34 @@ def _lat(h: dict[str, Any]) -> str:
             f"max {_f(h.get('max'))} µs  (n={h['n']:,})")
 
 
+SATURATED = 0.95  # of a core (the exchange's one process) or of the machine's cores: no headroom left
+
+
+def diagnosis(res: dict[str, Any]) -> str | None:
+    """Why a failed run failed, when the figures say it was the host: the load generator could
+    offer no more than the exchange took (the same-run bare-transport ceiling), the exchange's one
+    process had no core left, or the machine had none. None: nothing to say (or the run passed)."""
+    if res["passed"]:
+        return None
+    c, f, m = res["config"], res["figures"], res["machine"]
+    ceiling, bids = res.get("ceiling"), f.get("bids_per_s")
+    misses = [ch["name"] for ch in res["checks"] if not ch["ok"]]
+    if misses == ["bids_per_s"] and ceiling and bids is not None and bids >= 0.95 * ceiling["bids_per_s"]:
+        return "host-bound: the exchange took what this host's load generator could offer; see ceiling"
+    ex, busy, cpus = f.get("cpu_exchange_pct"), f.get("machine_busy_cores"), m.get("cpus")
+    if ex is not None and ex >= 100 * SATURATED and (c.get("nodes") or 0) <= 1:
+        return f"exchange CPU-bound: its one process at {ex:.0f}% of a core; what missed is this host's capacity for this book and load"
+    if busy is not None and cpus and busy >= SATURATED * cpus:
+        return f"host saturated: {busy:.2f} of {cpus} cores busy (the exchange and the load generator share them)"
+    return None
+
+
 def summary(res: dict[str, Any]) -> str:
     c, p, f, m = res["config"], res["plan"], res["figures"], res["machine"]
     L = []
-    verdict = "PASS" if res["passed"] else "FAIL"
+    why = diagnosis(res)
+    verdict = ("PASS" if res["passed"] else "FAIL") + (f" ({why})" if why else "")
     ceiling, bids = res.get("ceiling"), res["figures"].get("bids_per_s")
-    misses = [ch["name"] for ch in res["checks"] if not ch["ok"]]
-    if misses == ["bids_per_s"] and ceiling and bids is not None and bids >= 0.95 * ceiling["bids_per_s"]:
-        verdict = "FAIL (host-bound: the exchange took what this host's load generator could offer; see ceiling)"
     L.append(f"=== loadtest run: {verdict} " + "=" * 50)
     L.append(f"offered   {c['bids_per_s']:,.0f} bids/s in frames of {p['batch']} · {c['calls_per_s']:g} calls/s · "
              f"{c['duration']:g} s measured after {c['warmup']:g} s warm-up")

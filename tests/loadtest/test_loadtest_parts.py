@@ -165,3 +165,24 @@ def test_users_stop_cleanly_after_a_set_up_that_failed_part_way():
             "print('stopped')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[2]))
     assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr[-2000:]
+
+
+def _run(passed: bool, misses: list[str], **fig: object) -> dict:
+    checks = [{"name": n, "ok": n not in misses, "value": 0, "want": ""} for n in ("bids_per_s", "decision_p99_us", "errors")]
+    return {"passed": passed, "config": {"nodes": fig.pop("nodes", 0)}, "machine": {"cpus": 2}, "figures": fig,
+            "checks": checks, "ceiling": fig.pop("ceiling", None)}
+
+
+def test_a_failed_run_says_when_the_host_had_no_room_left():
+    from loadtest.report import diagnosis
+
+    assert diagnosis(_run(True, [], cpu_exchange_pct=99.0)) is None  # a pass needs no excuse
+    assert diagnosis(_run(False, ["errors"], cpu_exchange_pct=80.0, machine_busy_cores=1.3)) is None  # room left: the exchange's miss
+    cpu = diagnosis(_run(False, ["errors"], cpu_exchange_pct=97.6, machine_busy_cores=1.3))
+    assert cpu is not None and cpu.startswith("exchange CPU-bound") and "98% of a core" in cpu
+    assert diagnosis(_run(False, ["errors"], cpu_exchange_pct=97.6, nodes=3)) is None  # several processes: one core is no ceiling
+    host = diagnosis(_run(False, ["errors"], cpu_exchange_pct=70.0, machine_busy_cores=1.95))
+    assert host is not None and host.startswith("host saturated") and "1.95 of 2 cores" in host
+    bound = diagnosis(_run(False, ["bids_per_s"], bids_per_s=96_000, ceiling={"bids_per_s": 98_000}))
+    assert bound is not None and bound.startswith("host-bound")
+    assert diagnosis(_run(False, ["bids_per_s"], bids_per_s=50_000, ceiling={"bids_per_s": 98_000})) is None  # the exchange fell short

@@ -43,8 +43,9 @@ def ranked(
     bounds the whole heap's modified prices: ``listed * m`` rounded down. The merge pops a
     class's heap only while that bound can beat the best modified price found so far (a
     per-call heap of the exact ones), so a call reads about as many entries as without
-    modifiers, even when most campaigns have them; without modifiers (the common case) the
-    loop is the plain merge.
+    modifiers, even when most campaigns have them. A place of at most ``SCAN_HEAPS`` heaps and
+    no modifier for this level (the common case) takes the plain merge: a scan of the heaps'
+    tops at each step. The lists a read walks are kept per place (``Place``).
     """
     place = book.places.get((vertical, state, outbound))
     if place is None or place.version != book._places_version:
@@ -57,9 +58,9 @@ def ranked(
     backs: list[tuple[int, tuple[int, int, int]]] = []  # (heap index, entry) of the live entries popped
     scanned = popped = 0
     adjusted: list[tuple[int, int, int]] = []  # (-price for this call, seq, slot) of campaigns with modifiers
-    # A few heaps without modifiers: the heap with the smallest top, found by a scan at each step.
-    # More (class buckets), or any modified: a heap of each heap's key -- its top, or its class's bound -- with its index, as one
-    # flat tuple (price, seq, slot, index), kept up to date as entries are popped (and rebuilt when a
+    # Plain: the heap with the smallest top, found by a scan at each step. Otherwise (class buckets,
+    # or a modified level): a heap of each heap's key -- its top, or its class's bound -- with its
+    # index, as one flat tuple (price, seq, slot, index), kept up to date as entries are popped (and rebuilt when a
     # re-listing pushed into a heap), so each step costs O(log heaps) instead of a scan of every
     # class's heap; ties go to the lower index either way.
     tour = [] if plain else _keys(heaps, ones, mods)

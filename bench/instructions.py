@@ -30,6 +30,10 @@ only when the code does, so a regression shows in them.
   two decisions, outside the count (every decision is its own region: one dump each, summed).
   Their ratios to ``quality_off`` are the decision's cost of the signals (and of attestation
   with bid modifiers), free of the host's noise that the p99 ratios carry.
+- ``writer_off``, ``writer_distinct``, ``writer_pool`` (issue 14): the ledger writer's work for one
+  routed billable call (``bench.privacy``'s records; ``_writer`` says what is counted), numbers
+  as given or sealed (a new number every call, or 1,000 callers again and again): the
+  instruction side of ``bench.privacy``'s throughput ratio, free of the disk's and the host's noise.
 - ``client``: the lifecycle's three requests, sent the same way, answered by a stub ASGI app
   with canned bodies: the in-process client's (httpx) share of the lifecycle, which no change
   to the exchange can lower (since 2026-12-07 session 5; the lifecycle less this is the
@@ -49,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 N = {"decision": 200, "bid": 20_000, "lifecycle": 100, "bare": 300, "client": 100,
-     "quality_off": 300, "quality_signals": 300, "quality_all": 300}
+     "quality_off": 300, "quality_signals": 300, "quality_all": 300,
+     "writer_off": 1000, "writer_distinct": 1000, "writer_pool": 1000}
 QUALITY_BOOK = 10_000  # campaigns of the quality ops' book (bench.decision --quality's middle size)
 START, STOP = "os_getppid", "os_getpgrp"  # the C functions behind the region's two markers
 
@@ -113,6 +118,52 @@ def _quality(mode: str, n: int) -> None:
             region_stop()
         if rec.status == "routed":
             apply_event(core, rec, "k", durations[i % 64], now)
+
+
+def _writer(mode: str, n: int) -> None:
+    """What the ledger writer spends on ``n`` routed billable calls (``bench.privacy``'s
+    records): ``billing.trail.fill`` (what ``Writer._take`` runs on the loop: sealing, the
+    audit chain) and ``SqliteStore._write`` (what the store's thread runs: the inserts and the
+    commit), in batches of 100 calls, after as many calls outside the region. Called here on
+    one thread, so the count holds no thread hand-over; the commit's fsync is a system call
+    whose wait no instruction count sees (bench.privacy measures the throughput with it)."""
+    import random
+    import shutil
+
+    from bench.privacy import call_records, number
+    from billing.audit import Chain
+    from billing.sqlitestore import SqliteStore
+    from billing.store import Batch
+    from billing.trail import fill
+    from billing.vault import Vault, parse_master_keys
+
+    rng = random.Random(1)
+    vault = None if mode == "off" else Vault(parse_master_keys("11" * 32), b"\x22" * 32)
+    work = tempfile.mkdtemp(prefix="bench-instr-")
+    store = SqliteStore(f"{work}/ledger.db")
+    store._open()
+    chain = Chain()
+
+    def calls(first: int) -> list[list[Any]]:
+        callers = [number(first + i) if mode != "pool" else number(rng.randrange(1000)) for i in range(n)]
+        recs = [call_records(rng, first + i, callers[i]) for i in range(n)]
+        return [[r for c in recs[i:i + 100] for r in c] for i in range(0, n, 100)]
+
+    def write(chunks: list[list[Any]]) -> None:
+        for records in chunks:
+            batch = Batch()
+            fill(batch, records, chain.append, vault)
+            store._write(batch)
+            if vault is not None:
+                vault.saved(batch.keys)
+
+    write(calls(0))
+    chunks = calls(n)
+    quiet_gc()
+    region_start()
+    write(chunks)
+    region_stop()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _bid(n: int) -> None:
@@ -248,7 +299,8 @@ def _bare(n: int) -> None:
 
 
 WORKERS: dict[str, Any] = {"decision": _decision, "bid": _bid, "lifecycle": _lifecycle, "bare": _bare, "client": _client,
-                           **{f"quality_{m}": (lambda n, m=m: _quality(m, n)) for m in ("off", "signals", "all")}}
+                           **{f"quality_{m}": (lambda n, m=m: _quality(m, n)) for m in ("off", "signals", "all")},
+                           **{f"writer_{m}": (lambda n, m=m: _writer(m, n)) for m in ("off", "distinct", "pool")}}
 
 
 # ---------------------------------------------------------------- the driver
@@ -308,6 +360,13 @@ def main() -> None:
                 ratio = results[f"quality_{m}"]["instructions_per_op"] / off
                 results[f"quality_{m}_over_off"] = round(ratio, 3)
                 print(f"decision with {m} = {ratio:.3f}x off (target <= 1.15x, issue 14)")
+    if "writer_off" in results:
+        off = results["writer_off"]["instructions_per_op"]
+        for m in ("distinct", "pool"):
+            if f"writer_{m}" in results:
+                ratio = off / results[f"writer_{m}"]["instructions_per_op"]
+                results[f"writer_{m}_throughput_over_off"] = round(ratio, 3)
+                print(f"writer throughput sealed ({m}) = {ratio:.3f}x plain, by instructions (target >= 0.8x, issue 14)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "instructions", "python": sys.version.split()[0], "results": results}, indent=2))

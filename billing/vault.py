@@ -45,7 +45,7 @@ ERASED = "erased"
 INDEX_NAME = "index"
 DAY_NS = 86_400 * 1_000_000_000
 SEALED_RE = re.compile(r"enc1:([0-9a-f]{16}):")
-HOT_CIPHERS = 64  # AES-GCM ciphers kept ready (~1.3 KB each; the rest are rebuilt from the key's bytes, ~3 µs)
+HOT_CIPHERS = 1024  # AES-GCM ciphers kept ready (~1.3 KB each, 1.3 MB in all; the rest are rebuilt from the key's bytes, ~1 µs)
 RANDOM_BLOCK = 8192  # bytes read from the OS at once for data keys and nonces (see Vault._random)
 
 
@@ -98,8 +98,12 @@ def new_master_key_text() -> str:
     return base64.b64encode(AESGCM.generate_key(256)).decode()
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """base64url without padding (``base64.urlsafe_b64encode`` less its two Python calls)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
@@ -113,6 +117,28 @@ def is_sealed(value: Any) -> bool:
 def kids_in(text: str) -> set[str]:
     """Key ids of every sealed value in ``text`` (a stored body, a journal line)."""
     return set(SEALED_RE.findall(text))
+
+
+class _Mac:
+    """HMAC-SHA-256 with one key, its padded key already absorbed into two SHA-256 states that
+    each message copies (RFC 2104 on ``hashlib``: no Python ``hmac`` object per message, and
+    unlike ``hmac.digest`` it keeps the GIL for a short message)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(x ^ 0x36 for x in key))
+        self._outer = hashlib.sha256(bytes(x ^ 0x5C for x in key))
+
+    def digest(self, msg: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(msg)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 class Vault:
@@ -132,13 +158,14 @@ class Vault:
         # ciphers of the most recent keys only are kept (_ciphers).
         self._sealing: OrderedDict[str, list[Any]] = OrderedDict()
         self._ciphers: OrderedDict[str, AESGCM] = OrderedDict()  # kid -> cipher, the last HOT_CIPHERS keys used
+        self._hot = min(HOT_CIPHERS, cache_size)
         self._seen: set[int] = set()  # marks of numbers sealed once (their keys are not cached until they come back)
         self._last_blind = ("", "")  # (e164, blind): a decision asks for its consumer's index more than once
         self._wrappers = {m.kid: AESGCM(m.key) for m in masters}
         # The blind index's HMAC with the index key already absorbed: each number copies it. Neither
         # ``hmac.digest`` nor ``os.urandom`` is called per number on the event loop: both release the GIL,
         # and on SQLite the store's thread then takes it (tens of µs per call, measured with bench.privacy).
-        self._index_mac = hmac.new(index_key, digestmod=hashlib.sha256)
+        self._index_mac = _Mac(index_key)
         self._pool, self._pool_at = b"", 0  # random bytes from the OS, each handed out once (_random)
         self._opening: OrderedDict[str, tuple[str, bytes] | None] = OrderedDict()  # kid -> (blind, key) | None: gone
         self.unsaved: dict[str, KeyRow] = {}  # keys made here whose rows are not committed yet
@@ -174,9 +201,7 @@ class Vault:
         last = self._last_blind
         if last[0] == e164:
             return last[1]
-        mac = self._index_mac.copy()
-        mac.update(e164.encode())
-        b = BLIND_PREFIX + mac.digest()[:16].hex()
+        b = BLIND_PREFIX + self._index_mac.digest(e164.encode())[:16].hex()
         self._last_blind = (e164, b)
         return b
 
@@ -193,17 +218,18 @@ class Vault:
         c = self._ciphers.get(kid)
         if c is None:
             c = self._ciphers[kid] = AESGCM(key)
-            if len(self._ciphers) > HOT_CIPHERS:
+            if len(self._ciphers) > self._hot:
                 self._ciphers.popitem(last=False)
         return c
 
     # ------------------------------------------------------------------ wrapping
     def wrap(self, kid: str, blind: str, key: bytes, master: MasterKey | None = None) -> tuple[str, str]:
         """(master kid, wrapped) of a data key."""
-        m = master or self.current
-        nonce = self._random(12)
+        return self._wrap(kid, blind, key, self._random(12), master or self.current)
+
+    def _wrap(self, kid: str, blind: str, key: bytes, nonce: bytes, m: MasterKey) -> tuple[str, str]:
         wrapper = self._wrappers.get(m.kid) or AESGCM(m.key)
-        return m.kid, base64.b64encode(nonce + wrapper.encrypt(nonce, key, f"{kid}|{blind}".encode())).decode()
+        return m.kid, binascii.b2a_base64(nonce + wrapper.encrypt(nonce, key, f"{kid}|{blind}".encode()), newline=False).decode()
 
     def unwrap(self, kid: str, blind: str, mkid: str, wrapped: str) -> bytes:
         m = self._by_master.get(mkid)
@@ -223,12 +249,17 @@ class Vault:
         ent = self._sealing.get(b)
         if ent is None or now_ns - ent[2] >= self.epoch_ns:
             ent = self._new_key(b, now_ns, admit=ent is not None)
+            cipher = AESGCM(ent[1])
+            if self._sealing.get(b) is ent:  # kept for the number's next seals (a one-time number's is not)
+                self._ciphers[ent[0]] = cipher
+                if len(self._ciphers) > self._hot:
+                    self._ciphers.popitem(last=False)
         else:
             self._sealing.move_to_end(b)
+            cipher = self._cipher(ent[0], ent[1])
         kid = ent[0]
         ent[4] += 1
         nonce = ent[3] + ent[4].to_bytes(8, "big")
-        cipher = self._cipher(kid, ent[1]) if self._sealing.get(b) is ent else AESGCM(ent[1])  # (a one-time number's: not kept)
         return f"{SEALED_PREFIX}{kid}:{_b64(nonce + cipher.encrypt(nonce, e164.encode(), kid.encode()))}"
 
     def _new_key(self, b: str, now_ns: int, admit: bool) -> list[Any]:
@@ -236,9 +267,9 @@ class Vault:
         number comes back (seen before, or its cached key expired): most consumers call once,
         and a cached key costs ~0.4 KB, so one-time numbers cost a small mark instead (and a
         repeat caller one extra key)."""
-        raw = self._random(44)
-        key, kid, prefix = raw[:32], raw[32:40].hex(), raw[40:]
-        mkid, wrapped = self.wrap(kid, b, key)
+        raw = self._random(56)
+        key, kid, prefix = raw[:32], raw[32:40].hex(), raw[40:44]
+        mkid, wrapped = self._wrap(kid, b, key, raw[44:], self.current)
         self.unsaved[kid] = KeyRow(kid, b, mkid, wrapped, now_ns)
         ent = [kid, key, now_ns, prefix, 0]
         mark = hash(b)

@@ -216,11 +216,14 @@ class Vault:
 
     def _cipher(self, kid: str, key: bytes) -> AESGCM:
         c = self._ciphers.get(kid)
-        if c is None:
-            c = self._ciphers[kid] = AESGCM(key)
-            if len(self._ciphers) > self._hot:
-                self._ciphers.popitem(last=False)
-        return c
+        return c if c is not None else self._keep(kid, AESGCM(key))
+
+    def _keep(self, kid: str, cipher: AESGCM) -> AESGCM:
+        """Keep ``cipher`` among the hot ones (the oldest goes past ``HOT_CIPHERS``)."""
+        self._ciphers[kid] = cipher
+        if len(self._ciphers) > self._hot:
+            self._ciphers.popitem(last=False)
+        return cipher
 
     # ------------------------------------------------------------------ wrapping
     def wrap(self, kid: str, blind: str, key: bytes, master: MasterKey | None = None) -> tuple[str, str]:
@@ -251,9 +254,7 @@ class Vault:
             ent = self._new_key(b, now_ns, admit=ent is not None)
             cipher = AESGCM(ent[1])
             if self._sealing.get(b) is ent:  # kept for the number's next seals (a one-time number's is not)
-                self._ciphers[ent[0]] = cipher
-                if len(self._ciphers) > self._hot:
-                    self._ciphers.popitem(last=False)
+                self._keep(ent[0], cipher)
         else:
             self._sealing.move_to_end(b)
             cipher = self._cipher(ent[0], ent[1])

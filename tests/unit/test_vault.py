@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from billing.vault import ERASED, MasterKeyError, Vault, is_sealed, kids_in, new_master_key_text, parse_master_keys
+from billing.vault import (ERASED, MasterKeyError, Vault, _b64, _Mac, _unb64, is_sealed, kids_in, new_master_key_text,
+                           parse_master_keys)
 
 DAY = 86_400 * 1_000_000_000
 
@@ -121,3 +124,18 @@ def test_the_decision_path_does_no_cryptography():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for n in names:
                 assert not n.startswith(banned), f"{path.name} imports {n}"
+
+
+@given(key=st.binary(min_size=0, max_size=100), msg=st.binary(max_size=300))
+def test_the_blind_index_mac_is_hmac_sha256(key, msg):
+    """Blind indexes already stored were made with ``hmac``: the pre-keyed states give the same digests."""
+    import hmac
+
+    assert _Mac(key).digest(msg) == hmac.digest(key, msg, "sha256")
+
+
+@given(raw=st.binary(max_size=80))
+def test_sealed_base64_is_unpadded_base64url(raw):
+    import base64
+
+    assert _b64(raw) == base64.urlsafe_b64encode(raw).rstrip(b"=").decode() and _unb64(_b64(raw)) == raw

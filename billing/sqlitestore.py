@@ -18,6 +18,8 @@ import time
 from typing import Any, TypeVar, cast
 from collections.abc import Callable
 
+import msgspec
+
 from .store import Batch, BatchRefused, CampaignRow, Store, StoreUnavailable, migrations
 
 T = TypeVar("T")
@@ -77,10 +79,18 @@ class _Thread:
         self.thread.join()
 
 
-SAVE_SPEC = ("INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (buyer, id) DO UPDATE SET spec = excluded.spec, "
-             "bid_cents = excluded.bid_cents, paused = excluded.paused, updated_ns = excluded.updated_ns "
-             "WHERE excluded.updated_ns >= campaigns.updated_ns")
-SAVE_PRICE = "UPDATE campaigns SET bid_cents = ?, paused = ?, updated_ns = ? WHERE buyer = ? AND id = ? AND updated_ns <= ?"
+# The book's rows go in as one JSON array bound to one parameter, unpacked by SQLite
+# (``json_each``) with the GIL released: bound row by row with ``executemany``, this thread took
+# the GIL back for every row (~95,000 a second under a 100,000 bids/s stream on 100,000 campaigns)
+# and the event loop waited behind it each time (a switch interval, up to 5 ms, when it was busy).
+_ROWS = msgspec.json.Encoder()
+SAVE_SPECS = ("INSERT INTO campaigns (buyer, id, spec, bid_cents, paused, updated_ns) "
+              "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?) WHERE true "
+              "ON CONFLICT (buyer, id) DO UPDATE SET spec = excluded.spec, bid_cents = excluded.bid_cents, paused = excluded.paused, "
+              "updated_ns = excluded.updated_ns WHERE excluded.updated_ns >= campaigns.updated_ns")
+SAVE_PRICES = ("UPDATE campaigns SET bid_cents = j.value ->> 3, paused = j.value ->> 4, updated_ns = j.value ->> 5 "
+               "FROM json_each(?) AS j WHERE campaigns.buyer = j.value ->> 0 AND campaigns.id = j.value ->> 1 "
+               "AND campaigns.updated_ns <= j.value ->> 5")
 
 
 class SqliteStore(Store):
@@ -167,13 +177,11 @@ class SqliteStore(Store):
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         try:
-            # generators, not lists: tens of thousands of parameter tuples built at once (a round of a
-            # bid stream at 100,000 campaigns) filled the young generation, and its collection (this
-            # thread holds the GIL) stalled the event loop for 30-40 ms; made one at a time, each is
-            # freed once bound
-            db.executemany(SAVE_SPEC, (r for r in rows if r.spec is not None))
-            db.executemany(SAVE_PRICE, ((r.bid_cents, r.paused, r.updated_ns, r.buyer, r.id, r.updated_ns)
-                                        for r in rows if r.spec is None))
+            specs = [r for r in rows if r.spec is not None]
+            if specs:
+                db.execute(SAVE_SPECS, (_ROWS.encode(specs).decode(),))  # (a row: [buyer, id, spec, bid_cents, paused, updated_ns])
+            if len(specs) < len(rows):
+                db.execute(SAVE_PRICES, (_ROWS.encode([r for r in rows if r.spec is None]).decode(),))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

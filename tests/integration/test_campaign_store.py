@@ -69,3 +69,25 @@ def test_a_book_saved_and_restored_into_a_new_core(db_url: str) -> None:
     assert book.get("b0", "c0").bid_cents == 9999 and book.get("b1", "c1").paused
     assert book.get("b1", "cod").away and book.get("gone", "x") is None
     assert book.take_dirty() == ([], [])  # nothing restored is saved again
+
+
+def test_rows_of_any_text_and_the_largest_instants_round_trip(db_url: str) -> None:
+    """The SQLite store binds a round's rows as one JSON array (``json_each``): ids, specs and
+    instants must come back exactly as given, whatever characters they hold."""
+    odd = ['q"uo\\te', "ünï ✓ 🚀", "tab\there", "nul-free\u2028line", "'; DROP TABLE campaigns; --"]
+    big = 2**62 + 12345  # instants in ns near the int64 end (SQLite's JSON parses integers exactly to 2^63-1)
+
+    async def go() -> list[CampaignRow]:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            await store.save_campaigns([CampaignRow(f"b{i}", name, '{"s":"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"}',
+                                                    2500 + i, bool(i % 2), big - 10 + i) for i, name in enumerate(odd)])
+            await store.save_campaigns([CampaignRow(f"b{i}", name, None, 10 + i, not (i % 2), big + i) for i, name in enumerate(odd)])
+            return await store.load_campaigns()
+        finally:
+            await store.close()
+
+    rows = sorted(run(go()))
+    assert rows == sorted(CampaignRow(f"b{i}", name, '{"s":"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"}',
+                                      10 + i, not (i % 2), big + i) for i, name in enumerate(odd))

@@ -109,12 +109,16 @@ class Bucket:
         self.limit = len(heap) + len(heap) // 2 + 32
 
 class Book:
-    __slots__ = ("_campaigns", "_buckets", "_classes", "_rtb", "_seq", "_per_buyer", "max_per_buyer", "lot", "scanned", "popped", "relisted",
+    __slots__ = ("_of", "_buckets", "_classes", "_rtb", "_seq", "max_per_buyer", "lot", "scanned", "popped", "relisted",
                  "_slots", "off_total", "_off_version", "_off_seen", "dirty_specs", "dirty_prices", "_cod",
                  "places", "_places_version")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
-        self._campaigns: dict[Key, Standing] = {}
+        # buyer -> campaign id -> its campaign. Two levels, not one dict keyed by (buyer, id): a bid's
+        # lookup then compares no stored key tuple, whose objects lie all over a large heap (at 100,000
+        # campaigns 0.45 against 0.84-1.36 µs a lookup, cache misses). A campaign is never removed
+        # (a replaced one's successor takes its place and its slot), so ``_slots`` lists them all.
+        self._of: dict[str, dict[str, Standing]] = {}
         # (vertical, state or None: wide, accepts outbound) -> its buckets, one per class of bid multipliers
         self._buckets: dict[tuple[str, str | None, bool], list[Bucket]] = {}
         self._classes: dict[tuple[str, str | None, bool, Multipliers | None], Bucket] = {}
@@ -124,7 +128,6 @@ class Book:
         self._places_version = 0
         self._rtb: dict[str, dict[Key, Standing]] = {}
         self._seq = 0
-        self._per_buyer: dict[str, int] = {}
         self.max_per_buyer = max_per_buyer
         self.lot = ParkingLot(self._unparked)
         self._slots: list[Standing] = []  # slot -> campaign (a replaced campaign's successor takes its slot)
@@ -140,7 +143,7 @@ class Book:
         self._cod: dict[str, set[str]] = {}  # buyer -> its campaigns with cancel_on_disconnect
 
     def __len__(self) -> int:
-        return len(self._campaigns)
+        return len(self._slots)
 
     def next_seq(self) -> int:
         """The time-priority sequence: also stamps live (RTB) answers as they arrive."""
@@ -149,10 +152,11 @@ class Book:
 
     def standing(self) -> list[Standing]:
         """Every campaign in the book (a copy of the list: for start-up passes, not the hot path)."""
-        return list(self._campaigns.values())
+        return list(self._slots)
 
     def get(self, buyer: str, campaign_id: str) -> Standing | None:
-        return self._campaigns.get((buyer, campaign_id))
+        of = self._of.get(buyer)
+        return of.get(campaign_id) if of is not None else None
 
     # ------------------------------------------------------------------ writes
     def upsert(self, buyer: str, msg: CampaignSpec, away: bool = False) -> Standing:
@@ -161,8 +165,8 @@ class Book:
         bad = sorted(set(msg.states) - US_STATES)
         if bad:
             raise CampaignError("invalid_field", f"unknown state {bad[0]}", f"$.states[{msg.states.index(bad[0])}]")
-        old = self._campaigns.get((buyer, msg.id))
-        if old is None and self._per_buyer.get(buyer, 0) >= self.max_per_buyer:
+        old = self.get(buyer, msg.id)
+        if old is None and len(self._of.get(buyer, ())) >= self.max_per_buyer:
             raise CampaignError("campaign_limit", f"a buyer holds at most {self.max_per_buyer} campaigns "
                                 "(EXCHANGE_MAX_CAMPAIGNS_PER_BUYER); replace or pause one of yours", "$.id")
         try:
@@ -174,10 +178,9 @@ class Book:
             s.slot = old.slot
             self._slots[s.slot] = s
         else:
-            self._per_buyer[buyer] = self._per_buyer.get(buyer, 0) + 1
             s.slot = len(self._slots)
             self._slots.append(s)
-        self._campaigns[s.key] = s
+        self._of.setdefault(buyer, {})[msg.id] = s
         self.dirty_specs.add(s.slot)
         cod = self._cod.get(buyer)
         if s.cancel_on_disconnect:
@@ -214,7 +217,8 @@ class Book:
 
     def reprice(self, buyer: str, campaign_id: str, bid_cents: int) -> bool:
         """The hot write: O(1) if the price is unchanged, else one heap push per bucket."""
-        s = self._campaigns.get((buyer, campaign_id))
+        of = self._of.get(buyer)
+        s = of.get(campaign_id) if of is not None else None
         if s is None:
             return False
         if s.bid_cents != bid_cents:
@@ -267,7 +271,7 @@ class Book:
             b.add(s)
 
     def set_paused(self, buyer: str, campaign_id: str, paused: bool) -> bool:
-        s = self._campaigns.get((buyer, campaign_id))
+        s = self.get(buyer, campaign_id)
         if s is None:
             return False
         if s.paused != paused:
@@ -282,7 +286,7 @@ class Book:
         its first socket opened, or its last one closed. Returns how many changed."""
         n = 0
         for cid in self._cod.get(buyer, ()):
-            s = self._campaigns[(buyer, cid)]
+            s = self._of[buyer][cid]
             if s.away != away:
                 was = s.held
                 s.away = away

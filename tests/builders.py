@@ -82,7 +82,7 @@ def best_eligible_bid(w: World, area_code: int = 212) -> int | None:
     from routing.eligibility import refusal
 
     now, best = w.clock.now_ns(), None
-    for s in w.core.book._campaigns.values():
+    for s in w.core.book.standing():
         if s.live and not s.paused and refusal(w.core, s, None, "inbound", area_code, s.bid_cents, now) is None:
             best = s.bid_cents if best is None else max(best, s.bid_cents)
     return best

@@ -73,7 +73,7 @@ def test_winner_is_the_highest_eligible_bid_at_or_above_the_floor(specs, state, 
         w.submit(call(CALLERS[state] + "100", "v"))
     # brute force over the whole book, no index: who could take this call right now?
     eligible = []
-    for s in w.core.book._campaigns.values():
+    for s in w.core.book.standing():
         if s.paused or (s.states and state not in s.states):
             continue
         if s.limits.concurrency is not None and s.capacity.in_use >= s.limits.concurrency:
@@ -138,7 +138,7 @@ def _check_invariants(w: World, deposits: int) -> None:
         r = rec.routes[rec.index]
         in_use[(r.buyer, r.campaign)] = in_use.get((r.buyer, r.campaign), 0) + 1
         held[buyer_account(r.buyer)] = held.get(buyer_account(r.buyer), 0) + r.price_cents
-    for s in core.book._campaigns.values():
+    for s in core.book.standing():
         assert s.capacity.in_use == in_use.get(s.key, 0)
         lim = s.limits
         if lim.concurrency is not None:

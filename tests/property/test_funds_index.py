@@ -62,7 +62,7 @@ def test_parked_campaigns_never_hide_an_eligible_bid(sequence, start_funds):
             w.core.book.set_paused(f"b{op[1] % BUYERS}", f"c{op[1]}", op[2])
         elif kind == "replace":
             w.core.book.upsert(f"b{op[1] % BUYERS}", _campaign(op[1], op[2]))
-        assert w.core.book.parked == sum(1 for s in w.core.book._campaigns.values() if s.parked)
+        assert w.core.book.parked == sum(1 for s in w.core.book.standing() if s.parked)
         assert w.core.ledger.total() == 0
 
 
@@ -93,7 +93,7 @@ def test_an_unfunded_flood_costs_the_calls_nothing_after_the_first():
     w.fund("broke", 9_400)  # covers the 9,000-ish bids, not the 9,500 ones
     rec, _ = w.submit(call("+12125550301", "v"))
     assert rec.routes[0].buyer == "broke" and rec.routes[0].bid_cents == 9_000
-    assert sum(s.parked == "funds" for s in w.core.book._campaigns.values()) == 50  # the 9,500 bids still wait for money
+    assert sum(s.parked == "funds" for s in w.core.book.standing()) == 50  # the 9,500 bids still wait for money
 
 
 def test_a_campaign_past_the_ceiling_is_refused_and_nothing_changes():

@@ -90,5 +90,5 @@ def test_parking_never_hides_an_eligible_bid(campaigns, sequence, funds):
             w.core.upsert_campaign(f"b{i % BUYERS}", campaign_of(i, op[2]), w.clock.now_ns())
         elif kind == "pause":
             w.core.book.set_paused(f"b{op[1] % n % BUYERS}", f"c{op[1] % n}", op[2])
-        assert w.core.book.parked == sum(1 for s in w.core.book._campaigns.values() if s.parked is not None)
+        assert w.core.book.parked == sum(1 for s in w.core.book.standing() if s.parked is not None)
         assert w.core.ledger.total() == 0

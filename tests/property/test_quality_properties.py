@@ -54,7 +54,7 @@ def test_the_book_ranks_by_the_modified_bid_exactly_as_a_full_sort(cs, moves, at
         if k < len(cs):
             book.reprice(cs[k][2], f"c{k}", bid)
     level = level_of(att)
-    live = list(book._campaigns.values())
+    live = list(book.standing())
     oracle = sorted(live, key=lambda s: (-adjusted(s.bid_cents, s.multipliers, level), s.seq))
     for _ in range(2):  # a read leaves the book as it was
         got = book.ranked("auto_insurance", "CA", NOON_NY_NS, lambda s: True, want, level=level)
@@ -74,7 +74,7 @@ def test_one_route_per_buyer_with_buyers_refused_whole_ranks_as_a_full_sort(cs, 
         if k < len(cs):
             book.reprice(cs[k][2], f"c{k}", bid)
     level = level_of(att)
-    oracle = sorted(book._campaigns.values(), key=lambda s: (-adjusted(s.bid_cents, s.multipliers, level), s.seq))
+    oracle = sorted(book.standing(), key=lambda s: (-adjusted(s.bid_cents, s.multipliers, level), s.seq))
 
     def walk(candidates, done):
         out, asked = [], []
@@ -116,7 +116,7 @@ def test_the_auction_clears_on_modified_bids_within_its_bounds(cs, att, pricing,
     level = level_of(att)
     rec, _ = w.submit(call(attestation=att, floor_cents=floor))
     book = w.core.book
-    eligible = [s for s in book._campaigns.values() if level >= s.min_level]
+    eligible = [s for s in book.standing() if level >= s.min_level]
     best = max((adjusted(s.bid_cents, s.multipliers, level) for s in eligible), default=None)
     if rec.decision.decision == "routed":
         first = rec.routes[0]
@@ -136,7 +136,7 @@ def test_a_c_call_reads_a_few_entries_even_when_every_campaign_discounts_c():
         book.upsert(f"b{k % 300}", campaign(f"c{k}", bid_cents=1000 + (k * 7919) % 5000, bid_modifiers=BidModifiers(attestation=AttestationModifiers(C=0.5))))
     before = book.popped
     got = book.ranked("auto_insurance", "CA", NOON_NY_NS, lambda s: True, 5, level=level_of("C"))
-    assert [s.bid_cents for s in got] == sorted((s.bid_cents for s in book._campaigns.values()), reverse=True)[:5]
+    assert [s.bid_cents for s in got] == sorted((s.bid_cents for s in book.standing()), reverse=True)[:5]
     assert book.popped - before <= 10  # not the ~1,500 listed above half the top price
 
 
@@ -233,5 +233,5 @@ def test_classes_past_the_limit_share_the_plain_bucket_and_still_rank_exactly():
     book.upsert("plain", campaign("p", bid_cents=900))
     assert len(book._buckets[("auto_insurance", None, False)]) == MAX_CLASSES + 1
     level = level_of("C")
-    oracle = sorted(book._campaigns.values(), key=lambda s: (-adjusted(s.bid_cents, s.multipliers, level), s.seq))
+    oracle = sorted(book.standing(), key=lambda s: (-adjusted(s.bid_cents, s.multipliers, level), s.seq))
     assert [s.key for s in book.ranked("auto_insurance", "CA", NOON_NY_NS, lambda s: True, 41, level=level)] == [s.key for s in oracle]

@@ -41,7 +41,7 @@ def expected_off(s) -> str | None:
 
 def check_counts(book: Book) -> None:
     total = 0
-    for s in book._campaigns.values():
+    for s in book.standing():
         assert s.off == expected_off(s), (s.key, s.off, s.paused, s.parked)
         total += s.off is not None
         for b in s.buckets:
@@ -91,7 +91,7 @@ def test_out_of_index_counts_follow_every_change(campaigns, sequence, funds):
                 accepted = [c for c in v["candidates"] if c["outcome"] in ("won", "fallback", "outbid", "below_floor")]
                 with_route = {c["buyer"] for c in accepted}
                 lowest = min((c["bid_cents"] for c in accepted), default=0)
-                for s in book._campaigns.values():
+                for s in book.standing():
                     if s.id in named or not s.covers("NY"):
                         continue
                     # a sibling of a buyer that has its bid in the auction (one per buyer), or, once the scan had

@@ -1,5 +1,6 @@
 """The book store's rows on PostgreSQL (``exchange/bookstore.py``): one statement for the
-campaigns created or replaced, one for those only repriced or paused, the rows as arrays."""
+campaigns created or replaced, one for those only repriced or paused (into ``campaign_prices``,
+a small row each, so a price does not rewrite its campaign's message), the rows as arrays."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ ON CONFLICT (buyer, id) DO UPDATE SET spec = EXCLUDED.spec, bid_cents = EXCLUDED
     updated_ns = EXCLUDED.updated_ns WHERE EXCLUDED.updated_ns >= campaigns.updated_ns
 """
 SAVE_PRICE_SQL = """
-UPDATE campaigns c SET bid_cents = x.bc, paused = x.p, updated_ns = x.u
+INSERT INTO campaign_prices (buyer, id, bid_cents, paused, updated_ns)
+SELECT DISTINCT ON (x.b, x.i) x.b, x.i, x.bc, x.p, x.u
 FROM unnest($1::text[], $2::text[], $3::int8[], $4::bool[], $5::int8[]) AS x (b, i, bc, p, u)
-WHERE c.buyer = x.b AND c.id = x.i AND c.updated_ns <= x.u
+WHERE EXISTS (SELECT 1 FROM campaigns c WHERE c.buyer = x.b AND c.id = x.i AND c.updated_ns <= x.u)
+ORDER BY x.b, x.i, x.u DESC
+ON CONFLICT (buyer, id) DO UPDATE SET bid_cents = EXCLUDED.bid_cents, paused = EXCLUDED.paused,
+    updated_ns = EXCLUDED.updated_ns WHERE EXCLUDED.updated_ns >= campaign_prices.updated_ns
 """
 
 

@@ -88,9 +88,12 @@ SAVE_SPECS = ("INSERT INTO campaigns (buyer, id, spec, bid_cents, paused, update
               "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?) WHERE true "
               "ON CONFLICT (buyer, id) DO UPDATE SET spec = excluded.spec, bid_cents = excluded.bid_cents, paused = excluded.paused, "
               "updated_ns = excluded.updated_ns WHERE excluded.updated_ns >= campaigns.updated_ns")
-SAVE_PRICES = ("UPDATE campaigns SET bid_cents = j.value ->> 3, paused = j.value ->> 4, updated_ns = j.value ->> 5 "
-               "FROM json_each(?) AS j WHERE campaigns.buyer = j.value ->> 0 AND campaigns.id = j.value ->> 1 "
-               "AND campaigns.updated_ns <= j.value ->> 5")
+SAVE_PRICES = ("INSERT INTO campaign_prices (buyer, id, bid_cents, paused, updated_ns) "
+               "SELECT j.value ->> 0, j.value ->> 1, j.value ->> 3, j.value ->> 4, j.value ->> 5 FROM json_each(?) AS j "
+               "WHERE EXISTS (SELECT 1 FROM campaigns c WHERE c.buyer = j.value ->> 0 AND c.id = j.value ->> 1 "
+               "AND c.updated_ns <= j.value ->> 5) "
+               "ON CONFLICT (buyer, id) DO UPDATE SET bid_cents = excluded.bid_cents, paused = excluded.paused, "
+               "updated_ns = excluded.updated_ns WHERE excluded.updated_ns >= campaign_prices.updated_ns")
 
 
 class SqliteStore(Store):

@@ -86,6 +86,16 @@ class StatementLine(NamedTuple):
     memo: str
 
 
+# A campaign as saved: its message with the price and pause saved beside it, or the later price and
+# pause of ``campaign_prices`` (price-only changes, kept apart so they do not rewrite the message).
+_NEWER = "p.updated_ns >= c.updated_ns"  # (a price saved at the instant of its message is the later save)
+LOAD_CAMPAIGNS = (f"SELECT buyer, id, spec, bc, pa, u FROM (SELECT c.buyer AS buyer, c.id AS id, c.spec AS spec, "
+                  f"CASE WHEN {_NEWER} THEN p.bid_cents ELSE c.bid_cents END AS bc, "
+                  f"CASE WHEN {_NEWER} THEN p.paused ELSE c.paused END AS pa, "
+                  f"CASE WHEN {_NEWER} THEN p.updated_ns ELSE c.updated_ns END AS u "
+                  f"FROM campaigns c LEFT JOIN campaign_prices p ON p.buyer = c.buyer AND p.id = c.id) AS r WHERE u >= ?")
+
+
 def migrations(backend: str) -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration of ``backend``, in order."""
     out = []
@@ -143,10 +153,9 @@ class Store(ABC):
     async def load_campaigns(self, buyer: str | None = None, since_ns: int | None = None) -> list[CampaignRow]:
         """The saved standing campaigns (of one buyer, or all; changed since ``since_ns``, or
         ever), oldest change first."""
-        cols = "SELECT buyer, id, spec, bid_cents, paused, updated_ns FROM campaigns WHERE updated_ns >= ?"
         lo = since_ns if since_ns is not None else -(1 << 62)
-        rows = await (self.fetch(cols + " AND buyer = ? ORDER BY updated_ns, id", lo, buyer) if buyer is not None
-                      else self.fetch(cols + " ORDER BY updated_ns, buyer, id", lo))
+        rows = await (self.fetch(LOAD_CAMPAIGNS + " AND buyer = ? ORDER BY u, id", lo, buyer) if buyer is not None
+                      else self.fetch(LOAD_CAMPAIGNS + " ORDER BY u, buyer, id", lo))
         return [CampaignRow(b, i, sp, int(bc), bool(p), int(u)) for b, i, sp, bc, p, u in rows]
 
     # ------------------------------------------------------------------ shared reads

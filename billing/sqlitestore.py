@@ -175,16 +175,17 @@ class SqliteStore(Store):
                 db.execute("ROLLBACK")
             raise
 
-    def _save_campaigns(self, rows: list[CampaignRow]) -> None:
+    def _save_campaigns(self, specs: str | None, prices: str | None) -> None:
+        """The rows as JSON arrays (``save_campaigns`` encodes them on the loop: this thread holds
+        the GIL only to bind two strings, and runs SQLite without it)."""
         db = self.db
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         try:
-            specs = [r for r in rows if r.spec is not None]
-            if specs:
-                db.execute(SAVE_SPECS, (_ROWS.encode(specs).decode(),))  # (a row: [buyer, id, spec, bid_cents, paused, updated_ns])
-            if len(specs) < len(rows):
-                db.execute(SAVE_PRICES, (_ROWS.encode([r for r in rows if r.spec is None]).decode(),))
+            if specs is not None:
+                db.execute(SAVE_SPECS, (specs,))
+            if prices is not None:
+                db.execute(SAVE_PRICES, (prices,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -232,8 +233,13 @@ class SqliteStore(Store):
     async def save_campaigns(self, rows: list[CampaignRow]) -> None:
         if self.db is None:
             raise StoreUnavailable("the store is not open")
-        try:
-            await self._run(self._save_campaigns, rows)
+        # Encoded here, on the loop, between its tasks: encoded in the store's thread, a chunk held the
+        # GIL for a millisecond or two wherever the loop was, mid-decision included.
+        specs = [r for r in rows if r.spec is not None]
+        prices = [r for r in rows if r.spec is None] if len(specs) < len(rows) else []
+        try:  # (a row: [buyer, id, spec, bid_cents, paused, updated_ns])
+            await self._run(self._save_campaigns, _ROWS.encode(specs).decode() if specs else None,
+                            _ROWS.encode(prices).decode() if prices else None)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
 

@@ -35,6 +35,8 @@ from . import gcpolicy
 from .core import Core
 from .messages import Campaign
 
+CHUNK = 2048  # campaigns per save statement: the rows of one are built on the loop while nothing else runs
+
 log = logging.getLogger("exchange.bookstore")
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Campaign).decode
@@ -102,20 +104,33 @@ class BookStore:
 
     async def flush(self) -> int:
         """Save what changed since the last round; returns how many rows (0: nothing changed).
-        Raises ``StoreUnavailable`` (the marks are kept for the next round)."""
+        Raises ``StoreUnavailable`` (the marks of what was not saved are kept for the next round).
+
+        A round is saved ``CHUNK`` campaigns at a time, each chunk's rows built just before it is
+        written: at 100,000 bids/s over 100,000 campaigns a round is ~60,000 rows, and building them
+        at once held the event loop for tens of milliseconds every round (RTB answers missed their
+        deadline behind it); between chunks the loop runs while the store writes."""
         book = self.core.book
         specs, prices = book.take_dirty()
-        if not specs and not prices:
-            return 0
+        saved = 0
+        i = j = 0  # specs and prices saved so far
+        try:
+            while i < len(specs) or j < len(prices):
+                chunk_specs = specs[i:i + CHUNK]
+                chunk_prices = prices[j:j + CHUNK - len(chunk_specs)]
+                saved += await self._save(chunk_specs, chunk_prices)
+                i, j = i + len(chunk_specs), j + len(chunk_prices)
+        except BaseException:
+            book.dirty_specs.update(s.slot for s in specs[i:])  # saved next round (a newer change is marked already)
+            book.dirty_prices.update(s.slot for s in prices[j:])
+            raise
+        return saved
+
+    async def _save(self, specs: list[Standing], prices: list[Standing]) -> int:
         now = self.clock_ns()
         rows = rows_of(specs, prices, now)
-        try:
-            if rows:
-                await self.store.save_campaigns(rows)
-        except BaseException:
-            book.dirty_specs.update(s.slot for s in specs)  # saved next round (a newer change is marked already)
-            book.dirty_prices.update(s.slot for s in prices)
-            raise
+        if rows:
+            await self.store.save_campaigns(rows)
         self.saved += len(rows)
         if self.track:
             seen = self.seen
@@ -125,7 +140,7 @@ class BookStore:
                     seen[(r.buyer, r.id)] = [hash(r.spec), now]
                 else:
                     v[1] = now
-        if self.on_saved is not None:
+        if self.on_saved is not None and rows:
             self.on_saved([(r.buyer, r.id) for r in rows if r.spec is not None],
                           [(r.buyer, r.id, r.bid_cents, r.paused) for r in rows if r.spec is None], now)
         return len(rows)

@@ -143,6 +143,8 @@ def build(cfg: Config, plan: Plan, target: Target, final: dict[str, Any] | None,
         # CPU over the window: 100 % = one core
         sa, sb = _interp(samples, lambda s: s["server_cpu_s"], a), _interp(samples, lambda s: s["server_cpu_s"], b)
         fig["cpu_exchange_pct"] = 100 * (sb - sa) / span if sa is not None and sb is not None else None
+        la, lb = _interp(samples, lambda s: s.get("loop_cpu_s"), a), _interp(samples, lambda s: s.get("loop_cpu_s"), b)
+        fig["cpu_exchange_loop_pct"] = 100 * (lb - la) / span if la is not None and lb is not None else None  # its main thread
         per = {}
         for name in (samples[0]["locust_cpu_s"] if samples else {}):
             va = _interp(samples, lambda s, n=name: s["locust_cpu_s"].get(n), a)
@@ -205,7 +207,7 @@ def build(cfg: Config, plan: Plan, target: Target, final: dict[str, Any] | None,
     check("errors", errors["total"], errors["total"] <= th.max_errors, f"<= {th.max_errors}")
     res["checks"] = checks
     res["passed"] = all(c["ok"] for c in checks)
-    res["server_samples"] = [{"t": s["t"], "server_cpu_s": s["server_cpu_s"], "node_cpu_s": s.get("node_cpu_s"), "locust_cpu_s": s["locust_cpu_s"],
+    res["server_samples"] = [{"t": s["t"], "server_cpu_s": s["server_cpu_s"], "node_cpu_s": s.get("node_cpu_s"), "loop_cpu_s": s.get("loop_cpu_s"), "locust_cpu_s": s["locust_cpu_s"],
                               "machine_busy_s": s["machine"][0] if s["machine"] else None,
                               "bids": (s["metrics"] or {}).get(BIDS), "frames": (s["metrics"] or {}).get(FRAMES),
                               "calls": (s["metrics"] or {}).get(CALLS), "rejected": (s["metrics"] or {}).get(REJECTED),
@@ -248,7 +250,11 @@ def diagnosis(res: dict[str, Any]) -> str | None:
     if misses == ["bids_per_s"] and ceiling and bids is not None and bids >= 0.95 * ceiling["bids_per_s"]:
         return "host-bound: the exchange took what this host's load generator could offer; see ceiling"
     ex, busy, cpus = f.get("cpu_exchange_pct"), f.get("machine_busy_cores"), m.get("cpus")
-    if ex is not None and ex >= 100 * SATURATED and (c.get("nodes") or 0) <= 1:
+    loop = f.get("cpu_exchange_loop_pct")
+    if loop is not None and loop >= 100 * SATURATED and (c.get("nodes") or 0) <= 1:
+        return (f"exchange CPU-bound: its event loop at {loop:.0f}% of a core (the process {ex:.0f}%); "
+                "what missed is this host's capacity for this book and load")
+    if loop is None and ex is not None and ex >= 100 * SATURATED and (c.get("nodes") or 0) <= 1:
         return f"exchange CPU-bound: its one process at {ex:.0f}% of a core; what missed is this host's capacity for this book and load"
     if busy is not None and cpus and busy >= SATURATED * cpus:
         return f"host saturated: {busy:.2f} of {cpus} cores busy (the exchange and the load generator share them)"
@@ -298,6 +304,8 @@ def summary(res: dict[str, Any]) -> str:
         L.append("events    " + ", ".join(f"{k[6:]} {v:,}" for k, v in ev.items()))
         lp = ", ".join(f"{k} {_f(v)}%" for k, v in (f.get("cpu_locust_pct") or {}).items())
         ex = f"{_f(f.get('cpu_exchange_pct'))}% of a core" if f.get("cpu_exchange_pct") is not None else "n/a (remote)"
+        if f.get("cpu_exchange_loop_pct") is not None and (c.get("nodes") or 0) <= 1:
+            ex += f" (event loop {_f(f.get('cpu_exchange_loop_pct'))}%)"
         L.append(f"cpu       exchange {ex} · Locust {_f(f.get('cpu_locust_total_pct'))}% "
                  f"({lp}) · machine {_f(f.get('machine_busy_cores'), nd=2)} cores busy")
     e = f.get("errors", {})

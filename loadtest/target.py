@@ -79,6 +79,10 @@ class Target:
         """CPU seconds of each node we started (this one first), by base URL."""
         return {t.base: proc_cpu_s(t.proc.pid) for t in (self, *self.edges) if t.proc is not None}
 
+    def loop_cpu_s(self) -> float | None:
+        """CPU seconds of this node's main thread, where its event loop runs (None: not started here)."""
+        return thread_cpu_s(self.proc.pid, self.proc.pid) if self.proc is not None else None
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         end = time.monotonic() + timeout
         last = ""
@@ -253,8 +257,17 @@ def parse_prometheus(text: str) -> dict[str, float]:
 # ---------------------------------------------------------------- CPU from /proc (Linux)
 def proc_cpu_s(pid: int) -> float | None:
     """CPU seconds (user + system) of one process, or None when it is gone."""
+    return _stat_cpu_s(f"/proc/{pid}/stat")
+
+
+def thread_cpu_s(pid: int, tid: int) -> float | None:
+    """CPU seconds (user + system) of one thread of a process (its main thread: ``tid == pid``)."""
+    return _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
+
+
+def _stat_cpu_s(path: str) -> float | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None

@@ -91,3 +91,54 @@ def test_rows_of_any_text_and_the_largest_instants_round_trip(db_url: str) -> No
     rows = sorted(run(go()))
     assert rows == sorted(CampaignRow(f"b{i}", name, '{"s":"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"}',
                                       10 + i, not (i % 2), big + i) for i, name in enumerate(odd))
+
+
+def test_a_round_larger_than_a_chunk_is_saved_whole_and_a_refused_chunk_keeps_the_rest(db_url: str, monkeypatch) -> None:
+    """``BookStore.flush`` writes ``CHUNK`` campaigns a statement (the loop runs between them):
+    every change of the round reaches the store, and when a chunk is refused, that chunk's
+    campaigns and every later one stay marked for the next round."""
+    from billing.store import StoreUnavailable
+    from exchange import bookstore
+
+    monkeypatch.setattr(bookstore, "CHUNK", 7)
+    settings = Settings()
+
+    async def go() -> tuple[int, int, list[int], list[CampaignRow], tuple[int, int]]:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            core = Core(settings)
+            saver = BookStore(store, core, lambda: NOON_NY_NS, 1000)
+            for k in range(30):
+                core.upsert_campaign("b", campaign(f"c{k}", states=["CA"], bid_cents=1000 + k), NOON_NY_NS)
+            calls: list[int] = []
+            real = store.save_campaigns
+
+            async def counted(rows):
+                calls.append(len(rows))
+                if refuse and len(calls) == 8:  # the third statement of the second round
+                    raise StoreUnavailable("refused for the test")
+                await real(rows)
+
+            monkeypatch.setattr(store, "save_campaigns", counted)
+            refuse = False
+            first = await saver.flush()  # 30 new campaigns, 7 a statement
+            for k in range(20):
+                core.book.reprice("b", f"c{k}", 5000 + k)
+            refuse = True
+            try:
+                await saver.flush()
+            except StoreUnavailable:
+                pass
+            marked = (len(core.book.dirty_specs), len(core.book.dirty_prices))
+            refuse = False
+            again = await saver.flush()
+            return first, again, calls, await store.load_campaigns(), marked
+        finally:
+            await store.close()
+
+    first, again, calls, rows, marked = run(go())
+    assert first == 30 and calls[:5] == [7, 7, 7, 7, 2]
+    assert marked == (0, 6)  # 2 chunks of 7 of the 20 repriced were saved; the refused chunk's 6 are marked again
+    assert again == 6 and calls[5:] == [7, 7, 6, 6]
+    assert {r.id: r.bid_cents for r in rows} == {f"c{k}": (5000 + k if k < 20 else 1000 + k) for k in range(30)}

@@ -186,3 +186,30 @@ def test_a_failed_run_says_when_the_host_had_no_room_left():
     bound = diagnosis(_run(False, ["bids_per_s"], bids_per_s=96_000, ceiling={"bids_per_s": 98_000}))
     assert bound is not None and bound.startswith("host-bound")
     assert diagnosis(_run(False, ["bids_per_s"], bids_per_s=50_000, ceiling={"bids_per_s": 98_000})) is None  # the exchange fell short
+    # with the main thread's CPU measured, that is the ceiling (the store's thread works beside it, off the GIL)
+    loop = diagnosis(_run(False, ["errors"], cpu_exchange_pct=108.0, cpu_exchange_loop_pct=96.0, machine_busy_cores=1.4))
+    assert loop is not None and "event loop at 96% of a core (the process 108%)" in loop
+    assert diagnosis(_run(False, ["errors"], cpu_exchange_pct=108.0, cpu_exchange_loop_pct=80.0, machine_busy_cores=1.4)) is None
+
+
+def test_a_threads_cpu_is_read_from_proc():
+    import os
+    import threading
+    import time
+
+    from loadtest.target import proc_cpu_s, thread_cpu_s
+
+    main0, proc0 = thread_cpu_s(os.getpid(), os.getpid()), proc_cpu_s(os.getpid())
+    stop = time.thread_time() + 0.3
+
+    def spin() -> None:
+        while time.thread_time() < stop + 0.0:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    t.join()
+    main1, proc1 = thread_cpu_s(os.getpid(), os.getpid()), proc_cpu_s(os.getpid())
+    assert main0 is not None and main1 is not None and proc0 is not None and proc1 is not None
+    assert proc1 - proc0 >= 0.2 and main1 - main0 < 0.1  # the other thread's CPU counts for the process, not the main thread
+    assert thread_cpu_s(os.getpid(), 2**22 + 7) is None  # no such thread

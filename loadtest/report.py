@@ -235,13 +235,13 @@ def _lat(h: dict[str, Any]) -> str:
             f"max {_f(h.get('max'))} µs  (n={h['n']:,})")
 
 
-SATURATED = 0.95  # of a core (the exchange's one process) or of the machine's cores: no headroom left
+SATURATED = 0.95  # of a core (the exchange's event loop, else its process) or of the machine's cores: no headroom left
 
 
 def diagnosis(res: dict[str, Any]) -> str | None:
     """Why a failed run failed, when the figures say it was the host: the load generator could
-    offer no more than the exchange took (the same-run bare-transport ceiling), the exchange's one
-    process had no core left, or the machine had none. None: nothing to say (or the run passed)."""
+    offer no more than the exchange took (the same-run bare-transport ceiling), the exchange's event
+    loop (or, unmeasured, its one process) had no core left, or the machine had none. None: nothing to say (or the run passed)."""
     if res["passed"]:
         return None
     c, f, m = res["config"], res["figures"], res["machine"]
@@ -252,7 +252,8 @@ def diagnosis(res: dict[str, Any]) -> str | None:
     ex, busy, cpus = f.get("cpu_exchange_pct"), f.get("machine_busy_cores"), m.get("cpus")
     loop = f.get("cpu_exchange_loop_pct")
     if loop is not None and loop >= 100 * SATURATED and (c.get("nodes") or 0) <= 1:
-        return (f"exchange CPU-bound: its event loop at {loop:.0f}% of a core (the process {ex:.0f}%); "
+        whole = f" (the process {ex:.0f}%)" if ex is not None else ""
+        return (f"exchange CPU-bound: its event loop at {loop:.0f}% of a core{whole}; "
                 "what missed is this host's capacity for this book and load")
     if loop is None and ex is not None and ex >= 100 * SATURATED and (c.get("nodes") or 0) <= 1:
         return f"exchange CPU-bound: its one process at {ex:.0f}% of a core; what missed is this host's capacity for this book and load"

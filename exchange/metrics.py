@@ -79,6 +79,8 @@ class Metrics:
         self.decision_us = Histogram(DECISION_BUCKETS_US)
         self.gc_pause_us = Histogram(DECISION_BUCKETS_US, window=10_000)  # the collector's pauses (gcpolicy.watch)
         self.gc_collections = [0, 0, 0]  # by generation
+        self.loop_stalls = 0  # the event loop held past EXCHANGE_STALL_LOG_MS (exchange.watchdog)
+        self.loop_stalled_ms = 0  # ... and for how long in all
 
     def count_call(self, decision: str, reason: str) -> None:
         key = (decision, reason)
@@ -122,6 +124,9 @@ class Metrics:
             metric(f"exchange_{name}", "gauge", name.replace("_", " ") + ".", [("", value)])
         metric("exchange_gc_collections_total", "counter", "Garbage collections, by generation.",
                [(f'{{generation="{g}"}}', n) for g, n in enumerate(self.gc_collections)])
+        metric("exchange_loop_stalls_total", "counter", "Times the event loop was held past EXCHANGE_STALL_LOG_MS (logged as loop_stall).",
+               [("", self.loop_stalls)])
+        metric("exchange_loop_stalled_ms_total", "counter", "Milliseconds the event loop was held in those stalls.", [("", self.loop_stalled_ms)])
         rss = resident_bytes()
         if rss is not None:  # (not gc.get_freeze_count(): it walks every frozen object, ~150 ms at 100K campaigns)
             metric("process_resident_memory_bytes", "gauge", "Resident memory of this process: steady under a steady load; "

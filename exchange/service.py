@@ -23,6 +23,7 @@ from collections.abc import Callable
 from compliance.runtime import ComplianceRuntime
 
 from . import gcpolicy
+from .watchdog import Watchdog
 from .accounts import Account, Accounts, bearer, digest
 from .errors import Refused
 from .ids import BuyerId
@@ -81,6 +82,7 @@ class Exchange:
         self.handover: str | None = None
         self.on_handover: Callable[[], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.watchdog: Watchdog | None = None
         self.relay: Relay | None = None
         writer = self.journal.writer
         self.webhooks: WebhookRegistry | None = WebhookRegistry(self.journal, lambda: writer.head[0], settings, self.clock.now_ns)
@@ -140,6 +142,9 @@ class Exchange:
             self.relay.start()
         if self.webhooks is not None:
             await self.webhooks.start()  # the delivery worker (exchange.deliver), or the engine in this loop
+        if self.settings.stall_log_ms:  # after the restore: its start-up work is not a stall
+            self.watchdog = Watchdog(self.settings.stall_log_ms, self.metrics)
+            self.watchdog.start()
         self.ready = True
 
     async def drain(self, timeout_s: float = 5.0) -> int:
@@ -150,6 +155,8 @@ class Exchange:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.watchdog is not None:
+            self.watchdog.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

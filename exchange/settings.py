@@ -132,6 +132,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ping_grace_ms: Annotated[int, Meta(ge=0, le=60_000)] = 1_000
     ping_max_connections: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
     ping_allow_loopback: bool = False
+    # The event loop's watchdog (exchange.watchdog): a loop held longer than this is logged
+    # (loop_stall, with the stacks that held it) and counted; 0: off
+    stall_log_ms: Annotated[int, Meta(ge=0, le=60_000)] = 0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -1,0 +1,109 @@
+"""The event loop's watchdog: finds what holds the loop when it stalls.
+
+Every decision, RTB answer and socket of a process shares one event loop, so a callback that
+runs for 100 ms delays all of them at once (an RTB answer past its ``tmax_ms`` is refused as
+late). A sampling profiler sees where the loop spends its time on average, not which rare
+callback held it; this catches the rare one in the act.
+
+The loop stamps a heartbeat every ``TICK_S`` (a ``call_later`` chain, ~100 callbacks a second);
+a daemon thread looks at it every ``TICK_S``. When the heartbeat is older than the threshold
+(``EXCHANGE_STALL_LOG_MS``; 0, the default, leaves the watchdog off), the thread samples the loop
+thread's Python stack every tick (``sys._current_frames``) until the loop beats again, then logs
+one ``loop_stall`` record: how long the loop was held, the stacks seen and how often each, and
+the collector's pauses inside it. The thread needs the interpreter lock to sample, which the
+loop's Python code hands over every switch interval (5 ms); a stall inside one C call (a
+collection, a long ``bytes.join``) shows as the Python line that made the call.
+
+``exchange_loop_stalls_total`` counts the stalls and ``exchange_loop_stalled_ms_total`` adds up
+their lengths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import traceback
+from collections import Counter
+from time import monotonic
+from typing import Any
+
+log = logging.getLogger("exchange.loop")
+TICK_S = 0.01
+DEPTH = 12  # frames kept of each sampled stack, innermost last
+
+
+def stack_of(thread_id: int, depth: int = DEPTH) -> str:
+    """The thread's current Python stack as ``file:line function`` lines, outermost first."""
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return "<no frame>"
+    summary = traceback.extract_stack(frame, limit=depth)
+    return " < ".join(f"{fs.filename.rsplit('/', 2)[-1] if '/' in fs.filename else fs.filename}:{fs.lineno} {fs.name}"
+                      for fs in reversed(summary))
+
+
+class Watchdog:
+    def __init__(self, threshold_ms: float, metrics: Any = None, tick_s: float = TICK_S) -> None:
+        self.threshold_s = threshold_ms / 1000
+        self.tick_s = tick_s
+        self.metrics = metrics
+        self.beat = monotonic()
+        self.stalls: list[dict[str, Any]] = []  # the last few, for tests and the operator's eye
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._loop_thread = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.beat = monotonic()
+        self._tick()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+            self._thread = None
+
+    def _tick(self) -> None:
+        self.beat = monotonic()
+        assert self._loop is not None
+        self._handle = self._loop.call_later(self.tick_s, self._tick)
+
+    def _watch(self) -> None:
+        stop, tick, threshold = self._stop, self.tick_s, self.threshold_s
+        while not stop.wait(tick):
+            beat = self.beat
+            if monotonic() - beat - tick <= threshold:
+                continue
+            seen: Counter[str] = Counter()
+            gc_pauses = self._gc_pauses()
+            while self.beat == beat and not stop.is_set():
+                seen[stack_of(self._loop_thread)] += 1
+                stop.wait(tick)
+            self._report(self.beat - beat - tick, seen, self._gc_pauses() - gc_pauses)
+
+    def _gc_pauses(self) -> int:
+        m = self.metrics
+        return sum(m.gc_collections) if m is not None else 0
+
+    def _report(self, held_s: float, seen: Counter[str], collections: int) -> None:
+        ms = round(held_s * 1000, 1)
+        stacks = [{"samples": n, "stack": s} for s, n in seen.most_common(5)]
+        rec = {"held_ms": ms, "samples": sum(seen.values()), "collections": collections, "stacks": stacks}
+        self.stalls = [*self.stalls[-31:], rec]
+        m = self.metrics
+        if m is not None:
+            m.loop_stalls += 1
+            m.loop_stalled_ms += int(ms)
+        log.warning("loop_stall", extra=rec)

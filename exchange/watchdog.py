@@ -9,8 +9,11 @@ The loop stamps a heartbeat every ``TICK_S`` (a ``call_later`` chain, ~100 callb
 a daemon thread looks at it every ``TICK_S``. When the heartbeat is older than the threshold
 (``EXCHANGE_STALL_LOG_MS``; 0, the default, leaves the watchdog off), the thread samples the loop
 thread's Python stack every tick (``sys._current_frames``) until the loop beats again, then logs
-one ``loop_stall`` record: how long the loop was held, the stacks seen and how often each, and
-the collector's pauses inside it. The thread needs the interpreter lock to sample, which the
+one ``loop_stall`` record: when it began (``at``, UTC), how long the loop was held, the stacks
+seen and how often each, the collector's pauses inside it, and where the loop's thread was
+meanwhile by the kernel's account (``/proc/self/task/TID/schedstat``): ``cpu_ms`` running,
+``runqueue_ms`` ready but waiting for a core (the host is short of CPU), the rest blocked
+(waiting for the interpreter lock that another thread holds, or in a system call). The thread needs the interpreter lock to sample, which the
 loop's Python code hands over every switch interval (5 ms); a stall inside one C call (a
 collection, a long ``bytes.join``) shows as the Python line that made the call.
 
@@ -26,7 +29,8 @@ import sys
 import threading
 import traceback
 from collections import Counter
-from time import monotonic
+from datetime import datetime, timezone
+from time import monotonic, time
 from typing import Any
 
 log = logging.getLogger("exchange.loop")
@@ -56,10 +60,12 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._loop_thread = 0
+        self._schedstat = ""
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         self.beat = monotonic()
         self._tick()
         self._stop.clear()
@@ -87,20 +93,33 @@ class Watchdog:
             if monotonic() - beat - tick <= threshold:
                 continue
             seen: Counter[str] = Counter()
-            gc_pauses = self._gc_pauses()
+            gc_pauses, sched = self._gc_pauses(), self._sched()
             while self.beat == beat and not stop.is_set():
                 seen[stack_of(self._loop_thread)] += 1
                 stop.wait(tick)
-            self._report(self.beat - beat - tick, seen, self._gc_pauses() - gc_pauses)
+            after = self._sched()
+            self._report(beat + tick, self.beat - beat - tick, seen, self._gc_pauses() - gc_pauses,
+                         [(b - a) / 1e6 for a, b in zip(sched, after)])
+
+    def _sched(self) -> tuple[int, int]:
+        """The loop thread's (ns on a core, ns ready and waiting for one) since it started."""
+        try:
+            with open(self._schedstat, "rb") as f:
+                run, wait, *_ = f.read().split()
+            return int(run), int(wait)
+        except (OSError, ValueError):
+            return 0, 0
 
     def _gc_pauses(self) -> int:
         m = self.metrics
         return sum(m.gc_collections) if m is not None else 0
 
-    def _report(self, held_s: float, seen: Counter[str], collections: int) -> None:
+    def _report(self, began: float, held_s: float, seen: Counter[str], collections: int, sched: list[float]) -> None:
         ms = round(held_s * 1000, 1)
         stacks = [{"samples": n, "stack": s} for s, n in seen.most_common(5)]
-        rec = {"held_ms": ms, "samples": sum(seen.values()), "collections": collections, "stacks": stacks}
+        at = datetime.fromtimestamp(time() - (monotonic() - began), timezone.utc).isoformat(timespec="milliseconds")
+        rec = {"at": at, "held_ms": ms, "cpu_ms": round(sched[0], 1), "runqueue_ms": round(sched[1], 1),
+               "samples": sum(seen.values()), "collections": collections, "stacks": stacks}
         self.stalls = [*self.stalls[-31:], rec]
         m = self.metrics
         if m is not None:

@@ -48,3 +48,11 @@ def test_a_held_loop_is_logged_with_the_function_that_held_it(caplog) -> None:
 def test_a_loop_that_keeps_beating_reports_nothing() -> None:
     dog, metrics = asyncio.run(run(0.02, 150))
     assert dog.stalls == [] and metrics.loop_stalls == 0
+
+
+def test_a_stall_says_when_and_where_the_loop_thread_was() -> None:
+    dog, _ = asyncio.run(run(0.3, 50))
+    stall = dog.stalls[0]
+    assert stall["at"].endswith("+00:00")
+    assert stall["cpu_ms"] + stall["runqueue_ms"] <= stall["held_ms"] + 60  # the kernel's account of the same span
+    assert stall["cpu_ms"] > 100  # busy in Python, not blocked

@@ -135,9 +135,16 @@ async def buyer_socket(ws: WebSocket) -> None:
     exchange.rtb.attach(conn)
     exchange.buyer_joined(conn.account.id)
     exchange.metrics.buyer_connections += 1
+    urgent = None
     try:
-        await _read_frames(ws, BuyerFrames(exchange, conn).frame, "buyer", exchange.settings.ws_fair_share)
+        frames = BuyerFrames(exchange, conn)
+        urgent = ws.scope.get("extensions", {}).get("exchange.urgent")
+        if urgent is not None:  # RTB answers applied as they arrive, not behind queued bid frames (exchange.server)
+            urgent(frames.frame)
+        await _read_frames(ws, frames.frame, "buyer", exchange.settings.ws_fair_share)
     finally:
+        if urgent is not None:
+            urgent(None)
         exchange.rtb.detach(conn)
         exchange.buyer_left(conn.account.id)
         exchange.metrics.buyer_connections -= 1

@@ -138,7 +138,7 @@ async def buyer_socket(ws: WebSocket) -> None:
     urgent = None
     try:
         frames = BuyerFrames(exchange, conn)
-        urgent = ws.scope.get("extensions", {}).get("exchange.urgent")
+        urgent = ws.scope.get("extensions", {}).get("exchange.urgent") if exchange.settings.ws_urgent_answers else None
         if urgent is not None:  # RTB answers applied as they arrive, not behind queued bid frames (exchange.server)
             urgent(frames.frame)
         await _read_frames(ws, frames.frame, "buyer", exchange.settings.ws_fair_share)
@@ -196,6 +196,10 @@ class BuyerFrames:
                 if type(r) is Error:
                     metrics.reject_message(r.code)
             send_all(conn, replies)
+        # a raised price leaves heap entries behind (~0.2 tracked objects a bid): at 100,000 bids/s
+        # beside the calls' records the young generation filled within the second between two
+        # freezes, and its collections walked ~50,000 objects, 5-10 ms each, collecting nothing
+        gcpolicy.relieve()
         return cost
 
     def _other(self, msg: Message, path: str) -> Message | None:

@@ -52,6 +52,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     rate_limit_ws_per_s: Annotated[int, Meta(ge=1)] = 500_000  # buyer messages per key per second (then error)
     rate_limit_ws_burst: Annotated[int, Meta(ge=1)] = 1_000_000
     ws_abuse_strikes: Annotated[int, Meta(ge=1)] = 100  # refused frames in a row before the socket is closed (1008)
+    # A buyer's RTB answers applied as they are read, ahead of the socket's bid frames queued before them
+    # (exchange.server: urgent frames); false: in frame order
+    ws_urgent_answers: bool = True
     ws_fair_share: Annotated[int, Meta(ge=0)] = 256  # messages a socket's reader applies before letting others run (0: no limit)
     heartbeat_s: Annotated[int, Meta(ge=1, le=3600)] = 20  # WebSocket ping interval
     # permessage-deflate for WebSocket clients that offer it. Off: the server decides 2.2x as many

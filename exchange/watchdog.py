@@ -29,7 +29,7 @@ import sys
 import threading
 import traceback
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import monotonic, time
 from typing import Any
 
@@ -117,7 +117,7 @@ class Watchdog:
     def _report(self, began: float, held_s: float, seen: Counter[str], collections: int, sched: list[float]) -> None:
         ms = round(held_s * 1000, 1)
         stacks = [{"samples": n, "stack": s} for s, n in seen.most_common(5)]
-        at = datetime.fromtimestamp(time() - (monotonic() - began), timezone.utc).isoformat(timespec="milliseconds")
+        at = datetime.fromtimestamp(time() - (monotonic() - began), UTC).isoformat(timespec="milliseconds")
         rec = {"at": at, "held_ms": ms, "cpu_ms": round(sched[0], 1), "runqueue_ms": round(sched[1], 1),
                "samples": sum(seen.values()), "collections": collections, "stacks": stacks}
         self.stalls = [*self.stalls[-31:], rec]

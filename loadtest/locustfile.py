@@ -146,9 +146,15 @@ class BuyerUser(User):
         self.rng = random.Random(plan.seed * 7_777 + slot)
         self.campaigns = buyer_campaigns(self.account.number, plan.campaigns_per_buyer, plan.seed, plan.rtb_per_buyer,
                                          plan.ineligible, not self.account.funded, plan.weekday)
+        # Building a buyer's book and bid ring takes ~0.5 s of CPU at 10,000 campaigns, and the
+        # users' on_start run back to back: without a turn of gevent's loop between them the
+        # worker sent no heartbeat for seconds, the master took it for lost, and its buyers never
+        # started (set-up timed out with 0 buyers ready). A real sleep lets the loop run timers.
+        gevent.sleep(0.001)
         self.base = {c.id: c.bid_cents for c in self.campaigns}
         ring_bids = max(plan.ring_bids - plan.ring_bids % plan.batch, plan.batch)
         payloads = bid_payloads(self.campaigns, plan.batch, ring_bids, plan.seed * 1009 + slot)
+        gevent.sleep(0.001)
         self.ring = FrameRing(payloads, plan.batch) if payloads else None
         self.frame_name = f"bid x{plan.batch}"
         self.waiters: dict[int, gevent.event.AsyncResult] = {}

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from typing import Any, TypeVar, cast
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import msgspec
 
@@ -96,89 +96,6 @@ SAVE_PRICES = ("INSERT INTO campaign_prices (buyer, id, bid_cents, paused, updat
                "updated_ns = excluded.updated_ns WHERE excluded.updated_ns >= campaign_prices.updated_ns")
 
 
-# ---------------------------------------------------------------- one statement per table
-# A batch's rows go to SQLite as two parameters per table: the integers (and NULLs) of every row
-# in one JSON array, the text and bytes in one buffer that each row points into (``substr`` on a
-# BLOB counts bytes; text is cast back from its UTF-8 bytes, so a NUL inside it survives, which
-# SQLite's JSON functions would cut). ``executemany`` steps once per row and takes the GIL back
-# after every step: with the event loop busy (a bid stream on a large book) each of those waits
-# up to a switch interval, and a routed call's ~20 rows made the writer fall seconds behind its
-# commits (events acknowledged after 3 s, their HTTP connections held, calls queued behind them).
-_INT, _TEXT, _BLOB = "i", "t", "b"
-_INT64 = 1 << 63
-_SQL: dict[tuple[str, str, str], str] = {}
-
-
-def _kinds(rows: list[tuple]) -> str | None:
-    """Each column's kind (int, text or bytes), from its values; None: a value of another type
-    (a float, an int past 64 bits) or two kinds in one column, which ``executemany`` takes."""
-    width = len(rows[0])
-    kinds = [""] * width
-    for row in rows:
-        if len(row) != width:
-            return None
-        for i, v in enumerate(row):
-            t = type(v)
-            if v is None:
-                continue
-            if t is int or t is bool:
-                k = _INT
-                if not -_INT64 <= v < _INT64:
-                    return None
-            elif t is str:
-                k = _TEXT
-            elif t is bytes:
-                k = _BLOB
-            else:
-                return None
-            if kinds[i] != k:
-                if kinds[i]:
-                    return None
-                kinds[i] = k
-    return "".join(k or _INT for k in kinds)
-
-
-def _statement(head: str, kinds: str, tail: str) -> str:
-    key = (head, kinds, tail)
-    sql = _SQL.get(key)
-    if sql is None:
-        cols = []
-        for i, k in enumerate(kinds):
-            if k == _INT:
-                cols.append(f"value ->> {i}")
-            else:
-                ref = f"substr(?2, value -> {i} ->> 0, value -> {i} ->> 1)"
-                cols.append(f"CASE WHEN value ->> {i} IS NULL THEN NULL ELSE {f'CAST({ref} AS TEXT)' if k == _TEXT else ref} END")
-        sql = _SQL[key] = f"{head} SELECT {', '.join(cols)} FROM json_each(?1) WHERE true {tail}"
-    return sql
-
-
-def insert_rows(cur: sqlite3.Cursor, head: str, tail: str, rows: Iterable[tuple]) -> None:
-    """``head`` (``INSERT INTO t``) every row, ``tail`` (``ON CONFLICT ...``) after: one statement."""
-    rows = rows if isinstance(rows, list) else list(rows)
-    if not rows:
-        return
-    kinds = _kinds(rows)
-    if kinds is None:
-        cur.executemany(f"{head} VALUES ({', '.join('?' * len(rows[0]))}) {tail}", rows)
-        return
-    buf = bytearray()
-    out = []
-    for row in rows:
-        vals: list[Any] = []
-        for v in row:
-            t = type(v)
-            if t is str or t is bytes:
-                b = v.encode() if t is str else v
-                vals.append((len(buf) + 1, len(b)))
-                buf += b
-            else:
-                vals.append(v)
-        out.append(vals)
-    buf += b"\x00"  # never empty: an empty bytes parameter binds as NULL, and substr(NULL, ...) is NULL, not ''
-    cur.execute(_statement(head, kinds, tail), (_ROWS.encode(out).decode(), bytes(buf)))
-
-
 class SqliteStore(Store):
     backend = "sqlite"
 
@@ -219,7 +136,7 @@ class SqliteStore(Store):
         cur.execute("BEGIN IMMEDIATE")
         try:
             if batch.accounts:
-                insert_rows(cur, "INSERT INTO accounts", "ON CONFLICT DO NOTHING", [tuple(a) for a in batch.accounts])
+                cur.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.accounts))
             new = 0
             if batch.entries:
                 next_id = cur.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
@@ -236,21 +153,21 @@ class SqliteStore(Store):
                         legs.append((next_id, leg.account, leg.amount_cents))
                         delta[leg.account] = delta.get(leg.account, 0) + leg.amount_cents
                     next_id += 1
-                insert_rows(cur, "INSERT INTO legs", "", legs)
-                insert_rows(cur, "INSERT INTO entries", "", heads)
-                insert_rows(cur, "INSERT INTO balances", "ON CONFLICT (account) DO UPDATE "
-                            "SET balance_cents = balance_cents + excluded.balance_cents", list(delta.items()))
+                cur.executemany("INSERT INTO legs VALUES (?, ?, ?)", legs)
+                cur.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", heads)
+                cur.executemany("INSERT INTO balances VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
+                               "SET balance_cents = balance_cents + excluded.balance_cents", delta.items())
                 new = len(heads)
             if batch.keys:
-                insert_rows(cur, "INSERT INTO privacy_keys", "ON CONFLICT DO NOTHING", [tuple(k) for k in batch.keys])
+                cur.executemany("INSERT INTO privacy_keys VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.keys))
             if batch.holds:
-                insert_rows(cur, "INSERT INTO holds", "ON CONFLICT DO NOTHING", [tuple(h) for h in batch.holds])
+                cur.executemany("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.holds))
             if batch.outcomes:
-                insert_rows(cur, "INSERT INTO call_outcomes", "ON CONFLICT DO NOTHING", [tuple(o) for o in batch.outcomes])
+                cur.executemany("INSERT INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.outcomes))
             if batch.audit:
-                insert_rows(cur, "INSERT INTO audit", "ON CONFLICT DO NOTHING", [tuple(a) for a in batch.audit])
+                cur.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.audit))
             if batch.parties:
-                insert_rows(cur, "INSERT INTO event_parties", "ON CONFLICT DO NOTHING", batch.parties)
+                cur.executemany("INSERT INTO event_parties VALUES (?, ?) ON CONFLICT DO NOTHING", batch.parties)
             cur.execute("COMMIT")
             return new
         except BaseException:

@@ -145,6 +145,8 @@ def build(cfg: Config, plan: Plan, target: Target, final: dict[str, Any] | None,
         fig["cpu_exchange_pct"] = 100 * (sb - sa) / span if sa is not None and sb is not None else None
         la, lb = _interp(samples, lambda s: s.get("loop_cpu_s"), a), _interp(samples, lambda s: s.get("loop_cpu_s"), b)
         fig["cpu_exchange_loop_pct"] = 100 * (lb - la) / span if la is not None and lb is not None else None  # its main thread
+        wa, wb = _interp(samples, lambda s: s.get("wait_s"), a), _interp(samples, lambda s: s.get("wait_s"), b)
+        fig["exchange_runqueue_pct"] = 100 * (wb - wa) / span if wa is not None and wb is not None else None  # ready, no core
         per = {}
         for name in (samples[0]["locust_cpu_s"] if samples else {}):
             va = _interp(samples, lambda s, n=name: s["locust_cpu_s"].get(n), a)
@@ -207,7 +209,7 @@ def build(cfg: Config, plan: Plan, target: Target, final: dict[str, Any] | None,
     check("errors", errors["total"], errors["total"] <= th.max_errors, f"<= {th.max_errors}")
     res["checks"] = checks
     res["passed"] = all(c["ok"] for c in checks)
-    res["server_samples"] = [{"t": s["t"], "server_cpu_s": s["server_cpu_s"], "node_cpu_s": s.get("node_cpu_s"), "loop_cpu_s": s.get("loop_cpu_s"), "locust_cpu_s": s["locust_cpu_s"],
+    res["server_samples"] = [{"t": s["t"], "server_cpu_s": s["server_cpu_s"], "node_cpu_s": s.get("node_cpu_s"), "loop_cpu_s": s.get("loop_cpu_s"), "wait_s": s.get("wait_s"), "locust_cpu_s": s["locust_cpu_s"],
                               "machine_busy_s": s["machine"][0] if s["machine"] else None,
                               "bids": (s["metrics"] or {}).get(BIDS), "frames": (s["metrics"] or {}).get(FRAMES),
                               "calls": (s["metrics"] or {}).get(CALLS), "rejected": (s["metrics"] or {}).get(REJECTED),
@@ -236,12 +238,13 @@ def _lat(h: dict[str, Any]) -> str:
 
 
 SATURATED = 0.95  # of a core (the exchange's event loop, else its process) or of the machine's cores: no headroom left
+HOST_WAIT = 10.0  # % of the window the exchange's threads spent ready to run with no core free: the host, not the exchange
 
 
 def diagnosis(res: dict[str, Any]) -> str | None:
     """Why a failed run failed, when the figures say it was the host: the load generator could
     offer no more than the exchange took (the same-run bare-transport ceiling), the exchange's event
-    loop (or, unmeasured, its one process) had no core left, or the machine had none. None: nothing to say (or the run passed)."""
+    loop (or, unmeasured, its one process) had no core left, its threads waited for a core, or the machine had none. None: nothing to say (or the run passed)."""
     if res["passed"]:
         return None
     c, f, m = res["config"], res["figures"], res["machine"]
@@ -255,6 +258,10 @@ def diagnosis(res: dict[str, Any]) -> str | None:
         whole = f" (the process {ex:.0f}%)" if ex is not None else ""
         return (f"exchange CPU-bound: its event loop at {loop:.0f}% of a core{whole}; "
                 "what missed is this host's capacity for this book and load")
+    wait = f.get("exchange_runqueue_pct")
+    if wait is not None and wait >= HOST_WAIT and (c.get("nodes") or 0) <= 1:
+        return (f"host short of cores: the exchange's threads waited for a core {wait:.0f}% of the window "
+                f"(event loop at {_f(loop)}% of a core); the exchange and the load generator share {m.get('cpus')} cores")
     if loop is None and ex is not None and ex >= 100 * SATURATED and (c.get("nodes") or 0) <= 1:
         return f"exchange CPU-bound: its one process at {ex:.0f}% of a core; what missed is this host's capacity for this book and load"
     if busy is not None and cpus and busy >= SATURATED * cpus:
@@ -307,6 +314,8 @@ def summary(res: dict[str, Any]) -> str:
         ex = f"{_f(f.get('cpu_exchange_pct'))}% of a core" if f.get("cpu_exchange_pct") is not None else "n/a (remote)"
         if f.get("cpu_exchange_loop_pct") is not None and (c.get("nodes") or 0) <= 1:
             ex += f" (event loop {_f(f.get('cpu_exchange_loop_pct'))}%)"
+        if f.get("exchange_runqueue_pct") is not None and (c.get("nodes") or 0) <= 1:
+            ex += f", its threads waited for a core {_f(f.get('exchange_runqueue_pct'))}%"
         L.append(f"cpu       exchange {ex} · Locust {_f(f.get('cpu_locust_total_pct'))}% "
                  f"({lp}) · machine {_f(f.get('machine_busy_cores'), nd=2)} cores busy")
     e = f.get("errors", {})

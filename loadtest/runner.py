@@ -298,7 +298,7 @@ def _watch(cfg: Config, target: Target, master: Proc, workers: list[Proc], out: 
         m = target.metrics()
         s: dict[str, Any] = {
             "t": t, "metrics": m, "server_cpu_s": sum(v or 0.0 for v in nodes.values()) if (nodes := target.node_cpu_s()) else None,
-            "node_cpu_s": nodes, "loop_cpu_s": target.loop_cpu_s(),
+            "node_cpu_s": nodes, "loop_cpu_s": target.loop_cpu_s(), "wait_s": target.wait_s(),
             "locust_cpu_s": {p.name: p.cpu_s() for p in [master, *workers]}, "machine": machine_busy_s(),
             "server_alive": target.alive(),
         }

@@ -79,6 +79,10 @@ class Target:
         """CPU seconds of each node we started (this one first), by base URL."""
         return {t.base: proc_cpu_s(t.proc.pid) for t in (self, *self.edges) if t.proc is not None}
 
+    def wait_s(self) -> float | None:
+        """Seconds this node's threads have spent ready to run but waiting for a core (all threads)."""
+        return proc_wait_s(self.proc.pid) if self.proc is not None else None
+
     def loop_cpu_s(self) -> float | None:
         """CPU seconds of this node's main thread, where its event loop runs (None: not started here)."""
         return thread_cpu_s(self.proc.pid, self.proc.pid) if self.proc is not None else None
@@ -263,6 +267,24 @@ def proc_cpu_s(pid: int) -> float | None:
 def thread_cpu_s(pid: int, tid: int) -> float | None:
     """CPU seconds (user + system) of one thread of a process (its main thread: ``tid == pid``)."""
     return _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
+
+
+def proc_wait_s(pid: int) -> float | None:
+    """Seconds the threads of ``pid`` have waited on a run queue, ready but without a core
+    (``/proc/PID/task/*/schedstat``, second field; threads that ended are not counted), or None
+    when it is gone. Beside the CPU it says whether the host had a core for the process."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    ns = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                ns += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return ns / 1e9
 
 
 def _stat_cpu_s(path: str) -> float | None:

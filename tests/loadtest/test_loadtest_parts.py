@@ -190,6 +190,12 @@ def test_a_failed_run_says_when_the_host_had_no_room_left():
     loop = diagnosis(_run(False, ["errors"], cpu_exchange_pct=108.0, cpu_exchange_loop_pct=96.0, machine_busy_cores=1.4))
     assert loop is not None and "event loop at 96% of a core (the process 108%)" in loop
     assert diagnosis(_run(False, ["errors"], cpu_exchange_pct=108.0, cpu_exchange_loop_pct=80.0, machine_busy_cores=1.4)) is None
+    # ready to run with no core free: the host (session 8 at 100,000 campaigns: the loop 8 %, the store's thread 17 %)
+    short = diagnosis(_run(False, ["errors"], cpu_exchange_pct=103.0, cpu_exchange_loop_pct=83.0, exchange_runqueue_pct=25.0,
+                           machine_busy_cores=1.53))
+    assert short is not None and short.startswith("host short of cores") and "waited for a core 25%" in short
+    assert diagnosis(_run(False, ["errors"], cpu_exchange_pct=103.0, cpu_exchange_loop_pct=83.0, exchange_runqueue_pct=4.0,
+                          machine_busy_cores=1.53)) is None
 
 
 def test_a_threads_cpu_is_read_from_proc():
@@ -213,3 +219,27 @@ def test_a_threads_cpu_is_read_from_proc():
     assert main0 is not None and main1 is not None and proc0 is not None and proc1 is not None
     assert proc1 - proc0 >= 0.2 and main1 - main0 < 0.1  # the other thread's CPU counts for the process, not the main thread
     assert thread_cpu_s(os.getpid(), 2**22 + 7) is None  # no such thread
+
+
+def test_a_process_waiting_for_a_core_is_read_from_proc():
+    """More runnable processes than cores: this one's thread waits on the run queue, and it shows."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from loadtest.target import proc_wait_s
+
+    w0 = proc_wait_s(os.getpid())
+    spin = "import time\nend = time.monotonic() + 1.0\nwhile time.monotonic() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        end = time.monotonic() + 0.8
+        while time.monotonic() < end:
+            pass
+    finally:
+        for h in hogs:
+            h.wait()
+    w1 = proc_wait_s(os.getpid())
+    assert w0 is not None and w1 is not None and w1 - w0 > 0.01
+    assert proc_wait_s(2**22 + 7) is None  # no such process

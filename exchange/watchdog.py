@@ -44,7 +44,7 @@ def stack_of(thread_id: int, depth: int = DEPTH) -> str:
     if frame is None:
         return "<no frame>"
     summary = traceback.extract_stack(frame, limit=depth)
-    return " < ".join(f"{fs.filename.rsplit('/', 2)[-1] if '/' in fs.filename else fs.filename}:{fs.lineno} {fs.name}"
+    return " < ".join(f"{fs.filename.rsplit('/', 1)[-1]}:{fs.lineno} {fs.name}"
                       for fs in reversed(summary))
 
 

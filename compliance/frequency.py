@@ -16,7 +16,9 @@ established business relationship that lets that buyer call back manually (§1.3
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+K = TypeVar("K")
 
 
 class FrequencyPending(NamedTuple):
@@ -77,26 +79,45 @@ class FrequencyCounter:
 
 
 class Inquiries:
-    """(e164, buyer) -> sorted instants of consumer-initiated calls to that buyer."""
+    """(e164, buyer) -> sorted instants of consumer-initiated calls to that buyer; and per number
+    the instants of all of them, whoever the buyer (``any_since``: is this callback anyone's EBR?)."""
 
-    __slots__ = ("_times",)
+    __slots__ = ("_times", "_numbers")
 
     def __init__(self) -> None:
         self._times: dict[tuple[str, str], list[int]] = {}
+        self._numbers: dict[str, list[int]] = {}
 
     def record(self, e164: str, buyer: str, at_ns: int) -> None:
         insort(self._times.setdefault((e164, buyer), []), at_ns)
+        insort(self._numbers.setdefault(e164, []), at_ns)
 
     def latest(self, e164: str, buyer: str, since_ns: int, at_ns: int) -> int | None:
         """The latest inquiry in ``[since, at]``, or None."""
-        times = self._times.get((e164, buyer))
-        if not times:
-            return None
-        i = bisect_left(times, at_ns + 1)
-        if i and times[i - 1] >= since_ns:
-            return times[i - 1]
-        return None
+        return _latest(self._times.get((e164, buyer)), since_ns, at_ns)
+
+    def any_since(self, e164: str, since_ns: int, at_ns: int) -> bool:
+        """Whether the consumer made an inquiry to any buyer in ``[since, at]``."""
+        return _latest(self._numbers.get(e164), since_ns, at_ns) is not None
 
     def sweep(self, now_ns: int, keep_ns: int) -> None:
-        for key in [k for k, t in self._times.items() if t[-1] < now_ns - keep_ns]:
-            del self._times[key]
+        _forget(self._times, now_ns - keep_ns)
+        _forget(self._numbers, now_ns - keep_ns)
+
+
+def _forget(index: dict[K, list[int]], before_ns: int) -> None:
+    """Drop the instants before ``before_ns``, and the keys left with none."""
+    for key in [k for k, t in index.items() if t[0] < before_ns]:
+        times = index[key]
+        del times[:bisect_left(times, before_ns)]
+        if not times:
+            del index[key]
+
+
+def _latest(times: list[int] | None, since_ns: int, at_ns: int) -> int | None:
+    if not times:
+        return None
+    i = bisect_left(times, at_ns + 1)
+    if i and times[i - 1] >= since_ns:
+        return times[i - 1]
+    return None

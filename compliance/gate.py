@@ -306,6 +306,12 @@ class Gate:
             # 11. consent that fails whoever the buyer is
             if plan.consent_reason is not None and not plan.manual_callback:
                 return _deny(plan.consent_reason, "federal", plan)
+            # 10-11 for a manual callback: it excuses only a buyer the consumer made an inquiry to;
+            # with none to any buyer (and the consent failing for all), no buyer may place it
+            if plan.consent_reason is not None and not st.inquiries.any_since(e164, at_ns - policy.ebr_inquiry_days * NS_PER_DAY, at_ns):
+                if plan.dnc is not None:
+                    return _deny(plan.dnc[0], plan.dnc[1], plan)
+                return _deny(plan.consent_reason, "federal", plan)
         # 12. reassigned since the consent was given
         rnd_day = st.rnd.disconnected.get(e164)
         plan.rnd_day = rnd_day

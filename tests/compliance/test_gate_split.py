@@ -193,3 +193,31 @@ def test_inbound_inquiry_lets_that_buyer_call_back_manually_despite_the_registry
     auto = CallRequest(caller="+18885550100", callee=NY, direction="outbound", vertical="auto_insurance", origin="callback")
     denied, _ = world.submit(auto)
     assert denied.decision.reason == "national_dnc"
+
+
+def test_a_manual_callback_no_buyer_had_an_inquiry_from_is_refused_at_the_gate(world: World):
+    """Steps 10-11 excuse a manual callback only for a buyer the consumer made an inquiry to: with
+    none to any buyer the call is refused as a whole (an empty auction), not campaign by campaign."""
+    for b in range(1, 6):
+        for c in range(20):
+            world.place(f"b{b}", campaign(f"c{c}", bid_cents=1000 + 10 * c, accepts_outbound=True))
+    compliant(world)
+    cb = CallRequest(caller="+18885550100", callee=NY, direction="outbound", vertical="auto_insurance", origin="callback", dial_mode="manual")
+    popped = world.core.book.popped
+    rec, _ = world.submit(cb)
+    assert (rec.decision.decision, rec.decision.reason, rec.decision.rule) == ("rejected", "consent_missing", "federal")
+    assert world.core.book.popped == popped  # no campaign walked
+    assert rec.replay is not None and rec.replay.refused == () and rec.replay.bids == ()
+    gate = world.core.gate
+    gate.stores.swap(national=NumberList(from_keys([2127365000]), utc_day(world.clock.now_ns()), "national:test"))
+    assert world.submit(cb)[0].decision.reason == "national_dnc"
+    # an inquiry to one buyer: that buyer (only) may call back
+    inbound, _ = world.submit(call(NY))
+    gate.note_inquiry(inbound.direction, inbound.consumer, "b2", world.clock.now_ns())
+    world.clock.advance(60)
+    again, _ = world.submit(cb)
+    assert again.decision.decision == "routed" and again.decision.route.buyer == "b2"
+    # ... until the relationship lapses (policy.ebr_inquiry_days)
+    world.clock.advance(91 * 86_400)
+    gate.stores.swap(national=NumberList(from_keys([2127365000]), utc_day(world.clock.now_ns()), "national:test"))
+    assert world.submit(cb)[0].decision.reason == "national_dnc"

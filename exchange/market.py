@@ -273,8 +273,10 @@ class MarketLink:
         if s is None or seen is None or at_ns < seen[1]:
             return
         seen[1] = at_ns
-        book.reprice(buyer, cid, bid)
-        book.set_paused(buyer, cid, paused)
+        if s.bid_cents != bid:
+            book.reprice(buyer, cid, bid)
+        if s.paused != paused:
+            book.set_paused(buyer, cid, paused)
         book.dirty_specs.discard(s.slot)  # saved by the node that took it
         book.dirty_prices.discard(s.slot)
 

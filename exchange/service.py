@@ -106,6 +106,7 @@ class Exchange:
         await self.compliance.start()  # before the restore: recovered outbound calls are re-screened
         now = self.clock.now_ns()
         edge = self.node is not None and not self.node.selling
+        self.core.book.indexed = not edge  # an edge decides no call (a seller's takeover is a new process)
         self.restored = await restore(self.journal.store, self.core, self.accounts, self.settings, now, vault, calls=not edge)
         if not edge:  # an edge forwards calls and reads to the seller: its keys and reports would be unused
             await self.desk.restore_keys(now, self.settings.call_retention_s * 1_000_000_000)

@@ -111,7 +111,7 @@ class Bucket:
 class Book:
     __slots__ = ("_of", "_buckets", "_classes", "_rtb", "_seq", "max_per_buyer", "lot", "scanned", "popped", "relisted",
                  "_slots", "off_total", "_off_version", "_off_seen", "dirty_specs", "dirty_prices", "_cod",
-                 "places", "_places_version")
+                 "places", "_places_version", "indexed")
 
     def __init__(self, max_per_buyer: int = MAX_PER_BUYER) -> None:
         # buyer -> campaign id -> its campaign. Two levels, not one dict keyed by (buyer, id): a bid's
@@ -141,6 +141,9 @@ class Book:
         self.dirty_specs: set[int] = set()  # slots created or replaced since the last save
         self.dirty_prices: set[int] = set()  # slots repriced, paused or resumed since the last save
         self._cod: dict[str, set[str]] = {}  # buyer -> its campaigns with cancel_on_disconnect
+        # False on a node that decides no call (an edge of a market): its campaigns are kept, saved and
+        # relayed but never listed in the heaps, so a bid there is a lookup and a mark, no heap push
+        self.indexed = True
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -316,6 +319,9 @@ class Book:
         self.lot.forget(s)  # resumed while parked: listed now, and parked again by a decision if still refused
         self._set_off(s, None)
         self._seq += 1
+        if not self.indexed:
+            s.seq = self._seq
+            return
         s.seq = s.listing = self._seq
         s.listed_bid = s.bid_cents
         entry = (-s.bid_cents, s.seq, s.slot)

@@ -121,3 +121,24 @@ def test_reads_see_every_push_after_a_heap_compacts():
     book.reprice("b7", "c7", 9000)
     assert top(book, None, want=2) == ["c7", ids[bump % 40]]
     assert sorted(top(book, None, want=100)) == sorted(ids)  # every campaign still listed
+
+
+def test_a_book_that_decides_nothing_keeps_and_marks_campaigns_without_heaps():
+    """An edge of a market (``indexed`` False): its campaigns and their prices are kept and marked
+    for saving, paused and resumed, but never pushed into a heap (a bid there is a lookup and a mark)."""
+    from exchange.core import Core
+    from exchange.settings import Settings
+
+    core = Core(Settings())
+    book = core.book
+    book.indexed = False
+    core.upsert_campaign("b1", campaign("a", bid_cents=1000), NOON_NY_NS)  # b1 has no funds: an indexed book parks it
+    core.upsert_campaign("b2", campaign("b", bid_cents=2000), NOON_NY_NS)
+    for price in range(1001, 1200):
+        assert book.reprice("b1", "a", price)
+    assert book.set_paused("b2", "b", True) and book.set_paused("b2", "b", False)
+    assert all(not b.heap and not b.members for b in book._classes.values())
+    assert book.parked == 0 and top(book) == []
+    assert book.get("b1", "a").bid_cents == 1199 and not book.get("b2", "b").paused
+    specs, prices = book.take_dirty()
+    assert sorted(s.id for s in specs) == ["a", "b"] and prices == []

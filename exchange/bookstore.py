@@ -3,9 +3,12 @@
 The book marks what changes (``Book.dirty_specs``: a campaign created or replaced;
 ``Book.dirty_prices``: repriced, paused or resumed) with one set insert; nothing on the
 ingest path awaits or encodes. Every ``EXCHANGE_BOOK_SAVE_MS`` (1,000) this task takes the
-marks and saves them in one transaction (``Store.save_campaigns``): a campaign's message as
-JSON once per create/replace, its live price and pause as three columns otherwise, so a bid
-stream of any rate costs at most one row per campaign per interval. At shutdown the last marks
+marks and saves them (``Store.save_campaigns``): a campaign's message as JSON once per
+create/replace, its live price and pause as three columns otherwise, so a bid stream of any
+rate costs at most one row per campaign per interval. On a node of a market a round is
+``EXCHANGE_BOOK_NOTICE_MS`` (100): each round announces the prices to the seller
+(``on_saved``) and saves new messages (the seller reads them back), and the prices are saved
+every ``EXCHANGE_BOOK_SAVE_MS``. At shutdown the last marks
 are saved. A store that cannot be reached keeps the marks for the next round (nothing is
 lost while the process lives).
 
@@ -59,11 +62,19 @@ def campaign_of(row: CampaignRow) -> Campaign:
 
 
 class BookStore:
-    __slots__ = ("store", "core", "clock_ns", "every_s", "saved", "failures", "_task", "seen", "high_ns", "on_saved", "track")
+    __slots__ = ("store", "core", "clock_ns", "every_s", "saved", "failures", "_task", "seen", "high_ns", "on_saved", "track",
+                 "save_every", "rounds", "unsaved")
 
-    def __init__(self, store: Store, core: Core, clock_ns: Callable[[], int], every_ms: int, track: bool = False) -> None:
+    def __init__(self, store: Store, core: Core, clock_ns: Callable[[], int], every_ms: int, track: bool = False,
+                 save_every: int = 1) -> None:
         self.store, self.core, self.clock_ns = store, core, clock_ns
-        self.every_s = every_ms / 1000
+        self.every_s = every_ms / 1000  # a round: campaigns created or replaced are saved, prices announced (``on_saved``)
+        # rounds between two saves of price-only changes: a node of a market announces prices every
+        # round (the seller applies them from the notice) and saves them less often, so a campaign
+        # repriced many times between two saves is written once
+        self.save_every = save_every
+        self.rounds = 0
+        self.unsaved: set[int] = set()  # slots repriced or paused, announced, not saved yet
         self.track = track  # a node of a market: remember the version of each campaign (``seen``)
         # (buyer, campaign) -> [hash of its stored spec, updated_ns of the change this node holds] (``track`` only):
         # the seller applies another node's change only when it is newer (exchange.market)
@@ -102,9 +113,11 @@ class BookStore:
         self.core.book.take_dirty()  # what was just loaded is what is stored
         return restored, skipped
 
-    async def flush(self) -> int:
+    async def flush(self, final: bool = False) -> int:
         """Save what changed since the last round; returns how many rows (0: nothing changed).
         Raises ``StoreUnavailable`` (the marks of what was not saved are kept for the next round).
+        Price-only changes are announced at once and saved every ``save_every`` rounds (and when
+        ``final``: at shutdown).
 
         A round is saved ``CHUNK`` campaigns at a time, each chunk's rows built just before it is
         written: at 100,000 bids/s over 100,000 campaigns a round is ~60,000 rows, and building them
@@ -112,6 +125,17 @@ class BookStore:
         deadline behind it); between chunks the loop runs while the store writes."""
         book = self.core.book
         specs, prices = book.take_dirty()
+        self.rounds += 1
+        if self.on_saved is not None and prices:
+            self.on_saved([], [(s.buyer, s.id, s.bid_cents, s.paused) for s in prices if s.live], self.clock_ns())
+        if self.save_every > 1:
+            self.unsaved.update(s.slot for s in prices)
+            if not final and self.rounds % self.save_every:
+                prices = []
+            else:
+                slots, fresh = book._slots, {s.slot for s in specs}
+                prices = [slots[i] for i in self.unsaved if i not in fresh]
+                self.unsaved.clear()
         saved = 0
         i = j = 0  # specs and prices saved so far
         try:
@@ -140,9 +164,8 @@ class BookStore:
                     seen[(r.buyer, r.id)] = [hash(r.spec), now]
                 else:
                     v[1] = now
-        if self.on_saved is not None and rows:
-            self.on_saved([(r.buyer, r.id) for r in rows if r.spec is not None],
-                          [(r.buyer, r.id, r.bid_cents, r.paused) for r in rows if r.spec is None], now)
+        if self.on_saved is not None and specs:  # (prices were announced as the round began)
+            self.on_saved([(r.buyer, r.id) for r in rows if r.spec is not None], [], now)
         return len(rows)
 
     def start(self) -> None:
@@ -167,6 +190,6 @@ class BookStore:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         try:
-            await self.flush()
+            await self.flush(final=True)
         except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
             log.warning("book_save_failed", extra={"error": str(exc), "at": "shutdown"})

@@ -5,10 +5,11 @@ the book and where each buyer's sockets are; what the edges must learn from it i
 send those sockets. Four channels, each a fire-and-forget transport over a durable or
 self-repairing source:
 
-- ``<market>:book`` (edge -> seller): after an edge's book store saved a round of changes
-  (``exchange.bookstore``, every 100 ms on a node): the (buyer, campaign) keys whose message
-  changed, read back by the seller from PostgreSQL, and the new prices and pauses inline (in
-  notices of at most ``INLINE_PRICES``). The seller applies a change only if it is newer than
+- ``<market>:book`` (edge -> seller): each round of an edge's book store (``exchange.bookstore``,
+  every ``EXCHANGE_BOOK_NOTICE_MS``, 100 ms): the new prices and pauses inline (in notices of at
+  most ``INLINE_PRICES``), announced as the round begins (they are saved every
+  ``EXCHANGE_BOOK_SAVE_MS``), and, once saved, the (buyer, campaign) keys whose message changed,
+  read back by the seller from PostgreSQL. The seller applies a change only if it is newer than
   the one it holds (``BookStore.seen``). A lost notice is repaired by the seller's catch-up
   read of every campaign saved since its last one (at each (re)subscription and every
   ``CATCH_UP_LEASES`` lease periods).

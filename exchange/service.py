@@ -72,8 +72,10 @@ class Exchange:
         self.node = Node(settings, self.journal.store, os.environ.pop(ADOPT_ENV, None)) if settings.node_id else None
         self.desk.node = self.node
         self.restored = (0, 0, 0)  # (accounts, calls in flight recovered, holds released) at start
-        self.bookstore = BookStore(self.journal.store, self.core, self.clock.now_ns,
-                                   settings.book_save_ms or (100 if settings.node_id else 1_000), track=bool(settings.node_id))
+        save_ms = settings.book_save_ms or 1_000
+        round_ms = min(settings.book_notice_ms, save_ms) if settings.node_id else save_ms
+        self.bookstore = BookStore(self.journal.store, self.core, self.clock.now_ns, round_ms, track=bool(settings.node_id),
+                                   save_every=max(1, save_ms // round_ms))
         self.link: MarketLink | None = None  # the links to the other nodes of the market (made once the node joined)
         self.campaigns_restored = (0, 0)  # (restored, skipped) at start
         self.ready = False

@@ -41,8 +41,11 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # GET /v1/calls/{id}/auction; off: that endpoint answers 404 no_replay
     auction_replay: bool = True
     max_campaigns_per_buyer: Annotated[int, Meta(ge=1)] = 2_000  # a new campaign past it: error campaign_limit
-    # standing campaigns saved this often (exchange.bookstore); unset: 1,000, or 100 on a node of a market (the shared book)
+    # standing campaigns saved this often (exchange.bookstore); unset: 1,000
     book_save_ms: Annotated[int, Meta(ge=10, le=600_000)] | None = None
+    # a node of a market announces its book's changes this often (an edge's campaigns and prices reach
+    # the seller within it; new campaigns are saved each time, prices every book_save_ms)
+    book_notice_ms: Annotated[int, Meta(ge=10, le=60_000)] = 100
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 256 << 10
     send_queue: Annotated[int, Meta(ge=8)] = 4096

@@ -142,3 +142,39 @@ def test_a_round_larger_than_a_chunk_is_saved_whole_and_a_refused_chunk_keeps_th
     assert marked == (0, 6)  # 2 chunks of 7 of the 20 repriced were saved; the refused chunk's 6 are marked again
     assert again == 6 and calls[5:] == [7, 7, 6, 6]
     assert {r.id: r.bid_cents for r in rows} == {f"c{k}": (5000 + k if k < 20 else 1000 + k) for k in range(30)}
+
+
+def test_a_node_announces_prices_each_round_and_saves_them_every_few_rounds(db_url: str) -> None:
+    """A node of a market (``save_every`` > 1): each round announces the prices changed in it at
+    once (the seller applies them from the notice) and saves new campaigns; the prices are
+    written every ``save_every`` rounds, each changed campaign once whatever its changes, and
+    all of them at shutdown (``final``)."""
+    async def go() -> None:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            core = Core(Settings())
+            saver = BookStore(store, core, lambda: NOON_NY_NS, 100, track=True, save_every=3)
+            heard: list[tuple[list, list]] = []
+            saver.on_saved = lambda specs, prices, at: heard.append((specs, prices))
+            for k in range(3):
+                core.upsert_campaign("b1", campaign(f"c{k}", states=["CA"], bid_cents=1000), NOON_NY_NS)
+            assert await saver.flush() == 3  # new campaigns: saved in the round they came
+            assert heard == [([("b1", "c0"), ("b1", "c1"), ("b1", "c2")], [])]
+            stored = {r.id: r.bid_cents for r in await store.load_campaigns()}
+            core.book.reprice("b1", "c0", 2000)
+            assert await saver.flush() == 0 and heard[-1] == ([], [("b1", "c0", 2000, False)])  # round 2: announced only
+            core.book.reprice("b1", "c0", 2100)
+            core.book.reprice("b1", "c1", 3000)
+            assert await saver.flush() == 2  # round 3: saved, c0 once
+            assert sorted(heard[-1][1]) == [("b1", "c0", 2100, False), ("b1", "c1", 3000, False)]
+            assert {r.id: r.bid_cents for r in await store.load_campaigns()} == stored | {"c0": 2100, "c1": 3000}
+            core.book.reprice("b1", "c2", 4000)
+            assert await saver.flush() == 0
+            assert {r.id: r.bid_cents for r in await store.load_campaigns()}["c2"] == 1000
+            assert await saver.flush(final=True) == 1
+            assert {r.id: r.bid_cents for r in await store.load_campaigns()}["c2"] == 4000
+        finally:
+            await store.close()
+
+    run(go())

@@ -2,9 +2,9 @@
 
 A round is the live bids of one call: filled by buyers' answers until all arrive, every
 buyer still awaited has gone (its socket closed: a timeout at once), or ``tmax_ms``. An
-answer after its round closed is ``late_answer``; an answer that reached its socket while the
-exchange's loop was late to the deadline is read before the round closes (it is the
-exchange's lateness, not the buyer's); one to a request never sent is
+answer after its round closed is ``late_answer``; an answer that reached its socket by the
+deadline, or while the exchange's loop was late to it, is read before the round closes (the
+loop's lateness is the exchange's, not the buyer's); one to a request never sent is
 ``unknown_request``. Notices go to the buyer's oldest open connection.
 
 A campaign with a ``ping`` (an HTTP bidder, exchange.httpbid) is asked over HTTP instead, in
@@ -30,7 +30,6 @@ from .metrics import Metrics
 from .pingspec import CallView, PingPlan, Priced
 
 Answers = dict[str, tuple[RtbBid, int]]  # request id -> (answer, arrival sequence)
-LOOP_LATE_MS = 1  # a round's deadline fired this much late or more: the loop was late, not the buyers
 CLOSED_REMEMBERED = 100_000  # closed request ids kept to tell a late answer from an unknown one
 
 
@@ -122,10 +121,10 @@ class RtbDesk:
                     async with asyncio.timeout(tmax_ms / 1000):
                         await rnd.done.wait()
                 except TimeoutError:
-                    if rnd.expected and perf_counter_ns() - t0 > (tmax_ms + LOOP_LATE_MS) * 1_000_000:
-                        # the loop itself came late to the deadline (it was busy, or waited for a core): uvloop
-                        # fires due timers before it polls the sockets, so answers that arrived meanwhile are
-                        # still unread; one turn of the loop reads them into the round before it closes
+                    if rnd.expected:
+                        # uvloop fires due timers before it polls the sockets: answers that arrived by the
+                        # deadline (or while the loop was late to it: busy, or waiting for a core) may still
+                        # be unread; one turn of the loop reads them into the round before it closes
                         await asyncio.sleep(0)
         finally:  # whatever happened (a timeout, a cancelled call, a failed send), the round is closed
             for rid, buyer in rnd.expected.items():

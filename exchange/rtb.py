@@ -118,13 +118,14 @@ class RtbDesk:
             self.metrics.rtb_requests += len(rnd.expected)
             if rnd.expected:
                 try:
-                    async with asyncio.timeout(tmax_ms / 1000):
-                        await rnd.done.wait()
+                    await asyncio.wait_for(rnd.done.wait(), tmax_ms / 1000)
                 except TimeoutError:
                     if rnd.expected:
                         # uvloop fires due timers before it polls the sockets: answers that arrived by the
                         # deadline (or while the loop was late to it: busy, or waiting for a core) may still
-                        # be unread; one turn of the loop reads them into the round before it closes
+                        # be unread. Python 3.11's wait_for gives the sockets turns while it cancels its inner
+                        # task, 3.12's does not (nor does asyncio.timeout, which cost late answers under load
+                        # here): one more turn reads them into the round before it closes
                         await asyncio.sleep(0)
         finally:  # whatever happened (a timeout, a cancelled call, a failed send), the round is closed
             for rid, buyer in rnd.expected.items():

@@ -5,7 +5,9 @@ uvloop (the server's loop) runs due timers before it polls the sockets. When the
 in its poll phase (other sockets' data: buyers' bid frames parsed as they are read) past a
 round's deadline, and the answer arrived meanwhile, the next turn fired the deadline first and
 closed the round while the answer, in time, still sat unread in its socket: the buyer got
-``late_answer`` for the exchange's lateness. Real socket pairs and a real uvloop loop here: the
+``late_answer`` for the exchange's lateness (Python 3.11's ``wait_for`` happens to give the sockets
+turns while it cancels its inner task; 3.12's and a bare ``asyncio.timeout`` do not: the desk takes
+one turn itself). Real socket pairs and a real uvloop loop here: the
 answer is written 10 ms after the request by another thread, while the loop is held 500 ms by
 another socket's read callback.
 """

@@ -16,7 +16,7 @@ from msgspec import Struct
 from .errors import Invalid
 from .wording import plain
 from .messages import (
-    BuyerMessage, Error, ErrorDetail, Message, Seq, buyer_json, buyer_json_one, buyer_msgpack, buyer_msgpack_one, publisher_json,
+    ID_PATTERN, Bid, BuyerMessage, Error, ErrorDetail, Message, Seq, StrictBid, buyer_json, buyer_json_one, buyer_msgpack, buyer_msgpack_one, publisher_json,
     publisher_json_one, publisher_msgpack, publisher_msgpack_one,
 )
 
@@ -133,6 +133,24 @@ def decode_frame(data: bytes | str, codecs: Codecs) -> tuple[list[Any], list[Mes
                 seq = None
             errors.append(Error(code=detail.code, message=detail.message, path=detail.path, seq=seq))
     return good, errors, paths
+
+
+_ID = re.compile(ID_PATTERN)
+_encode_json = msgspec.json.Encoder().encode
+
+
+def invalid_bid(msg: Bid, path: str) -> Error | None:
+    """The v1 error of a bid (at ``path``) whose campaign is no valid id, else None. A bid frame is
+    decoded checking a campaign's length only (``messages.BidId``); the gateway asks this of a bid
+    whose campaign is not in the book, which every malformed id is not."""
+    if _ID.search(msg.campaign) is not None:
+        return None
+    try:
+        msgspec.json.decode(_encode_json(msg), type=StrictBid)
+    except msgspec.ValidationError as exc:
+        detail = error_from_exception(exc, path, BuyerMessage)
+        return Error(code=detail.code, message=detail.message, path=detail.path, seq=msg.seq)
+    return None  # (unreachable: the pattern is ``Id``'s)
 
 
 def message_path(where: bool | list[str], i: int) -> str:

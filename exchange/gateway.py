@@ -23,7 +23,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from .connections import Connection, sockets_of
-from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, message_path
+from .codec import BUYER_CODECS, PUBLISHER_CODECS, decode_frame, invalid_bid, message_path
 from .messages import Ack, Bid, Campaign, Decision, DecisionFields, Error, Message, NoBid, Pause, Ping, Pong, PublisherCall, Resume, RtbBid
 from routing.standing import CampaignError
 
@@ -185,7 +185,8 @@ class BuyerFrames:
                     if msg.seq is not None:
                         replies.append(Ack(seq=msg.seq))
                 else:
-                    replies.append(_unknown_campaign(msg.campaign, message_path(where, i), msg.seq))
+                    path = message_path(where, i)
+                    replies.append(invalid_bid(msg, path) or _unknown_campaign(msg.campaign, path, msg.seq))
             else:
                 reply = self._other(msg, message_path(where, i))
                 if reply is not None:

@@ -144,6 +144,29 @@ def test_bad_frames_get_errors_and_the_connection_stays_open(server):
     b.close()
 
 
+def test_a_bid_naming_no_valid_id_is_refused_as_v1_refuses_it(server):
+    """A bid frame is decoded checking a campaign's length only (a regex per bid cost ~90 % of its
+    decode); a bid whose id is malformed must still get v1's ``invalid_message`` at its path, with
+    the words a ``pause`` naming the same id gets, and not ``unknown_campaign``."""
+    _, key = server.account("buyer", "badid", 1000)
+    b = Buyer(server.ws_url, key)
+    assert type(b.request(lambda s: camp("ok", 100, s, vertical="e2e_badid"))).__name__ == "Ack"
+    for bad in ("no spaces", "c\n", "c\u00e9", "a/b"):
+        body = json_encoder.encode(bad).decode()
+        b.send_raw(f'[{{"type":"bid","campaign":"ok","bid_cents":120,"seq":1}},'
+                   f'{{"type":"bid","campaign":{body},"bid_cents":130,"seq":2}},'
+                   f'{{"type":"pause","campaign":{body},"seq":3}},{{"type":"bid","campaign":"gone","bid_cents":5,"seq":4}}]')
+        got = {m.seq: m for m in (b.wait_for(lambda m, s=s: getattr(m, "seq", None) == s) for s in (1, 2, 3, 4))}
+        assert type(got[1]).__name__ == "Ack"
+        assert (got[2].code, got[2].path) == ("invalid_message", "$[1].campaign"), (bad, got[2])
+        assert (got[3].code, got[3].path) == ("invalid_message", "$[2].campaign")
+        assert got[2].message == got[3].message
+        assert (got[4].code, got[4].path) == ("unknown_campaign", "$[3].campaign")
+    err = b.request(lambda s: Bid(campaign="x" * 65, bid_cents=5, seq=s))  # too long: refused while decoding, as before
+    assert (err.code, err.path) == ("invalid_message", "$.campaign")
+    b.close()
+
+
 def test_oversized_frame_closes_with_1009_and_others_keep_working(server):
     _, key = server.account("buyer", "big", 1000)
     b, other = Buyer(server.ws_url, key), Buyer(server.ws_url, key)

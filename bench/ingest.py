@@ -237,6 +237,12 @@ def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
         if r.status_code != 201:
             raise RuntimeError(f"POST /v1/accounts -> {r.status_code} {r.text[:500]}")
         key = r.json()["api_key"]
+        # funded, so its campaigns are listed and each bid takes the book's usual path (an
+        # unfunded buyer's campaigns are parked for funds: another path, ``bench.stream --unfunded-buyers``)
+        r = httpx.post(srv.base + f"/v1/accounts/{r.json()['id']}/deposits", headers={"Authorization": f"Bearer {admin_key}"},
+                       json={"amount_cents": 10**11, "reference": "bench-funds"}, timeout=10)
+        if r.status_code not in (200, 201):
+            raise RuntimeError(f"POST deposits -> {r.status_code} {r.text[:500]}")
         setup = upsert_campaigns(srv.ws_url, key, campaigns)
     except BaseException:
         print(f"real server log:\n{srv.log_tail()}", file=sys.stderr)

@@ -111,3 +111,25 @@ def test_a_campaign_past_the_ceiling_is_refused_and_nothing_changes():
     assert len(w.core.book) == 4
     rec, _ = w.submit(call("+12125550100", "v"))
     assert rec.routes[0].bid_cents == 4000
+
+
+def test_a_parked_campaign_repriced_many_times_wakes_exactly_when_funds_cover_its_price_now():
+    """A price raised while parked pushes no entry (the lower one it has stays), a price cut pushes
+    one; a wake pops an entry and checks the price as it is now. Many reprices (past the heap's
+    compaction) keep one entry per campaign and hide nothing."""
+    w = World()
+    w.place("honest", _campaign(0, 1000), funds=1_000_000)
+    w.core.book.upsert("broke", Campaign(id="p", vertical="v", bid_cents=3000, min_duration_s=60, destination="+18005550199"))
+    rec, _ = w.submit(call("+12125550100", "v"))
+    assert rec.routes[0].buyer == "honest" and w.core.book.parked == 1
+    for k in range(500):  # a walk that ends above where it started, cutting below it on the way
+        w.core.book.reprice("broke", "p", 2000 + (k * 37) % 1500)
+    w.core.book.reprice("broke", "p", 4000)
+    heap = w.core.book.lot._wanting[buyer_account("broke")]
+    assert len(heap) <= heap.limit and min(e[0] for e in heap) <= 4000
+    w.fund("broke", 3500)  # covers every price it had on the way down, not the one it has
+    rec, _ = w.submit(call("+12125550101", "v"))
+    assert rec.routes[0].buyer == "honest" and w.core.book.parked == 1
+    w.fund("broke", 600)  # 4,100 now: covers 4,000
+    rec, _ = w.submit(call("+12125550102", "v"))
+    assert rec.routes[0].buyer == "broke" and rec.routes[0].bid_cents == 4000

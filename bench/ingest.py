@@ -14,7 +14,7 @@ figures alike; the table shows medians and the ratio real/bare. Server CPU is re
 /proc (the server process and its descendants) over each run; client CPU is the load
 generator's own figure over the measured interval, plus its whole-process total.
 
-    python -m bench.ingest [--seconds 5] [--campaigns 1000] [--runs 3] [--batch 100]
+    python -m bench.ingest [--seconds 5] [--campaigns 1000] [--runs 3] [--batch 100] [--unfunded]
                            [--targets bare,real] [--out bench/results/ingest.json]
 """
 
@@ -223,7 +223,7 @@ def upsert_campaigns(ws_url: str, key: str, n: int, per_batch: int = 250, timeou
             "errors": len(errors), "error_samples": errors[:5]}
 
 
-def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
+def start_real(campaigns: int, funded: bool = True) -> tuple[Server, dict[str, Any]]:
     port = free_port()
     admin_key = "bench-admin-" + secrets.token_urlsafe(16)
     workdir = Path(tempfile.mkdtemp(prefix="ingest-exchange-"))  # any embedded store lands here
@@ -237,12 +237,13 @@ def start_real(campaigns: int) -> tuple[Server, dict[str, Any]]:
         if r.status_code != 201:
             raise RuntimeError(f"POST /v1/accounts -> {r.status_code} {r.text[:500]}")
         key = r.json()["api_key"]
-        # funded, so its campaigns are listed and each bid takes the book's usual path (an
-        # unfunded buyer's campaigns are parked for funds: another path, ``bench.stream --unfunded-buyers``)
-        r = httpx.post(srv.base + f"/v1/accounts/{r.json()['id']}/deposits", headers={"Authorization": f"Bearer {admin_key}"},
-                       json={"amount_cents": 10**11, "reference": "bench-funds"}, timeout=10)
-        if r.status_code not in (200, 201):
-            raise RuntimeError(f"POST deposits -> {r.status_code} {r.text[:500]}")
+        # funded, so its campaigns are listed and each bid takes the book's usual path; ``--unfunded``:
+        # the first decision would park them all for funds, and each bid then reprices a parked campaign
+        if funded:
+            r = httpx.post(srv.base + f"/v1/accounts/{r.json()['id']}/deposits", headers={"Authorization": f"Bearer {admin_key}"},
+                           json={"amount_cents": 10**11, "reference": "bench-funds"}, timeout=10)
+            if r.status_code not in (200, 201):
+                raise RuntimeError(f"POST deposits -> {r.status_code} {r.text[:500]}")
         setup = upsert_campaigns(srv.ws_url, key, campaigns)
     except BaseException:
         print(f"real server log:\n{srv.log_tail()}", file=sys.stderr)
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Buyer WebSocket ingest benchmark (bare transport vs real exchange).")
     ap.add_argument("--seconds", type=float, default=5.0, help="send duration of each run")
     ap.add_argument("--campaigns", type=int, default=1000)
+    ap.add_argument("--unfunded", action="store_true", help="the buyer has no funds: its campaigns are parked for funds")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=100, help="bids per frame in batch mode")
     ap.add_argument("--targets", default="bare,real", help="comma-separated: bare, real")
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             if t == "bare":
                 servers[t] = start_bare()
             else:
-                servers[t], setup[t] = start_real(args.campaigns)
+                servers[t], setup[t] = start_real(args.campaigns, funded=not args.unfunded)
                 print(f"real: {setup[t]['campaigns']} campaigns upserted in {setup[t]['upsert_s']}s"
                       f" ({setup[t]['errors']} errors)", flush=True)
         if args.warmup > 0:

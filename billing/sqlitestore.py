@@ -98,6 +98,44 @@ SAVE_PRICES = ("INSERT INTO campaign_prices (buyer, id, bid_cents, paused, updat
                "updated_ns = excluded.updated_ns WHERE excluded.updated_ns >= campaign_prices.updated_ns")
 
 
+# Rows per statement in a batch's inserts. ``executemany`` steps once per row, and ``sqlite3``
+# releases the interpreter's lock around every step: with the event loop busy each re-acquisition
+# waited up to a switch interval (5 ms), so under the load test's bid stream the ledger's commits
+# fell seconds behind (calls with an idempotency key and events waiting for them). A multi-row
+# ``VALUES`` is one step for up to ``ROWS`` rows; the sizes are fixed so the prepared statements are
+# reused (``sqlite3`` caches them by text).
+ROWS = (64, 8, 1)
+
+
+def _insert(cur: sqlite3.Cursor, head: str, width: int, tail: str, rows: list[tuple] | Any) -> None:
+    """``head VALUES (?, ...), ... tail`` for ``rows`` (tuples of ``width``), ``ROWS`` at a time."""
+    rows = rows if isinstance(rows, list) else list(rows)
+    one = "(" + ", ".join("?" * width) + ")"
+    i, n = 0, len(rows)
+    for size in ROWS:
+        if n - i < size:
+            continue
+        sql = f"{head} VALUES {', '.join([one] * size)} {tail}"
+        while n - i >= size:
+            cur.execute(sql, [v for r in rows[i:i + size] for v in r])
+            i += size
+
+
+def _existing(cur: sqlite3.Cursor, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (reference, kind) keys the ledger holds, ``ROWS`` keys a statement."""
+    out: set[tuple[str, str]] = set()
+    i, n = 0, len(keys)
+    for size in ROWS:
+        if n - i < size:
+            continue
+        sql = (f"SELECT e.reference, e.kind FROM (VALUES {', '.join(['(?, ?)'] * size)}) AS v "  # (the join, not a
+               "CROSS JOIN entries e ON e.reference = v.column1 AND e.kind = v.column2")  # row-value IN: that scans)
+        while n - i >= size:
+            out.update(cur.execute(sql, [v for k in keys[i:i + size] for v in k]).fetchall())
+            i += size
+    return out
+
+
 class SqliteStore(Store):
     backend = "sqlite"
 
@@ -141,7 +179,7 @@ class SqliteStore(Store):
         cur.execute("BEGIN IMMEDIATE")
         try:
             if batch.accounts:
-                cur.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.accounts))
+                _insert(cur, "INSERT INTO accounts", 6, "ON CONFLICT DO NOTHING", [tuple(a) for a in batch.accounts])
             new = 0
             if batch.entries:
                 next_id = cur.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
@@ -149,8 +187,9 @@ class SqliteStore(Store):
                 heads: list[tuple] = []
                 legs: list[tuple] = []
                 delta: dict[str, int] = {}
+                seen = _existing(cur, list({e.key for e in batch.entries}))  # (an entry written before is not again)
                 for e in batch.entries:
-                    if e.key in seen or cur.execute("SELECT 1 FROM entries WHERE reference = ? AND kind = ?", e.key).fetchone():
+                    if e.key in seen:
                         continue
                     seen.add(e.key)
                     heads.append((next_id, e.reference, e.kind, e.at_ns, e.memo))
@@ -158,21 +197,21 @@ class SqliteStore(Store):
                         legs.append((next_id, leg.account, leg.amount_cents))
                         delta[leg.account] = delta.get(leg.account, 0) + leg.amount_cents
                     next_id += 1
-                cur.executemany("INSERT INTO legs VALUES (?, ?, ?)", legs)
-                cur.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", heads)
-                cur.executemany("INSERT INTO balances VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
-                               "SET balance_cents = balance_cents + excluded.balance_cents", delta.items())
+                _insert(cur, "INSERT INTO legs", 3, "", legs)
+                _insert(cur, "INSERT INTO entries", 5, "", heads)
+                _insert(cur, "INSERT INTO balances", 2, "ON CONFLICT (account) DO UPDATE "
+                        "SET balance_cents = balance_cents + excluded.balance_cents", list(delta.items()))
                 new = len(heads)
             if batch.keys:
-                cur.executemany("INSERT INTO privacy_keys VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.keys))
+                _insert(cur, "INSERT INTO privacy_keys", 5, "ON CONFLICT DO NOTHING", [tuple(k) for k in batch.keys])
             if batch.holds:
-                cur.executemany("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.holds))
+                _insert(cur, "INSERT INTO holds", 6, "ON CONFLICT DO NOTHING", [tuple(h) for h in batch.holds])
             if batch.outcomes:
-                cur.executemany("INSERT INTO call_outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.outcomes))
+                _insert(cur, "INSERT INTO call_outcomes", 12, "ON CONFLICT DO NOTHING", [tuple(o) for o in batch.outcomes])
             if batch.audit:
-                cur.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", map(tuple, batch.audit))
+                _insert(cur, "INSERT INTO audit", 8, "ON CONFLICT DO NOTHING", [tuple(a) for a in batch.audit])
             if batch.parties:
-                cur.executemany("INSERT INTO event_parties VALUES (?, ?) ON CONFLICT DO NOTHING", batch.parties)
+                _insert(cur, "INSERT INTO event_parties", 2, "ON CONFLICT DO NOTHING", batch.parties)
             cur.execute("COMMIT")
             return new
         except BaseException:

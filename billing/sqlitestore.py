@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from typing import Any, TypeVar, cast
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 
@@ -107,32 +107,29 @@ SAVE_PRICES = ("INSERT INTO campaign_prices (buyer, id, bid_cents, paused, updat
 ROWS = (64, 8, 1)
 
 
-def _insert(cur: sqlite3.Cursor, head: str, width: int, tail: str, rows: list[tuple] | Any) -> None:
-    """``head VALUES (?, ...), ... tail`` for ``rows`` (tuples of ``width``), ``ROWS`` at a time."""
-    rows = rows if isinstance(rows, list) else list(rows)
-    one = "(" + ", ".join("?" * width) + ")"
+def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
+    """(rows in it, their values flattened) for ``rows`` cut into chunks of the ``ROWS`` sizes."""
     i, n = 0, len(rows)
     for size in ROWS:
-        if n - i < size:
-            continue
-        sql = f"{head} VALUES {', '.join([one] * size)} {tail}"
         while n - i >= size:
-            cur.execute(sql, [v for r in rows[i:i + size] for v in r])
+            yield size, [v for r in rows[i:i + size] for v in r]
             i += size
 
 
-def _existing(cur: sqlite3.Cursor, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these (reference, kind) keys the ledger holds, ``ROWS`` keys a statement."""
+def _insert(cur: sqlite3.Cursor, head: str, width: int, tail: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``head VALUES (?, ...), ... tail`` for ``rows`` (each ``width`` values), ``ROWS`` at a time."""
+    one = "(" + ", ".join("?" * width) + ")"
+    for size, values in _chunks(rows):
+        cur.execute(f"{head} VALUES {', '.join([one] * size)} {tail}", values)
+
+
+def _existing(cur: sqlite3.Cursor, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (reference, kind) keys the ledger holds, ``ROWS`` keys a statement (a join on
+    the unique index: a row-value ``IN (VALUES ...)`` scans the table)."""
     out: set[tuple[str, str]] = set()
-    i, n = 0, len(keys)
-    for size in ROWS:
-        if n - i < size:
-            continue
-        sql = (f"SELECT e.reference, e.kind FROM (VALUES {', '.join(['(?, ?)'] * size)}) AS v "  # (the join, not a
-               "CROSS JOIN entries e ON e.reference = v.column1 AND e.kind = v.column2")  # row-value IN: that scans)
-        while n - i >= size:
-            out.update(cur.execute(sql, [v for k in keys[i:i + size] for v in k]).fetchall())
-            i += size
+    for size, values in _chunks(keys):
+        out.update(cur.execute(f"SELECT e.reference, e.kind FROM (VALUES {', '.join(['(?, ?)'] * size)}) AS v "
+                               "CROSS JOIN entries e ON e.reference = v.column1 AND e.kind = v.column2", values).fetchall())
     return out
 
 

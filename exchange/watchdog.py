@@ -27,7 +27,7 @@ import asyncio
 import logging
 import sys
 import threading
-import traceback
+from types import FrameType
 from collections import Counter
 from datetime import UTC, datetime
 from time import monotonic, time
@@ -43,9 +43,16 @@ def stack_of(thread_id: int, depth: int = DEPTH) -> str:
     frame = sys._current_frames().get(thread_id)
     if frame is None:
         return "<no frame>"
-    summary = traceback.extract_stack(frame, limit=depth)
-    return " < ".join(f"{fs.filename.rsplit('/', 1)[-1]}:{fs.lineno} {fs.name}"
-                      for fs in reversed(summary))
+    # read off the frames themselves: ``traceback.extract_stack`` stats every source file
+    # (``linecache.checkcache``), a system call per frame, and after each one this thread waited a
+    # switch interval for the lock the held loop keeps: 2 samples in a 300 ms stall instead of ~20
+    out: list[str] = []
+    f: FrameType | None = frame
+    while f is not None and len(out) < depth:
+        code = f.f_code
+        out.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {code.co_name}")
+        f = f.f_back
+    return " < ".join(out)
 
 
 class Watchdog:

@@ -157,9 +157,6 @@ class SqliteStore(Store):
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA secure_delete=ON")  # a shredded data key's bytes are overwritten, not left in a free page
-        # 64 MiB of page cache (SQLite's default is 2 MB): the book's price saves touch pages all over its
-        # tables at 100,000 campaigns (a price row ~20 -> ~15 µs, ``bench`` in the README's session 10)
-        db.execute("PRAGMA cache_size=-65536")
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)")
         done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}

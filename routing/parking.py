@@ -154,10 +154,9 @@ class ParkingLot:
                             back += 1
                         else:  # raised since that entry: wanted at its bid now
                             again.append(s)
-                for s in again:
-                    if s.parked == FUNDS:  # (listed twice: the first pop unparked it)
-                        self._tick += 1
-                        heappush(heap, (s.bid_cents, self._tick, s))
+                for s in dict.fromkeys(again):  # (once each, however many of its entries were popped)
+                    if s.parked == FUNDS:  # (one entry unparked it, another was popped after)
+                        self._want(s)
                 if not heap:
                     del self._wanting[account]
         freed.clear()

@@ -1,7 +1,8 @@
 """One node against two: the same offered load through ``python -m loadtest run --nodes N``.
 
     EXCHANGE_DATABASE_URL=postgresql://... EXCHANGE_REDIS_URL=redis://... \\
-    python -m bench.nodes [--bids-per-s 20000] [--calls-per-s 100] [--duration 20] [--rounds 1] [--out FILE]
+    python -m bench.nodes [--bids-per-s 20000] [--calls-per-s 100] [--duration 20] [--rounds 1]
+                          [--profiles bids,calls,mixed] [--out FILE]
 
 For N = 1 (one node of a market: the seller alone) and N = 2 (the seller and an edge; Locust's
 buyers and publishers spread over both), three Locust runs each, alternated within a round:
@@ -73,13 +74,17 @@ def main() -> None:
     ap.add_argument("--publishers", type=int, default=4)
     ap.add_argument("--campaigns", type=int, default=1000)
     ap.add_argument("--out", default="bench/results/nodes.json")
+    ap.add_argument("--profiles", default="bids,calls,mixed", help="which of the three runs (e.g. calls: the per-call overhead alone)")
     args = ap.parse_args()
+    profiles = set(args.profiles.split(","))
     base = Path(f"/tmp/bench-nodes-{time.strftime('%Y%m%dT%H%M%S')}")
     rows: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for nodes in ((1, 2) if r % 2 == 0 else (2, 1)):
             for kind, bids, calls in (("bids", args.bids_per_s, 0.0), ("calls", 0.0, args.calls_per_s),
                                       ("mixed", args.bids_per_s, args.calls_per_s)):
+                if kind not in profiles:
+                    continue
                 rows.append({"round": r, "profile": kind, **one(nodes, bids, calls, args, base / f"r{r}-n{nodes}-{kind}")})
 
     def total(row: dict[str, Any], key: str) -> float | None:

@@ -1,6 +1,7 @@
 """Server CPU per request type, against a bare Starlette/uvicorn endpoint in the same run.
 
     python -m bench.requests [--n 600] [--rounds 5] [--sqlite-sync full|normal] [--out FILE]
+    EXCHANGE_REDIS_URL=redis://... python -m bench.requests --nodes 1|2 --database-url postgresql://...
 
 Two servers run as child processes with the same uvicorn settings (uvloop, httptools, no access
 log): the exchange (``python -m exchange serve``, embedded SQLite store) and a bare Starlette app
@@ -23,6 +24,13 @@ whose share of an acknowledged event is mostly SQLite's commit and, by default, 
 ``--sqlite-sync normal`` shows the rest). Medians over rounds; JSON out. Targets (issue 11):
 a call <= 1.5x bare, an event
 <= 1.5x, a lifecycle <= 5x.
+
+``--nodes 2`` (issue 12: what an edge's forwarding costs): the exchange is two nodes of one
+market (``loadtest.cluster``: a seller and an edge, on ``--database-url`` PostgreSQL and
+``EXCHANGE_REDIS_URL``), the buyer's socket on the seller, and the calls, events and ``/healthz``
+are sent to the edge; a type's figure is both processes' CPU together (``by thread`` splits it
+by node: ``seller.main``, ``edge.main`` ...). ``--nodes 1``: the seller alone, the same way
+(a market of one node on the same stores): the figures to divide by.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-from loadtest.target import Target, child_env, free_port, proc_cpu_s, start_exchange
+from loadtest.cluster import start_nodes
+from loadtest.target import Target, child_env, free_port, start_exchange
 
 TYPES = ("bare", "healthz", "call_rejected", "call_routed", "event_connected", "event_completed")
 TARGETS = {"call_rejected": 1.5, "call_routed": 1.5, "event_connected": 1.5, "event_completed": 1.5, "lifecycle": 5.0}
@@ -122,6 +131,11 @@ def drain_notices(url: str, key: str, stop: threading.Event, seen: list[int]) ->
                 continue
 
 
+def nodes_cpu_ns(pids: dict[str, int]) -> dict[str, int]:
+    """``thread_cpu_ns`` of several processes, named ``process.thread``."""
+    return {f"{name}.{t}": ns for name, pid in pids.items() for t, ns in thread_cpu_ns(pid).items()}
+
+
 def thread_cpu_ns(pid: int) -> dict[str, int]:
     """CPU nanoseconds of each thread of ``pid`` by name (``/proc/PID/task/*/schedstat``: exact,
     where ``/proc/PID/stat`` counts in 10 ms ticks): the event loop is ``main``, the store's
@@ -137,35 +151,28 @@ def thread_cpu_ns(pid: int) -> dict[str, int]:
     return out
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU nanoseconds of every thread of ``pid``; falls back to ``/proc/PID/stat`` ticks."""
-    threads = thread_cpu_ns(pid)
-    if not threads:
-        cpu = proc_cpu_s(pid)
-        assert cpu is not None, "a server died"
-        return int(cpu * 1e9)
-    return sum(threads.values())
-
-
 SPLIT: dict[str, dict[str, float]] = {}  # request type -> thread -> CPU µs per request (last round)
 
 
-def measure(pid: int, run, name: str = "", n: int = 1) -> float:
-    """CPU seconds of ``pid`` spent on ``run()`` and the writes it left (the writer drains in ms)."""
+def measure(pid: int | dict[str, int], run, name: str = "", n: int = 1) -> float:
+    """CPU seconds of ``pid`` (or of each process of a dict, together) spent on ``run()`` and
+    the writes it left (the writer drains in ms)."""
+    pids = pid if isinstance(pid, dict) else None
     time.sleep(0.3)
-    before, threads = cpu_ns(pid), thread_cpu_ns(pid)
+    threads = nodes_cpu_ns(pids) if pids else thread_cpu_ns(pid)  # type: ignore[arg-type]
     run()
     time.sleep(0.3)
-    after = thread_cpu_ns(pid)
+    after = nodes_cpu_ns(pids) if pids else thread_cpu_ns(pid)  # type: ignore[arg-type]
     SPLIT[name] = {k: (v - threads.get(k, 0)) / n / 1e3 for k, v in after.items() if v - threads.get(k, 0) > 0}
-    return (cpu_ns(pid) - before) / 1e9
+    return (sum(after.values()) - sum(threads.values())) / 1e9
 
 
 def one_round(ex: Target, bare_port: int, bare_pid: int, pub_key: str, n: int, round_no: int) -> dict[str, float]:
-    port = int(ex.base.rsplit(":", 1)[1])
+    front = ex.edges[0] if ex.edges else ex  # --via-edge: the requests go to the edge
+    port = int(front.base.rsplit(":", 1)[1])
     bare, pub, health = Http(bare_port), Http(port, pub_key), Http(port)
-    ex_pid = ex.pid
-    assert ex_pid is not None
+    assert ex.pid is not None and front.pid is not None
+    ex_pid: int | dict[str, int] = {"seller": ex.pid, "edge": front.pid} if ex.edges else ex.pid
     ids: list[str] = []
     callers = [f"+1212{300 + round_no % 600}{i % 10_000:04d}" for i in range(n)]  # a new consumer each: no repeat caller
 
@@ -215,11 +222,15 @@ def main() -> int:
     ap.add_argument("--sqlite-sync", choices=("full", "normal"), default="full",
                     help="the embedded store's fsync policy (full, the default: every commit is fsynced)")
     ap.add_argument("--database-url", help="another store (postgresql://...): its server's CPU is not counted")
+    ap.add_argument("--nodes", type=int, choices=(1, 2), help="a market of N nodes (PostgreSQL and EXCHANGE_REDIS_URL); 2: requests sent to the edge")
     args = ap.parse_args()
 
     bare_proc, bare_port = start_bare()
     url = args.database_url or f"sqlite:///exchange.db?synchronous={args.sqlite_sync}"
-    ex = start_exchange(Path("bench/results/requests-exchange.log"), {"EXCHANGE_DATABASE_URL": url})
+    if args.nodes:
+        ex = start_nodes(args.nodes, Path("bench/results/requests-nodes"), {"EXCHANGE_DATABASE_URL": url})
+    else:
+        ex = start_exchange(Path("bench/results/requests-exchange.log"), {"EXCHANGE_DATABASE_URL": url})
     stop, seen = threading.Event(), [0]
     try:
         buyer = json.loads(ex._post("/v1/accounts", {"kind": "buyer", "name": "bench buyer"}))
@@ -251,7 +262,7 @@ def main() -> int:
         f"{k} " + ", ".join(f"{t} {v:,.0f}" for t, v in sorted(th.items(), key=lambda x: -x[1])) for k, th in SPLIT.items()))
     print(f"  notices read by the buyer: {seen[0]:,}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"bench": "requests", "n": args.n, "database_url": url.split("@")[-1], "rounds": rounds, "median_cpu_us": med,
+    args.out.write_text(json.dumps({"bench": "requests", "n": args.n, "database_url": url.split("@")[-1], "nodes": args.nodes, "rounds": rounds, "median_cpu_us": med,
                                     "median_ratio_to_bare": ratios, "targets": TARGETS,
                                     "by_thread_last_round_us": SPLIT}, indent=2))
     print(f"wrote {args.out}")

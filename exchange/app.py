@@ -14,6 +14,8 @@ from starlette.routing import Route, WebSocketRoute
 from . import audit_api, compliance_api, dashboard, events_api, http, pings_api, privacy_api, reports_api, webhooks_api
 from .callpath import CallPath
 from .gateway import buyer_socket, publisher_socket
+from .nodelink import LinkServer
+from .nodes import NodeRefused
 from .errors import Refused
 from .openapi import openapi
 from .service import Exchange
@@ -28,11 +30,23 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await ex.start()
+        link = None
+        if ex.node is not None:  # a node of a market listens for its edges' calls (exchange.nodelink)
+            link = LinkServer(ex, closing[0])
+            try:
+                ex.node.announce_link(await link.start(settings.host, settings.link_port))
+            except OSError as exc:
+                raise NodeRefused(f"node {ex.node.id!r}: cannot listen for its edges on {settings.host}:{settings.link_port} "
+                                  f"(EXCHANGE_LINK_PORT): {exc}") from exc
         try:
-            yield
+            await ex.start()
+            try:
+                yield
+            finally:
+                await ex.stop()
         finally:
-            await ex.stop()
+            if link is not None:
+                await link.stop()
             for path in closing:  # an edge's pool to its seller
                 if path.forward is not None:
                     await path.forward.close()

@@ -2,8 +2,8 @@
 
 An edge decides no call and holds no market-wide memory of money or calls, so every HTTP
 request it gets (but ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``) goes to the
-seller: one extra HTTP hop on loopback or the LAN, with the body streamed (a DNC upload is not
-held in the edge's memory) and the answer passed back as it came (status, JSON or CSV body,
+seller: one extra HTTP hop on loopback or the LAN (calls and events: a frame on the call link,
+``exchange.nodelink``), with the body streamed (a DNC upload is not held in the edge's memory) and the answer passed back as it came (status, JSON or CSV body,
 ``Retry-After``, ``WWW-Authenticate``). The key is checked here first, with the same
 per-address limit of failed attempts as everywhere (an account made at the seller since this
 edge started is read from the store): an unknown key never reaches the seller, whose own
@@ -24,6 +24,7 @@ import aiohttp
 
 from .errors import Refused, Unavailable
 from .access import AUTHENTICATED, check_key, limits_of
+from .nodelink import EdgeLink, carried
 
 if TYPE_CHECKING:
     from .service import Exchange
@@ -40,11 +41,12 @@ class Forwarder:
     """One keep-alive pool to the seller (aiohttp: its C parser; httpx's pure-Python engine cost an
     edge about as much CPU per forwarded call as the seller spent deciding it, ``bench.nodes``)."""
 
-    __slots__ = ("ex", "_client")
+    __slots__ = ("ex", "_client", "link")
 
     def __init__(self, ex: Exchange) -> None:
         self.ex = ex
         self._client: aiohttp.ClientSession | None = None
+        self.link: EdgeLink | None = None  # calls and events go over one socket (exchange.nodelink)
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -78,11 +80,20 @@ class Forwarder:
         if base is None:
             raise Unavailable("not_seller", "no seller is known for this market now: retry", retry_after_s=1)
         query = scope.get("query_string", b"")
-        url = base + scope["path"] + (("?" + query.decode("latin-1")) if query else "")
+        method, path = scope["method"], scope["path"]
+        body = await _body(receive)
+        if carried(method, path) and not isinstance(body, AsyncIterator):
+            if self.link is None:
+                self.link = EdgeLink(ex)
+            answer = await self.link.request(method, path, query, headers, body or b"", host)
+            if answer is not None:
+                ex.metrics.node_link_requests += 1
+                return answer
+        url = base + path + (("?" + query.decode("latin-1")) if query else "")
         headers.append((b"x-forwarded-for", host.encode()))
         sent = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k != b"content-length"}
         try:
-            async with self.client.request(scope["method"], url, headers=sent, data=await _body(receive), allow_redirects=False) as r:
+            async with self.client.request(method, url, headers=sent, data=body, allow_redirects=False) as r:
                 body = await r.read()
                 out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in r.headers.items() if k.lower() in ANSWER_HEADERS]
                 return r.status, out, body
@@ -92,6 +103,8 @@ class Forwarder:
                               retry_after_s=1) from None
 
     async def close(self) -> None:
+        if self.link is not None:
+            await self.link.close()
         if self._client is not None:
             await self._client.close()
 

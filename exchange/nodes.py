@@ -165,7 +165,7 @@ class Node:
         self.adopted = bool(adopt)
         token = adopt or secrets.token_hex(8)
         self.token = token
-        self.info = {"node": self.id, "host": settings.host, "port": settings.port, "pid": os.getpid()}
+        self.info: dict[str, object] = {"node": self.id, "host": settings.host, "port": settings.port, "pid": os.getpid()}
         info = json.dumps(self.info)
         ttl = settings.node_lease_ms
         self.lease = Lease(self.client, f"{self.market}:node:{self.id}", token, info, ttl)
@@ -173,6 +173,7 @@ class Node:
         self.selling = False
         self.seller_info: dict[str, object] | None = None  # the seller's address, for the refusals of an edge
         self.epoch = 0  # the seller's epoch in the database (Store.take_seller), once selling
+        self.link_secret = ""  # what an edge presents on its link to the seller (exchange.nodelink): the market's, from Redis
         # an edge that took the vacant seller's lease calls this once: its process is replaced by a seller (exchange.server)
         self.on_vacant: Callable[[], None] | None = None
         # a seller whose lease another process took (Redis restarted, or this one stalled past its
@@ -184,6 +185,13 @@ class Node:
 
     def key(self, *parts: str) -> str:
         return ":".join((self.market, *parts))
+
+    def announce_link(self, port: int) -> None:
+        """The port of this node's link listener (exchange.nodelink), in its leases: before ``join``."""
+        self.info["link"] = port
+        info = json.dumps(self.info)
+        for lease in (self.lease, self.seller):
+            lease.value = lease.prefix + info
 
     # ------------------------------------------------------------------ joining and leaving
     async def join(self) -> None:
@@ -210,6 +218,9 @@ class Node:
             raise NodeRefused(
                 f"node id {self.id!r} is already alive in market {self.market!r} ({_where(other)}): start this node "
                 f"with another EXCHANGE_NODE_ID, or stop that one (a dead node's lease lapses within {max(ttl, 0)} ms)")
+        # the secret an edge presents on its call link to the seller: whoever can read the market's Redis is of it
+        await self.client.set(self.key("link"), secrets.token_urlsafe(32), nx=True)
+        self.link_secret = _text(await self.client.get(self.key("link")))
         self.selling = await self.seller.take() or (self.adopted and await self.seller.renew())
         if self.selling:  # fence the previous seller out of the ledger before anything is read from it
             self.epoch = await self.store.take_seller(self.market, self.id, time_ns())

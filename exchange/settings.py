@@ -22,6 +22,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     market: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "dce"
     node_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
     node_lease_ms: Annotated[int, Meta(ge=300, le=60_000)] = 3_000
+    link_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # a node's listener for its edges' calls (exchange.nodelink); 0: any free port
     compliance_dir: str | None = None  # DNC files and the compliance journal; unset: a private temporary directory
     max_dnc_upload_bytes: Annotated[int, Meta(ge=1)] = 8 << 30  # POST /v1/dnc/* request bodies
     pricing: Literal["first", "second"] = "first"

@@ -32,7 +32,7 @@ def build_app(settings: Settings, exchange: Exchange | None = None) -> CallPath:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         link = None
         if ex.node is not None:  # a node of a market listens for its edges' calls (exchange.nodelink)
-            link = LinkServer(ex, closing[0])
+            link = ex.link_server = LinkServer(ex, closing[0])
             try:
                 ex.node.announce_link(await link.start(settings.host, settings.link_port))
             except OSError as exc:

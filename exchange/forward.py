@@ -24,7 +24,7 @@ import aiohttp
 
 from .errors import Refused, Unavailable
 from .access import AUTHENTICATED, check_key, limits_of
-from .nodelink import EdgeLink, carried
+from .nodelink import carried
 
 if TYPE_CHECKING:
     from .service import Exchange
@@ -41,12 +41,11 @@ class Forwarder:
     """One keep-alive pool to the seller (aiohttp: its C parser; httpx's pure-Python engine cost an
     edge about as much CPU per forwarded call as the seller spent deciding it, ``bench.nodes``)."""
 
-    __slots__ = ("ex", "_client", "link")
+    __slots__ = ("ex", "_client")
 
     def __init__(self, ex: Exchange) -> None:
         self.ex = ex
         self._client: aiohttp.ClientSession | None = None
-        self.link: EdgeLink | None = None  # calls and events go over one socket (exchange.nodelink)
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -82,10 +81,9 @@ class Forwarder:
         query = scope.get("query_string", b"")
         method, path = scope["method"], scope["path"]
         body = await _body(receive)
-        if carried(method, path) and not isinstance(body, AsyncIterator):
-            if self.link is None:
-                self.link = EdgeLink(ex)
-            answer = await self.link.request(method, path, query, headers, body or b"", host)
+        link = ex.link.calls if ex.link is not None else None  # calls and events: the call link (exchange.nodelink)
+        if link is not None and carried(method, path) and not isinstance(body, AsyncIterator):
+            answer = await link.request(method, path, query, headers, body or b"", host)
             if answer is not None:
                 ex.metrics.node_link_requests += 1
                 return answer
@@ -103,8 +101,6 @@ class Forwarder:
                               retry_after_s=1) from None
 
     async def close(self) -> None:
-        if self.link is not None:
-            await self.link.close()
         if self._client is not None:
             await self._client.close()
 

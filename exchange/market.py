@@ -50,6 +50,7 @@ from .accounts import Account
 from .bookstore import campaign_of
 from .ids import BuyerId
 from .messages import Error, NoBid, RtbBid, exchange_json, json_encoder
+from .nodelink import EdgeLink
 from .nodes import Node
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class MarketLink:
         self.dropped = self.published = self.received = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: aioredis.client.PubSub | None = None
+        self.calls: EdgeLink | None = None  # an edge's call link to the seller (exchange.nodelink), notices both ways too
 
     def key(self, *parts: str) -> str:
         return self.node.key(*parts)
@@ -110,11 +112,16 @@ class MarketLink:
         self._tasks = [asyncio.create_task(self._read(sub), name="market-read"),
                        asyncio.create_task(self._write(), name="market-write"),
                        asyncio.create_task(self._keep(), name="market-keep")]
+        if not self.node.selling:
+            self.calls = EdgeLink(self.ex, self.deliver)
+            self._tasks.append(asyncio.create_task(self.calls.keep(), name="node-link-keep"))
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.calls is not None:
+            await self.calls.close()
         if not self.node.selling:
             try:
                 await self.client.delete(self.key("presence", self.node.id))
@@ -135,7 +142,11 @@ class MarketLink:
         return True
 
     def to_edge(self, node: str, buyer: str, msg: object) -> bool:
-        return self._put(self.key("to", node), buyer.encode() + b" " + json_encoder.encode(msg))
+        raw = json_encoder.encode(msg)
+        server = self.ex.link_server  # the edge's call link when it is open, else Redis
+        if server is not None and server.to_edge(node, buyer, raw):
+            return True
+        return self._put(self.key("to", node), buyer.encode() + b" " + raw)
 
     def presence(self, buyer: str, sockets: int) -> None:
         """An edge: its count of ``buyer``'s open sockets changed (the hash first, then the notice)."""
@@ -143,8 +154,10 @@ class MarketLink:
         self._put(self.key("presence"), f"{self.node.id} {buyer} {sockets}".encode())
 
     def answer(self, buyer: str, msg: RtbBid | NoBid) -> None:
-        """An edge: a buyer's answer to a bid request, for the seller's round."""
-        self._put(self.key("answers"), f"{self.node.id} {buyer} ".encode() + json_encoder.encode(msg))
+        """An edge: a buyer's answer to a bid request, for the seller's round (on the call link when open)."""
+        raw = json_encoder.encode(msg)
+        if self.calls is None or not self.calls.answer(buyer, raw):
+            self._put(self.key("answers"), f"{self.node.id} {buyer} ".encode() + raw)
 
     def book_saved(self, specs: list[tuple[str, str]], prices: list[tuple[str, str, int, bool]], at_ns: int) -> None:
         """An edge: its book store saved these changes."""
@@ -199,7 +212,6 @@ class MarketLink:
                     await self._refresh()  # what was missed meanwhile
 
     async def _on(self, channel: str, data: bytes) -> None:
-        ex = self.ex
         if channel == self.key("book"):
             await self._book(msgspec.json.decode(data, type=BookNotice))
         elif channel == self.key("presence"):
@@ -207,17 +219,24 @@ class MarketLink:
             if node != self.node.id:
                 self._present(buyer, node, int(n))
         elif channel == self.key("answers"):
-            head, raw = data.split(b" ", 2)[:2], data.split(b" ", 2)[2]
-            node, buyer = head[0].decode(), head[1].decode()
-            refused = ex.rtb.answer(BuyerId(buyer), _answer(raw))
-            remote = self.remote.get((buyer, node))
-            if refused is not None and remote is not None:
-                remote.send(Error(code=refused.code, message=str(refused), path=refused.path))
+            origin, who, raw = data.split(b" ", 2)
+            self.rtb_answer(origin.decode(), who.decode(), raw)
         else:  # to this edge: a notice or bid request for a buyer's oldest socket here
             to, _, raw = data.partition(b" ")
-            conns = ex.rtb.buyers.get(to.decode())
-            if conns:
-                conns[0].send(exchange_json.decode(raw))
+            self.deliver(to.decode(), raw)
+
+    def rtb_answer(self, node: str, buyer: str, raw: bytes) -> None:
+        """The seller: an RTB answer from a buyer on an edge, to its round (a refusal goes back)."""
+        refused = self.ex.rtb.answer(BuyerId(buyer), _answer(raw))
+        remote = self.remote.get((buyer, node))
+        if refused is not None and remote is not None:
+            remote.send(Error(code=refused.code, message=str(refused), path=refused.path))
+
+    def deliver(self, buyer: str, raw: bytes) -> None:
+        """An edge: a notice or bid request from the seller, to the buyer's oldest socket here."""
+        conns = self.ex.rtb.buyers.get(buyer)
+        if conns:
+            conns[0].send(exchange_json.decode(raw))
 
     # ------------------------------------------------------------------ the seller's view
     def _present(self, buyer: str, node: str, sockets: int) -> None:

@@ -77,6 +77,7 @@ class Metrics:
         self.ws_idle_closed = 0  # sockets closed (1001) after idle_timeout_s of silence
         self.http_unauth_refused = 0  # connections refused (429): their address held too many without a valid key
         self.node_link_requests = 0  # an edge's calls and events answered over its link to the seller (exchange.nodelink)
+        self.node_link_notices = 0  # notices and bid requests (seller) or RTB answers (edge) sent over the link, not Redis
         self.decision_us = Histogram(DECISION_BUCKETS_US)
         self.gc_pause_us = Histogram(DECISION_BUCKETS_US, window=10_000)  # the collector's pauses (gcpolicy.watch)
         self.gc_collections = [0, 0, 0]  # by generation
@@ -122,6 +123,9 @@ class Metrics:
         metric("exchange_node_link_requests_total", "counter",
                "An edge's calls and events sent to its seller over the node link (the rest of its API goes over HTTP).",
                [("", self.node_link_requests)])
+        metric("exchange_node_link_notices_total", "counter",
+               "Sent over the node link instead of Redis: a seller's notices and bid requests to buyers on edges, an edge's RTB answers.",
+               [("", self.node_link_notices)])
         metric("exchange_connections", "gauge", "Open WebSocket connections by role.",
                [('{role="buyer"}', self.buyer_connections), ('{role="publisher"}', self.publisher_connections)])
         for name, value in sorted(gauges.items()):

@@ -14,20 +14,30 @@ body it produced; the edge answers its client with them, as it does an HTTP forw
 
 Every node listens (``EXCHANGE_LINK_PORT`` on ``EXCHANGE_HOST``; 0, the default, lets the system
 choose) and puts the port in its lease, beside its HTTP address; only a seller serves requests.
-A connection's first frame is the market's link secret (a random token the first node put in the
-market's Redis: whoever can read that is of the market); the seller answers ``ok`` or closes it.
+An edge opens the link as soon as it knows its seller and keeps it open. A connection's first
+frame is ``[secret, node]``: the market's link secret (a random token the first node put in the
+market's Redis: whoever can read that is of the market) and the edge's node id; the seller
+answers ``ok`` or closes it.
+
+The link also carries what the market's Redis channels carry between the seller and that edge
+(``exchange.market``): the seller's notices and bid requests for the edge's buyers, and their
+RTB answers back, a frame per turn of the loop instead of a ``PUBLISH`` each; while the link is
+down they go over Redis as before.
 
 Frames: a 4-byte big-endian length, then a MessagePack array:
 
-- edge -> seller: ``[[rid, method, path, query, headers, body, client_host], ...]`` with
-  ``headers`` as ``[[name, value], ...]`` (bytes, lower-case names);
-- seller -> edge: ``[[rid, status, headers, body], ...]``.
+- edge -> seller: ``[requests, answers]``: ``requests`` as ``[[rid, method, path, query,
+  headers, body, client_host], ...]`` with ``headers`` as ``[[name, value], ...]`` (bytes,
+  lower-case names); ``answers`` (RTB) as ``[[buyer, message JSON], ...]``;
+- seller -> edge: ``[answers, notices]``: ``answers`` as ``[[rid, status, headers, body], ...]``,
+  ``notices`` as ``[[buyer, message JSON], ...]``.
 
 A request whose body does not fit a frame's share (``BODY_MAX``), or any request while the link
 cannot be opened (for a second after a failed attempt, or while the seller announces no link
 port), goes over HTTP as before. A request in flight when the link drops is answered 503
 ``seller_unreachable``, like an HTTP forward whose connection failed: the seller may have applied
-it, and an ``Idempotency-Key`` makes its retry safe.
+it, and an ``Idempotency-Key`` makes its retry safe. Notices are fire-and-forget on either path
+(a lost one costs a buyer a message, not money: the call and its charge are the seller's).
 """
 
 from __future__ import annotations
@@ -63,9 +73,11 @@ IN_FLIGHT_PAUSE = 4096  # a seller stops reading a connection with this many req
 Headers = list[tuple[bytes, bytes]]
 Request = tuple[int, str, str, bytes, list[tuple[bytes, bytes]], bytes, str]
 Answer = tuple[int, int, list[tuple[bytes, bytes]], bytes]
+Notice = tuple[str, bytes]  # (buyer, message JSON): a notice or bid request, or (edge -> seller) an RTB answer
 _encode = msgspec.msgpack.Encoder().encode
-_requests = msgspec.msgpack.Decoder(list[Request]).decode
-_answers = msgspec.msgpack.Decoder(list[Answer]).decode
+_to_seller = msgspec.msgpack.Decoder(tuple[list[Request], list[Notice]]).decode
+_to_edge = msgspec.msgpack.Decoder(tuple[list[Answer], list[Notice]]).decode
+_hello = msgspec.msgpack.Decoder(tuple[str, str]).decode
 _JSON = (b"content-type", b"application/json")
 
 
@@ -76,6 +88,12 @@ def carried(method: str, path: str) -> bool:
 
 def frame(payload: bytes) -> bytes:
     return LENGTH.pack(len(payload)) + payload
+
+
+def frames_of(items: list[Any], notices: list[Notice]) -> list[bytes]:
+    """``[items, notices]`` frames, at most ``FRAME_REQUESTS`` of each in one."""
+    n = max(len(items), len(notices))
+    return [frame(_encode((items[i:i + FRAME_REQUESTS], notices[i:i + FRAME_REQUESTS]))) for i in range(0, max(n, 1), FRAME_REQUESTS)]
 
 
 class Frames:
@@ -108,12 +126,12 @@ class Frames:
 
 # ---------------------------------------------------------------- the edge's side
 class EdgeLink:
-    """The edge's one connection to the seller, opened on first use and again after it drops."""
+    """The edge's one connection to the seller, kept open (``keep``) and opened again after it drops."""
 
-    __slots__ = ("ex", "where", "proto", "failed_at", "opening")
+    __slots__ = ("ex", "on_notice", "where", "proto", "failed_at", "opening")
 
-    def __init__(self, ex: Exchange) -> None:
-        self.ex = ex
+    def __init__(self, ex: Exchange, on_notice: Callable[[str, bytes], None]) -> None:
+        self.ex, self.on_notice = ex, on_notice
         self.where: tuple[str, int] | None = None
         self.proto: _EdgeProtocol | None = None
         self.failed_at = -RETRY_AFTER_FAILED_S
@@ -128,6 +146,21 @@ class EdgeLink:
         if proto is None:
             return None
         return await proto.request(method, path, query, headers, body, host)
+
+    def answer(self, buyer: str, raw: bytes) -> bool:
+        """An RTB answer for the seller's round, if the link is open (False: send it over Redis)."""
+        proto = self.proto
+        if proto is None or not proto.open or self.where != self._seller():
+            return False
+        proto.notice(buyer, raw)
+        self.ex.metrics.node_link_notices += 1
+        return True
+
+    async def keep(self) -> None:
+        """Open the link whenever the seller is known and it is not open (every second)."""
+        while True:
+            await self._open()
+            await asyncio.sleep(RETRY_AFTER_FAILED_S)
 
     def _seller(self) -> tuple[str, int] | None:
         node = self.ex.node
@@ -154,12 +187,12 @@ class EdgeLink:
                 proto.close()
             self.proto = None
             node = self.ex.node
-            secret = (node.link_secret if node is not None else "").encode()
+            hello = _encode((node.link_secret, node.id)) if node is not None else b""
             got: _EdgeProtocol | None = None
             try:
                 async with asyncio.timeout(OPEN_TIMEOUT_S):
-                    _, got = await asyncio.get_running_loop().create_connection(_EdgeProtocol, *where)
-                    got.transport.write(frame(secret))  # type: ignore[union-attr]
+                    _, got = await asyncio.get_running_loop().create_connection(lambda: _EdgeProtocol(self.on_notice), *where)
+                    got.transport.write(frame(hello))  # type: ignore[union-attr]
                     await got.ready
             except (OSError, TimeoutError, ConnectionError) as exc:
                 if got is not None:
@@ -182,13 +215,15 @@ class EdgeLink:
 
 
 class _EdgeProtocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, on_notice: Callable[[str, bytes], None]) -> None:
+        self.on_notice = on_notice
         self.transport: asyncio.Transport | None = None
         self.frames = Frames(MAX_FRAME)
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.open = False
         self.pending: dict[int, asyncio.Future[tuple[int, Headers, bytes]]] = {}
         self.queue: list[Request] = []
+        self.notices: list[Notice] = []
         self.next_id = 0
         self.flushing = False
 
@@ -203,9 +238,7 @@ class _EdgeProtocol(asyncio.Protocol):
         fut: asyncio.Future[tuple[int, Headers, bytes]] = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
         self.queue.append((rid, method, path, query, headers, body, host))
-        if not self.flushing:  # the requests of this turn of the loop go in one frame
-            self.flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._later()
         try:
             async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 return await fut
@@ -214,17 +247,27 @@ class _EdgeProtocol(asyncio.Protocol):
         finally:
             self.pending.pop(rid, None)
 
+    def notice(self, buyer: str, raw: bytes) -> None:
+        self.notices.append((buyer, raw))
+        self._later()
+
+    def _later(self) -> None:
+        if not self.flushing:  # what this turn of the loop queues goes in one frame
+            self.flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self.flushing = False
         queue, self.queue = self.queue, []
+        notices, self.notices = self.notices, []
         if self.transport is None or not self.open:
             return
-        self.transport.writelines([frame(_encode(queue[i:i + FRAME_REQUESTS])) for i in range(0, len(queue), FRAME_REQUESTS)])
+        self.transport.writelines(frames_of(queue, notices))
 
     def data_received(self, data: bytes) -> None:
         frames = self.frames.feed(data)
         if frames is None:
-            log.warning("node_link_bad_frame", extra={"error": "an answer frame over the limit"})
+            log.warning("node_link_bad_frame", extra={"error": "a frame over the limit"})
             self.close()
             return
         for payload in frames:
@@ -237,7 +280,7 @@ class _EdgeProtocol(asyncio.Protocol):
                 self.close()
                 return
             try:
-                answers = _answers(payload)
+                answers, notices = _to_edge(payload)
             except msgspec.DecodeError as exc:
                 log.warning("node_link_bad_frame", extra={"error": str(exc)})
                 self.close()
@@ -247,6 +290,11 @@ class _EdgeProtocol(asyncio.Protocol):
                 fut = pending.get(rid)
                 if fut is not None and not fut.done():
                     fut.set_result((status, headers, body))
+            for buyer, raw in notices:
+                try:
+                    self.on_notice(buyer, raw)
+                except Exception:  # a bad notice must not stop the link
+                    log.exception("node_link_notice_failed")
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Gone: every request sent and not answered gets a 503."""
@@ -281,14 +329,24 @@ class LinkServer:
         self.ex, self.app = ex, app
         self.server: asyncio.Server | None = None
         self.conns: set[_SellerProtocol] = set()
+        self.edges: dict[str, _SellerProtocol] = {}  # node id -> its open link
+
+    def to_edge(self, node: str, buyer: str, raw: bytes) -> bool:
+        """A notice for a buyer on that edge, if its link is open (False: send it over Redis)."""
+        conn = self.edges.get(node)
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return False
+        conn.notice(buyer, raw)
+        self.ex.metrics.node_link_notices += 1
+        return True
 
     async def start(self, host: str, port: int) -> int:
         self.server = await asyncio.get_running_loop().create_server(lambda: _SellerProtocol(self), host, port)
         return int(self.server.sockets[0].getsockname()[1])
 
-    def secret_ok(self, given: bytes) -> bool:
+    def secret_ok(self, given: str) -> bool:
         node = self.ex.node
-        return bool(node is not None and node.selling and node.link_secret and hmac.compare_digest(given, node.link_secret.encode()))
+        return bool(node is not None and node.selling and node.link_secret and hmac.compare_digest(given.encode(), node.link_secret.encode()))
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -303,9 +361,10 @@ class _SellerProtocol(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.frames = Frames(HELLO_MAX)
-        self.authed = False
+        self.node = ""  # the edge's id, from its first frame
         self.closed = asyncio.get_running_loop().create_future()
         self.answers: list[Answer] = []
+        self.notices: list[Notice] = []
         self.flushing = False
         self.running = 0
         self.paused = False
@@ -321,21 +380,36 @@ class _SellerProtocol(asyncio.Protocol):
             self.close()
             return
         for payload in frames:
-            if not self.authed:
-                if not self.server.secret_ok(payload):
+            if not self.node:
+                try:
+                    secret, node = _hello(payload)
+                except msgspec.DecodeError:
+                    secret, node = "", ""
+                if not node or not self.server.secret_ok(secret):
                     log.warning("node_link_refused", extra={"peer": str(self.transport.get_extra_info("peername") if self.transport else "")})
                     self.close()
                     return
-                self.authed = True
+                self.node = node
+                old = self.server.edges.get(node)
+                self.server.edges[node] = self
+                if old is not None:
+                    old.close()
                 self.frames.limit = MAX_FRAME
                 self.transport.write(frame(OK))  # type: ignore[union-attr]
                 continue
             try:
-                requests = _requests(payload)
+                requests, answers = _to_seller(payload)
             except msgspec.DecodeError as exc:
                 log.warning("node_link_bad_frame", extra={"error": str(exc)})
                 self.close()
                 return
+            market = self.server.ex.link
+            for buyer, raw in answers:
+                try:
+                    if market is not None:
+                        market.rtb_answer(self.node, buyer, raw)
+                except Exception:  # a bad answer must not stop the link
+                    log.exception("node_link_answer_failed")
             for request in requests:
                 self.running += 1
                 asyncio.ensure_future(self._one(request))
@@ -378,19 +452,29 @@ class _SellerProtocol(asyncio.Protocol):
                 self.paused = False
                 self.transport.resume_reading()
         self.answers.append(answer)
-        if not self.flushing:  # the answers of this turn of the loop go in one frame
+        self._later()
+
+    def notice(self, buyer: str, raw: bytes) -> None:
+        self.notices.append((buyer, raw))
+        self._later()
+
+    def _later(self) -> None:
+        if not self.flushing:  # what this turn of the loop queues goes in one frame
             self.flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flushing = False
         answers, self.answers = self.answers, []
+        notices, self.notices = self.notices, []
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.writelines([frame(_encode(answers[i:i + FRAME_REQUESTS])) for i in range(0, len(answers), FRAME_REQUESTS)])
+        self.transport.writelines(frames_of(answers, notices))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
+        if self.node and self.server.edges.get(self.node) is self:
+            del self.server.edges[self.node]
         if not self.closed.done():
             self.closed.set_result(None)
 

@@ -37,6 +37,7 @@ from .lifecycle import expire_due
 from .metrics import Metrics
 from .market import MarketLink
 from .messages import NoBid, RtbBid
+from .nodelink import LinkServer
 from .nodes import ADOPT_ENV, Node, refuse_beside_nodes
 from .recovery import recount, restore, retake
 from .privacy import Privacy, Sealer, scrub_call
@@ -77,6 +78,7 @@ class Exchange:
         self.bookstore = BookStore(self.journal.store, self.core, self.clock.now_ns, round_ms, track=bool(settings.node_id),
                                    save_every=max(1, save_ms // round_ms))
         self.link: MarketLink | None = None  # the links to the other nodes of the market (made once the node joined)
+        self.link_server: LinkServer | None = None  # a node's listener for its edges' calls (exchange.nodelink; set by the app)
         self.campaigns_restored = (0, 0)  # (restored, skipped) at start
         self.ready = False
         # an edge that took the vacant seller's lease: set to its leases' token; the server stops and

@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import msgspec
 import redis
 
-from exchange.messages import Ack, Campaign, Win
+from exchange.messages import Ack, BidRequest, Campaign, RtbBid, Win
 from exchange.nodelink import Frames, frame
 from tests.cluster.conftest import REDIS_URL, Market, start_node, submit, until
 from tests.e2e.conftest import stop_server
 from tests.e2e.wsclient import Buyer
 
 
-def linked(server) -> int:
+def linked(server, what: str = "requests") -> int:
     text = server.http.get("/metrics").text
-    return int(next(line.split()[-1] for line in text.splitlines() if line.startswith("exchange_node_link_requests_total ")))
+    return int(next(line.split()[-1] for line in text.splitlines() if line.startswith(f"exchange_node_link_{what}_total ")))
 
 
 def test_an_edge_sends_calls_and_events_over_its_link_and_answers_as_the_seller_does(market: Market) -> None:
@@ -30,15 +31,28 @@ def test_an_edge_sends_calls_and_events_over_its_link_and_answers_as_the_seller_
         _, buyer_key = seller.account("buyer", "linked-buyer", deposit=100_000)
         _, pub_key = seller.account("publisher", "linked-pub")
         auth = {"Authorization": f"Bearer {pub_key}"}
-        b = Buyer(seller.ws_url, buyer_key)
+        b = Buyer(edge.ws_url, buyer_key)  # its notices cross from the seller on the link too
         assert isinstance(b.request(lambda s: Campaign(id="c1", vertical="solar", bid_cents=2500, destination="+18005550199",
                                                        min_duration_s=30, seq=s)), Ack)
+        assert isinstance(b.request(lambda s: Campaign(id="live", vertical="hvac", bid_cents=100, destination="+18005550199",
+                                                       min_duration_s=30, rtb=True, seq=s)), Ack)
         assert linked(edge) == 0
         d = until(lambda: (x := submit(edge, auth, "+14155550121"))["decision"] == "routed" and x, what="a call routed via the edge")
         assert d["route"]["campaign"] == "c1"
         assert b.wait_for(lambda m: isinstance(m, Win) and m.call_id == d["call_id"]).price_cents == 2500
         n = linked(edge)
         assert n >= 1  # every call above went over the link
+        assert linked(seller, "notices") >= 1  # the win, to the buyer on the edge
+
+        rtb_call: dict = {}
+        t = threading.Thread(target=lambda: rtb_call.update(submit(edge, auth, "+14155550125", "hvac")))
+        t.start()
+        q = b.wait_for(lambda m: isinstance(m, BidRequest))  # the seller's bid request, on the link to the edge
+        b.send(RtbBid(request_id=q.request_id, bid_cents=1700))  # the answer, on the link to the seller
+        t.join(10)
+        assert rtb_call["decision"] == "routed" and rtb_call["route"]["campaign"] == "live", rtb_call
+        assert linked(edge, "notices") >= 1
+        n += 1
 
         ev = f"/v1/calls/{d['call_id']}/events"
         r = edge.http.post(ev, json={"event": "connected"}, headers={**auth, "Idempotency-Key": "k-conn"})
@@ -77,12 +91,13 @@ def test_only_a_seller_opens_the_link_and_only_to_the_markets_secret(market: Mar
     client = redis.Redis.from_url(REDIS_URL)
     try:
         secret = client.get(f"{market.name}:link")
+        assert secret
         leases = {n: json.loads(client.get(f"{market.name}:node:{n}").decode().partition("|")[2]) for n in ("s", "e")}
         _, pub_key = seller.account("publisher", "raw-pub")
 
         async def hello(port: int, given: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(frame(given))
+            writer.write(frame(msgspec.msgpack.encode([given.decode(), "x"])))
             try:
                 got = await asyncio.wait_for(reader.read(100), 5)
             except ConnectionError:
@@ -98,13 +113,15 @@ def test_only_a_seller_opens_the_link_and_only_to_the_markets_secret(market: Mar
             assert got == frame(b"ok")
             call = json.dumps({"caller": "+14155550131", "vertical": "solar"}).encode()
             headers = [[b"authorization", f"Bearer {pub_key}".encode()], [b"content-type", b"application/json"]]
-            writer.write(frame(msgspec.msgpack.encode([[7, "POST", "/v1/calls", b"", headers, call, "10.9.8.7"],
-                                                       [8, "POST", "/v1/calls", b"", headers, b"{", "10.9.8.7"]])))
+            writer.write(frame(msgspec.msgpack.encode([[[7, "POST", "/v1/calls", b"", headers, call, "10.9.8.7"],
+                                                        [8, "POST", "/v1/calls", b"", headers, b"{", "10.9.8.7"]], []])))
             got_answers: dict[int, tuple] = {}
             frames = Frames(1 << 20)
             while len(got_answers) < 2:
                 for payload in frames.feed(await asyncio.wait_for(reader.read(65536), 5)) or []:
-                    for rid, status, _, body in msgspec.msgpack.decode(payload):
+                    answers, notices = msgspec.msgpack.decode(payload)
+                    assert notices == []
+                    for rid, status, _, body in answers:
                         got_answers[rid] = (status, json.loads(body))
             assert got_answers[7][0] == 200 and got_answers[7][1]["reason"] == "no_eligible_bid"
             assert got_answers[8][0] == 422 and got_answers[8][1]["error"]["code"] == "malformed_json"

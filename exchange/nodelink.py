@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import monotonic
@@ -84,6 +85,24 @@ _JSON = (b"content-type", b"application/json")
 def carried(method: str, path: str) -> bool:
     """Whether a request goes over the link: a call or a call's event."""
     return method == "POST" and (path == "/v1/calls" or (path.startswith("/v1/calls/") and path.endswith("/events")))
+
+
+def _watch(transport: asyncio.BaseTransport) -> None:
+    """A peer gone without a word (its host down, a partition) closes the connection within
+    ~10 s, so requests in flight get their 503 and the edge opens the link again: data unacknowledged
+    for ``TCP_USER_TIMEOUT``, or an idle connection's keepalive probes unanswered."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for level, name, value in ((socket.SOL_SOCKET, "SO_KEEPALIVE", 1), (socket.IPPROTO_TCP, "TCP_KEEPIDLE", 4),
+                               (socket.IPPROTO_TCP, "TCP_KEEPINTVL", 2), (socket.IPPROTO_TCP, "TCP_KEEPCNT", 3),
+                               (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", 10_000), (socket.IPPROTO_TCP, "TCP_NODELAY", 1)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError:
+                pass
 
 
 def frame(payload: bytes) -> bytes:
@@ -229,6 +248,7 @@ class _EdgeProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        _watch(transport)
 
     async def request(self, method: str, path: str, query: bytes, headers: Headers, body: bytes,
                       host: str) -> tuple[int, Headers, bytes]:
@@ -371,6 +391,7 @@ class _SellerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        _watch(transport)
         self.server.conns.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -66,6 +66,7 @@ BODY_MAX = 64 << 10  # a request's body beyond this goes over HTTP
 FRAME_REQUESTS = 256  # requests (or answers) in one frame at most
 MAX_FRAME = 64 << 20  # a longer frame closes the connection
 HELLO_MAX = 1024  # the first frame (the secret) at most
+HELLO_TIMEOUT_S = 5.0  # a connection that has not sent it by then is closed
 OPEN_TIMEOUT_S = 2.0
 ANSWER_TIMEOUT_S = 30.0  # as the HTTP forward's total timeout
 RETRY_AFTER_FAILED_S = 1.0  # after a failed open, requests go over HTTP this long before the link is tried again
@@ -393,6 +394,11 @@ class _SellerProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         _watch(transport)
         self.server.conns.add(self)
+        asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._hello_due)
+
+    def _hello_due(self) -> None:
+        if not self.node:  # silent, or still sending its first frame: a client of nobody's
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         frames = self.frames.feed(data)

@@ -109,6 +109,7 @@ def test_only_a_seller_opens_the_link_and_only_to_the_markets_secret(market: Mar
                 _, writer, got = await hello(port, given)
                 assert got == b"", (port, given, got)  # closed: no "ok"
                 writer.close()
+            silent_reader, silent = await asyncio.open_connection("127.0.0.1", leases["s"]["link"])  # says nothing
             reader, writer, got = await hello(leases["s"]["link"], secret)
             assert got == frame(b"ok")
             call = json.dumps({"caller": "+14155550131", "vertical": "solar"}).encode()
@@ -128,6 +129,8 @@ def test_only_a_seller_opens_the_link_and_only_to_the_markets_secret(market: Mar
             writer.write(frame(b"\xc1 not msgpack"))  # a hostile frame: the link closes, the seller serves on
             assert await asyncio.wait_for(reader.read(100), 5) == b""
             writer.close()
+            assert await asyncio.wait_for(silent_reader.read(100), 10) == b""  # closed after HELLO_TIMEOUT_S
+            silent.close()
 
         asyncio.run(scenario())
         assert seller.http.get("/readyz").status_code == 200

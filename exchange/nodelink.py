@@ -70,6 +70,7 @@ HELLO_TIMEOUT_S = 5.0  # a connection that has not sent it by then is closed
 OPEN_TIMEOUT_S = 2.0
 ANSWER_TIMEOUT_S = 30.0  # as the HTTP forward's total timeout
 RETRY_AFTER_FAILED_S = 1.0  # after a failed open, requests go over HTTP this long before the link is tried again
+BACKLOG_BYTES = 8 << 20  # a seller queues no more notices on a link with this much unsent
 IN_FLIGHT_PAUSE = 4096  # a seller stops reading a connection with this many requests running
 
 Headers = list[tuple[bytes, bytes]]
@@ -355,8 +356,11 @@ class LinkServer:
     def to_edge(self, node: str, buyer: str, raw: bytes) -> bool:
         """A notice for a buyer on that edge, if its link is open (False: send it over Redis)."""
         conn = self.edges.get(node)
-        if conn is None or conn.transport is None or conn.transport.is_closing():
+        if conn is None or conn.transport is None:
             return False
+        transport = conn.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > BACKLOG_BYTES:
+            return False  # (an edge that stopped reading: Redis's bounded queue takes over, and drops when full)
         conn.notice(buyer, raw)
         self.ex.metrics.node_link_notices += 1
         return True

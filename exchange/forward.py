@@ -3,12 +3,13 @@
 An edge decides no call and holds no market-wide memory of money or calls, so every HTTP
 request it gets (but ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``) goes to the
 seller: one extra HTTP hop on loopback or the LAN (calls and events: a frame on the call link,
-``exchange.nodelink``), with the body streamed (a DNC upload is not held in the edge's memory) and the answer passed back as it came (status, JSON or CSV body,
-``Retry-After``, ``WWW-Authenticate``). The key is checked here first, with the same
-per-address limit of failed attempts as everywhere (an account made at the seller since this
-edge started is read from the store): an unknown key never reaches the seller, whose own
-per-address limit would otherwise count every client of this edge as one. Per-key rate
-limits, roles, validation and idempotency are the seller's, as for a request sent to it.
+``exchange.nodelink``), with the body streamed (a DNC upload is not held in the edge's memory)
+and the answer passed back as it came (status, JSON or CSV body, ``Retry-After``,
+``WWW-Authenticate``). The key is checked here first, with the same per-address limit of failed
+attempts as everywhere (an account made at the seller since this edge started is read from the
+store): an unknown key never reaches the seller, whose own per-address limit would otherwise count
+every client of this edge as one. Per-key rate limits, roles, validation and idempotency are the
+seller's, as for a request sent to it.
 
 The seller's address is the ``host:port`` it registered in its lease: start nodes with an
 ``EXCHANGE_HOST`` the others can reach (not ``0.0.0.0``, which is read as this host).
@@ -107,12 +108,8 @@ class Forwarder:
 
 def seller_url(ex: Exchange, scheme: str = "http") -> str | None:
     """The seller's base URL from its lease (None: no seller known, or this node is it)."""
-    node = ex.node
-    info = node.seller_info if node is not None else None
-    if not info or info.get("node") == node.id:  # type: ignore[union-attr]
-        return None
-    host = str(info.get("host") or "127.0.0.1")
-    return f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{info.get('port')}"
+    found = ex.node.seller_host() if ex.node is not None else None
+    return None if found is None else f"{scheme}://{found[0]}:{found[1].get('port')}"
 
 
 async def _body(receive: Receive) -> bytes | AsyncIterator[bytes] | None:

@@ -4,8 +4,8 @@ An edge forwards its HTTP API to the seller (``exchange.forward``). For the two 
 are most of a publisher's traffic, ``POST /v1/calls`` and ``POST /v1/calls/{id}/events``, one
 HTTP request per request cost both nodes a parse and an answer (uvicorn's on the seller,
 aiohttp's on the edge). A WebSocket in their place saved the edge some of that and cost the
-seller more than HTTP did (the ``websockets`` framing is Python on both sides: ``bench.requests
---nodes 2``). Here they go as length-prefixed MessagePack frames on a plain TCP connection the
+seller more than HTTP did (the ``websockets`` framing is Python on both sides: ``bench.nodes
+--profiles calls``). Here they go as length-prefixed MessagePack frames on a plain TCP connection the
 edge holds to the seller's link listener: the requests queued in one turn of the edge's loop
 share a frame, and so do the seller's answers. The seller runs each request through the same
 ASGI app an HTTP request reaches (``CallPath``: the same key check, rate limits, validation and
@@ -184,12 +184,9 @@ class EdgeLink:
             await asyncio.sleep(RETRY_AFTER_FAILED_S)
 
     def _seller(self) -> tuple[str, int] | None:
-        node = self.ex.node
-        info = node.seller_info if node is not None else None
-        if not info or info.get("node") == node.id or not isinstance(info.get("link"), int):  # type: ignore[union-attr]
-            return None
-        host = str(info.get("host") or "127.0.0.1")
-        return ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host), int(info["link"])  # type: ignore[call-overload]
+        found = self.ex.node.seller_host() if self.ex.node is not None else None
+        port = found[1].get("link") if found is not None else None
+        return (found[0], port) if found is not None and isinstance(port, int) else None  # (no port: a seller without a link)
 
     async def _open(self) -> _EdgeProtocol | None:
         where = self._seller()

@@ -283,6 +283,14 @@ class Node:
     def fresh(self) -> bool:
         return self.lease.fresh()
 
+    def seller_host(self) -> tuple[str, dict[str, object]] | None:
+        """The host to reach the seller at and its lease's info (None: no seller known, or this node is it)."""
+        info = self.seller_info
+        if not info or info.get("node") == self.id:
+            return None
+        host = str(info.get("host") or "127.0.0.1")
+        return ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host), info
+
     def refusal(self) -> Unavailable | None:
         """Why this node must not decide a call or write now (None: it may)."""
         if not self.lease.fresh():

@@ -14,7 +14,7 @@ from starlette.routing import Route, WebSocketRoute
 from . import audit_api, compliance_api, dashboard, events_api, http, pings_api, privacy_api, reports_api, webhooks_api
 from .callpath import CallPath
 from .gateway import buyer_socket, publisher_socket
-from .nodelink import LinkServer
+from .linkserver import LinkServer
 from .nodes import NodeRefused
 from .errors import Refused
 from .openapi import openapi

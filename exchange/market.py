@@ -50,7 +50,7 @@ from .accounts import Account
 from .bookstore import campaign_of
 from .ids import BuyerId
 from .messages import Error, NoBid, RtbBid, exchange_json, json_encoder
-from .nodelink import EdgeLink
+from .edgelink import EdgeLink
 from .nodes import Node
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from .lifecycle import expire_due
 from .metrics import Metrics
 from .market import MarketLink
 from .messages import NoBid, RtbBid
-from .nodelink import LinkServer
+from .linkserver import LinkServer
 from .nodes import ADOPT_ENV, Node, refuse_beside_nodes
 from .recovery import recount, restore, retake
 from .privacy import Privacy, Sealer, scrub_call

@@ -14,14 +14,14 @@ import redis
 
 from exchange.messages import Ack, BidRequest, Campaign, RtbBid, Win
 from exchange.nodelink import Frames, frame
+from loadtest.target import parse_prometheus
 from tests.cluster.conftest import REDIS_URL, Market, start_node, submit, until
 from tests.e2e.conftest import stop_server
 from tests.e2e.wsclient import Buyer
 
 
 def linked(server, what: str = "requests") -> int:
-    text = server.http.get("/metrics").text
-    return int(next(line.split()[-1] for line in text.splitlines() if line.startswith(f"exchange_node_link_{what}_total ")))
+    return int(parse_prometheus(server.http.get("/metrics").text)[f"exchange_node_link_{what}_total"])
 
 
 def test_an_edge_sends_calls_and_events_over_its_link_and_answers_as_the_seller_does(market: Market) -> None:
